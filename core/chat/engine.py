@@ -1,0 +1,174 @@
+"""A chat engine: one base model in memory, LoRA adapters hot-loaded and switched by name, streaming replies.
+
+Switching adapters never reloads the base: adapters are added to the loaded model (transformers' PEFT
+integration) and selected per request. One generation runs at a time (a lock), so a request that names one
+adapter can never see another's weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from contextlib import AbstractContextManager, nullcontext
+from typing import Iterator
+
+from core.data.template import TemplateEncoder
+from core.models.loader import load_model, load_tokenizer, resolve_model_path
+
+log = logging.getLogger("glm_workbench")
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.9
+    repetition_penalty: float = 1.0
+    greedy: bool = False
+
+    def generate_kwargs(self) -> dict:
+        if self.greedy or self.temperature <= 0:
+            return {"do_sample": False, "repetition_penalty": self.repetition_penalty}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p,
+                "repetition_penalty": self.repetition_penalty}
+
+
+def adapter_key(name: str) -> str:
+    """peft stores adapters in a ModuleDict: names may not contain dots."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)
+
+
+class _Cancel:
+    """A stopping criterion that ends generation once the reader has gone away."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class ChatEngine:
+    def __init__(self, template: str = "glm4"):
+        self.template = template
+        self.model = None
+        self.tokenizer = None
+        self.encoder: TemplateEncoder | None = None
+        self.model_path: str | None = None
+        self.peft = None  # PeftModel wrapping self.model once an adapter is loaded (LoRA layers sit in place)
+        self._adapters: dict[str, tuple[str, str, float]] = {}  # name -> (peft key, folder, weights mtime)
+        self._loads = 0
+        self._lock = threading.RLock()
+
+    # ---- model and adapters -------------------------------------------------------------------------------
+    def load_model(self, name_or_path: str, template: str | None = None) -> str:
+        """Load a base model unless it is already the loaded one. Returns its resolved path."""
+        path = resolve_model_path(name_or_path)
+        with self._lock:
+            if template:
+                self.template = template
+            if path != self.model_path:
+                log.info("chat: loading base model %s", path)
+                self.tokenizer = load_tokenizer(path)
+                self.model = load_model(path)
+                self.model_path = path
+                self.peft = None
+                self._adapters.clear()
+            self.encoder = TemplateEncoder(self.tokenizer, self.template)
+            return path
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    def _ensure_adapter(self, name: str, folder: str) -> str:
+        """Load (or reload, if its files changed) an adapter onto the base model; return its peft key."""
+        from peft import PeftModel
+
+        weights = next(Path(folder).glob("adapter_model.*"), None)
+        if weights is None:
+            raise ValueError(f"{folder}: no adapter_model file: is this a finished LoRA run?")
+        stamp = weights.stat().st_mtime
+        known = self._adapters.get(name)
+        if known and known[1:] == (str(folder), stamp):
+            return known[0]
+        self._loads += 1
+        key = f"{adapter_key(name)}_{self._loads}"  # a fresh key, so a changed adapter replaces the old cleanly
+        log.info("chat: hot-loading adapter %s from %s", name, folder)
+        if self.peft is None:
+            self.peft = PeftModel.from_pretrained(self.model, str(folder), adapter_name=key)
+        else:
+            self.peft.load_adapter(str(folder), adapter_name=key)
+        self.peft.eval()
+        if known:
+            self.peft.set_adapter(key)
+            self.peft.delete_adapter(known[0])
+        self._adapters[name] = (key, str(folder), stamp)
+        return key
+
+    def _select(self, adapter: tuple[str, str] | None) -> AbstractContextManager:
+        """Activate one adapter, or none for the plain base model; returns the context to generate in."""
+        if adapter is None:
+            return self.peft.disable_adapter() if self.peft is not None else nullcontext()
+        key = self._ensure_adapter(*adapter)
+        self.peft.set_adapter(key)
+        return nullcontext()
+
+    # ---- generation -----------------------------------------------------------------------------------------
+    def stream(self, messages: list[dict[str, str]], system: str = "", adapter: tuple[str, str] | None = None,
+               settings: GenerationSettings | None = None) -> Iterator[str]:
+        """Yield the reply as it grows (each item is the whole reply so far).
+
+        `adapter` is (name, folder) of a LoRA adapter, or None for the base model.
+        """
+        import torch
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        if self.model is None:
+            raise RuntimeError("no model loaded: call load_model first")
+        settings = settings or GenerationSettings()
+        with self._lock:
+            context = self._select(adapter)
+            prompt = self.encoder.encode_prompt(messages, system)
+            input_ids = torch.tensor([prompt], device=self.model.device)
+            streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+            errors: list[BaseException] = []
+            cancelled = threading.Event()  # set when the consumer stops reading (Stop button, closed page)
+
+            def work() -> None:
+                try:
+                    with torch.inference_mode(), context:
+                        self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                            max_new_tokens=settings.max_new_tokens, streamer=streamer,
+                                            eos_token_id=self.encoder.stop_token_ids,
+                                            pad_token_id=self.tokenizer.pad_token_id,
+                                            stopping_criteria=StoppingCriteriaList([_Cancel(cancelled)]),
+                                            **settings.generate_kwargs())
+                except BaseException as exc:  # noqa: BLE001 - handed to the consumer below
+                    errors.append(exc)
+                    streamer.end()
+
+            worker = threading.Thread(target=work, daemon=True)
+            worker.start()
+            reply = ""
+            try:
+                for piece in streamer:
+                    reply += piece
+                    yield reply
+            finally:
+                cancelled.set()
+                worker.join()
+            if errors:
+                raise errors[0]
+
+    def chat(self, messages: list[dict[str, str]], system: str = "", adapter: tuple[str, str] | None = None,
+             settings: GenerationSettings | None = None) -> str:
+        reply = ""
+        for reply in self.stream(messages, system, adapter, settings):
+            pass
+        return reply.strip()

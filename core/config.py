@@ -1,0 +1,214 @@
+"""One run's configuration: a flat dataclass whose keys follow LLaMA-Factory / TrainingArguments names.
+
+The UI form, the CLI (`train CONFIG.yaml --set key=value`) and the YAML file are three views of this one
+object, so a run started anywhere can be reproduced from its saved `config.yaml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FINETUNING_TYPES = ("lora", "full")
+LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class ConfigError(ValueError):
+    """Raised with one line per wrong value, each naming its key."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass
+class RunConfig:
+    # model
+    model_name_or_path: str = "demo"
+    template: str = "glm4"
+    # method
+    finetuning_type: str = "lora"
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target: str = "all"
+    # data
+    dataset: str = "identity"
+    dataset_format: str = "auto"
+    cutoff_len: int = 512
+    val_size: float = 0.0
+    max_samples: int = 0
+    # training
+    learning_rate: float = 2e-4
+    num_train_epochs: float = 3.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    logging_steps: int = 1
+    save_steps: int = 0
+    seed: int = 42
+    precision: str = "auto"
+    # output
+    output_dir: str = ""
+    run_name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ---- views -------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if not data["extra"]:
+            data.pop("extra")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        """Build from a plain dict, converting types and rejecting unknown keys with a suggestion."""
+        known = {f.name: f for f in fields(cls)}
+        problems: list[str] = []
+        values: dict[str, Any] = {}
+        for key, raw in (data or {}).items():
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                problems.append(f"{key}: unknown key{hint}")
+                continue
+            try:
+                values[key] = _coerce(raw, _default_of(known[key]))
+            except (TypeError, ValueError):
+                type_name = type(_default_of(known[key])).__name__
+                problems.append(f"{key}: expected {type_name}, got {raw!r}")
+        if problems:
+            raise ConfigError(problems)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        merged = self.to_dict()
+        merged.update(changes)
+        return RunConfig.from_dict(merged)
+
+    # ---- validation --------------------------------------------------------------------------------------
+    def problems(self) -> list[str]:
+        """Every wrong value, one message each; empty when the config is usable."""
+        found: list[str] = []
+
+        def check(ok: bool, key: str, message: str) -> None:
+            if not ok:
+                found.append(f"{key}: {message} (got {getattr(self, key)!r})")
+
+        check(bool(self.model_name_or_path.strip()), "model_name_or_path", "must name a model folder or 'demo'")
+        check(bool(self.dataset.strip()), "dataset", "must name a demo dataset or a data file")
+        check(self.finetuning_type in FINETUNING_TYPES, "finetuning_type", f"must be one of {', '.join(FINETUNING_TYPES)}")
+        check(self.learning_rate > 0, "learning_rate", "must be greater than 0")
+        check(self.learning_rate < 1, "learning_rate", "must be below 1 (typical: 1e-5 to 1e-3)")
+        check(self.num_train_epochs > 0 or self.max_steps > 0, "num_train_epochs", "must be > 0 unless max_steps is set")
+        check(self.max_steps == -1 or self.max_steps > 0, "max_steps", "must be -1 (use epochs) or a positive number")
+        check(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be at least 1")
+        check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be at least 1")
+        check(self.cutoff_len >= 8, "cutoff_len", "must be at least 8 tokens")
+        check(0 <= self.val_size < 1 or self.val_size >= 1 and float(self.val_size).is_integer(),
+              "val_size", "must be a fraction in [0, 1) or a whole number of samples")
+        check(self.max_samples >= 0, "max_samples", "must be 0 (all) or a positive number")
+        check(self.lr_scheduler_type in LR_SCHEDULERS, "lr_scheduler_type", f"must be one of {', '.join(LR_SCHEDULERS)}")
+        check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
+        check(self.weight_decay >= 0, "weight_decay", "must be 0 or more")
+        check(self.max_grad_norm >= 0, "max_grad_norm", "must be 0 (off) or more")
+        check(self.logging_steps >= 1, "logging_steps", "must be at least 1")
+        check(self.save_steps >= 0, "save_steps", "must be 0 (only at the end) or more")
+        check(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
+        if self.finetuning_type == "lora":
+            check(self.lora_rank >= 1, "lora_rank", "must be at least 1")
+            check(self.lora_alpha > 0, "lora_alpha", "must be greater than 0")
+            check(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
+            check(bool(self.lora_target.strip()), "lora_target", "must be 'all' or a comma-separated list of module names")
+        from core.data.template import TEMPLATES  # late import: data depends on nothing in config
+
+        check(self.template in TEMPLATES, "template", f"must be one of {', '.join(TEMPLATES)}")
+        from core.data.formats import FORMATS
+
+        check(self.dataset_format == "auto" or self.dataset_format in FORMATS, "dataset_format",
+              f"must be 'auto' or one of {', '.join(FORMATS)}")
+        return found
+
+    def validate(self) -> "RunConfig":
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
+def _coerce(raw: Any, default: Any) -> Any:
+    """Convert YAML/CLI/UI input to the default's type ('1e-4' -> 1e-4, '3' -> 3, 'true' -> True)."""
+    if isinstance(default, bool):
+        if isinstance(raw, str):
+            lowered = raw.strip().lower()
+            if lowered in ("true", "yes", "1", "on"):
+                return True
+            if lowered in ("false", "no", "0", "off"):
+                return False
+            raise ValueError(raw)
+        return bool(raw)
+    if isinstance(default, int):
+        if isinstance(raw, bool):
+            raise TypeError(raw)
+        value = float(raw)
+        if not value.is_integer():
+            raise ValueError(raw)
+        return int(value)
+    if isinstance(default, float):
+        if isinstance(raw, bool):
+            raise TypeError(raw)
+        return float(raw)
+    if isinstance(default, str):
+        if raw is None:
+            return ""
+        if isinstance(raw, (dict, list)):
+            raise TypeError(raw)
+        return str(raw)
+    if isinstance(default, dict):
+        if not isinstance(raw, dict):
+            raise TypeError(raw)
+        return dict(raw)
+    return raw
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ['key=value', ...] from `--set` into a dict (values parsed as YAML scalars)."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError([f"--set {pair}: expected key=value"])
+        key, value = pair.split("=", 1)
+        result[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return result
+
+
+def load_yaml(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"{path}: config file not found"])
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: expected a mapping of key: value, got {type(data).__name__}"])
+    data.update(overrides or {})
+    return RunConfig.from_dict(data)
+
+
+def save_yaml(config: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")

@@ -1,0 +1,83 @@
+"""From a dataset name or file to tokenized train/validation sets, with a report of what was dropped."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.data.formats import Conversation, ConversionResult, convert
+from core.data.readers import DataError, read_rows, resolve_dataset
+from core.data.template import IGNORE_INDEX, TemplateEncoder
+
+
+@dataclass
+class LoadedData:
+    """A dataset as the Data tab shows it: raw rows, detected format, conversations, row problems."""
+
+    path: str
+    rows: list[dict[str, Any]]
+    result: ConversionResult
+
+    @property
+    def format(self) -> str:
+        return self.result.format
+
+    @property
+    def conversations(self) -> list[Conversation]:
+        return self.result.conversations
+
+
+def load_conversations(name_or_path: str, fmt: str = "auto") -> LoadedData:
+    path = resolve_dataset(name_or_path)
+    rows = read_rows(path)
+    try:
+        result = convert(rows, fmt)
+    except DataError as exc:
+        raise DataError(str(exc), path) from None
+    return LoadedData(str(path), rows, result)
+
+
+@dataclass
+class TokenizedData:
+    train: list[dict[str, list[int]]]
+    eval: list[dict[str, list[int]]] = field(default_factory=list)
+    format: str = ""
+    problems: list[str] = field(default_factory=list)
+    truncated: int = 0
+
+    @property
+    def train_tokens(self) -> int:
+        return sum(len(sample["input_ids"]) for sample in self.train)
+
+
+def tokenize_dataset(name_or_path: str, tokenizer, template: str, cutoff_len: int, fmt: str = "auto",
+                     val_size: float = 0.0, max_samples: int = 0, seed: int = 42) -> TokenizedData:
+    """Tokenize with loss masks; split off a validation set; drop samples that keep no answer token."""
+    loaded = load_conversations(name_or_path, fmt)
+    encoder = TemplateEncoder(tokenizer, template)
+    conversations = loaded.conversations[:max_samples] if max_samples else loaded.conversations
+    samples, problems, truncated = [], list(loaded.result.problems), 0
+    for index, conversation in enumerate(conversations, start=1):
+        input_ids, labels = encoder.encode(conversation, cutoff_len=10**9)
+        if len(input_ids) > cutoff_len:
+            truncated += 1
+            input_ids, labels = input_ids[:cutoff_len], labels[:cutoff_len]
+        if all(label == IGNORE_INDEX for label in labels):
+            problems.append(f"sample {index}: the answer lies beyond cutoff_len={cutoff_len} tokens; skipped")
+            continue
+        samples.append({"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)})
+    if not samples:
+        raise DataError(f"no sample keeps any answer token within cutoff_len={cutoff_len}: raise cutoff_len",
+                        loaded.path)
+    eval_count = int(val_size) if val_size >= 1 else int(round(len(samples) * val_size))
+    eval_samples: list[dict[str, list[int]]] = []
+    if eval_count:
+        if eval_count >= len(samples):
+            raise DataError(f"val_size={val_size} leaves no training samples out of {len(samples)}", loaded.path)
+        order = list(range(len(samples)))
+        random.Random(seed).shuffle(order)
+        held = set(order[:eval_count])
+        eval_samples = [samples[i] for i in sorted(held)]
+        samples = [s for i, s in enumerate(samples) if i not in held]
+    return TokenizedData(samples, eval_samples, loaded.format, problems, truncated)

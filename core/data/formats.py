@@ -1,0 +1,175 @@
+"""Dataset formats -> one internal conversation form.
+
+Every supported format (alpaca, sharegpt, OpenAI messages, AdvertiseGen, ChatGLM prompt/response) becomes a
+`Conversation`: an optional system prompt and alternating user/assistant messages ending with the assistant.
+Rows that cannot be converted are reported one by one (row number, what is wrong) instead of failing the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from core.data.readers import DataError
+
+
+@dataclass
+class Conversation:
+    messages: list[dict[str, str]]
+    system: str = ""
+
+
+@dataclass
+class ConversionResult:
+    format: str
+    conversations: list[Conversation]
+    problems: list[str] = field(default_factory=list)  # "row 7: ..." for each skipped row
+
+
+class RowError(ValueError):
+    """One row cannot be converted; the message says why."""
+
+
+# Which keys identify which format; the first format whose required keys are all present wins.
+FORMAT_KEYS: dict[str, tuple[str, ...]] = {
+    "openai": ("messages",),
+    "sharegpt": ("conversations",),
+    "alpaca": ("instruction", "output"),
+    "chatglm": ("prompt", "response"),
+    "advertisegen": ("content", "summary"),
+}
+FORMATS = tuple(FORMAT_KEYS)
+
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "model": "assistant", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
+                  "system": "system"}
+
+
+def detect_format(rows: list[dict[str, Any]]) -> str:
+    """Name the format of the rows from the first row's keys, or raise DataError listing what was found."""
+    keys = set(rows[0])
+    for name, required in FORMAT_KEYS.items():
+        if all(key in keys for key in required):
+            return name
+    expected = "; ".join(f"{name}: {', '.join(req)}" for name, req in FORMAT_KEYS.items())
+    found = ", ".join(sorted(map(str, keys))) or "(none)"
+    raise DataError(f"unknown columns: {found}. Expected one of these column sets — {expected}", row=1)
+
+
+def convert(rows: list[dict[str, Any]], fmt: str = "auto") -> ConversionResult:
+    """Convert rows of one format to conversations, collecting per-row problems."""
+    if fmt == "auto":
+        fmt = detect_format(rows)
+    if fmt not in CONVERTERS:
+        raise DataError(f"unknown dataset format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    converter = CONVERTERS[fmt]
+    result = ConversionResult(format=fmt, conversations=[])
+    for index, row in enumerate(rows, start=1):
+        try:
+            result.conversations.append(_check(converter(row)))
+        except RowError as exc:
+            result.problems.append(f"row {index}: {exc}")
+    if not result.conversations:
+        first = result.problems[0] if result.problems else ""
+        raise DataError(f"no usable rows for format '{fmt}' ({len(result.problems)} rows rejected; first: {first})")
+    return result
+
+
+def _text(row: dict[str, Any], key: str, required: bool = True) -> str:
+    if key not in row:
+        if required:
+            raise RowError(f"missing field '{key}'")
+        return ""
+    value = row[key]
+    if value is None:
+        if required:
+            raise RowError(f"field '{key}' is empty (null)")
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise RowError(f"field '{key}' must be text, got {type(value).__name__}")
+    return str(value)
+
+
+def _pairs(row: dict[str, Any], key: str) -> list[dict[str, str]]:
+    """ChatGLM / alpaca `history`: [[question, answer], ...] -> messages."""
+    history = row.get(key) or []
+    if not isinstance(history, list):
+        raise RowError(f"field '{key}' must be a list of [question, answer] pairs")
+    messages = []
+    for turn in history:
+        if not (isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
+            raise RowError(f"field '{key}' must be a list of [question, answer] pairs of text")
+        messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
+    return messages
+
+
+def _alpaca(row: dict[str, Any]) -> Conversation:
+    prompt = _text(row, "instruction")
+    extra = _text(row, "input", required=False)
+    if extra:
+        prompt = f"{prompt}\n{extra}" if prompt else extra
+    messages = _pairs(row, "history") + [{"role": "user", "content": prompt},
+                                         {"role": "assistant", "content": _text(row, "output")}]
+    return Conversation(messages, _text(row, "system", required=False))
+
+
+def _chatglm(row: dict[str, Any]) -> Conversation:
+    messages = _pairs(row, "history") + [{"role": "user", "content": _text(row, "prompt")},
+                                         {"role": "assistant", "content": _text(row, "response")}]
+    return Conversation(messages, _text(row, "system", required=False))
+
+
+def _advertisegen(row: dict[str, Any]) -> Conversation:
+    return Conversation([{"role": "user", "content": _text(row, "content")},
+                         {"role": "assistant", "content": _text(row, "summary")}])
+
+
+def _message_list(row: dict[str, Any], key: str, role_key: str, content_key: str,
+                  roles: dict[str, str] | None) -> Conversation:
+    turns = row.get(key)
+    if not isinstance(turns, list) or not turns:
+        raise RowError(f"field '{key}' must be a non-empty list of messages")
+    system = _text(row, "system", required=False)
+    messages: list[dict[str, str]] = []
+    for number, turn in enumerate(turns, start=1):
+        if not isinstance(turn, dict):
+            raise RowError(f"message {number} must be an object with '{role_key}' and '{content_key}'")
+        raw_role = turn.get(role_key)
+        role = roles.get(str(raw_role).lower()) if roles else raw_role
+        if role not in ("system", "user", "assistant"):
+            raise RowError(f"message {number} has unknown {role_key} {raw_role!r}")
+        content = turn.get(content_key)
+        if not isinstance(content, str):
+            raise RowError(f"message {number} '{content_key}' must be text, got {type(content).__name__}")
+        if role == "system":
+            if messages:
+                raise RowError(f"message {number}: a system message may only come first")
+            system = content
+        else:
+            messages.append({"role": role, "content": content})
+    return Conversation(messages, system)
+
+
+def _check(conversation: Conversation) -> Conversation:
+    """Conversations must alternate user/assistant, start with the user and end with the assistant."""
+    messages = conversation.messages
+    if not messages:
+        raise RowError("no messages")
+    for number, message in enumerate(messages, start=1):
+        expected = "user" if number % 2 else "assistant"
+        if message["role"] != expected:
+            raise RowError(f"message {number} should be from the {expected}, not the {message['role']}")
+    if messages[-1]["role"] != "assistant":
+        raise RowError("the conversation ends with a user turn: there is no answer to learn")
+    if not messages[-1]["content"].strip():
+        raise RowError("the last answer is empty")
+    return conversation
+
+
+CONVERTERS: dict[str, Callable[[dict[str, Any]], Conversation]] = {
+    "openai": lambda row: _message_list(row, "messages", "role", "content", None),
+    "sharegpt": lambda row: _message_list(row, "conversations", "from", "value", SHAREGPT_ROLES),
+    "alpaca": _alpaca,
+    "chatglm": _chatglm,
+    "advertisegen": _advertisegen,
+}

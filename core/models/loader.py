@@ -1,0 +1,81 @@
+"""Load a GLM model and its tokenizer from 'demo', a local folder or a hub id, on the best device available."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from core.models.demo import DEMO_NAME, ensure_demo_model, is_demo_model
+
+
+class ModelError(ValueError):
+    """A model that cannot be used, phrased for the user."""
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """'demo' -> the built demo folder; an existing folder -> itself; 'org/name' -> passed on as a hub id."""
+    name_or_path = (name_or_path or "").strip()
+    if name_or_path in ("", DEMO_NAME):
+        return str(ensure_demo_model())
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path}: no config.json in this folder: is it a model folder?")
+        return str(path)
+    if path.exists():
+        raise ModelError(f"{path}: a model must be a folder, not a file")
+    looks_like_hub_id = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise ModelError(f"{name_or_path}: model folder not found")
+    return name_or_path
+
+
+def display_name(path: str) -> str:
+    return "demo (tiny random GLM-4)" if is_demo_model(path) else path
+
+
+def pick_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(precision: str, device: str):
+    """'auto': bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU."""
+    import torch
+
+    if precision == "fp32" or (precision == "auto" and device == "cpu"):
+        return torch.float32
+    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot load the tokenizer: {exc}") from None
+
+
+def load_model(path: str, dtype=None, device: str | None = None):
+    """Load the causal LM in eval mode on `device` (default: GPU if present)."""
+    from transformers import AutoModelForCausalLM
+
+    device = device or pick_device()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or pick_dtype("auto", device))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot load the model: {exc}") from None
+    return model.to(device).eval()
+
+
+def configure_threads() -> int:
+    """One torch thread per core, no more: oversubscribed threads make CPU training many times slower."""
+    import torch
+
+    wanted = int(os.environ.get("GLM_WORKBENCH_THREADS", "0")) or max(1, os.cpu_count() or 1)
+    torch.set_num_threads(wanted)
+    return wanted

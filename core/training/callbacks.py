@@ -1,0 +1,84 @@
+"""Trainer callbacks: write progress and metrics into the run folder, and stop when asked."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import threading
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from core.runs import append_metrics, update_status
+
+log = logging.getLogger("glm_workbench")
+LOGGED_KEYS = ("loss", "eval_loss", "learning_rate", "grad_norm")
+
+
+def peak_memory_mb() -> float:
+    """Peak GPU memory if training on a GPU, else the process's peak resident memory."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class RunFolderCallback(TrainerCallback):
+    """Appends one JSON line per log to metrics.jsonl and keeps status.json's progress current."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.start = time.time()
+        self._last_tokens = 0
+        self._last_time = self.start
+
+    def _progress(self, state) -> dict:
+        elapsed = time.time() - self.start
+        done = max(state.global_step, 0)
+        eta = elapsed / done * (state.max_steps - done) if done else None
+        return {"step": done, "max_steps": state.max_steps, "epoch": state.epoch, "elapsed": elapsed, "eta": eta}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = self._last_time = time.time()
+        update_status(self.run_dir, state="running", **self._progress(state))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        update_status(self.run_dir, **self._progress(state))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        values = {key: logs[key] for key in LOGGED_KEYS if key in logs}
+        if not values:
+            return  # the end-of-training summary; the runner records it in status.json
+        now = time.time()
+        tokens = state.num_input_tokens_seen or 0
+        record = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), **values,
+                  "tokens_per_second": (tokens - self._last_tokens) / max(now - self._last_time, 1e-9)
+                  if "loss" in values else None,
+                  "memory_mb": round(peak_memory_mb(), 1), "time": now, **self._progress(state)}
+        if "loss" in values:
+            self._last_tokens, self._last_time = tokens, now
+        append_metrics(self.run_dir, record)
+        shown = " ".join(f"{k}={v:.4g}" for k, v in values.items() if isinstance(v, (int, float)))
+        log.info("step %d/%d %s", state.global_step, state.max_steps, shown)
+
+
+class StopCallback(TrainerCallback):
+    """Stops training at the next step boundary once `stop_event` is set (the Abort button)."""
+
+    def __init__(self, stop_event: threading.Event):
+        self.stop_event = stop_event
+
+    def _check(self, control):
+        if self.stop_event.is_set():
+            control.should_training_stop = True
+            control.should_epoch_stop = True
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        return self._check(control)
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        return self._check(control)

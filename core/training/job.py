@@ -1,0 +1,72 @@
+"""Training in a background thread, one job at a time per process.
+
+The thread only calls `run_training`; all state a page needs lives in the run folder, so closing or
+refreshing the browser changes nothing, and a second Start gets a clear 'busy' answer.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from core.config import RunConfig
+from core.runs import new_run_dir
+from core.training.runner import prepare_run_folder, run_training
+
+
+class BusyError(RuntimeError):
+    """A training job is already running in this process."""
+
+
+class TrainingJob:
+    def __init__(self, config: RunConfig, run_dir: Path):
+        self.config = config
+        self.run_dir = run_dir
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"train-{run_dir.name}", daemon=True)
+        self.result: dict | None = None
+
+    def _run(self) -> None:
+        self.result = run_training(self.config, self.run_dir, self.stop_event)
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+
+class JobManager:
+    """Starts, aborts and reports the process's single training job."""
+
+    def __init__(self, workspace: str | Path):
+        self.workspace = Path(workspace)
+        self._lock = threading.Lock()
+        self.current: TrainingJob | None = None
+
+    def start(self, config: RunConfig) -> Path:
+        config.validate()
+        with self._lock:
+            if self.current is not None and self.current.alive:
+                raise BusyError(f"busy: run {self.current.run_dir.name} is training; abort it or wait")
+            run_dir = Path(config.output_dir) if config.output_dir else new_run_dir(
+                self.workspace, config.finetuning_type, config.dataset)
+            prepare_run_folder(config, run_dir)
+            self.current = TrainingJob(config, run_dir)
+            self.current.thread.start()
+            return run_dir
+
+    def abort(self) -> bool:
+        """Ask the running job to stop at the next step; False if nothing is running."""
+        job = self.current
+        if job is None or not job.alive:
+            return False
+        job.stop_event.set()
+        return True
+
+    @property
+    def running_run(self) -> Path | None:
+        job = self.current
+        return job.run_dir if job is not None and job.alive else None
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self.current is not None:
+            self.current.thread.join(timeout)

@@ -1,0 +1,148 @@
+"""One training run, start to finish, in the calling thread: config -> data -> model -> Trainer -> run folder.
+
+The background job (core.training.job) and the CLI both call `run_training`; everything a UI needs to show
+is written into the run folder as it happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from core.config import RunConfig, save_yaml
+from core.data.dataset import tokenize_dataset
+from core.methods import get_method
+from core.methods.base import count_parameters
+from core.models.loader import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path
+from core.runs import CONFIG_FILE, LOG_FILE, atomic_dir, read_metrics, update_status
+from core.training.callbacks import RunFolderCallback, StopCallback
+
+log = logging.getLogger("glm_workbench")
+
+
+def prepare_run_folder(config: RunConfig, run_dir: Path) -> None:
+    """Write config.yaml and a 'queued' status before any heavy work, so the run is visible at once."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(config, run_dir / CONFIG_FILE)
+    update_status(run_dir, state="queued", created=time.time(), method=config.finetuning_type,
+                  model=config.model_name_or_path, dataset=config.dataset, step=0, max_steps=0)
+
+
+def _log_to_file(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / LOG_FILE, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    for name in ("glm_workbench", "transformers"):
+        logging.getLogger(name).addHandler(handler)
+    logging.getLogger("glm_workbench").setLevel(logging.INFO)
+    return handler
+
+
+def _training_arguments(config: RunConfig, run_dir: Path, has_eval: bool, show_progress: bool):
+    from transformers import TrainingArguments
+
+    device = pick_device()
+    dtype = pick_dtype(config.precision, device)
+    import torch
+
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        eval_strategy="epoch" if has_eval else "no",
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=device == "cpu",
+        report_to="none",
+        disable_tqdm=not show_progress,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding",
+    )
+
+
+def run_training(config: RunConfig, run_dir: str | Path, stop_event: threading.Event | None = None,
+                 show_progress: bool = False) -> dict:
+    """Train as configured, writing everything into run_dir. Returns the final status (never raises for
+    training errors: they end as state 'failed' with the message; a caller can inspect the status)."""
+    from transformers import DataCollatorForSeq2Seq, Trainer, set_seed
+
+    run_dir = Path(run_dir)
+    stop_event = stop_event or threading.Event()
+    if not (run_dir / CONFIG_FILE).is_file():
+        prepare_run_folder(config, run_dir)
+    handler = _log_to_file(run_dir)
+    try:
+        config.validate()
+        update_status(run_dir, state="running", started=time.time())
+        set_seed(config.seed)
+        method = get_method(config.finetuning_type)
+        model_path = resolve_model_path(config.model_name_or_path)
+        log.info("loading model %s", model_path)
+        tokenizer = load_tokenizer(model_path)
+        tokenizer.padding_side = "right"  # positions must start at 0 for every training sample
+        data = tokenize_dataset(config.dataset, tokenizer, config.template, config.cutoff_len,
+                                config.dataset_format, config.val_size, config.max_samples, config.seed)
+        log.info("data: format %s, %d train / %d eval samples, %d truncated at cutoff_len=%d",
+                 data.format, len(data.train), len(data.eval), data.truncated, config.cutoff_len)
+        for problem in data.problems[:20]:
+            log.warning("skipped %s", problem)
+        device = pick_device()
+        model = load_model(model_path, dtype=None if device == "cuda" else pick_dtype("fp32", device), device=device)
+        model = method.prepare(model, config)
+        trainable, total = count_parameters(model)
+        log.info("method %s: %s of %s parameters train (%.2f%%)", method.name, f"{trainable:,}", f"{total:,}",
+                 100 * trainable / max(total, 1))
+        update_status(run_dir, trainable_params=trainable, total_params=total, train_samples=len(data.train),
+                      eval_samples=len(data.eval), data_format=data.format, data_problems=len(data.problems))
+        trainer = Trainer(
+            model=model,
+            args=_training_arguments(config, run_dir, bool(data.eval), show_progress),
+            train_dataset=data.train,
+            eval_dataset=data.eval or None,
+            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+            processing_class=tokenizer,
+            callbacks=[RunFolderCallback(run_dir), StopCallback(stop_event)],
+        )
+        trainer.train()
+        aborted = stop_event.is_set()
+        with atomic_dir(run_dir / method.output_dir) as folder:
+            method.save(trainer.model, tokenizer, folder)
+        losses = [m["loss"] for m in read_metrics(run_dir) if m.get("loss") is not None]
+        final = dict(state="aborted" if aborted else "finished", finished=time.time(),
+                     final_loss=losses[-1] if losses else None, output=method.output_dir,
+                     step=trainer.state.global_step)
+        log.info("run %s: %s after %d steps", run_dir.name, final["state"], trainer.state.global_step)
+        return update_status(run_dir, **final)
+    except Exception as exc:  # noqa: BLE001 - every failure must end as a readable status, not a dead thread
+        log.exception("training failed")
+        return update_status(run_dir, state="failed", error=explain_error(exc), finished=time.time())
+    finally:
+        for name in ("glm_workbench", "transformers"):
+            logging.getLogger(name).removeHandler(handler)
+        handler.close()
+
+
+def explain_error(exc: BaseException) -> str:
+    """A plain-words message; out-of-memory gets concrete suggestions."""
+    text = str(exc).strip() or type(exc).__name__
+    if "out of memory" in text.lower():
+        return ("Out of memory. Try: a smaller per_device_train_batch_size (raise gradient_accumulation_steps "
+                "to keep the effective batch), a smaller cutoff_len, LoRA instead of full fine-tuning, or "
+                f"gradient checkpointing. Details: {text.splitlines()[0]}")
+    return text
