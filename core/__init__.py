@@ -1,0 +1,10 @@
+"""GLM Workbench's engine. Never imports gradio: the web UI, the CLI and the tests all call this package."""
+
+import logging
+import warnings
+
+# bitsandbytes tries to fetch an optional CPU kernel from a model hub at import time and warns when it cannot;
+# the workbench runs offline by design, so that warning is noise for our users.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# peft calls a transformers property that transformers 5 renamed; harmless, and shown on every adapter load.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -87,9 +87,10 @@ class RunConfig:
             except (TypeError, ValueError):
                 type_name = type(_default_of(known[key])).__name__
                 problems.append(f"{key}: expected {type_name}, got {raw!r}")
-        if problems:
-            raise ConfigError(problems)
-        return cls(**values)
+        config = cls(**values)
+        if problems:  # report the value problems of the keys that were read, too: one round trip for the user
+            raise ConfigError(problems + config.problems())
+        return config
 
     def replace(self, **changes: Any) -> "RunConfig":
         merged = self.to_dict()

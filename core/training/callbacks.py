@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 from core.runs import append_metrics, update_status
 
@@ -82,3 +83,11 @@ class StopCallback(TrainerCallback):
 
     def on_substep_end(self, args, state, control, **kwargs):
         return self._check(control)
+
+
+class LossProgressBar(ProgressCallback):
+    """The terminal's tqdm bar, showing the latest loss instead of printing every log dict."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.training_bar is not None and logs and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}")

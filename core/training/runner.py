@@ -17,7 +17,7 @@ from core.methods import get_method
 from core.methods.base import count_parameters
 from core.models.loader import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path
 from core.runs import CONFIG_FILE, LOG_FILE, atomic_dir, read_metrics, update_status
-from core.training.callbacks import RunFolderCallback, StopCallback
+from core.training.callbacks import LossProgressBar, RunFolderCallback, StopCallback
 
 log = logging.getLogger("glm_workbench")
 
@@ -119,6 +119,13 @@ def run_training(config: RunConfig, run_dir: str | Path, stop_event: threading.E
             processing_class=tokenizer,
             callbacks=[RunFolderCallback(run_dir), StopCallback(stop_event)],
         )
+        # Metrics go to metrics.jsonl; the terminal gets a progress bar with the loss, not a dict per step.
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+        if show_progress:
+            trainer.add_callback(LossProgressBar())
         trainer.train()
         aborted = stop_event.is_set()
         with atomic_dir(run_dir / method.output_dir) as folder:

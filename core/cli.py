@@ -1,0 +1,123 @@
+"""`glm-workbench` (also `python -m core.cli`): the same engine the web UI drives, from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from core.config import ConfigError, load_yaml, parse_overrides
+from core.data.readers import DataError
+from core.export import ExportError
+from core.models.loader import ModelError
+
+USER_ERRORS = (ConfigError, DataError, ModelError, ExportError, FileNotFoundError)
+DEFAULT_WORKSPACE = "workspace"
+
+
+def cmd_demo_model(args: argparse.Namespace) -> int:
+    from core.models.demo import build_demo_model
+
+    print(build_demo_model(args.dir))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from core.models.loader import configure_threads
+    from core.runs import new_run_dir
+    from core.training.runner import prepare_run_folder, run_training
+
+    config = load_yaml(args.config, parse_overrides(args.set)).validate()
+    configure_threads()
+    run_dir = Path(config.output_dir) if config.output_dir else new_run_dir(
+        args.workspace, config.finetuning_type, config.dataset)
+    prepare_run_folder(config, run_dir)
+    status = run_training(config, run_dir, show_progress=True)
+    if status.get("state") != "finished":
+        print(f"error: training {status.get('state')}: {status.get('error', '')}", file=sys.stderr)
+        print(run_dir)
+        return 1
+    print(f"final loss {status.get('final_loss'):.4f} after {status.get('step')} steps", file=sys.stderr)
+    print(run_dir)
+    return 0
+
+
+def resolve_adapter(path: str) -> Path:
+    """An adapter folder, or a run folder holding adapter/."""
+    folder = Path(path)
+    if (folder / "adapter" / "adapter_config.json").is_file():
+        return folder / "adapter"
+    if (folder / "adapter_config.json").is_file():
+        return folder
+    raise ModelError(f"{path}: not a LoRA adapter folder or a run folder with an adapter")
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from core.chat.engine import ChatEngine, GenerationSettings
+    from core.models.loader import configure_threads
+
+    configure_threads()
+    engine = ChatEngine(template=args.template)
+    engine.load_model(args.model)
+    adapter = None
+    if args.adapter:
+        folder = resolve_adapter(args.adapter)
+        adapter = (folder.parent.name if folder.name == "adapter" else folder.name, str(folder))
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                  top_p=args.top_p, greedy=args.greedy)
+    messages = [{"role": "user", "content": args.prompt}]
+    print(engine.chat(messages, system=args.system, adapter=adapter, settings=settings))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from core.export import zip_run
+
+    print(zip_run(args.run, args.zip))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glm-workbench", description="Fine-tune GLM / ChatGLM models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo-model", help="build the tiny demo GLM-4 model into DIR")
+    demo.add_argument("dir")
+    demo.set_defaults(func=cmd_demo_model)
+
+    train = commands.add_parser("train", help="train from a YAML config; prints the run folder last")
+    train.add_argument("config")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    train.add_argument("--workspace", default=DEFAULT_WORKSPACE, help="where run folders go (default: %(default)s)")
+    train.set_defaults(func=cmd_train)
+
+    chat = commands.add_parser("chat", help="answer one prompt with a model and optional adapter")
+    chat.add_argument("--model", default="demo")
+    chat.add_argument("--adapter", help="adapter folder or run folder")
+    chat.add_argument("--prompt", required=True)
+    chat.add_argument("--system", default="")
+    chat.add_argument("--template", default="glm4")
+    chat.add_argument("--greedy", action="store_true", help="deterministic decoding")
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, default=0.7)
+    chat.add_argument("--top-p", type=float, default=0.9)
+    chat.set_defaults(func=cmd_chat)
+
+    export = commands.add_parser("export", help="zip a run's adapter (or model) for download")
+    export.add_argument("--run", required=True, help="run folder")
+    export.add_argument("--zip", required=True, help="output .zip path")
+    export.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The workbench facade: every action the web UI offers, as a plain call (the UI is a thin layer over this).
+
+One `Workbench` per process owns the workspace folder, the single training job and the chat engine.
+Tests drive it directly; `webui/` only turns its results into components.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from core.chat.engine import ChatEngine, GenerationSettings
+from core.config import RunConfig
+from core.data.dataset import LoadedData, load_conversations
+from core.data.readers import DEMO_DATASETS, SUPPORTED_EXTENSIONS, DataError
+from core.export import zip_run
+from core.runs import RunInfo, find_run, list_runs, read_log_tail, read_metrics, read_status
+from core.training.job import JobManager
+
+BASE_MODEL_CHOICE = "demo"
+
+
+@dataclass
+class RunSnapshot:
+    """What a page shows about one run, read from its folder."""
+
+    name: str
+    status: dict[str, Any]
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    log_tail: str = ""
+
+    @property
+    def state(self) -> str:
+        return self.status.get("state", "unknown")
+
+
+class Workbench:
+    def __init__(self, workspace: str | Path = "workspace"):
+        self.workspace = Path(workspace).resolve()
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        self.uploads = self.workspace / "uploads"
+        self.exports = self.workspace / "exports"
+        self.jobs = JobManager(self.workspace)
+        self.chat_engine = ChatEngine()
+
+    # ---- data -----------------------------------------------------------------------------------------------
+    def dataset_choices(self) -> list[str]:
+        """Demo dataset names, then uploaded files (by path)."""
+        uploaded = sorted(str(p) for p in self.uploads.glob("*") if p.suffix.lower() in SUPPORTED_EXTENSIONS) \
+            if self.uploads.is_dir() else []
+        return list(DEMO_DATASETS) + uploaded
+
+    def save_upload(self, source: str | Path, original_name: str | None = None) -> str:
+        """Copy an uploaded file into the workspace (so runs can refer to it later); return its path."""
+        source = Path(source)
+        name = re.sub(r"[^\w.\-]+", "_", Path(original_name or source.name).name).lstrip(".") or "upload"
+        if Path(name).suffix.lower() not in SUPPORTED_EXTENSIONS:
+            raise DataError(f"unsupported file type '{Path(name).suffix or '(none)'}'; "
+                            f"use {', '.join(SUPPORTED_EXTENSIONS)}", name)
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        target = self.uploads / name
+        shutil.copyfile(source, target)
+        return str(target)
+
+    def preview_dataset(self, dataset: str, fmt: str = "auto") -> LoadedData:
+        return load_conversations(dataset, fmt)
+
+    # ---- training -------------------------------------------------------------------------------------------
+    def start_training(self, config: RunConfig) -> str:
+        """Start a run in the background; returns its name. Raises BusyError / ConfigError."""
+        return self.jobs.start(config).name
+
+    def abort_training(self) -> bool:
+        return self.jobs.abort()
+
+    def current_run_name(self) -> str | None:
+        """The training run, or else the newest run: what the train tab shows after a page refresh."""
+        running = self.jobs.running_run
+        if running is not None:
+            return running.name
+        runs = self.runs()
+        return runs[0].name if runs else None
+
+    def runs(self) -> list[RunInfo]:
+        return list_runs(self.workspace)
+
+    def run_path(self, name: str) -> Path:
+        """A run's folder, refusing anything that is not a run inside this workspace."""
+        run = find_run(self.workspace, name)
+        if run is None:
+            raise DataError(f"no run named '{name}' in this workspace")
+        return run.path
+
+    def snapshot(self, name: str | None) -> RunSnapshot | None:
+        if not name:
+            return None
+        path = self.run_path(name)
+        return RunSnapshot(name, read_status(path), read_metrics(path), read_log_tail(path))
+
+    def wait_for_job(self, timeout: float | None = None) -> None:
+        self.jobs.wait(timeout)
+
+    # ---- chat -----------------------------------------------------------------------------------------------
+    def adapter_choices(self) -> list[str]:
+        return [run.name for run in self.runs() if run.adapter_dir is not None and run.state != "running"]
+
+    def model_choices(self) -> list[str]:
+        """The demo model plus every full fine-tuning run's model folder."""
+        return [BASE_MODEL_CHOICE] + [run.name for run in self.runs() if run.model_dir is not None]
+
+    def _model_path(self, model: str) -> str:
+        if model in ("", BASE_MODEL_CHOICE):
+            return BASE_MODEL_CHOICE
+        run = find_run(self.workspace, model)
+        return str(run.model_dir) if run is not None and run.model_dir is not None else model
+
+    def chat_stream(self, messages: list[dict[str, str]], model: str = BASE_MODEL_CHOICE,
+                    adapter_run: str | None = None, system: str = "",
+                    settings: GenerationSettings | None = None) -> Iterator[str]:
+        """Stream a reply from the base model, or with a finished run's adapter hot-loaded onto it."""
+        self.chat_engine.load_model(self._model_path(model))
+        adapter = None
+        if adapter_run:
+            run = find_run(self.workspace, adapter_run)
+            if run is None or run.adapter_dir is None:
+                raise DataError(f"run '{adapter_run}' has no saved adapter")
+            adapter = (run.name, str(run.adapter_dir))
+        yield from self.chat_engine.stream(messages, system, adapter, settings)
+
+    # ---- export ---------------------------------------------------------------------------------------------
+    def export_zip(self, run_name: str) -> str:
+        path = self.run_path(run_name)
+        return str(zip_run(path, self.exports / f"{path.name}.zip"))
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(seconds)
+    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"

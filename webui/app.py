@@ -1,0 +1,42 @@
+"""Build the Gradio Blocks: one tab per task, each a thin layer over `core.workbench.Workbench`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from core.workbench import Workbench
+from webui.context import UIContext
+from webui.locale import Translator
+from webui.tabs.chat import create_chat_tab
+from webui.tabs.data import create_data_tab
+from webui.tabs.export import create_export_tab
+from webui.tabs.train import create_train_tab
+
+CSS_PATH = Path(__file__).resolve().parents[1] / "assets" / "ui.css"
+
+
+def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
+    ctx = UIContext(workbench, Translator(lang))
+    t = ctx.t
+    with gr.Blocks(title=t("app_title")) as app:
+        gr.Markdown(f"# {t('app_title')}\n{t('app_subtitle')}\n\n> {t('demo_model_note')}")
+        with gr.Tab(t("tab_data")):
+            data = create_data_tab(ctx)
+        with gr.Tab(t("tab_train")):
+            create_train_tab(ctx, data)
+        with gr.Tab(t("tab_chat")) as chat_tab:
+            chat = create_chat_tab(ctx)
+        with gr.Tab(t("tab_export")) as export_tab:
+            export = create_export_tab(ctx)
+        # Lists of runs go stale while training: refresh them whenever their tab is opened.
+        chat_tab.select(*chat["refresh"], api_name=False)
+        export_tab.select(*export["refresh"], api_name=False)
+        app.load(**data["preview"], api_name=False)
+    return app
+
+
+def launch_kwargs(workbench: Workbench) -> dict:
+    """Settings for `Blocks.launch` that every launcher (launch.py, tests) shares."""
+    return {"css": CSS_PATH.read_text(encoding="utf-8"), "allowed_paths": [str(workbench.exports)]}

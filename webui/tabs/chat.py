@@ -1,0 +1,77 @@
+"""Chat tab: a model plus an optional adapter (hot-loaded, the base stays loaded), streaming, multi-turn."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from core.chat.engine import GenerationSettings
+from core.data.readers import DataError
+from core.models.loader import ModelError
+from webui.context import UIContext
+
+USER_ERRORS = (DataError, ModelError, ValueError, OSError)
+
+
+def plain_messages(history: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Gradio 6 hands messages back with content as a list of parts; the engine wants plain text."""
+    messages = []
+    for message in history or []:
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        messages.append({"role": message["role"], "content": str(content or "")})
+    return messages
+
+
+def create_chat_tab(ctx: UIContext) -> dict:
+    t = ctx.t
+    none_choice = (t("adapter_none"), "")
+    with gr.Row():
+        model = gr.Dropdown(ctx.wb.model_choices(), value="demo", label=t("chat_model"), info=t("chat_model_info"),
+                            allow_custom_value=True, scale=2)
+        adapter = gr.Dropdown([none_choice, *ctx.wb.adapter_choices()], value="", label=t("chat_adapter"),
+                              info=t("chat_adapter_info"), allow_custom_value=True, scale=3)
+        refresh = gr.Button(t("refresh"), scale=0, min_width=100)
+    chatbot = gr.Chatbot(height=420, show_label=False)
+    with gr.Row():
+        message = gr.Textbox(placeholder=t("message_placeholder"), show_label=False, scale=5)
+        send = gr.Button(t("send"), variant="primary", scale=1)
+        clear = gr.Button(t("clear"), scale=1)
+    notice = gr.Markdown()
+    with gr.Accordion(t("gen_settings"), open=False):
+        system = gr.Textbox(label=t("system_prompt"), lines=2)
+        with gr.Row():
+            temperature = gr.Slider(0, 2, 0.7, step=0.05, label=t("temperature"))
+            top_p = gr.Slider(0.05, 1, 0.9, step=0.05, label=t("top_p"))
+            max_new_tokens = gr.Slider(8, 2048, 256, step=8, label=t("max_new_tokens"))
+            greedy = gr.Checkbox(False, label=t("greedy"))
+
+    def refresh_choices(current_model, current_adapter):
+        adapters = ctx.wb.adapter_choices()
+        return (gr.update(choices=ctx.wb.model_choices()),
+                gr.update(choices=[none_choice, *adapters], value=current_adapter if current_adapter in adapters else ""))
+
+    def respond(text, history, model_, adapter_, system_, temperature_, top_p_, max_new_, greedy_):
+        if not (text or "").strip():
+            yield history, "", gr.update()
+            return
+        messages = plain_messages(history) + [{"role": "user", "content": text}]
+        settings = GenerationSettings(max_new_tokens=int(max_new_), temperature=temperature_, top_p=top_p_,
+                                      greedy=bool(greedy_))
+        shown = messages + [{"role": "assistant", "content": ""}]
+        try:
+            for reply in ctx.wb.chat_stream(messages, model_, adapter_ or None, system_, settings):
+                shown[-1]["content"] = reply
+                yield shown, "", ""
+        except USER_ERRORS as exc:
+            yield plain_messages(history), text, ctx.error(exc)
+
+    chat_io = dict(fn=respond, inputs=[message, chatbot, model, adapter, system, temperature, top_p,
+                                       max_new_tokens, greedy], outputs=[chatbot, message, notice])
+    send.click(**chat_io, api_name="chat")
+    message.submit(**chat_io, api_name=False)
+    clear.click(lambda: ([], ""), None, [chatbot, notice], api_name=False)
+    refresh.click(refresh_choices, [model, adapter], [model, adapter], api_name="refresh_chat_choices")
+    return {"model": model, "adapter": adapter, "refresh": (refresh_choices, [model, adapter], [model, adapter])}

@@ -1,0 +1,75 @@
+"""Data tab: pick a demo dataset or upload a file; see the detected format, row problems and a paged table."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from core.data.formats import FORMATS
+from core.data.readers import DataError
+from webui.context import UIContext
+
+PAGE_SIZE = 20
+USER_ERRORS = (DataError, OSError)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return "" if value is None else str(value)
+
+
+def rows_page(rows: list[dict[str, Any]], page: int) -> pd.DataFrame:
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    start = (max(int(page or 1), 1) - 1) * PAGE_SIZE
+    chunk = rows[start:start + PAGE_SIZE]
+    return pd.DataFrame([[_cell(row.get(c)) for c in columns] for row in chunk], columns=columns)
+
+
+def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
+    t = ctx.t
+    with gr.Row():
+        dataset = gr.Dropdown(ctx.wb.dataset_choices(), value="identity", label=t("dataset_label"),
+                              info=t("dataset_info"), allow_custom_value=True, scale=3)
+        fmt = gr.Dropdown(["auto", *FORMATS], value="auto", label=t("format_label"), info=t("format_info"), scale=1)
+        page = gr.Number(1, label=t("page_label"), minimum=1, precision=0, scale=1)
+    upload = gr.File(label=t("upload_label"), file_types=[".json", ".jsonl", ".csv", ".parquet"], type="filepath")
+    summary = gr.Markdown()
+    table = gr.Dataframe(interactive=False, wrap=True, max_height=520)
+
+    def preview(name: str, format_name: str, page_number: float):
+        try:
+            loaded = ctx.wb.preview_dataset(name, format_name)
+        except USER_ERRORS as exc:
+            return ctx.error(exc), pd.DataFrame(), gr.update()
+        pages = max(1, math.ceil(len(loaded.rows) / PAGE_SIZE))
+        page_number = min(max(int(page_number or 1), 1), pages)
+        text = t("data_summary", path=name, format=loaded.format, rows=len(loaded.rows),
+                 usable=len(loaded.conversations)) + f" · {page_number}/{pages}"
+        problems = loaded.result.problems
+        if problems:
+            text += "\n\n⚠️ " + t("data_problems", count=len(problems)) + "\n" + \
+                "\n".join(f"- {p}" for p in problems[:20])
+        return text, rows_page(loaded.rows, page_number), page_number
+
+    def on_upload(file_path: str | None):
+        if not file_path:
+            return gr.update(), gr.update()
+        try:
+            saved = ctx.wb.save_upload(file_path)
+        except USER_ERRORS as exc:
+            return gr.update(), ctx.error(exc)
+        return gr.update(choices=ctx.wb.dataset_choices(), value=saved), gr.update()
+
+    preview_io = dict(fn=preview, inputs=[dataset, fmt, page], outputs=[summary, table, page])
+    dataset.change(**preview_io, api_name="preview_dataset")
+    fmt.change(**preview_io, api_name=False)
+    page.submit(**preview_io, api_name=False)
+    upload.upload(on_upload, inputs=upload, outputs=[dataset, summary], api_name="upload_dataset")
+    return {"dataset": dataset, "format": fmt, "summary": summary, "table": table, "preview": preview_io}

@@ -1,0 +1,44 @@
+"""Export tab: one click downloads a finished run's adapter (or model) as a zip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from core.data.readers import DataError
+from core.export import ExportError
+from webui.context import UIContext
+
+
+def create_export_tab(ctx: UIContext) -> dict:
+    t = ctx.t
+    gr.Markdown(t("export_info"))
+    with gr.Row():
+        # Runs appear while the page is open: accept any name; the workbench checks it is a run of this workspace.
+        run = gr.Dropdown(_finished(ctx), label=t("export_run"), allow_custom_value=True, scale=4)
+        refresh = gr.Button(t("refresh"), scale=0, min_width=100)
+    download = gr.DownloadButton(t("export_download"), variant="primary")
+    notice = gr.Markdown()
+
+    def prepare(name: str | None):
+        """Build the zip as soon as a run is chosen, so the button downloads it in one click."""
+        if not name:
+            return None, ""
+        try:
+            path = ctx.wb.export_zip(name)
+        except (ExportError, DataError, OSError) as exc:
+            return None, ctx.error(exc)
+        return path, t("export_ready", file=Path(path).name)
+
+    def refresh_runs():
+        runs = _finished(ctx)
+        return gr.update(choices=runs, value=runs[0] if runs else None), "" if runs else t("export_none")
+
+    run.change(prepare, run, [download, notice], api_name="export_zip")
+    refresh.click(refresh_runs, None, [run, notice], api_name=False)
+    return {"run": run, "refresh": (refresh_runs, None, [run, notice])}
+
+
+def _finished(ctx: UIContext) -> list[str]:
+    return [r.name for r in ctx.wb.runs() if r.state in ("finished", "aborted") and (r.adapter_dir or r.model_dir)]
