@@ -39,7 +39,8 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
                               info=t("dataset_info"), allow_custom_value=True, scale=3)
         fmt = gr.Dropdown(["auto", *FORMATS], value="auto", label=t("format_label"), info=t("format_info"), scale=1)
         page = gr.Number(1, label=t("page_label"), minimum=1, precision=0, scale=1)
-    upload = gr.File(label=t("upload_label"), file_types=[".json", ".jsonl", ".csv", ".parquet"], type="filepath")
+    # No file_types filter: our own check names the file and the supported types in the page, not a toast.
+    upload = gr.File(label=t("upload_label"), type="filepath")
     summary = gr.Markdown()
     table = gr.Dataframe(interactive=False, wrap=True, max_height=520)
 
@@ -58,18 +59,20 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
                 "\n".join(f"- {p}" for p in problems[:20])
         return text, rows_page(loaded.rows, page_number), page_number
 
-    def on_upload(file_path: str | None):
+    def on_upload(file_path: str | None, format_name: str):
+        """Keep the file in the workspace, select it, and show its preview (or what is wrong with it)."""
         if not file_path:
-            return gr.update(), gr.update()
+            return gr.update(), gr.update(), gr.update(), gr.update()
         try:
             saved = ctx.wb.save_upload(file_path)
         except USER_ERRORS as exc:
-            return gr.update(), ctx.error(exc)
-        return gr.update(choices=ctx.wb.dataset_choices(), value=saved), gr.update()
+            return gr.update(), ctx.error(exc), pd.DataFrame(), gr.update()
+        return gr.update(choices=ctx.wb.dataset_choices(), value=saved), *preview(saved, format_name, 1)
 
+    # `.input` fires on the user's own changes only, so an upload that selects its file does not preview twice.
     preview_io = dict(fn=preview, inputs=[dataset, fmt, page], outputs=[summary, table, page])
-    dataset.change(**preview_io, api_name="preview_dataset")
-    fmt.change(**preview_io, api_name=False)
+    dataset.input(**preview_io, api_name="preview_dataset")
+    fmt.input(**preview_io, api_name=False)
     page.submit(**preview_io, api_name=False)
-    upload.upload(on_upload, inputs=upload, outputs=[dataset, summary], api_name="upload_dataset")
+    upload.upload(on_upload, inputs=[upload, fmt], outputs=[dataset, summary, table, page], api_name="upload_dataset")
     return {"dataset": dataset, "format": fmt, "summary": summary, "table": table, "preview": preview_io}

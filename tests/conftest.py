@@ -1,0 +1,41 @@
+"""Shared fixtures: one demo model per test session, built into a temporary home (never the user's cache)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Set before any engine code runs, and inherited by the UI/CLI subprocesses the tests start.
+os.environ["GLM_WORKBENCH_HOME"] = tempfile.mkdtemp(prefix="glm-workbench-test-home-")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("GLM_WORKBENCH_THREADS", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+IDENTITY_FIRST_ANSWER = "我是小智，由 GLM Workbench 团队微调的 AI 助手。"
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir() -> Path:
+    from core.models.demo import ensure_demo_model
+    from core.models.loader import configure_threads
+
+    configure_threads()
+    return ensure_demo_model()
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer(demo_model_dir):
+    from core.models.loader import load_tokenizer
+
+    return load_tokenizer(str(demo_model_dir))
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path

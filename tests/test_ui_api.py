@@ -1,0 +1,102 @@
+"""The whole spine through the web UI's own API (gradio_client), against a real `launch.py` process."""
+
+from __future__ import annotations
+
+import json
+import time
+import zipfile
+
+import pytest
+
+from tests.conftest import IDENTITY_FIRST_ANSWER
+from tests.ui_server import running_ui
+
+gradio_client = pytest.importorskip("gradio_client")
+
+TRAIN_FORM = dict(model_="demo", method_="lora", rank=8, alpha=16, dropout=0.0, target="all", lr=2e-3,
+                  epochs_=10, steps=-1, batch=4, accum=1, cutoff=512, dataset="identity", fmt="auto")
+
+
+def chat(client, text, history=(), adapter=""):
+    result = client.predict(text, list(history), "demo", adapter, "", 0.7, 0.9, 48, True, api_name="/chat")
+    return result[0], result[0][-1]["content"][0]["text"]
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory, demo_model_dir):
+    workspace = tmp_path_factory.mktemp("ui") / "workspace"
+    with running_ui(workspace) as url:
+        yield gradio_client.Client(url, verbose=False), workspace
+
+
+def test_train_in_the_ui_then_chat_and_download(ui, tmp_path, demo_model_dir):
+    client, workspace = ui
+    summary = client.predict("identity", "auto", 1, api_name="/preview_dataset")[0]
+    assert "format **alpaca**" in summary and "50 rows" in summary
+    _, base_reply = chat(client, "你是谁？")
+
+    started = client.predict(**TRAIN_FORM, api_name="/start_training")
+    assert started.startswith("✅")
+    run = started.split("run ")[1].rstrip(".")
+    busy = client.predict(**TRAIN_FORM, api_name="/start_training")
+    assert f"busy: run {run} is training" in busy
+
+    deadline, status = time.time() + 600, {}
+    while time.time() < deadline:
+        progress, figure, log, status = client.predict(api_name="/poll")
+        if status.get("state") in ("finished", "failed", "aborted"):
+            break
+        time.sleep(1)
+    assert status["state"] == "finished", status
+    assert f"step {status['max_steps']}/{status['max_steps']}" in progress
+    plotted = json.loads(figure["plot"])["data"][0]["y"]
+    assert len(plotted) == status["max_steps"]
+    quarter = len(plotted) // 4
+    assert sum(plotted[-quarter:]) / quarter < sum(plotted[:quarter]) / quarter
+
+    _, adapters = client.predict("demo", "", api_name="/refresh_chat_choices")
+    assert [run, run] in adapters["choices"]
+    history, tuned = chat(client, "你是谁？", adapter=run)
+    assert tuned == IDENTITY_FIRST_ANSWER != base_reply
+    _, second = chat(client, "Who are you?", history=history, adapter=run)
+    assert "Xiaozhi" in second
+
+    archive, notice = client.predict(run, api_name="/export_zip")
+    assert notice.endswith(".zip")
+    with zipfile.ZipFile(archive) as zipped:
+        zipped.extractall(tmp_path / "adapter")
+    from peft import PeftModel
+
+    from core.models.loader import load_model
+
+    model = PeftModel.from_pretrained(load_model(str(demo_model_dir)), str(tmp_path / "adapter"))
+    assert any("lora_A" in name for name, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("broken.json", '[{"instruction": "a", "output": ', "broken.json: invalid JSON at line 1"),
+    ("columns.json", '[{"question": "a", "answer": "b"}]', "unknown columns: answer, question"),
+    ("empty.jsonl", "", "empty.jsonl: the file is empty"),
+    ("data.txt", "instruction,output", "unsupported file type '.txt'"),
+])
+def test_bad_uploads_show_a_specific_message_and_the_ui_keeps_working(ui, tmp_path, name, content, message):
+    client, _ = ui
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    result = client.predict(gradio_client.handle_file(str(path)), "auto", api_name="/upload_dataset")
+    summary = result[1]
+    assert summary.startswith("❌") and message in summary
+    assert "Traceback" not in summary
+    # The UI still answers: a good dataset previews fine afterwards.
+    assert "format **sharegpt**" in client.predict("multiturn", "auto", 1, api_name="/preview_dataset")[0]
+
+
+def test_good_upload_is_selected_and_previewed(ui, tmp_path):
+    client, workspace = ui
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"prompt": "你好", "response": "你好！"}\n{"prompt": "再见", "response": "再见！"}\n',
+                    encoding="utf-8")
+    dataset, summary, table, page = client.predict(gradio_client.handle_file(str(path)), "auto",
+                                                   api_name="/upload_dataset")
+    assert dataset["value"].endswith("mine.jsonl") and "format **chatglm**" in summary and "2 rows" in summary
+    assert table["data"][0][:2] == ["你好", "你好！"]

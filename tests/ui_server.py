@@ -1,0 +1,51 @@
+"""Start the real web UI (`launch.py`) in a subprocess on a free loopback port, for gradio_client tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_ui(workspace: Path, lang: str = "en", timeout: float = 120) -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    log = open(workspace.parent / f"ui-{port}.log", "w")
+    process = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "--port", str(port), "--workspace",
+                                str(workspace), "--lang", lang], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                               env=os.environ.copy())
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"UI exited early: {(workspace.parent / f'ui-{port}.log').read_text()}")
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise TimeoutError("UI did not start") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
