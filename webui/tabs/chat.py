@@ -73,5 +73,8 @@ def create_chat_tab(ctx: UIContext) -> dict:
     send.click(**chat_io, api_name="chat")
     message.submit(**chat_io, api_name=False)
     clear.click(lambda: ([], ""), None, [chatbot, notice], api_name=False)
+    # A different model or adapter starts a new conversation: old answers came from other weights.
+    for selector in (model, adapter):
+        selector.input(lambda: ([], ""), None, [chatbot, notice], api_name=False)
     refresh.click(refresh_choices, [model, adapter], [model, adapter], api_name="refresh_chat_choices")
     return {"model": model, "adapter": adapter, "refresh": (refresh_choices, [model, adapter], [model, adapter])}

@@ -40,7 +40,7 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
         fmt = gr.Dropdown(["auto", *FORMATS], value="auto", label=t("format_label"), info=t("format_info"), scale=1)
         page = gr.Number(1, label=t("page_label"), minimum=1, precision=0, scale=1)
     # No file_types filter: our own check names the file and the supported types in the page, not a toast.
-    upload = gr.File(label=t("upload_label"), type="filepath")
+    upload = gr.File(label=t("upload_label"), type="filepath", height=120)
     summary = gr.Markdown()
     table = gr.Dataframe(interactive=False, wrap=True, max_height=520)
 
