@@ -8,3 +8,5 @@ import warnings
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 # peft calls a transformers property that transformers 5 renamed; harmless, and shown on every adapter load.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+# bitsandbytes' 8-bit matmul logs a cast warning on every call; it says nothing the user can act on.
+logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)

@@ -71,9 +71,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from core.export import zip_run
+    from core.export import merge_run, zip_run
 
-    print(zip_run(args.run, args.zip))
+    if not (args.zip or args.merge):
+        raise ExportError("say what to export: --zip OUT.zip and/or --merge DIR")
+    if args.zip:
+        print(zip_run(args.run, args.zip))
+    if args.merge:
+        print(merge_run(args.run, args.merge, args.dtype, args.max_shard_size))
     return 0
 
 
@@ -103,9 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--top-p", type=float, default=0.9)
     chat.set_defaults(func=cmd_chat)
 
-    export = commands.add_parser("export", help="zip a run's adapter (or model) for download")
+    export = commands.add_parser("export", help="zip a run's adapter (or model), or merge a LoRA into its base")
     export.add_argument("--run", required=True, help="run folder")
-    export.add_argument("--zip", required=True, help="output .zip path")
+    export.add_argument("--zip", help="output .zip path")
+    export.add_argument("--merge", metavar="DIR", help="write the base model with the LoRA merged in to DIR")
+    export.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="merged weights")
+    export.add_argument("--max-shard-size", default="2GB", help="merged weights' shard size (default: %(default)s)")
     export.set_defaults(func=cmd_export)
     return parser
 

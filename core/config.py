@@ -14,7 +14,9 @@ from typing import Any
 
 import yaml
 
-FINETUNING_TYPES = ("lora", "full")
+FINETUNING_TYPES = ("lora", "qlora", "freeze", "full", "ptuning_v2")
+QUANTIZATION_TYPES = ("nf4", "fp4")
+COMPUTE_DTYPES = ("auto", "fp32", "bf16", "fp16")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -38,6 +40,16 @@ class RunConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_target: str = "all"
+    use_dora: bool = False
+    use_rslora: bool = False
+    quantization_bit: int = 4  # qlora: 4 or 8
+    quantization_type: str = "nf4"  # qlora 4-bit: nf4 or fp4
+    double_quantization: bool = True
+    quantization_compute_dtype: str = "auto"
+    freeze_trainable_layers: int = 2  # freeze: train the last N layers (negative: the first N)
+    freeze_extra_modules: str = ""  # freeze: also train parameters whose names contain these, comma-separated
+    pre_seq_len: int = 16  # ptuning_v2: prefix length
+    prefix_projection: bool = False  # ptuning_v2: reparameterise the prefix through an MLP while training
     # data
     dataset: str = "identity"
     dataset_format: str = "auto"
@@ -58,6 +70,7 @@ class RunConfig:
     save_steps: int = 0
     seed: int = 42
     precision: str = "auto"
+    gradient_checkpointing: bool = False
     # output
     output_dir: str = ""
     run_name: str = ""
@@ -126,11 +139,22 @@ class RunConfig:
         check(self.logging_steps >= 1, "logging_steps", "must be at least 1")
         check(self.save_steps >= 0, "save_steps", "must be 0 (only at the end) or more")
         check(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
-        if self.finetuning_type == "lora":
+        if self.finetuning_type in ("lora", "qlora"):
             check(self.lora_rank >= 1, "lora_rank", "must be at least 1")
             check(self.lora_alpha > 0, "lora_alpha", "must be greater than 0")
             check(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
             check(bool(self.lora_target.strip()), "lora_target", "must be 'all' or a comma-separated list of module names")
+        if self.finetuning_type == "qlora":
+            check(self.quantization_bit in (4, 8), "quantization_bit", "must be 4 or 8")
+            check(self.quantization_type in QUANTIZATION_TYPES, "quantization_type",
+                  f"must be one of {', '.join(QUANTIZATION_TYPES)}")
+            check(self.quantization_compute_dtype in COMPUTE_DTYPES, "quantization_compute_dtype",
+                  f"must be one of {', '.join(COMPUTE_DTYPES)}")
+        if self.finetuning_type == "freeze":
+            check(self.freeze_trainable_layers != 0, "freeze_trainable_layers",
+                  "must be a number of layers: N trains the last N, -N the first N")
+        if self.finetuning_type == "ptuning_v2":
+            check(self.pre_seq_len >= 1, "pre_seq_len", "must be at least 1")
         from core.data.template import TEMPLATES  # late import: data depends on nothing in config
 
         check(self.template in TEMPLATES, "template", f"must be one of {', '.join(TEMPLATES)}")

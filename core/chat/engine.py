@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Iterator
 
 from core.data.template import TemplateEncoder
+from core.methods.ptuning_v2 import PrefixAdapter, is_prefix_adapter
 from core.models.loader import load_model, load_tokenizer, resolve_model_path
 
 log = logging.getLogger("glm_workbench")
@@ -41,6 +42,14 @@ def adapter_key(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name)
 
 
+@dataclass
+class LoadedAdapter:
+    folder: str
+    stamp: float  # weights file mtime: a retrained adapter is reloaded
+    key: str | None = None  # LoRA: its name inside the PeftModel
+    prefix: PrefixAdapter | None = None  # P-tuning v2: the prefix handed to generate
+
+
 class _Cancel:
     """A stopping criterion that ends generation once the reader has gone away."""
 
@@ -61,7 +70,7 @@ class ChatEngine:
         self.encoder: TemplateEncoder | None = None
         self.model_path: str | None = None
         self.peft = None  # PeftModel wrapping self.model once an adapter is loaded (LoRA layers sit in place)
-        self._adapters: dict[str, tuple[str, str, float]] = {}  # name -> (peft key, folder, weights mtime)
+        self._adapters: dict[str, LoadedAdapter] = {}
         self._loads = 0
         self._lock = threading.RLock()
 
@@ -86,45 +95,52 @@ class ChatEngine:
     def adapters(self) -> list[str]:
         return list(self._adapters)
 
-    def _ensure_adapter(self, name: str, folder: str) -> str:
-        """Load (or reload, if its files changed) an adapter onto the base model; return its peft key."""
+    def _ensure_adapter(self, name: str, folder: str) -> LoadedAdapter:
+        """Load (or reload, if its files changed) an adapter for the base model."""
         from peft import PeftModel
 
         weights = next(Path(folder).glob("adapter_model.*"), None)
         if weights is None:
-            raise ValueError(f"{folder}: no adapter_model file: is this a finished LoRA run?")
+            raise ValueError(f"{folder}: no adapter_model file: is this a finished adapter run?")
         stamp = weights.stat().st_mtime
         known = self._adapters.get(name)
-        if known and known[1:] == (str(folder), stamp):
-            return known[0]
-        self._loads += 1
-        key = f"{adapter_key(name)}_{self._loads}"  # a fresh key, so a changed adapter replaces the old cleanly
+        if known and (known.folder, known.stamp) == (str(folder), stamp):
+            return known
         log.info("chat: hot-loading adapter %s from %s", name, folder)
-        if self.peft is None:
-            self.peft = PeftModel.from_pretrained(self.model, str(folder), adapter_name=key)
+        if is_prefix_adapter(folder):
+            # A prefix is not a layer in the model: keep it aside and hand it to generate (see ptuning_v2).
+            loaded = LoadedAdapter(str(folder), stamp, prefix=PrefixAdapter.load(folder))
         else:
-            self.peft.load_adapter(str(folder), adapter_name=key)
-        self.peft.eval()
-        if known:
-            self.peft.set_adapter(key)
-            self.peft.delete_adapter(known[0])
-        self._adapters[name] = (key, str(folder), stamp)
-        return key
+            self._loads += 1
+            key = f"{adapter_key(name)}_{self._loads}"  # a fresh key: a changed adapter replaces the old cleanly
+            if self.peft is None:
+                self.peft = PeftModel.from_pretrained(self.model, str(folder), adapter_name=key)
+            else:
+                self.peft.load_adapter(str(folder), adapter_name=key)
+            self.peft.eval()
+            if known and known.key:
+                self.peft.set_adapter(key)
+                self.peft.delete_adapter(known.key)
+            loaded = LoadedAdapter(str(folder), stamp, key=key)
+        self._adapters[name] = loaded
+        return loaded
 
-    def _select(self, adapter: tuple[str, str] | None) -> AbstractContextManager:
-        """Activate one adapter, or none for the plain base model; returns the context to generate in."""
-        if adapter is None:
-            return self.peft.disable_adapter() if self.peft is not None else nullcontext()
-        key = self._ensure_adapter(*adapter)
-        self.peft.set_adapter(key)
-        return nullcontext()
+    def _select(self, adapter: tuple[str, str] | None) -> tuple[AbstractContextManager, PrefixAdapter | None]:
+        """Activate one adapter, or none for the plain base model: the context to generate in, and the
+        P-tuning prefix to pass (if the adapter is one)."""
+        loaded = self._ensure_adapter(*adapter) if adapter is not None else None
+        if loaded is not None and loaded.key is not None:
+            self.peft.set_adapter(loaded.key)
+            return nullcontext(), None
+        base_only = self.peft.disable_adapter() if self.peft is not None else nullcontext()
+        return base_only, loaded.prefix if loaded is not None else None
 
     # ---- generation -----------------------------------------------------------------------------------------
     def stream(self, messages: list[dict[str, str]], system: str = "", adapter: tuple[str, str] | None = None,
                settings: GenerationSettings | None = None) -> Iterator[str]:
         """Yield the reply as it grows (each item is the whole reply so far).
 
-        `adapter` is (name, folder) of a LoRA adapter, or None for the base model.
+        `adapter` is (name, folder) of a LoRA or P-tuning v2 adapter, or None for the base model.
         """
         import torch
         from transformers import StoppingCriteriaList, TextIteratorStreamer
@@ -133,9 +149,12 @@ class ChatEngine:
             raise RuntimeError("no model loaded: call load_model first")
         settings = settings or GenerationSettings()
         with self._lock:
-            context = self._select(adapter)
+            context, prefix = self._select(adapter)
             prompt = self.encoder.encode_prompt(messages, system)
             input_ids = torch.tensor([prompt], device=self.model.device)
+            inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+            if prefix is not None:
+                inputs = prefix.generate_kwargs(self.model, input_ids, inputs["attention_mask"])
             streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
             errors: list[BaseException] = []
             cancelled = threading.Event()  # set when the consumer stops reading (Stop button, closed page)
@@ -143,8 +162,7 @@ class ChatEngine:
             def work() -> None:
                 try:
                     with torch.inference_mode(), context:
-                        self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                            max_new_tokens=settings.max_new_tokens, streamer=streamer,
+                        self.model.generate(**inputs, max_new_tokens=settings.max_new_tokens, streamer=streamer,
                                             eos_token_id=self.encoder.stop_token_ids,
                                             pad_token_id=self.tokenizer.pad_token_id,
                                             stopping_criteria=StoppingCriteriaList([_Cancel(cancelled)]),

@@ -1,15 +1,17 @@
 """Fine-tuning methods: one small module each, one registry.
 
-A method decides which parameters train (`prepare`) and what a finished run leaves behind (`save`):
-LoRA leaves a PEFT adapter folder, full fine-tuning a complete model folder.
+A method decides how the model is loaded (`model_kwargs`, e.g. 4-bit), which parameters train (`prepare`) and
+what a finished run leaves behind (`save`): LoRA/QLoRA/P-tuning v2 a PEFT adapter folder, full and freeze a
+complete model folder.
 """
 
 from __future__ import annotations
 
-from core.methods import full, lora
+from core.methods import freeze, full, lora, ptuning_v2, qlora
 from core.methods.base import Method
 
-METHODS: dict[str, Method] = {method.name: method for method in (lora.METHOD, full.METHOD)}
+METHODS: dict[str, Method] = {m.name: m for m in (lora.METHOD, qlora.METHOD, freeze.METHOD, full.METHOD,
+                                                  ptuning_v2.METHOD)}
 
 
 def get_method(name: str) -> Method:

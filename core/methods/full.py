@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from core.methods.base import Method
+from core.methods.base import Method, save_model_and_tokenizer
 
 
 def prepare(model, config):
@@ -13,9 +11,4 @@ def prepare(model, config):
     return model
 
 
-def save(model, tokenizer, folder: Path) -> None:
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-
-
-METHOD = Method(name="full", output_dir="model", prepare=prepare, save=save)
+METHOD = Method(name="full", output_dir="model", prepare=prepare, save=save_model_and_tokenizer)

@@ -60,16 +60,19 @@ def load_tokenizer(path: str):
         raise ModelError(f"{path}: cannot load the tokenizer: {exc}") from None
 
 
-def load_model(path: str, dtype=None, device: str | None = None):
-    """Load the causal LM in eval mode on `device` (default: GPU if present)."""
+def load_model(path: str, dtype=None, device: str | None = None, quantization_config=None):
+    """Load the causal LM in eval mode on `device` (default: GPU if present), optionally quantized."""
     from transformers import AutoModelForCausalLM
 
     device = device or pick_device()
+    kwargs = {"dtype": dtype or pick_dtype("auto", device)}
+    if quantization_config is not None:
+        kwargs.update(quantization_config=quantization_config, device_map={"": device})
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or pick_dtype("auto", device))
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: cannot load the model: {exc}") from None
-    return model.to(device).eval()
+    return (model if quantization_config is not None else model.to(device)).eval()
 
 
 def configure_threads() -> int:

@@ -73,25 +73,43 @@ def _training_arguments(config: RunConfig, run_dir: Path, has_eval: bool, show_p
         remove_unused_columns=False,
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
     )
 
 
-def run_training(config: RunConfig, run_dir: str | Path, stop_event: threading.Event | None = None,
-                 show_progress: bool = False) -> dict:
-    """Train as configured, writing everything into run_dir. Returns the final status (never raises for
-    training errors: they end as state 'failed' with the message; a caller can inspect the status)."""
-    from transformers import DataCollatorForSeq2Seq, Trainer, set_seed
+class TrainingSession:
+    """One run's lifecycle. After `run()`, `model` and `tokenizer` hold the trained model (tests compare it
+    with what a fresh process loads back from the run folder)."""
 
-    run_dir = Path(run_dir)
-    stop_event = stop_event or threading.Event()
-    if not (run_dir / CONFIG_FILE).is_file():
-        prepare_run_folder(config, run_dir)
-    handler = _log_to_file(run_dir)
-    try:
-        config.validate()
-        update_status(run_dir, state="running", started=time.time())
-        set_seed(config.seed)
-        method = get_method(config.finetuning_type)
+    def __init__(self, config: RunConfig, run_dir: str | Path, stop_event: threading.Event | None = None,
+                 show_progress: bool = False):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.stop_event = stop_event or threading.Event()
+        self.show_progress = show_progress
+        self.model = None
+        self.tokenizer = None
+
+    def run(self) -> dict:
+        """Train, writing everything into the run folder. Returns the final status; never raises for training
+        errors: they end as state 'failed' with a plain message."""
+        if not (self.run_dir / CONFIG_FILE).is_file():
+            prepare_run_folder(self.config, self.run_dir)
+        handler = _log_to_file(self.run_dir)
+        try:
+            return self._train()
+        except Exception as exc:  # noqa: BLE001 - every failure must end as a readable status, not a dead thread
+            log.exception("training failed")
+            return update_status(self.run_dir, state="failed", error=explain_error(exc), finished=time.time())
+        finally:
+            for name in ("glm_workbench", "transformers"):
+                logging.getLogger(name).removeHandler(handler)
+            handler.close()
+
+    def _load(self, method):
+        """Tokenizer, data and the method-prepared model."""
+        config, run_dir = self.config, self.run_dir
         model_path = resolve_model_path(config.model_name_or_path)
         log.info("loading model %s", model_path)
         tokenizer = load_tokenizer(model_path)
@@ -103,46 +121,58 @@ def run_training(config: RunConfig, run_dir: str | Path, stop_event: threading.E
         for problem in data.problems[:20]:
             log.warning("skipped %s", problem)
         device = pick_device()
-        model = load_model(model_path, dtype=None if device == "cuda" else pick_dtype("fp32", device), device=device)
+        # Weights that train are kept in fp32 (mixed precision autocasts); frozen bases load in the GPU's dtype.
+        trains_base = method.output_dir == "model"
+        dtype = pick_dtype("fp32" if trains_base else config.precision, device)
+        model = load_model(model_path, dtype=dtype, device=device, **method.model_kwargs(config))
         model = method.prepare(model, config)
         trainable, total = count_parameters(model)
         log.info("method %s: %s of %s parameters train (%.2f%%)", method.name, f"{trainable:,}", f"{total:,}",
                  100 * trainable / max(total, 1))
         update_status(run_dir, trainable_params=trainable, total_params=total, train_samples=len(data.train),
                       eval_samples=len(data.eval), data_format=data.format, data_problems=len(data.problems))
+        return tokenizer, data, model
+
+    def _train(self) -> dict:
+        from transformers import DataCollatorForSeq2Seq, Trainer, set_seed
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        config, run_dir = self.config.validate(), self.run_dir
+        update_status(run_dir, state="running", started=time.time())
+        set_seed(config.seed)
+        method = get_method(config.finetuning_type)
+        tokenizer, data, model = self._load(method)
         trainer = Trainer(
             model=model,
-            args=_training_arguments(config, run_dir, bool(data.eval), show_progress),
+            args=_training_arguments(config, run_dir, bool(data.eval), self.show_progress),
             train_dataset=data.train,
             eval_dataset=data.eval or None,
             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
             processing_class=tokenizer,
-            callbacks=[RunFolderCallback(run_dir), StopCallback(stop_event)],
+            callbacks=[RunFolderCallback(run_dir), StopCallback(self.stop_event)],
         )
         # Metrics go to metrics.jsonl; the terminal gets a progress bar with the loss, not a dict per step.
-        from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
-        if show_progress:
+        if self.show_progress:
             trainer.add_callback(LossProgressBar())
         trainer.train()
-        aborted = stop_event.is_set()
+        aborted = self.stop_event.is_set()
         with atomic_dir(run_dir / method.output_dir) as folder:
             method.save(trainer.model, tokenizer, folder)
+        self.model, self.tokenizer = trainer.model, tokenizer
         losses = [m["loss"] for m in read_metrics(run_dir) if m.get("loss") is not None]
         final = dict(state="aborted" if aborted else "finished", finished=time.time(),
                      final_loss=losses[-1] if losses else None, output=method.output_dir,
                      step=trainer.state.global_step)
         log.info("run %s: %s after %d steps", run_dir.name, final["state"], trainer.state.global_step)
         return update_status(run_dir, **final)
-    except Exception as exc:  # noqa: BLE001 - every failure must end as a readable status, not a dead thread
-        log.exception("training failed")
-        return update_status(run_dir, state="failed", error=explain_error(exc), finished=time.time())
-    finally:
-        for name in ("glm_workbench", "transformers"):
-            logging.getLogger(name).removeHandler(handler)
-        handler.close()
+
+
+def run_training(config: RunConfig, run_dir: str | Path, stop_event: threading.Event | None = None,
+                 show_progress: bool = False) -> dict:
+    """Train as configured into run_dir; returns the final status (see TrainingSession.run)."""
+    return TrainingSession(config, run_dir, stop_event, show_progress).run()
 
 
 def explain_error(exc: BaseException) -> str:

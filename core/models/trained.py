@@ -1,0 +1,58 @@
+"""Load a finished run exactly as it was trained (same quantization, adapter or prefix), for inference.
+
+The chat engine hot-swaps adapters on one full-precision base; this loader instead rebuilds the training-time
+model of one run, which is what evaluation and the save/reload checks need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.config import RunConfig, load_yaml
+from core.methods import get_method
+from core.methods.ptuning_v2 import PrefixAdapter
+from core.models.loader import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path
+from core.runs import ADAPTER_DIR, CONFIG_FILE, MODEL_DIR
+
+
+@dataclass
+class TrainedModel:
+    model: object
+    tokenizer: object
+    config: RunConfig
+    prefix: PrefixAdapter | None = None
+
+    def forward_kwargs(self, input_ids, attention_mask=None) -> dict:
+        """Inputs for `model(...)` or `model.generate(...)`, with the P-tuning prefix where there is one."""
+        import torch
+
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        if self.prefix is not None:
+            return self.prefix.generate_kwargs(self.model, input_ids, attention_mask)
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def logits(self, input_ids):
+        import torch
+
+        with torch.inference_mode():
+            return self.model(**self.forward_kwargs(input_ids)).logits
+
+
+def load_trained(run_dir: str | Path) -> TrainedModel:
+    run_dir = Path(run_dir)
+    config = load_yaml(run_dir / CONFIG_FILE)
+    method = get_method(config.finetuning_type)
+    device = pick_device()
+    if method.output_dir == MODEL_DIR:
+        folder = str(run_dir / MODEL_DIR)
+        return TrainedModel(load_model(folder, dtype=pick_dtype(config.precision, device)), load_tokenizer(folder),
+                            config)
+    base_path = resolve_model_path(config.model_name_or_path)
+    base = load_model(base_path, dtype=pick_dtype(config.precision, device), **method.model_kwargs(config))
+    adapter = run_dir / ADAPTER_DIR
+    if method.name == "ptuning_v2":
+        return TrainedModel(base, load_tokenizer(base_path), config, PrefixAdapter.load(adapter))
+    from peft import PeftModel
+
+    return TrainedModel(PeftModel.from_pretrained(base, str(adapter)).eval(), load_tokenizer(base_path), config)
