@@ -17,7 +17,7 @@ from core.chat.engine import ChatEngine, GenerationSettings
 from core.config import RunConfig
 from core.data.dataset import LoadedData, load_conversations
 from core.data.readers import DEMO_DATASETS, SUPPORTED_EXTENSIONS, DataError
-from core.export import zip_run
+from core.export import ExportError, merge_run, zip_run
 from core.runs import RunInfo, find_run, list_runs, read_log_tail, read_metrics, read_status
 from core.training.job import JobManager
 
@@ -135,6 +135,12 @@ class Workbench:
     def export_zip(self, run_name: str) -> str:
         path = self.run_path(run_name)
         return str(zip_run(path, self.exports / f"{path.name}.zip"))
+
+    def merge_run(self, run_name: str, target: str, dtype: str = "auto", max_shard_size: str = "2GB") -> str:
+        """Merge a LoRA/QLoRA run into its base; the folder is the user's choice (this is a local tool)."""
+        if not target.strip():
+            raise ExportError("choose an output folder for the merged model")
+        return str(merge_run(self.run_path(run_name), Path(target).expanduser(), dtype, max_shard_size))
 
 
 def format_duration(seconds: float | None) -> str:

@@ -13,8 +13,14 @@ from tests.ui_server import running_ui
 
 gradio_client = pytest.importorskip("gradio_client")
 
-TRAIN_FORM = dict(model_="demo", method_="lora", rank=8, alpha=16, dropout=0.0, target="all", lr=2e-3,
-                  epochs_=10, steps=-1, batch=4, accum=1, cutoff=512, dataset="identity", fmt="auto")
+
+
+def train_form(client, **by_label) -> list:
+    """The Start button's inputs: the form's defaults, with some fields set by their (English) label."""
+    parameters = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/start_training"]["parameters"]
+    labels = [p["label"] for p in parameters]
+    assert set(by_label) <= set(labels), labels
+    return [by_label.get(p["label"], p["parameter_default"]) for p in parameters]
 
 
 def chat(client, text, history=(), adapter=""):
@@ -35,10 +41,11 @@ def test_train_in_the_ui_then_chat_and_download(ui, tmp_path, demo_model_dir):
     assert "format **alpaca**" in summary and "50 rows" in summary
     _, base_reply = chat(client, "你是谁？")
 
-    started = client.predict(**TRAIN_FORM, api_name="/start_training")
+    form = train_form(client, Method="lora", Dataset="identity")
+    started = client.predict(*form, api_name="/start_training")
     assert started.startswith("✅")
     run = started.split("run ")[1].rstrip(".")
-    busy = client.predict(**TRAIN_FORM, api_name="/start_training")
+    busy = client.predict(*form, api_name="/start_training")
     assert f"busy: run {run} is training" in busy
 
     deadline, status = time.time() + 600, {}
@@ -100,3 +107,11 @@ def test_good_upload_is_selected_and_previewed(ui, tmp_path):
                                                    api_name="/upload_dataset")
     assert dataset["value"].endswith("mine.jsonl") and "format **chatglm**" in summary and "2 rows" in summary
     assert table["data"][0][:2] == ["你好", "你好！"]
+
+
+def test_invalid_form_values_are_named(ui):
+    client, _ = ui
+    message = client.predict(*train_form(client, **{"Learning rate": -1, "Epochs": 0}), api_name="/start_training")
+    assert message.startswith("❌")
+    assert "learning_rate: must be greater than 0" in message
+    assert "num_train_epochs: must be > 0 unless max_steps is set" in message

@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from core.data.readers import DataError
-from core.export import ExportError
+from core.export import MERGE_DTYPES, ExportError
 from webui.context import UIContext
 
 
@@ -20,6 +20,13 @@ def create_export_tab(ctx: UIContext) -> dict:
         refresh = gr.Button(t("refresh"), scale=0, min_width=100)
     download = gr.DownloadButton(t("export_download"), variant="primary")
     notice = gr.Markdown()
+    with gr.Accordion(t("export_merge_title"), open=False):
+        with gr.Row():
+            merge_dir = gr.Textbox(str(ctx.wb.exports / "merged"), label=t("export_merge_dir"), scale=3)
+            merge_dtype = gr.Dropdown(list(MERGE_DTYPES), value="auto", label=t("export_merge_dtype"), scale=1)
+            shard_size = gr.Textbox("2GB", label=t("export_merge_shard"), scale=1)
+        merge = gr.Button(t("export_merge"))
+        merge_notice = gr.Markdown()
 
     def prepare(name: str | None):
         """Build the zip as soon as a run is chosen, so the button downloads it in one click."""
@@ -35,7 +42,15 @@ def create_export_tab(ctx: UIContext) -> dict:
         runs = _finished(ctx)
         return gr.update(choices=runs, value=runs[0] if runs else None), "" if runs else t("export_none")
 
+    def merge_run(name: str | None, folder: str, dtype: str, shard: str):
+        try:
+            path = ctx.wb.merge_run(name or "", folder, dtype, shard)
+        except (ExportError, DataError, OSError, ValueError) as exc:
+            return ctx.error(exc)
+        return "✅ " + t("export_merged", path=path)
+
     run.change(prepare, run, [download, notice], api_name="export_zip")
+    merge.click(merge_run, [run, merge_dir, merge_dtype, shard_size], merge_notice, api_name="merge_run")
     refresh.click(refresh_runs, None, [run, notice], api_name=False)
     return {"run": run, "refresh": (refresh_runs, None, [run, notice])}
 

@@ -1,5 +1,6 @@
 """Train tab: the form for one run, Start/Abort, and a live view (progress, loss chart, log) of the job.
 
+Every form field is named after its RunConfig key, so the form, the YAML file and the CLI stay one thing.
 The live view is driven by a timer that reads the run folder, so it shows the same thing after a page
 refresh, in a second browser tab, or after the browser was closed while training went on.
 """
@@ -10,7 +11,7 @@ import html
 
 import gradio as gr
 
-from core.config import ConfigError, RunConfig
+from core.config import COMPUTE_DTYPES, FINETUNING_TYPES, QUANTIZATION_TYPES, ConfigError, RunConfig
 from core.data.readers import DataError
 from core.training.job import BusyError
 from core.workbench import format_duration
@@ -19,7 +20,17 @@ from webui.context import UIContext
 
 POLL_SECONDS = 1.0
 # The form's defaults suit the tiny demo model: it learns the identity set in well under a minute.
-DEMO_DEFAULTS = RunConfig(learning_rate=2e-3, num_train_epochs=10, cutoff_len=512)
+DEMO_DEFAULTS = RunConfig(learning_rate=2e-3, num_train_epochs=10, cutoff_len=512, prefix_projection=True)
+# Suggested learning rates: the random demo model needs large steps; real models small ones.
+SUGGESTED_LR = {
+    "demo": {"lora": 2e-3, "qlora": 2e-3, "freeze": 1e-3, "full": 1e-3, "ptuning_v2": 1e-2},
+    "real": {"lora": 2e-4, "qlora": 2e-4, "freeze": 5e-5, "full": 1e-5, "ptuning_v2": 2e-2},
+}
+LORA_METHODS = ("lora", "qlora")
+
+
+def suggested_learning_rate(model: str, method: str) -> float:
+    return SUGGESTED_LR["demo" if model.strip() in ("", "demo") else "real"].get(method, 2e-4)
 
 
 def progress_html(snapshot, t) -> str:
@@ -38,26 +49,62 @@ def progress_html(snapshot, t) -> str:
             f"<div class='gw-progress-text'>{html.escape(text)}</div>{error}")
 
 
+def create_method_fields(t, d: RunConfig) -> tuple[dict, dict]:
+    """The method choice and each method's own fields; returns (fields by config key, groups by method)."""
+    fields: dict[str, gr.components.Component] = {}
+    with gr.Group(visible=d.finetuning_type in LORA_METHODS) as lora_group:
+        with gr.Row():
+            fields["lora_rank"] = gr.Number(d.lora_rank, label=t("lora_rank"), precision=0, minimum=1)
+            fields["lora_alpha"] = gr.Number(d.lora_alpha, label=t("lora_alpha"), precision=0, minimum=1)
+            fields["lora_dropout"] = gr.Number(d.lora_dropout, label=t("lora_dropout"), minimum=0, maximum=0.9)
+            fields["lora_target"] = gr.Textbox(d.lora_target, label=t("lora_target"), info=t("lora_target_info"))
+            fields["use_dora"] = gr.Checkbox(d.use_dora, label=t("use_dora"))
+            fields["use_rslora"] = gr.Checkbox(d.use_rslora, label=t("use_rslora"))
+    with gr.Group(visible=d.finetuning_type == "qlora") as quant_group:
+        with gr.Row():
+            fields["quantization_bit"] = gr.Radio([4, 8], value=d.quantization_bit, label=t("quantization_bit"))
+            fields["quantization_type"] = gr.Radio(list(QUANTIZATION_TYPES), value=d.quantization_type,
+                                                   label=t("quantization_type"))
+            fields["double_quantization"] = gr.Checkbox(d.double_quantization, label=t("double_quantization"))
+            fields["quantization_compute_dtype"] = gr.Dropdown(list(COMPUTE_DTYPES), value=d.quantization_compute_dtype,
+                                                               label=t("quantization_compute_dtype"))
+    with gr.Group(visible=d.finetuning_type == "freeze") as freeze_group:
+        with gr.Row():
+            fields["freeze_trainable_layers"] = gr.Number(d.freeze_trainable_layers, precision=0,
+                                                          label=t("freeze_trainable_layers"),
+                                                          info=t("freeze_trainable_layers_info"))
+            fields["freeze_extra_modules"] = gr.Textbox(d.freeze_extra_modules, label=t("freeze_extra_modules"),
+                                                        info=t("freeze_extra_modules_info"))
+    with gr.Group(visible=d.finetuning_type == "ptuning_v2") as ptuning_group:
+        with gr.Row():
+            fields["pre_seq_len"] = gr.Number(d.pre_seq_len, precision=0, minimum=1, label=t("pre_seq_len"))
+            fields["prefix_projection"] = gr.Checkbox(d.prefix_projection, label=t("prefix_projection"))
+    groups = {"lora": lora_group, "qlora": quant_group, "freeze": freeze_group, "ptuning_v2": ptuning_group}
+    return fields, groups
+
+
 def create_train_tab(ctx: UIContext, data: dict) -> dict:
     t, d = ctx.t, DEMO_DEFAULTS
     dataset_note = gr.Markdown(t("train_dataset", dataset=d.dataset, format="auto"))
+    fields: dict[str, gr.components.Component] = {}
     with gr.Row():
-        model = gr.Textbox(d.model_name_or_path, label=t("model_label"), info=t("model_info"), scale=3)
-        method = gr.Radio([(t("method_lora"), "lora"), (t("method_full"), "full")], value=d.finetuning_type,
-                          label=t("method_label"), scale=2)
-    with gr.Row(visible=d.finetuning_type == "lora") as lora_group:
-        lora_rank = gr.Number(d.lora_rank, label=t("lora_rank"), precision=0, minimum=1)
-        lora_alpha = gr.Number(d.lora_alpha, label=t("lora_alpha"), precision=0, minimum=1)
-        lora_dropout = gr.Number(d.lora_dropout, label=t("lora_dropout"), minimum=0, maximum=0.9)
-        lora_target = gr.Textbox(d.lora_target, label=t("lora_target"), info=t("lora_target_info"))
+        fields["model_name_or_path"] = gr.Textbox(d.model_name_or_path, label=t("model_label"), info=t("model_info"),
+                                                  scale=2)
+        fields["finetuning_type"] = gr.Radio([(t(f"method_{m}"), m) for m in FINETUNING_TYPES],
+                                             value=d.finetuning_type, label=t("method_label"), scale=3)
+    method_fields, groups = create_method_fields(t, d)
+    fields.update(method_fields)
     with gr.Row():
-        learning_rate = gr.Number(d.learning_rate, label=t("learning_rate"), info=t("learning_rate_info"))
-        epochs = gr.Number(d.num_train_epochs, label=t("epochs"), minimum=0)
-        max_steps = gr.Number(d.max_steps, label=t("max_steps"), info=t("max_steps_info"), precision=0)
+        fields["learning_rate"] = gr.Number(d.learning_rate, label=t("learning_rate"), info=t("learning_rate_info"))
+        fields["num_train_epochs"] = gr.Number(d.num_train_epochs, label=t("epochs"), minimum=0)
+        fields["max_steps"] = gr.Number(d.max_steps, label=t("max_steps"), info=t("max_steps_info"), precision=0)
     with gr.Row():
-        batch_size = gr.Number(d.per_device_train_batch_size, label=t("batch_size"), precision=0, minimum=1)
-        grad_accum = gr.Number(d.gradient_accumulation_steps, label=t("grad_accum"), precision=0, minimum=1)
-        cutoff_len = gr.Number(d.cutoff_len, label=t("cutoff_len"), precision=0, minimum=8)
+        fields["per_device_train_batch_size"] = gr.Number(d.per_device_train_batch_size, label=t("batch_size"),
+                                                          precision=0, minimum=1)
+        fields["gradient_accumulation_steps"] = gr.Number(d.gradient_accumulation_steps, label=t("grad_accum"),
+                                                          precision=0, minimum=1)
+        fields["cutoff_len"] = gr.Number(d.cutoff_len, label=t("cutoff_len"), precision=0, minimum=8)
+        fields["gradient_checkpointing"] = gr.Checkbox(d.gradient_checkpointing, label=t("gradient_checkpointing"))
     with gr.Row():
         start = gr.Button(t("start"), variant="primary")
         abort = gr.Button(t("abort"), variant="stop")
@@ -71,18 +118,16 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     seen = gr.State(("", -1, ""))  # (run, metrics count, state) already drawn: skip redrawing an unchanged chart
     timer = gr.Timer(POLL_SECONDS)
 
-    form = [model, method, lora_rank, lora_alpha, lora_dropout, lora_target, learning_rate, epochs, max_steps,
-            batch_size, grad_accum, cutoff_len, data["dataset"], data["format"]]
+    keys = list(fields)
+    form = [fields[k] for k in keys] + [data["dataset"], data["format"]]
 
-    def start_training(model_, method_, rank, alpha, dropout, target, lr, epochs_, steps, batch, accum, cutoff,
-                       dataset, fmt):
+    def form_config(*values) -> RunConfig:
+        *own, dataset, fmt = values
+        return DEMO_DEFAULTS.replace(**dict(zip(keys, own)), dataset=dataset, dataset_format=fmt)
+
+    def start_training(*values):
         try:
-            config = DEMO_DEFAULTS.replace(
-                model_name_or_path=model_, finetuning_type=method_, lora_rank=rank, lora_alpha=alpha,
-                lora_dropout=dropout, lora_target=target, learning_rate=lr, num_train_epochs=epochs_,
-                max_steps=steps, per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
-                cutoff_len=cutoff, dataset=dataset, dataset_format=fmt)
-            run = ctx.wb.start_training(config.validate())
+            run = ctx.wb.start_training(form_config(*values).validate())
         except (ConfigError, DataError, BusyError) as exc:
             return ctx.error(exc)
         return "✅ " + t("started", run=run)
@@ -101,13 +146,20 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         figure = gr.skip() if key == tuple(drawn) else loss_figure(snapshot.metrics, t)
         return progress_html(snapshot, t), figure, snapshot.log_tail, snapshot.status, key
 
-    def dataset_changed(dataset, fmt):
-        return t("train_dataset", dataset=dataset, format=fmt)
+    def method_changed(method: str, model: str):
+        """Show only the chosen method's fields, and suggest a learning rate that suits it."""
+        visible = [gr.update(visible=method in LORA_METHODS)] + \
+            [gr.update(visible=method == name) for name in ("qlora", "freeze", "ptuning_v2")]
+        return (*visible, suggested_learning_rate(model, method))
 
-    method.change(lambda m: gr.update(visible=m == "lora"), method, lora_group, api_name=False)
+    method_outputs = [groups["lora"], groups["qlora"], groups["freeze"], groups["ptuning_v2"], fields["learning_rate"]]
+    for trigger in (fields["finetuning_type"], fields["model_name_or_path"]):
+        trigger.input(method_changed, [fields["finetuning_type"], fields["model_name_or_path"]], method_outputs,
+                      api_name=False)
     start.click(start_training, form, message, api_name="start_training")
     abort.click(abort_training, None, message, api_name="abort_training")
     timer.tick(poll, seen, [progress, chart, log, status_json, seen], api_name="poll", show_progress="hidden")
     for component in (data["dataset"], data["format"]):
-        component.change(dataset_changed, [data["dataset"], data["format"]], dataset_note, api_name=False)
-    return {"start": start, "abort": abort, "message": message, "status": status_json}
+        component.change(lambda ds, fmt: t("train_dataset", dataset=ds, format=fmt), [data["dataset"], data["format"]],
+                         dataset_note, api_name=False)
+    return {"start": start, "abort": abort, "message": message, "status": status_json, "fields": fields}
