@@ -46,15 +46,16 @@ def build_model(folder: Path, layers: int) -> None:
     torch.cuda.empty_cache()
 
 
-def write_dataset(path: Path, samples: int) -> None:
-    """Conversations of roughly 1,000+ tokens each from our own corpus text, so cutoff 1024 is filled."""
+def write_dataset(path: Path, samples: int, chars: int = 2500) -> None:
+    """Conversations from our own corpus text, a question and an answer of `chars` characters each: 2500
+    fills cutoff 1024 with the answer starting inside it."""
     corpus = (Path(__file__).resolve().parents[1] / "assets" / "demo_model" / "corpus.txt").read_text(encoding="utf-8")
     with open(path, "w", encoding="utf-8") as handle:
         for index in range(samples):
-            start = (index * 997) % (len(corpus) - 6000)
+            start = (index * 997) % (len(corpus) - 2 * chars)
             handle.write(json.dumps({"messages": [
-                {"role": "user", "content": corpus[start:start + 2500]},
-                {"role": "assistant", "content": corpus[start + 2500:start + 5000]}]}, ensure_ascii=False) + "\n")
+                {"role": "user", "content": corpus[start:start + chars]},
+                {"role": "assistant", "content": corpus[start + chars:start + 2 * chars]}]}, ensure_ascii=False) + "\n")
 
 
 def flops_per_token(total: int, trainable: int, layers: int, cutoff: int, attn_width: int) -> float:

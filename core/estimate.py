@@ -5,12 +5,15 @@
 - weights: every parameter at its storage width: fp32 where the base itself trains (full, freeze: the
   Trainer keeps fp32 master weights and autocasts), the compute dtype where the base is frozen (2 bytes on a
   GPU), and for QLoRA the quantized linear layers at 4.5 bits (nf4/fp4 + block scales) or 8 bits, while
-  embeddings and lm_head stay 16-bit.
+  what is not quantized (embeddings, lm_head, norms) is upcast to fp32 by prepare_model_for_kbit_training.
 - gradients: 4 bytes per trainable parameter; optimizer (AdamW): two fp32 moments, 8 bytes per trainable one.
 - activations, per token and decoder layer, saved for the backward pass of a GLM block (bf16):
   about 12*hidden + 5*intermediate values (norm inputs/outputs, q/k/v, attention output, the residual
   branches, gate_up, the SiLU product and its input); with gradient checkpointing only the layer input
-  (hidden values) is kept per layer, plus one layer's full set while it is recomputed.
+  (hidden values) is kept per layer, plus one layer's full set while it is recomputed. Only layers that
+  gradients flow through count: for freeze, the trainable last N. P-tuning v2 adds the attention
+  probabilities (2 tensors of batch*heads*cutoff*(cutoff+prefix) per layer), since a prefix cache makes
+  attention take an explicit mask and run unfused.
 - logits: batch * cutoff_len * vocab, computed and upcast to fp32 for the loss, and its gradient: 8 bytes each.
 - overhead: 0.75 GiB for the CUDA context and kernels, and 10% on top of the rest for allocator slack.
 
@@ -111,9 +114,11 @@ def trainable_params(shape: ModelShape, config: RunConfig) -> int:
                         if wanted is None or name in wanted)
         return per_layer * shape.layers
     if method == "ptuning_v2":
-        prefix_width = shape.layers * 2 * shape.kv_heads * shape.head_dim
-        if config.prefix_projection:
-            return config.pre_seq_len * shape.hidden + shape.hidden * shape.hidden + shape.hidden * prefix_width
+        token_width = shape.kv_heads * shape.head_dim  # one layer's key (or value) width
+        prefix_width = shape.layers * 2 * token_width
+        if config.prefix_projection:  # peft's PrefixEncoder: embedding, then a two-layer MLP (hidden = model's)
+            return (config.pre_seq_len * token_width + (token_width + 1) * shape.hidden
+                    + (shape.hidden + 1) * prefix_width)
         return config.pre_seq_len * prefix_width
     raise ValueError(f"unknown method {method}")
 
@@ -126,16 +131,26 @@ def estimate_memory(shape: ModelShape, config: RunConfig, on_gpu: bool = True) -
     if config.finetuning_type in ("full", "freeze"):
         weights = 4 * total
     elif config.finetuning_type == "qlora":
+        # prepare_model_for_kbit_training upcasts what is not quantized (embeddings, lm_head, norms) to fp32.
         bits = 4.5 if config.quantization_bit == 4 else 8
-        weights = linear * bits / 8 + (total - linear) * 2 + trainable * 4
+        weights = linear * bits / 8 + (total - linear) * 4 + trainable * 4
     else:
         weights = total * compute_bytes + trainable * 4
     tokens = config.per_device_train_batch_size * config.cutoff_len
     per_token_layer = (12 * shape.hidden + 5 * shape.intermediate) * compute_bytes
+    # Only layers that gradients flow through keep activations: with freeze, the trainable last ones.
+    layers = shape.layers
+    if config.finetuning_type == "freeze" and config.freeze_trainable_layers > 0:
+        layers = min(config.freeze_trainable_layers, shape.layers)
     if config.gradient_checkpointing:
-        activations = tokens * (shape.layers * shape.hidden * compute_bytes + per_token_layer)
+        activations = tokens * (layers * shape.hidden * compute_bytes + per_token_layer)
     else:
-        activations = tokens * shape.layers * per_token_layer
+        activations = tokens * layers * per_token_layer
+    if config.finetuning_type == "ptuning_v2":
+        # A prefix cache means an explicit attention mask: attention runs unfused and keeps its probabilities.
+        scores = config.per_device_train_batch_size * shape.heads * config.cutoff_len * (
+            config.cutoff_len + config.pre_seq_len)
+        activations += 2 * compute_bytes * scores * (1 if config.gradient_checkpointing else layers)
     logits = tokens * shape.vocab * 8
     gradients = 4 * trainable
     optimizer = 8 * trainable

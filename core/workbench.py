@@ -17,6 +17,7 @@ from core.chat.engine import ChatEngine, GenerationSettings
 from core.config import RunConfig
 from core.data.dataset import LoadedData, load_conversations
 from core.data.readers import DEMO_DATASETS, SUPPORTED_EXTENSIONS, DataError
+from core.estimate import MemoryEstimate, device_memory_bytes, estimate_for_run
 from core.export import ExportError, merge_run, zip_run
 from core.runs import RunInfo, find_run, list_runs, read_log_tail, read_metrics, read_status
 from core.training.job import JobManager
@@ -100,6 +101,10 @@ class Workbench:
             return None
         path = self.run_path(name)
         return RunSnapshot(name, read_status(path), read_metrics(path), read_log_tail(path))
+
+    def estimate(self, config: RunConfig) -> tuple[MemoryEstimate, tuple[str, float] | None]:
+        """The run's estimated peak GPU memory, and the GPU here (name, bytes) if there is one."""
+        return estimate_for_run(config, on_gpu=True), device_memory_bytes()
 
     def wait_for_job(self, timeout: float | None = None) -> None:
         self.jobs.wait(timeout)

@@ -25,7 +25,7 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
         with gr.Tab(t("tab_data")):
             data = create_data_tab(ctx)
         with gr.Tab(t("tab_train")):
-            create_train_tab(ctx, data)
+            train = create_train_tab(ctx, data)
         with gr.Tab(t("tab_chat")) as chat_tab:
             chat = create_chat_tab(ctx)
         with gr.Tab(t("tab_export")) as export_tab:
@@ -34,6 +34,7 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
         chat_tab.select(*chat["refresh"], api_name=False)
         export_tab.select(*export["refresh"], api_name=False)
         app.load(**data["preview"], api_name=False)
+        app.load(**train["estimate"], api_name="estimate_memory")
     return app
 
 

@@ -105,6 +105,7 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
                                                           precision=0, minimum=1)
         fields["cutoff_len"] = gr.Number(d.cutoff_len, label=t("cutoff_len"), precision=0, minimum=8)
         fields["gradient_checkpointing"] = gr.Checkbox(d.gradient_checkpointing, label=t("gradient_checkpointing"))
+    estimate = gr.Markdown()
     with gr.Row():
         start = gr.Button(t("start"), variant="primary")
         abort = gr.Button(t("abort"), variant="stop")
@@ -132,6 +133,19 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
             return ctx.error(exc)
         return "✅ " + t("started", run=run)
 
+    def show_estimate(*values) -> str:
+        try:
+            result, device = ctx.wb.estimate(form_config(*values))
+        except Exception as exc:  # noqa: BLE001 - an estimate must never break the form
+            return t("estimate_unavailable", reason=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        parts = result.parts_gib()
+        text = t("estimate_text", **parts, trainable=f"{result.trainable_params:,}", params=f"{result.total_params:,}")
+        if device is None:
+            return f"{text} · {t('estimate_no_gpu')}"
+        name, memory = device
+        key = "estimate_exceeds" if result.total > memory else "estimate_fits"
+        return f"{text} · {t(key, device=name, memory=round(memory / 2**30, 1))}"
+
     def abort_training():
         running = ctx.wb.jobs.running_run
         if running is None or not ctx.wb.abort_training():
@@ -156,10 +170,13 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     for trigger in (fields["finetuning_type"], fields["model_name_or_path"]):
         trigger.input(method_changed, [fields["finetuning_type"], fields["model_name_or_path"]], method_outputs,
                       api_name=False)
+    for component in form:
+        component.change(show_estimate, form, estimate, api_name=False, show_progress="hidden")
     start.click(start_training, form, message, api_name="start_training")
     abort.click(abort_training, None, message, api_name="abort_training")
     timer.tick(poll, seen, [progress, chart, log, status_json, seen], api_name="poll", show_progress="hidden")
     for component in (data["dataset"], data["format"]):
         component.change(lambda ds, fmt: t("train_dataset", dataset=ds, format=fmt), [data["dataset"], data["format"]],
                          dataset_note, api_name=False)
-    return {"start": start, "abort": abort, "message": message, "status": status_json, "fields": fields}
+    return {"start": start, "abort": abort, "message": message, "status": status_json, "fields": fields,
+            "estimate": dict(fn=show_estimate, inputs=form, outputs=estimate)}
