@@ -9,9 +9,10 @@ from pathlib import Path
 from core.config import ConfigError, load_yaml, parse_overrides
 from core.data.readers import DataError
 from core.export import ExportError
+from core.models.chatglm import ConversionError
 from core.models.loader import ModelError
 
-USER_ERRORS = (ConfigError, DataError, ModelError, ExportError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DataError, ModelError, ExportError, ConversionError, FileNotFoundError)
 DEFAULT_WORKSPACE = "workspace"
 
 
@@ -58,7 +59,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     configure_threads()
     engine = ChatEngine(template=args.template)
-    engine.load_model(args.model)
+    engine.load_model(args.model, trust_remote_code=args.trust_remote_code)
     adapter = None
     if args.adapter:
         folder = resolve_adapter(args.adapter)
@@ -67,6 +68,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
                                   top_p=args.top_p, greedy=args.greedy)
     messages = [{"role": "user", "content": args.prompt}]
     print(engine.chat(messages, system=args.system, adapter=adapter, settings=settings))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from core.models.chatglm import convert_chatglm
+
+    report = convert_chatglm(args.source, args.target)
+    print(report, file=sys.stderr)
+    print(report.target)
     return 0
 
 
@@ -101,12 +111,20 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--adapter", help="adapter folder or run folder")
     chat.add_argument("--prompt", required=True)
     chat.add_argument("--system", default="")
-    chat.add_argument("--template", default="glm4")
+    chat.add_argument("--template", default="auto", help="auto (from the tokenizer), glm4, chatglm3 or chatglm2")
+    chat.add_argument("--trust-remote-code", action="store_true",
+                      help="run the checkpoint's own code (only for ChatGLM-6B v1; never needed otherwise)")
     chat.add_argument("--greedy", action="store_true", help="deterministic decoding")
     chat.add_argument("--max-new-tokens", type=int, default=256)
     chat.add_argument("--temperature", type=float, default=0.7)
     chat.add_argument("--top-p", type=float, default=0.9)
     chat.set_defaults(func=cmd_chat)
+
+    convert = commands.add_parser("convert", help="convert a THUDM ChatGLM2/3 or glm-4-9b-chat checkpoint to the "
+                                                  "native GlmForCausalLM format")
+    convert.add_argument("source")
+    convert.add_argument("target")
+    convert.set_defaults(func=cmd_convert)
 
     export = commands.add_parser("export", help="zip a run's adapter (or model), or merge a LoRA into its base")
     export.add_argument("--run", required=True, help="run folder")

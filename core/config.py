@@ -33,7 +33,8 @@ class ConfigError(ValueError):
 class RunConfig:
     # model
     model_name_or_path: str = "demo"
-    template: str = "glm4"
+    trust_remote_code: bool = False  # only for checkpoints without a native class (ChatGLM-6B v1)
+    template: str = "auto"  # from the model's tokenizer: glm4, chatglm3 or chatglm2
     # method
     finetuning_type: str = "lora"
     lora_rank: int = 8
@@ -157,7 +158,8 @@ class RunConfig:
             check(self.pre_seq_len >= 1, "pre_seq_len", "must be at least 1")
         from core.data.template import TEMPLATES  # late import: data depends on nothing in config
 
-        check(self.template in TEMPLATES, "template", f"must be one of {', '.join(TEMPLATES)}")
+        check(self.template == "auto" or self.template in TEMPLATES, "template",
+              f"must be auto or one of {', '.join(TEMPLATES)}")
         from core.data.formats import FORMATS
 
         check(self.dataset_format == "auto" or self.dataset_format in FORMATS, "dataset_format",

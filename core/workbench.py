@@ -16,6 +16,8 @@ from typing import Any, Iterator
 from core.chat.engine import ChatEngine, GenerationSettings
 from core.config import RunConfig
 from core.data.dataset import LoadedData, load_conversations
+from core.data.template import IGNORE_INDEX, TemplateEncoder
+from core.models.loader import load_tokenizer, resolve_model_path
 from core.data.readers import DEMO_DATASETS, SUPPORTED_EXTENSIONS, DataError
 from core.estimate import MemoryEstimate, device_memory_bytes, estimate_for_run
 from core.export import ExportError, merge_run, zip_run
@@ -47,6 +49,7 @@ class Workbench:
         self.exports = self.workspace / "exports"
         self.jobs = JobManager(self.workspace)
         self.chat_engine = ChatEngine()
+        self._tokenizers: dict[str, object] = {}
 
     # ---- data -----------------------------------------------------------------------------------------------
     def dataset_choices(self) -> list[str]:
@@ -69,6 +72,29 @@ class Workbench:
 
     def preview_dataset(self, dataset: str, fmt: str = "auto") -> LoadedData:
         return load_conversations(dataset, fmt)
+
+    def render_sample(self, dataset: str, fmt: str, model: str, template: str, index: int,
+                      cutoff_len: int = 10**9) -> tuple[str, list[tuple[str, bool]]]:
+        """One conversation as the model will see it: (template name, [(text, carries loss), ...]).
+        Consecutive tokens with the same flag are decoded together, so multi-byte characters stay whole."""
+        conversations = load_conversations(dataset, fmt).conversations
+        conversation = conversations[min(max(index, 0), len(conversations) - 1)]
+        tokenizer = self._tokenizer(model)
+        encoder = TemplateEncoder(tokenizer, template)
+        input_ids, labels = encoder.encode(conversation, cutoff_len)
+        pieces: list[tuple[str, bool]] = []
+        start = 0
+        for end in range(1, len(input_ids) + 1):
+            if end == len(input_ids) or (labels[end] != IGNORE_INDEX) != (labels[start] != IGNORE_INDEX):
+                pieces.append((tokenizer.decode(input_ids[start:end]), labels[start] != IGNORE_INDEX))
+                start = end
+        return encoder.template.name, pieces
+
+    def _tokenizer(self, model: str):
+        path = resolve_model_path(self._model_path(model))
+        if path not in self._tokenizers:
+            self._tokenizers[path] = load_tokenizer(path)
+        return self._tokenizers[path]
 
     # ---- training -------------------------------------------------------------------------------------------
     def start_training(self, config: RunConfig) -> str:

@@ -34,6 +34,12 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
         chat_tab.select(*chat["refresh"], api_name=False)
         export_tab.select(*export["refresh"], api_name=False)
         app.load(**data["preview"], api_name=False)
+        # The data tab renders a sample with the model and template chosen in the train tab.
+        render_inputs = [data["dataset"], data["format"], train["fields"]["model_name_or_path"],
+                         train["fields"]["template"], data["sample_index"]]
+        for trigger in render_inputs:
+            trigger.change(data["render"], render_inputs, data["rendered"], api_name=False, show_progress="hidden")
+        app.load(data["render"], render_inputs, data["rendered"], api_name="render_sample")
         app.load(**train["estimate"], api_name="estimate_memory")
     return app
 

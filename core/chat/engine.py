@@ -63,7 +63,7 @@ class _Cancel:
 
 
 class ChatEngine:
-    def __init__(self, template: str = "glm4"):
+    def __init__(self, template: str = "auto"):
         self.template = template
         self.model = None
         self.tokenizer = None
@@ -75,16 +75,16 @@ class ChatEngine:
         self._lock = threading.RLock()
 
     # ---- model and adapters -------------------------------------------------------------------------------
-    def load_model(self, name_or_path: str, template: str | None = None) -> str:
+    def load_model(self, name_or_path: str, template: str | None = None, trust_remote_code: bool = False) -> str:
         """Load a base model unless it is already the loaded one. Returns its resolved path."""
-        path = resolve_model_path(name_or_path)
+        path = resolve_model_path(name_or_path, trust_remote_code)
         with self._lock:
             if template:
                 self.template = template
             if path != self.model_path:
                 log.info("chat: loading base model %s", path)
-                self.tokenizer = load_tokenizer(path)
-                self.model = load_model(path)
+                self.tokenizer = load_tokenizer(path, trust_remote_code)
+                self.model = load_model(path, trust_remote_code=trust_remote_code)
                 self.model_path = path
                 self.peft = None
                 self._adapters.clear()
@@ -177,7 +177,7 @@ class ChatEngine:
             try:
                 for piece in streamer:
                     reply += piece
-                    yield reply
+                    yield reply.lstrip("\n")  # ChatGLM3 writes the newline after <|assistant|> itself
             finally:
                 cancelled.set()
                 worker.join()

@@ -1,11 +1,15 @@
 """Chat templates: a conversation -> token ids plus labels in which only the assistant's replies carry loss.
 
 We build ids segment by segment (role token, then text) instead of rendering a string and tokenizing it, so
-the loss mask is exact by construction. The result equals the tokenizer's own jinja template (a test checks).
+the loss mask is exact by construction. Text pieces are encoded separately, as THUDM's own code does: for
+SentencePiece tokenizers (ChatGLM2/3) that matters, since every encode call adds the dummy prefix '▁'.
 
-GLM-4 layout:  [gMASK]<sop><|system|>\n{system}<|user|>\n{query}<|assistant|>\n{answer}<|user|>\n...
-An answer is followed by the next `<|user|>` (or `<|endoftext|>` at the end); that token carries loss too,
-so the model learns to stop: both are in the generation stop list.
+- glm4:     [gMASK]<sop><|system|>\n{system}<|user|>\n{query}<|assistant|>\n{answer}<|user|>\n...
+            An answer is followed by the next `<|user|>` (or `<|endoftext|>` at the end); that token carries
+            loss too, so the model learns to stop: both are in the generation stop list.
+- chatglm3: the same role tokens after `[gMASK] sop`; the model writes the "\n" after `<|assistant|>` itself.
+- chatglm2: plain text rounds, `[Round 1]\n\n问：{query}\n\n答：{answer}\n\n[Round 2]...`; as in THUDM's
+            P-tuning code, the history is prompt and only the last answer (plus `</s>`) carries loss.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ class Template:
     prefix: tuple[str, ...]
     stop_tokens: tuple[str, ...] = ("<|endoftext|>", "<|user|>", "<|observation|>")
     end_token: str = "<|endoftext|>"
+    prompt_newline: bool = True  # the generation prompt ends with "<|assistant|>\n" (else the model writes it)
+    rounds: bool = False  # ChatGLM2's text rounds instead of role tokens
 
     def role_token(self, role: str) -> str:
         return f"<|{role}|>"
@@ -30,15 +36,33 @@ class Template:
 
 TEMPLATES: dict[str, Template] = {
     "glm4": Template("glm4", prefix=("[gMASK]", "<sop>")),
-    # ChatGLM3 uses the same role tokens; its prefix tokens are spelled without angle brackets.
-    "chatglm3": Template("chatglm3", prefix=("[gMASK]", "sop")),
+    "chatglm3": Template("chatglm3", prefix=("[gMASK]", "sop"), stop_tokens=("</s>", "<|user|>", "<|observation|>"),
+                         end_token="</s>", prompt_newline=False),
+    "chatglm2": Template("chatglm2", prefix=("[gMASK]", "sop"), stop_tokens=("</s>",), end_token="</s>",
+                         rounds=True),
 }
+AUTO = "auto"
 
 
 def get_template(name: str) -> Template:
     if name not in TEMPLATES:
-        raise ValueError(f"unknown template '{name}'; choose one of {', '.join(TEMPLATES)}")
+        raise ValueError(f"unknown template '{name}'; choose one of {AUTO}, {', '.join(TEMPLATES)}")
     return TEMPLATES[name]
+
+
+def detect_template(tokenizer) -> str:
+    """The template a tokenizer's special tokens imply: <sop> -> glm4; sop with roles -> chatglm3; else chatglm2."""
+    vocab = tokenizer.get_vocab()
+    if "<sop>" in vocab:
+        return "glm4"
+    if "sop" in vocab:
+        return "chatglm3" if "<|user|>" in vocab else "chatglm2"
+    raise ValueError("cannot tell the chat template from this tokenizer (no [gMASK]/sop tokens): "
+                     f"set template to one of {', '.join(TEMPLATES)}")
+
+
+def resolve_template(name: str, tokenizer) -> str:
+    return detect_template(tokenizer) if name == AUTO else get_template(name).name
 
 
 class TemplateEncoder:
@@ -46,7 +70,9 @@ class TemplateEncoder:
 
     def __init__(self, tokenizer, template: Template | str):
         self.tokenizer = tokenizer
-        self.template = get_template(template) if isinstance(template, str) else template
+        if isinstance(template, str):
+            template = get_template(resolve_template(template, tokenizer))
+        self.template = template
         self._ids: dict[str, int] = {}
 
     def token_id(self, token: str) -> int:
@@ -65,23 +91,45 @@ class TemplateEncoder:
     def _text(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False) if text else []
 
+    def _prefix(self) -> list[int]:
+        return [self.token_id(t) for t in self.template.prefix]
+
     def _segments(self, conversation: Conversation) -> list[tuple[list[int], bool]]:
         """(ids, carries_loss) pieces in order."""
-        pieces: list[tuple[list[int], bool]] = [([self.token_id(t) for t in self.template.prefix], False)]
+        if self.template.rounds:
+            return self._round_segments(conversation)
+        pieces: list[tuple[list[int], bool]] = [(self._prefix(), False)]
         if conversation.system:
-            pieces.append(([self.token_id(self.template.role_token("system"))] + self._text("\n" + conversation.system), False))
+            pieces.append(([self.token_id(self.template.role_token("system"))] + self._text("\n")
+                           + self._text(conversation.system), False))
         previous = None
         for message in conversation.messages:
             role_id = self.token_id(self.template.role_token(message["role"]))
             if message["role"] == "assistant":
-                pieces.append(([role_id] + self._text("\n"), False))
+                pieces.append(([role_id], False))
+                pieces.append((self._text("\n"), not self.template.prompt_newline))
                 pieces.append((self._text(message["content"]), True))
             else:
                 # The role token that follows an answer ends that answer: learn to emit it.
                 pieces.append(([role_id], previous == "assistant"))
-                pieces.append((self._text("\n" + message["content"]), False))
+                pieces.append((self._text("\n") + self._text(message["content"]), False))
             previous = message["role"]
         return pieces
+
+    @staticmethod
+    def _rounds_text(messages: list[dict[str, str]], system: str) -> str:
+        """ChatGLM2's prompt text for a history ending with a user turn."""
+        text = f"{system}\n\n" if system else ""
+        for number, index in enumerate(range(0, len(messages), 2), start=1):
+            text += f"[Round {number}]\n\n问：{messages[index]['content']}\n\n答："
+            if index + 1 < len(messages):
+                text += f"{messages[index + 1]['content']}\n\n"
+        return text
+
+    def _round_segments(self, conversation: Conversation) -> list[tuple[list[int], bool]]:
+        history, answer = conversation.messages[:-1], conversation.messages[-1]["content"]
+        return [(self._prefix() + self._text(self._rounds_text(history, conversation.system)), False),
+                (self._text(answer), True)]
 
     def encode(self, conversation: Conversation, cutoff_len: int) -> tuple[list[int], list[int]]:
         """Token ids and labels (IGNORE_INDEX where no loss), truncated to cutoff_len."""
@@ -97,10 +145,13 @@ class TemplateEncoder:
 
     def encode_prompt(self, messages: list[dict[str, str]], system: str = "") -> list[int]:
         """Ids for generation: the history (ending with a user turn) plus the assistant header."""
+        if self.template.rounds:
+            return self._prefix() + self._text(self._rounds_text(list(messages), system))
         ids: list[int] = []
         for piece, _ in self._segments(Conversation(list(messages), system)):
             ids += piece
-        return ids + [self.token_id(self.template.role_token("assistant"))] + self._text("\n")
+        header = [self.token_id(self.template.role_token("assistant"))]
+        return ids + header + (self._text("\n") if self.template.prompt_newline else [])
 
     def render_tokens(self, conversation: Conversation, cutoff_len: int) -> list[tuple[str, bool]]:
         """(token text, carries loss) for display in the data preview."""

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from core.models.demo import DEMO_NAME, ensure_demo_model, is_demo_model
 
 
+log = logging.getLogger("glm_workbench")
+
+
 class ModelError(ValueError):
     """A model that cannot be used, phrased for the user."""
 
 
-def resolve_model_path(name_or_path: str) -> str:
-    """'demo' -> the built demo folder; an existing folder -> itself; 'org/name' -> passed on as a hub id."""
+def resolve_model_path(name_or_path: str, trust_remote_code: bool = False) -> str:
+    """'demo' -> the built demo folder; a THUDM ChatGLM2/3 / glm-4-9b-chat folder -> its native conversion
+    (made once); another existing folder -> itself; 'org/name' -> passed on as a hub id."""
+    from core.models import chatglm
+
     name_or_path = (name_or_path or "").strip()
     if name_or_path in ("", DEMO_NAME):
         return str(ensure_demo_model())
@@ -21,6 +28,18 @@ def resolve_model_path(name_or_path: str) -> str:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelError(f"{path}: no config.json in this folder: is it a model folder?")
+        if chatglm.is_chatglm_checkpoint(path):
+            if chatglm.is_chatglm_v1(chatglm.read_config(path)):
+                if trust_remote_code:
+                    log.warning("%s: ChatGLM-6B (v1) runs its own remote code (trust_remote_code is on)", path)
+                    return str(path)
+                raise ModelError(f"{path}: ChatGLM-6B (v1) is a different architecture (2D positions, GeLU) with "
+                                 "no native transformers class; it only runs through its own code: enable "
+                                 "trust_remote_code if you trust this checkpoint")
+            try:
+                return str(chatglm.ensure_converted(path))
+            except (chatglm.ConversionError, KeyError) as exc:
+                raise ModelError(f"{path}: cannot convert this ChatGLM checkpoint: {exc}") from None
         return str(path)
     if path.exists():
         raise ModelError(f"{path}: a model must be a folder, not a file")
@@ -51,21 +70,22 @@ def pick_dtype(precision: str, device: str):
     return torch.float16
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: cannot load the tokenizer: {exc}") from None
 
 
-def load_model(path: str, dtype=None, device: str | None = None, quantization_config=None):
+def load_model(path: str, dtype=None, device: str | None = None, quantization_config=None,
+               trust_remote_code: bool = False):
     """Load the causal LM in eval mode on `device` (default: GPU if present), optionally quantized."""
     from transformers import AutoModelForCausalLM
 
     device = device or pick_device()
-    kwargs = {"dtype": dtype or pick_dtype("auto", device)}
+    kwargs = {"dtype": dtype or pick_dtype("auto", device), "trust_remote_code": trust_remote_code}
     if quantization_config is not None:
         kwargs.update(quantization_config=quantization_config, device_map={"": device})
     try:

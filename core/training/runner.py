@@ -13,6 +13,7 @@ from pathlib import Path
 
 from core.config import RunConfig, save_yaml
 from core.data.dataset import tokenize_dataset
+from core.data.template import resolve_template
 from core.methods import get_method
 from core.methods.base import count_parameters
 from core.models.loader import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path
@@ -110,26 +111,29 @@ class TrainingSession:
     def _load(self, method):
         """Tokenizer, data and the method-prepared model."""
         config, run_dir = self.config, self.run_dir
-        model_path = resolve_model_path(config.model_name_or_path)
+        model_path = resolve_model_path(config.model_name_or_path, config.trust_remote_code)
         log.info("loading model %s", model_path)
-        tokenizer = load_tokenizer(model_path)
+        tokenizer = load_tokenizer(model_path, config.trust_remote_code)
         tokenizer.padding_side = "right"  # positions must start at 0 for every training sample
-        data = tokenize_dataset(config.dataset, tokenizer, config.template, config.cutoff_len,
+        template = resolve_template(config.template, tokenizer)
+        data = tokenize_dataset(config.dataset, tokenizer, template, config.cutoff_len,
                                 config.dataset_format, config.val_size, config.max_samples, config.seed)
-        log.info("data: format %s, %d train / %d eval samples, %d truncated at cutoff_len=%d",
-                 data.format, len(data.train), len(data.eval), data.truncated, config.cutoff_len)
+        log.info("data: format %s, template %s, %d train / %d eval samples, %d truncated at cutoff_len=%d",
+                 data.format, template, len(data.train), len(data.eval), data.truncated, config.cutoff_len)
         for problem in data.problems[:20]:
             log.warning("skipped %s", problem)
         device = pick_device()
         # Weights that train are kept in fp32 (mixed precision autocasts); frozen bases load in the GPU's dtype.
         trains_base = method.output_dir == "model"
         dtype = pick_dtype("fp32" if trains_base else config.precision, device)
-        model = load_model(model_path, dtype=dtype, device=device, **method.model_kwargs(config))
+        model = load_model(model_path, dtype=dtype, device=device, trust_remote_code=config.trust_remote_code,
+                           **method.model_kwargs(config))
         model = method.prepare(model, config)
         trainable, total = count_parameters(model)
         log.info("method %s: %s of %s parameters train (%.2f%%)", method.name, f"{trainable:,}", f"{total:,}",
                  100 * trainable / max(total, 1))
-        update_status(run_dir, trainable_params=trainable, total_params=total, train_samples=len(data.train),
+        update_status(run_dir, template=template, trainable_params=trainable, total_params=total,
+                      train_samples=len(data.train),
                       eval_samples=len(data.eval), data_format=data.format, data_problems=len(data.problems))
         return tokenizer, data, model
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from typing import Any
@@ -43,6 +44,20 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
     upload = gr.File(label=t("upload_label"), type="filepath", height=120)
     summary = gr.Markdown()
     table = gr.Dataframe(interactive=False, wrap=True, max_height=520)
+    with gr.Accordion(t("sample_title"), open=True):
+        sample_index = gr.Number(1, label=t("sample_index"), minimum=1, precision=0)
+        legend = gr.Markdown()
+        rendered = gr.HTML()
+
+    def render(name: str, format_name: str, model: str, template: str, number: float):
+        """The sample in the chat template, loss-bearing text highlighted."""
+        try:
+            used, pieces = ctx.wb.render_sample(name, format_name, model, template, int(number or 1) - 1)
+        except Exception as exc:  # noqa: BLE001 - the preview above already names data problems
+            return "", f"<div class='gw-error'>{html.escape(str(exc))}</div>"
+        spans = "".join(f"<span class='{'gw-loss' if trains else 'gw-prompt'}'>{html.escape(text)}</span>"
+                        for text, trains in pieces)
+        return t("sample_legend", template=used), f"<pre class='gw-sample'>{spans}</pre>"
 
     def preview(name: str, format_name: str, page_number: float):
         try:
@@ -75,4 +90,5 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
     fmt.input(**preview_io, api_name=False)
     page.submit(**preview_io, api_name=False)
     upload.upload(on_upload, inputs=[upload, fmt], outputs=[dataset, summary, table, page], api_name="upload_dataset")
-    return {"dataset": dataset, "format": fmt, "summary": summary, "table": table, "preview": preview_io}
+    return {"dataset": dataset, "format": fmt, "summary": summary, "table": table, "preview": preview_io,
+            "render": render, "sample_index": sample_index, "rendered": [legend, rendered]}

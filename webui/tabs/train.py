@@ -13,6 +13,7 @@ import gradio as gr
 
 from core.config import COMPUTE_DTYPES, FINETUNING_TYPES, QUANTIZATION_TYPES, ConfigError, RunConfig
 from core.data.readers import DataError
+from core.data.template import TEMPLATES
 from core.training.job import BusyError
 from core.workbench import format_duration
 from webui.charts import loss_figure
@@ -90,8 +91,12 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     with gr.Row():
         fields["model_name_or_path"] = gr.Textbox(d.model_name_or_path, label=t("model_label"), info=t("model_info"),
                                                   scale=2)
-        fields["finetuning_type"] = gr.Radio([(t(f"method_{m}"), m) for m in FINETUNING_TYPES],
-                                             value=d.finetuning_type, label=t("method_label"), scale=3)
+        fields["template"] = gr.Dropdown(["auto", *TEMPLATES], value=d.template, label=t("template_label"),
+                                         info=t("template_info"), scale=1)
+        fields["trust_remote_code"] = gr.Checkbox(d.trust_remote_code, label=t("trust_remote_code"),
+                                                  info=t("trust_remote_code_info"), scale=1)
+    fields["finetuning_type"] = gr.Radio([(t(f"method_{m}"), m) for m in FINETUNING_TYPES],
+                                         value=d.finetuning_type, label=t("method_label"))
     method_fields, groups = create_method_fields(t, d)
     fields.update(method_fields)
     with gr.Row():
