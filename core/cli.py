@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -26,14 +27,18 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from core.models.loader import configure_threads
     from core.runs import new_run_dir
-    from core.training.runner import prepare_run_folder, run_training
+    from core.training.runner import TrainingSession, prepare_run_folder
 
-    config = load_yaml(args.config, parse_overrides(args.set)).validate()
     configure_threads()
-    run_dir = Path(config.output_dir) if config.output_dir else new_run_dir(
-        args.workspace, config.finetuning_type, config.dataset)
-    prepare_run_folder(config, run_dir)
-    status = run_training(config, run_dir, show_progress=True)
+    if args.resume:
+        run_dir = Path(args.resume)
+        config = load_yaml(run_dir / "config.yaml").validate()
+    else:
+        config = load_yaml(args.config, parse_overrides(args.set)).validate()
+        run_dir = Path(config.output_dir) if config.output_dir else new_run_dir(
+            args.workspace, config.finetuning_type, config.dataset)
+        prepare_run_folder(config, run_dir)
+    status = TrainingSession(config, run_dir, show_progress=True, resume=bool(args.resume)).run()
     if status.get("state") != "finished":
         print(f"error: training {status.get('state')}: {status.get('error', '')}", file=sys.stderr)
         print(run_dir)
@@ -71,6 +76,18 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from core.evaluation.evaluate import EvalSettings, evaluate_run
+    from core.models.loader import configure_threads
+
+    configure_threads()
+    settings = EvalSettings(max_samples=args.max_samples, max_new_tokens=args.max_new_tokens,
+                            greedy=not args.sample, temperature=args.temperature)
+    result = evaluate_run(args.run, args.dataset, args.format, settings)
+    print(json.dumps(result.metrics, ensure_ascii=False, indent=1))
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from core.models.chatglm import convert_chatglm
 
@@ -101,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo_model)
 
     train = commands.add_parser("train", help="train from a YAML config; prints the run folder last")
-    train.add_argument("config")
+    train.add_argument("config", nargs="?", help="YAML config (not needed with --resume)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue an aborted/failed run from its last checkpoint")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     train.add_argument("--workspace", default=DEFAULT_WORKSPACE, help="where run folders go (default: %(default)s)")
     train.set_defaults(func=cmd_train)
@@ -120,6 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--top-p", type=float, default=0.9)
     chat.set_defaults(func=cmd_chat)
 
+    evaluate = commands.add_parser("eval", help="loss, perplexity and BLEU-4/ROUGE of a run on a dataset; "
+                                                "writes RUN/eval/metrics.json and predictions.jsonl")
+    evaluate.add_argument("--run", required=True, help="run folder")
+    evaluate.add_argument("--dataset", required=True, help="data file or demo dataset name")
+    evaluate.add_argument("--format", default="auto")
+    evaluate.add_argument("--max-samples", type=int, default=0, help="0 = all")
+    evaluate.add_argument("--max-new-tokens", type=int, default=128)
+    evaluate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    evaluate.add_argument("--temperature", type=float, default=0.7)
+    evaluate.set_defaults(func=cmd_eval)
+
     convert = commands.add_parser("convert", help="convert a THUDM ChatGLM2/3 or glm-4-9b-chat checkpoint to the "
                                                   "native GlmForCausalLM format")
     convert.add_argument("source")
@@ -137,7 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train" and not (args.config or args.resume):
+        parser.error("train needs a CONFIG file, or --resume RUN_DIR")
     try:
         return args.func(args)
     except USER_ERRORS as exc:

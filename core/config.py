@@ -54,8 +54,9 @@ class RunConfig:
     # data
     dataset: str = "identity"
     dataset_format: str = "auto"
+    eval_dataset: str = ""  # a separate validation file (instead of val_size)
     cutoff_len: int = 512
-    val_size: float = 0.0
+    val_size: float = 0.0  # a fraction of the data, or a whole number of samples, held out for validation
     max_samples: int = 0
     # training
     learning_rate: float = 2e-4
@@ -65,13 +66,22 @@ class RunConfig:
     gradient_accumulation_steps: int = 1
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float = 0.0
+    warmup_steps: int = 0  # wins over warmup_ratio when set
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    neftune_noise_alpha: float = 0.0
     logging_steps: int = 1
-    save_steps: int = 0
+    eval_steps: int = 0  # 0: evaluate once per epoch (when there is a validation set)
+    early_stopping_patience: int = 0  # stop after this many evaluations without improvement; 0: off
+    early_stopping_threshold: float = 0.0
+    save_steps: int = 0  # checkpoint every N steps; 0: no intermediate checkpoints
+    save_total_limit: int = 3
     seed: int = 42
     precision: str = "auto"
     gradient_checkpointing: bool = False
+    # continued (incremental) training
+    adapter_name_or_path: str = ""  # an adapter to keep training (LoRA/QLoRA/P-tuning v2) instead of a new one
+    parent_run: str = ""  # the run this one continues, recorded for the lineage
     # output
     output_dir: str = ""
     run_name: str = ""
@@ -139,6 +149,13 @@ class RunConfig:
         check(self.max_grad_norm >= 0, "max_grad_norm", "must be 0 (off) or more")
         check(self.logging_steps >= 1, "logging_steps", "must be at least 1")
         check(self.save_steps >= 0, "save_steps", "must be 0 (only at the end) or more")
+        check(self.save_total_limit >= 1, "save_total_limit", "must be at least 1")
+        check(self.warmup_steps >= 0, "warmup_steps", "must be 0 or more")
+        check(self.eval_steps >= 0, "eval_steps", "must be 0 (once per epoch) or more")
+        check(self.neftune_noise_alpha >= 0, "neftune_noise_alpha", "must be 0 (off) or more")
+        check(self.early_stopping_patience >= 0, "early_stopping_patience", "must be 0 (off) or more")
+        check(self.early_stopping_patience == 0 or self.val_size > 0 or bool(self.eval_dataset),
+              "early_stopping_patience", "needs a validation set: set val_size or eval_dataset")
         check(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
         if self.finetuning_type in ("lora", "qlora"):
             check(self.lora_rank >= 1, "lora_rank", "must be at least 1")

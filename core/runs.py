@@ -84,6 +84,14 @@ def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def write_metrics(run_dir: str | Path, records: list[dict[str, Any]]) -> None:
+    """Replace metrics.jsonl (atomically), e.g. to drop steps a resumed run will log again."""
+    path = Path(run_dir) / METRICS_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():

@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from core.chat.engine import ChatEngine, GenerationSettings
-from core.config import RunConfig
+from core.config import RunConfig, load_yaml
 from core.data.dataset import LoadedData, load_conversations
 from core.data.template import IGNORE_INDEX, TemplateEncoder
 from core.models.loader import load_tokenizer, resolve_model_path
 from core.data.readers import DEMO_DATASETS, SUPPORTED_EXTENSIONS, DataError
 from core.estimate import MemoryEstimate, device_memory_bytes, estimate_for_run
+from core.evaluation.evaluate import EvalResult, EvalSettings, evaluate_run
 from core.export import ExportError, merge_run, zip_run
-from core.runs import RunInfo, find_run, list_runs, read_log_tail, read_metrics, read_status
+from core.runs import CONFIG_FILE, RunInfo, find_run, list_runs, read_log_tail, read_metrics, read_status
 from core.training.job import JobManager
 
 BASE_MODEL_CHOICE = "demo"
@@ -101,6 +102,30 @@ class Workbench:
         """Start a run in the background; returns its name. Raises BusyError / ConfigError."""
         return self.jobs.start(config).name
 
+    def resume_training(self, run_name: str) -> str:
+        """Continue an aborted or failed run from its last checkpoint, in the same run folder."""
+        path = self.run_path(run_name)
+        state = read_status(path).get("state")
+        if state not in ("aborted", "failed"):
+            raise DataError(f"run {run_name} is {state}: only aborted or failed runs resume")
+        if not any((path / "checkpoints").glob("checkpoint-*")):
+            raise DataError(f"run {run_name} has no checkpoint to resume from")
+        return self.jobs.start(load_yaml(path / CONFIG_FILE), resume_dir=path).name
+
+    def continued_config(self, parent_run: str, config: RunConfig) -> RunConfig:
+        """`config` set up to keep training a finished run's result (its adapter, or its full model) on new data:
+        the seed's incremental learning. The parent is recorded in the new run's config.yaml."""
+        parent = find_run(self.workspace, parent_run)
+        if parent is None or parent.state not in ("finished", "aborted"):
+            raise DataError(f"run '{parent_run}' has not finished: nothing to continue from")
+        parent_config = load_yaml(parent.path / CONFIG_FILE)
+        common = dict(parent_run=parent.name, finetuning_type=parent_config.finetuning_type,
+                      template=parent_config.template)
+        if parent.adapter_dir is not None:
+            return config.replace(**common, model_name_or_path=parent_config.model_name_or_path,
+                                  adapter_name_or_path=str(parent.adapter_dir))
+        return config.replace(**common, model_name_or_path=str(parent.model_dir))
+
     def abort_training(self) -> bool:
         return self.jobs.abort()
 
@@ -161,6 +186,15 @@ class Workbench:
                 raise DataError(f"run '{adapter_run}' has no saved adapter")
             adapter = (run.name, str(run.adapter_dir))
         yield from self.chat_engine.stream(messages, system, adapter, settings)
+
+    # ---- evaluation -----------------------------------------------------------------------------------------
+    def evaluate(self, run_name: str, dataset: str, fmt: str = "auto",
+                 settings: EvalSettings | None = None) -> EvalResult:
+        """Loss, perplexity and ChatGLM's BLEU/ROUGE of a finished run on a dataset (written to RUN/eval/)."""
+        run = find_run(self.workspace, run_name)
+        if run is None or (run.adapter_dir is None and run.model_dir is None):
+            raise DataError(f"run '{run_name}' has no saved adapter or model to evaluate")
+        return evaluate_run(run.path, dataset, fmt, settings)
 
     # ---- export ---------------------------------------------------------------------------------------------
     def export_zip(self, run_name: str) -> str:

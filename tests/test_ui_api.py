@@ -115,3 +115,34 @@ def test_invalid_form_values_are_named(ui):
     assert message.startswith("❌")
     assert "learning_rate: must be greater than 0" in message
     assert "num_train_epochs: must be > 0 unless max_steps is set" in message
+
+
+def poll_until(client, states, timeout=600):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = client.predict(api_name="/poll")[3]
+        if status.get("state") in states:
+            return status
+        time.sleep(0.5)
+    raise TimeoutError(states)
+
+
+def test_abort_resume_and_evaluate_from_the_ui(ui):
+    client, _ = ui
+    form = train_form(client, Method="lora", Epochs=0, **{"Max steps": 400})
+    started = client.predict(*form, api_name="/start_training")
+    run = started.split("run ")[1].rstrip(".")
+    deadline = time.time() + 120
+    while (client.predict(api_name="/poll")[3].get("step") or 0) < 5 and time.time() < deadline:
+        time.sleep(0.3)
+    assert "Stopping" in client.predict(api_name="/abort_training")
+    aborted = poll_until(client, ("aborted",))
+    assert aborted["step"] < 400
+    assert client.predict(api_name="/resume_training").startswith("▶")
+    finished = poll_until(client, ("finished",))
+    assert finished["step"] == 400
+    notice, metrics, predictions = client.predict(run, "identity", 4, 48, True, 0.7, api_name="/evaluate")
+    assert notice == ""
+    row = dict(zip(metrics["headers"], metrics["data"][0]))
+    assert row["samples"] == 4 and row["rouge-1"] > 50
+    assert predictions["headers"] == ["prompt", "label", "prediction"]

@@ -11,6 +11,7 @@ from webui.context import UIContext
 from webui.locale import Translator
 from webui.tabs.chat import create_chat_tab
 from webui.tabs.data import create_data_tab
+from webui.tabs.evaluate import create_evaluate_tab
 from webui.tabs.export import create_export_tab
 from webui.tabs.train import create_train_tab
 
@@ -24,14 +25,18 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
         gr.Markdown(f"# {t('app_title')}\n{t('app_subtitle')}\n\n> {t('demo_model_note')}")
         with gr.Tab(t("tab_data")):
             data = create_data_tab(ctx)
-        with gr.Tab(t("tab_train")):
+        with gr.Tab(t("tab_train")) as train_tab:
             train = create_train_tab(ctx, data)
+        with gr.Tab(t("tab_evaluate")) as evaluate_tab:
+            evaluate = create_evaluate_tab(ctx)
         with gr.Tab(t("tab_chat")) as chat_tab:
             chat = create_chat_tab(ctx)
         with gr.Tab(t("tab_export")) as export_tab:
             export = create_export_tab(ctx)
         # Lists of runs go stale while training: refresh them whenever their tab is opened.
         chat_tab.select(*chat["refresh"], api_name=False)
+        evaluate_tab.select(*evaluate["refresh"], api_name=False)
+        train_tab.select(*train["refresh"], api_name=False)
         export_tab.select(*export["refresh"], api_name=False)
         app.load(**data["preview"], api_name=False)
         # The data tab renders a sample with the model and template chosen in the train tab.

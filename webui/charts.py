@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import plotly.graph_objects as go
@@ -21,6 +22,10 @@ def loss_figure(metrics: list[dict[str, Any]], t) -> go.Figure:
     if not train and not evals:
         figure.add_annotation(text=t("waiting_first_step"), showarrow=False, x=0.5, y=0.5, xref="paper",
                               yref="paper")
+    if evals:  # perplexity of the validation set on a second axis
+        figure.add_trace(go.Scatter(x=[s for s, _ in evals], y=[round(math.exp(min(v, 50)), 3) for _, v in evals],
+                                    mode="lines+markers", name=t("perplexity"), yaxis="y2", visible="legendonly"))
+        figure.update_layout(yaxis2={"overlaying": "y", "side": "right", "title": t("perplexity")})
     figure.update_layout(title=t("chart_loss"), xaxis_title=t("step"), height=340,
                          margin={"l": 50, "r": 20, "t": 50, "b": 40}, legend={"orientation": "h", "y": -0.2},
                          template="plotly_white")

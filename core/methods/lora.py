@@ -23,9 +23,18 @@ def lora_config(config):
                       use_rslora=config.use_rslora, task_type="CAUSAL_LM")
 
 
+def load_for_more_training(model, config):
+    """Continued training: the earlier run's adapter, trainable, instead of a fresh one."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, config.adapter_name_or_path, is_trainable=True)
+
+
 def prepare(model, config):
     from peft import get_peft_model
 
+    if config.adapter_name_or_path:
+        return load_for_more_training(model, config)
     try:
         return get_peft_model(model, lora_config(config))
     except ValueError as exc:

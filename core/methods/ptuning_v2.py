@@ -20,6 +20,10 @@ PREFIX_WEIGHTS_KEY = "prompt_embeddings"
 def prepare(model, config):
     from peft import PrefixTuningConfig, get_peft_model
 
+    if config.adapter_name_or_path:
+        from core.methods.lora import load_for_more_training
+
+        return load_for_more_training(model, config)
     peft_config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=config.pre_seq_len,
                                      prefix_projection=config.prefix_projection,
                                      encoder_hidden_size=model.config.hidden_size)

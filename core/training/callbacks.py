@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import resource
 import threading
 import time
@@ -55,6 +56,8 @@ class RunFolderCallback(TrainerCallback):
             return  # the end-of-training summary; the runner records it in status.json
         now = time.time()
         tokens = state.num_input_tokens_seen or 0
+        if "eval_loss" in values:
+            values["perplexity"] = math.exp(min(values["eval_loss"], 50))
         record = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), **values,
                   "tokens_per_second": (tokens - self._last_tokens) / max(now - self._last_time, 1e-9)
                   if "loss" in values else None,
@@ -76,6 +79,7 @@ class StopCallback(TrainerCallback):
         if self.stop_event.is_set():
             control.should_training_stop = True
             control.should_epoch_stop = True
+            control.should_save = True  # a checkpoint to resume from
         return control
 
     def on_step_end(self, args, state, control, **kwargs):

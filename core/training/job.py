@@ -11,7 +11,7 @@ from pathlib import Path
 
 from core.config import RunConfig
 from core.runs import new_run_dir
-from core.training.runner import prepare_run_folder, run_training
+from core.training.runner import TrainingSession, prepare_run_folder
 
 
 class BusyError(RuntimeError):
@@ -19,15 +19,16 @@ class BusyError(RuntimeError):
 
 
 class TrainingJob:
-    def __init__(self, config: RunConfig, run_dir: Path):
+    def __init__(self, config: RunConfig, run_dir: Path, resume: bool = False):
         self.config = config
         self.run_dir = run_dir
+        self.resume = resume
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"train-{run_dir.name}", daemon=True)
         self.result: dict | None = None
 
     def _run(self) -> None:
-        self.result = run_training(self.config, self.run_dir, self.stop_event)
+        self.result = TrainingSession(self.config, self.run_dir, self.stop_event, resume=self.resume).run()
 
     @property
     def alive(self) -> bool:
@@ -42,15 +43,19 @@ class JobManager:
         self._lock = threading.Lock()
         self.current: TrainingJob | None = None
 
-    def start(self, config: RunConfig) -> Path:
+    def start(self, config: RunConfig, resume_dir: Path | None = None) -> Path:
+        """Start a new run, or resume the run in `resume_dir` from its last checkpoint."""
         config.validate()
         with self._lock:
             if self.current is not None and self.current.alive:
                 raise BusyError(f"busy: run {self.current.run_dir.name} is training; abort it or wait")
-            run_dir = Path(config.output_dir) if config.output_dir else new_run_dir(
-                self.workspace, config.finetuning_type, config.dataset)
-            prepare_run_folder(config, run_dir)
-            self.current = TrainingJob(config, run_dir)
+            if resume_dir is not None:
+                run_dir = resume_dir
+            else:
+                run_dir = Path(config.output_dir) if config.output_dir else new_run_dir(
+                    self.workspace, config.finetuning_type, config.dataset)
+                prepare_run_folder(config, run_dir)
+            self.current = TrainingJob(config, run_dir, resume=resume_dir is not None)
             self.current.thread.start()
             return run_dir
 

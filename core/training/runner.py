@@ -17,8 +17,9 @@ from core.data.template import resolve_template
 from core.methods import get_method
 from core.methods.base import count_parameters
 from core.models.loader import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path
-from core.runs import CONFIG_FILE, LOG_FILE, atomic_dir, read_metrics, update_status
+from core.runs import CONFIG_FILE, LOG_FILE, atomic_dir, read_metrics, update_status, write_metrics
 from core.training.callbacks import LossProgressBar, RunFolderCallback, StopCallback
+from core.training.checkpointing import CheckpointingTrainer
 
 log = logging.getLogger("glm_workbench")
 
@@ -56,14 +57,19 @@ def _training_arguments(config: RunConfig, run_dir: Path, has_eval: bool, show_p
         num_train_epochs=config.num_train_epochs,
         max_steps=config.max_steps,
         lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_ratio,
+        warmup_steps=config.warmup_steps or config.warmup_ratio,
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
         logging_steps=config.logging_steps,
         logging_first_step=True,
         save_strategy="steps" if config.save_steps else "no",
         save_steps=config.save_steps or 500,
-        eval_strategy="epoch" if has_eval else "no",
+        save_total_limit=config.save_total_limit,
+        eval_strategy=("steps" if config.eval_steps else "epoch") if has_eval else "no",
+        eval_steps=config.eval_steps or None,
+        metric_for_best_model="eval_loss" if has_eval else None,
+        greater_is_better=False if has_eval else None,
+        neftune_noise_alpha=config.neftune_noise_alpha or None,
         seed=config.seed,
         data_seed=config.seed,
         bf16=dtype == torch.bfloat16,
@@ -84,11 +90,13 @@ class TrainingSession:
     with what a fresh process loads back from the run folder)."""
 
     def __init__(self, config: RunConfig, run_dir: str | Path, stop_event: threading.Event | None = None,
-                 show_progress: bool = False):
+                 show_progress: bool = False, resume: bool = False, callbacks: list | None = None):
         self.config = config
         self.run_dir = Path(run_dir)
         self.stop_event = stop_event or threading.Event()
         self.show_progress = show_progress
+        self.resume = resume
+        self.extra_callbacks = list(callbacks or [])
         self.model = None
         self.tokenizer = None
 
@@ -108,6 +116,23 @@ class TrainingSession:
                 logging.getLogger(name).removeHandler(handler)
             handler.close()
 
+    def _checkpoint_to_resume(self) -> str | None:
+        """On resume: the newest complete checkpoint; metrics logged after it are dropped (they will be
+        logged again), so the chart shows one continuous run."""
+        if not self.resume:
+            return None
+        from transformers.trainer_utils import get_last_checkpoint
+
+        folder = self.run_dir / "checkpoints"
+        checkpoint = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+        if checkpoint is None:
+            raise ValueError(f"{self.run_dir.name}: no checkpoint to resume from (abort saves one; or set save_steps)")
+        step = int(Path(checkpoint).name.split("-")[-1])
+        keep = [m for m in read_metrics(self.run_dir) if m.get("step", 0) <= step]
+        write_metrics(self.run_dir, keep)
+        log.info("resuming %s from %s", self.run_dir.name, Path(checkpoint).name)
+        return checkpoint
+
     def _load(self, method):
         """Tokenizer, data and the method-prepared model."""
         config, run_dir = self.config, self.run_dir
@@ -122,6 +147,10 @@ class TrainingSession:
                  data.format, template, len(data.train), len(data.eval), data.truncated, config.cutoff_len)
         for problem in data.problems[:20]:
             log.warning("skipped %s", problem)
+        if config.eval_dataset:
+            data.eval = tokenize_dataset(config.eval_dataset, tokenizer, template, config.cutoff_len,
+                                         config.dataset_format).train
+            log.info("validation: %d samples from %s", len(data.eval), config.eval_dataset)
         device = pick_device()
         # Weights that train are kept in fp32 (mixed precision autocasts); frozen bases load in the GPU's dtype.
         trains_base = method.output_dir == "model"
@@ -138,29 +167,33 @@ class TrainingSession:
         return tokenizer, data, model
 
     def _train(self) -> dict:
-        from transformers import DataCollatorForSeq2Seq, Trainer, set_seed
+        from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, set_seed
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
         config, run_dir = self.config.validate(), self.run_dir
-        update_status(run_dir, state="running", started=time.time())
+        checkpoint = self._checkpoint_to_resume()
+        update_status(run_dir, state="running", started=time.time(), error=None)
         set_seed(config.seed)
         method = get_method(config.finetuning_type)
         tokenizer, data, model = self._load(method)
-        trainer = Trainer(
+        callbacks = [RunFolderCallback(run_dir), *self.extra_callbacks, StopCallback(self.stop_event)]
+        if config.early_stopping_patience:
+            callbacks.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
+        trainer = CheckpointingTrainer(
             model=model,
             args=_training_arguments(config, run_dir, bool(data.eval), self.show_progress),
             train_dataset=data.train,
             eval_dataset=data.eval or None,
             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
             processing_class=tokenizer,
-            callbacks=[RunFolderCallback(run_dir), StopCallback(self.stop_event)],
+            callbacks=callbacks,
         )
         # Metrics go to metrics.jsonl; the terminal gets a progress bar with the loss, not a dict per step.
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
         if self.show_progress:
             trainer.add_callback(LossProgressBar())
-        trainer.train()
+        trainer.train(resume_from_checkpoint=checkpoint)
         aborted = self.stop_event.is_set()
         with atomic_dir(run_dir / method.output_dir) as folder:
             method.save(trainer.model, tokenizer, folder)

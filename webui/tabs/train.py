@@ -11,7 +11,7 @@ import html
 
 import gradio as gr
 
-from core.config import COMPUTE_DTYPES, FINETUNING_TYPES, QUANTIZATION_TYPES, ConfigError, RunConfig
+from core.config import COMPUTE_DTYPES, FINETUNING_TYPES, LR_SCHEDULERS, QUANTIZATION_TYPES, ConfigError, RunConfig
 from core.data.readers import DataError
 from core.data.template import TEMPLATES
 from core.training.job import BusyError
@@ -48,6 +48,10 @@ def progress_html(snapshot, t) -> str:
     error = f"<div class='gw-error'>❌ {html.escape(status['error'])}</div>" if status.get("error") else ""
     return (f"<div class='gw-progress'><div class='gw-bar gw-{state}' style='width:{percent}%'></div></div>"
             f"<div class='gw-progress-text'>{html.escape(text)}</div>{error}")
+
+
+def _finished_runs(ctx: UIContext) -> list[str]:
+    return [run.name for run in ctx.wb.runs() if run.state == "finished"]
 
 
 def create_method_fields(t, d: RunConfig) -> tuple[dict, dict]:
@@ -110,10 +114,34 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
                                                           precision=0, minimum=1)
         fields["cutoff_len"] = gr.Number(d.cutoff_len, label=t("cutoff_len"), precision=0, minimum=8)
         fields["gradient_checkpointing"] = gr.Checkbox(d.gradient_checkpointing, label=t("gradient_checkpointing"))
+    with gr.Accordion(t("advanced"), open=False):
+        with gr.Row():
+            fields["val_size"] = gr.Number(d.val_size, label=t("val_size"), info=t("val_size_info"), minimum=0)
+            fields["eval_steps"] = gr.Number(d.eval_steps, label=t("eval_steps"), info=t("eval_steps_info"),
+                                             precision=0, minimum=0)
+            fields["early_stopping_patience"] = gr.Number(d.early_stopping_patience, precision=0, minimum=0,
+                                                          label=t("early_stopping_patience"),
+                                                          info=t("early_stopping_patience_info"))
+        with gr.Row():
+            fields["lr_scheduler_type"] = gr.Dropdown(list(LR_SCHEDULERS), value=d.lr_scheduler_type,
+                                                      label=t("lr_scheduler_type"))
+            fields["warmup_ratio"] = gr.Number(d.warmup_ratio, label=t("warmup_ratio"), minimum=0, maximum=0.99)
+            fields["weight_decay"] = gr.Number(d.weight_decay, label=t("weight_decay"), minimum=0)
+            fields["max_grad_norm"] = gr.Number(d.max_grad_norm, label=t("max_grad_norm"), minimum=0)
+        with gr.Row():
+            fields["save_steps"] = gr.Number(d.save_steps, label=t("save_steps"), info=t("save_steps_info"),
+                                             precision=0, minimum=0)
+            fields["save_total_limit"] = gr.Number(d.save_total_limit, label=t("save_total_limit"), precision=0,
+                                                   minimum=1)
+            fields["neftune_noise_alpha"] = gr.Number(d.neftune_noise_alpha, label=t("neftune_noise_alpha"), minimum=0)
+            fields["seed"] = gr.Number(d.seed, label=t("seed"), precision=0)
+    continue_from = gr.Dropdown([(t("continue_none"), "")] + [(r, r) for r in _finished_runs(ctx)], value="",
+                                label=t("continue_from"), info=t("continue_from_info"), allow_custom_value=True)
     estimate = gr.Markdown()
     with gr.Row():
         start = gr.Button(t("start"), variant="primary")
         abort = gr.Button(t("abort"), variant="stop")
+        resume = gr.Button(t("resume"))
     message = gr.Markdown()
     progress = gr.HTML(progress_html(None, t))
     chart = gr.Plot(loss_figure([], t), label=t("chart_loss"))
@@ -125,11 +153,12 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     timer = gr.Timer(POLL_SECONDS)
 
     keys = list(fields)
-    form = [fields[k] for k in keys] + [data["dataset"], data["format"]]
+    form = [fields[k] for k in keys] + [data["dataset"], data["format"], continue_from]
 
     def form_config(*values) -> RunConfig:
-        *own, dataset, fmt = values
-        return DEMO_DEFAULTS.replace(**dict(zip(keys, own)), dataset=dataset, dataset_format=fmt)
+        *own, dataset, fmt, parent = values
+        config = DEMO_DEFAULTS.replace(**dict(zip(keys, own)), dataset=dataset, dataset_format=fmt)
+        return ctx.wb.continued_config(parent, config) if parent else config
 
     def start_training(*values):
         try:
@@ -137,6 +166,14 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         except (ConfigError, DataError, BusyError) as exc:
             return ctx.error(exc)
         return "✅ " + t("started", run=run)
+
+    def resume_training():
+        run = ctx.wb.current_run_name()
+        try:
+            ctx.wb.resume_training(run or "")
+        except (ConfigError, DataError, BusyError) as exc:
+            return ctx.error(exc)
+        return "▶ " + t("resumed", run=run)
 
     def show_estimate(*values) -> str:
         try:
@@ -179,9 +216,14 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         component.change(show_estimate, form, estimate, api_name=False, show_progress="hidden")
     start.click(start_training, form, message, api_name="start_training")
     abort.click(abort_training, None, message, api_name="abort_training")
+    resume.click(resume_training, None, message, api_name="resume_training")
     timer.tick(poll, seen, [progress, chart, log, status_json, seen], api_name="poll", show_progress="hidden")
     for component in (data["dataset"], data["format"]):
         component.change(lambda ds, fmt: t("train_dataset", dataset=ds, format=fmt), [data["dataset"], data["format"]],
                          dataset_note, api_name=False)
+    def refresh_parents():
+        return gr.update(choices=[(t("continue_none"), "")] + [(r, r) for r in _finished_runs(ctx)])
+
     return {"start": start, "abort": abort, "message": message, "status": status_json, "fields": fields,
+            "refresh": (refresh_parents, None, continue_from),
             "estimate": dict(fn=show_estimate, inputs=form, outputs=estimate)}

@@ -1,0 +1,50 @@
+"""Evaluate tab: a run and a dataset -> loss, perplexity, BLEU-4 and ROUGE, and every prediction."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from core.data.readers import DataError
+from core.evaluation.evaluate import EvalSettings
+from core.models.loader import ModelError
+from webui.context import UIContext
+
+
+def create_evaluate_tab(ctx: UIContext) -> dict:
+    t = ctx.t
+    gr.Markdown(t("eval_info"))
+    with gr.Row():
+        run = gr.Dropdown(_evaluable(ctx), label=t("eval_run"), allow_custom_value=True, scale=3)
+        dataset = gr.Dropdown(ctx.wb.dataset_choices(), value="identity", label=t("eval_dataset"),
+                              allow_custom_value=True, scale=3)
+        max_samples = gr.Number(20, label=t("eval_max_samples"), precision=0, minimum=0, scale=1)
+    with gr.Row():
+        max_new_tokens = gr.Slider(8, 1024, 128, step=8, label=t("max_new_tokens"))
+        greedy = gr.Checkbox(True, label=t("greedy"))
+        temperature = gr.Slider(0.05, 2, 0.7, step=0.05, label=t("temperature"))
+    start = gr.Button(t("eval_start"), variant="primary")
+    notice = gr.Markdown()
+    metrics = gr.Dataframe(label=t("eval_metrics"), interactive=False)
+    predictions = gr.Dataframe(label=t("eval_predictions"), interactive=False, wrap=True, max_height=480)
+
+    def evaluate(run_name, dataset_name, samples, new_tokens, greedy_, temperature_):
+        settings = EvalSettings(max_samples=int(samples or 0), max_new_tokens=int(new_tokens), greedy=bool(greedy_),
+                                temperature=float(temperature_))
+        try:
+            result = ctx.wb.evaluate(run_name or "", dataset_name, settings=settings)
+        except (DataError, ModelError, ValueError, OSError) as exc:
+            return ctx.error(exc), pd.DataFrame(), pd.DataFrame()
+        shown = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return "", pd.DataFrame([shown]), pd.DataFrame(result.predictions)
+
+    def refresh():
+        return gr.update(choices=_evaluable(ctx)), gr.update(choices=ctx.wb.dataset_choices())
+
+    start.click(evaluate, [run, dataset, max_samples, max_new_tokens, greedy, temperature],
+                [notice, metrics, predictions], api_name="evaluate")
+    return {"refresh": (refresh, None, [run, dataset])}
+
+
+def _evaluable(ctx: UIContext) -> list[str]:
+    return [r.name for r in ctx.wb.runs() if r.state in ("finished", "aborted") and (r.adapter_dir or r.model_dir)]
