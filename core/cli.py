@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from core.config import ConfigError, load_yaml, parse_overrides
+from core.config import ConfigError, RunConfig, load_yaml, load_yaml_with_notes, parse_overrides
 from core.data.readers import DataError
 from core.export import ExportError
 from core.models.chatglm import ConversionError
@@ -34,7 +34,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         config = load_yaml(run_dir / "config.yaml").validate()
     else:
-        config = load_yaml(args.config, parse_overrides(args.set)).validate()
+        if args.config:
+            config, notes = load_yaml_with_notes(args.config, parse_overrides(args.set))
+        else:
+            config, notes = RunConfig.from_dict(parse_overrides(args.set)), []
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        config.validate()
         run_dir = Path(config.output_dir) if config.output_dir else new_run_dir(
             args.workspace, config.finetuning_type, config.dataset)
         prepare_run_folder(config, run_dir)
@@ -118,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo_model)
 
     train = commands.add_parser("train", help="train from a YAML config; prints the run folder last")
-    train.add_argument("config", nargs="?", help="YAML config (not needed with --resume)")
+    train.add_argument("config", nargs="?", help="YAML config (ours or LLaMA-Factory's SFT YAML); without it, the "
+                                                 "defaults plus --set")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an aborted/failed run from its last checkpoint")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     train.add_argument("--workspace", default=DEFAULT_WORKSPACE, help="where run folders go (default: %(default)s)")
@@ -168,8 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "train" and not (args.config or args.resume):
-        parser.error("train needs a CONFIG file, or --resume RUN_DIR")
     try:
         return args.func(args)
     except USER_ERRORS as exc:

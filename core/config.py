@@ -240,7 +240,46 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return result
 
 
-def load_yaml(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+# LLaMA-Factory SFT keys that have no meaning here: accepted, and reported by name.
+LLAMAFACTORY_IGNORED = ("do_train", "overwrite_cache", "preprocessing_num_workers", "plot_loss",
+                        "overwrite_output_dir", "report_to", "ddp_timeout", "dataloader_num_workers", "dataset_dir",
+                        "per_device_eval_batch_size", "eval_strategy", "save_only_model", "flash_attn",
+                        "resume_from_checkpoint", "tokenized_path", "packing_side", "do_eval")
+
+
+def from_llamafactory(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Translate a `llamafactory-cli train` SFT config into ours; returns (our keys, notes on what was ignored)."""
+    data = dict(data)
+    notes: list[str] = []
+    stage = data.pop("stage", "sft")
+    if stage != "sft":
+        raise ConfigError([f"stage: only supervised fine-tuning (sft) is available here (got {stage!r})"])
+    ignored = [key for key in LLAMAFACTORY_IGNORED if key in data]
+    for key in ignored:
+        data.pop(key)
+    if ignored:
+        notes.append(f"ignored LLaMA-Factory keys with no meaning here: {', '.join(ignored)}")
+    if data.pop("bf16", False):
+        data["precision"] = "bf16"
+    if data.pop("fp16", False):
+        data["precision"] = "fp16"
+    if data.get("finetuning_type", "lora") == "lora" and data.get("quantization_bit"):
+        data["finetuning_type"] = "qlora"
+    if isinstance(data.get("dataset"), str) and "," in data["dataset"]:
+        raise ConfigError([f"dataset: one dataset per run here (got {data['dataset']!r}); merge the files first"])
+    if data.get("template") in ("glm4", "glm4_moe", "chatglm3", "chatglm2", None):
+        data["template"] = {"glm4_moe": "glm4", None: "auto"}.get(data.get("template"), data.get("template"))
+    if "lora_target" in data and isinstance(data["lora_target"], str):
+        data["lora_target"] = data["lora_target"].replace(" ", "")
+    return data, notes
+
+
+def is_llamafactory_config(data: dict[str, Any]) -> bool:
+    return "stage" in data or "do_train" in data
+
+
+def load_yaml_with_notes(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[RunConfig, list[str]]:
+    """Read a config (ours, or LLaMA-Factory's SFT YAML); returns it with notes about translated/ignored keys."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"{path}: config file not found"])
@@ -250,8 +289,30 @@ def load_yaml(path: str | Path, overrides: dict[str, Any] | None = None) -> RunC
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: expected a mapping of key: value, got {type(data).__name__}"])
+    notes: list[str] = []
+    if is_llamafactory_config(data):
+        data, notes = from_llamafactory(data)
     data.update(overrides or {})
-    return RunConfig.from_dict(data)
+    return RunConfig.from_dict(data), notes
+
+
+def load_yaml(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    return load_yaml_with_notes(path, overrides)[0]
+
+
+def command_line(config: RunConfig) -> str:
+    """The CLI line that starts this run: every key that differs from the defaults as --set."""
+    defaults = RunConfig().to_dict()
+    changed = [(key, value) for key, value in config.to_dict().items() if defaults.get(key) != value]
+    parts = ["glm-workbench train"] + [f"--set {key}={_shell_value(value)}" for key, value in changed]
+    return " \\\n    ".join(parts)
+
+
+def _shell_value(value: Any) -> str:
+    import shlex
+
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    return shlex.quote(text)
 
 
 def save_yaml(config: RunConfig, path: str | Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from core.chat.engine import ChatEngine, GenerationSettings
-from core.config import RunConfig, load_yaml
+from core.config import RunConfig, load_yaml, save_yaml
 from core.data.dataset import LoadedData, load_conversations
 from core.data.template import IGNORE_INDEX, TemplateEncoder
 from core.models.loader import load_tokenizer, resolve_model_path
@@ -125,6 +125,14 @@ class Workbench:
             return config.replace(**common, model_name_or_path=parent_config.model_name_or_path,
                                   adapter_name_or_path=str(parent.adapter_dir))
         return config.replace(**common, model_name_or_path=str(parent.model_dir))
+
+    def save_config(self, config: RunConfig) -> str:
+        """Write the config as YAML under exports/configs/ (served for download); returns the path."""
+        folder = self.exports / "configs"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.finetuning_type}.yaml"
+        save_yaml(config, path)
+        return str(path)
 
     def abort_training(self) -> bool:
         return self.jobs.abort()

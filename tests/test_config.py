@@ -46,3 +46,43 @@ def test_bad_yaml_file(tmp_path):
         load_yaml(tmp_path / "c.yaml")
     with pytest.raises(ConfigError, match="config file not found"):
         load_yaml(tmp_path / "missing.yaml")
+
+
+LLAMAFACTORY_SFT = """\
+model_name_or_path: demo
+stage: sft
+do_train: true
+finetuning_type: lora
+quantization_bit: 4
+lora_target: q_proj, v_proj
+dataset: identity
+template: glm4
+cutoff_len: 256
+overwrite_cache: true
+plot_loss: true
+learning_rate: 1.0e-4
+num_train_epochs: 3.0
+bf16: true
+"""
+
+
+def test_llamafactory_sft_yaml_runs_here_and_reports_ignored_keys(tmp_path):
+    from core.config import load_yaml_with_notes
+
+    (tmp_path / "lf.yaml").write_text(LLAMAFACTORY_SFT, encoding="utf-8")
+    config, notes = load_yaml_with_notes(tmp_path / "lf.yaml")
+    assert (config.finetuning_type, config.quantization_bit, config.precision) == ("qlora", 4, "bf16")
+    assert config.lora_target == "q_proj,v_proj" and config.learning_rate == 1e-4
+    assert notes == ["ignored LLaMA-Factory keys with no meaning here: do_train, overwrite_cache, plot_loss"]
+    (tmp_path / "dpo.yaml").write_text(LLAMAFACTORY_SFT.replace("stage: sft", "stage: dpo"), encoding="utf-8")
+    with pytest.raises(ConfigError, match="stage: only supervised fine-tuning"):
+        load_yaml_with_notes(tmp_path / "dpo.yaml")
+
+
+def test_command_line_lists_what_differs_from_the_defaults():
+    from core.config import command_line
+
+    line = command_line(RunConfig(learning_rate=2e-3, dataset="my data.json"))
+    assert line.splitlines()[0] == "glm-workbench train \\"
+    assert "--set dataset='my data.json'" in line and "--set learning_rate=0.002" in line
+    assert "lora_rank" not in line

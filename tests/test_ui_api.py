@@ -146,3 +146,20 @@ def test_abort_resume_and_evaluate_from_the_ui(ui):
     row = dict(zip(metrics["headers"], metrics["data"][0]))
     assert row["samples"] == 4 and row["rouge-1"] > 50
     assert predictions["headers"] == ["prompt", "label", "prediction"]
+
+
+def test_config_saves_and_loads_as_yaml_with_a_command_preview(ui, tmp_path):
+    client, _ = ui
+    form = train_form(client, Method="freeze", **{"Learning rate": 5e-4, "Trainable layers": 3})
+    saved, message = client.predict(*form, api_name="/save_config")
+    assert message == ""
+    text = open(saved, encoding="utf-8").read()
+    assert "finetuning_type: freeze" in text and "freeze_trainable_layers: 3" in text
+    preview = client.predict(*form, api_name="/command_preview")
+    assert "--set finetuning_type=freeze" in preview and "--set freeze_trainable_layers=3" in preview
+    loaded = client.predict(gradio_client.handle_file(saved), api_name="/load_config")
+    labels = [p["label"] for p in client.view_api(return_format="dict", print_info=False)
+              ["named_endpoints"]["/start_training"]["parameters"]]
+    values = dict(zip(labels, loaded))
+    assert values["Method"] == "freeze" and values["Trainable layers"] == 3 and values["Learning rate"] == 5e-4
+    assert loaded[-1].startswith("✅")

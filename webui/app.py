@@ -46,6 +46,7 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
             trigger.change(data["render"], render_inputs, data["rendered"], api_name=False, show_progress="hidden")
         app.load(data["render"], render_inputs, data["rendered"], api_name="render_sample")
         app.load(**train["estimate"], api_name="estimate_memory")
+        app.load(**train["command"], api_name="command_preview")
     return app
 
 

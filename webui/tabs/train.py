@@ -8,10 +8,12 @@ refresh, in a second browser tab, or after the browser was closed while training
 from __future__ import annotations
 
 import html
+from pathlib import Path
 
 import gradio as gr
 
-from core.config import COMPUTE_DTYPES, FINETUNING_TYPES, LR_SCHEDULERS, QUANTIZATION_TYPES, ConfigError, RunConfig
+from core.config import (COMPUTE_DTYPES, FINETUNING_TYPES, LR_SCHEDULERS, QUANTIZATION_TYPES, ConfigError, RunConfig,
+                         command_line, load_yaml_with_notes)
 from core.data.readers import DataError
 from core.data.template import TEMPLATES
 from core.training.job import BusyError
@@ -138,6 +140,12 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     continue_from = gr.Dropdown([(t("continue_none"), "")] + [(r, r) for r in _finished_runs(ctx)], value="",
                                 label=t("continue_from"), info=t("continue_from_info"), allow_custom_value=True)
     estimate = gr.Markdown()
+    with gr.Accordion(t("command_preview"), open=False):
+        command = gr.Code(language="shell", show_label=False)
+        with gr.Row():
+            save_yaml_button = gr.Button(t("yaml_save"))
+            load_yaml_button = gr.UploadButton(t("yaml_load"), file_types=[".yaml", ".yml"])
+        yaml_file = gr.File(label=t("yaml_file"), interactive=False)
     with gr.Row():
         start = gr.Button(t("start"), variant="primary")
         abort = gr.Button(t("abort"), variant="stop")
@@ -188,6 +196,28 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         key = "estimate_exceeds" if result.total > memory else "estimate_fits"
         return f"{text} · {t(key, device=name, memory=round(memory / 2**30, 1))}"
 
+    def show_command(*values) -> str:
+        try:
+            return command_line(form_config(*values))
+        except (ConfigError, DataError) as exc:
+            return f"# {exc}"
+
+    def save_config(*values):
+        try:
+            return ctx.wb.save_config(form_config(*values)), ""
+        except (ConfigError, DataError) as exc:
+            return None, ctx.error(exc)
+
+    def load_config(file_path: str):
+        """Fill the form from a YAML file (ours or LLaMA-Factory's); notes say what was ignored."""
+        try:
+            config, notes = load_yaml_with_notes(file_path)
+        except ConfigError as exc:
+            return [gr.skip()] * (len(keys) + 2) + [ctx.error(exc)]
+        values = config.to_dict()
+        text = "✅ " + t("yaml_loaded", file=Path(file_path).name) + "".join(f"\n\n⚠️ {n}" for n in notes)
+        return [values[k] for k in keys] + [config.dataset, config.dataset_format, text]
+
     def abort_training():
         running = ctx.wb.jobs.running_run
         if running is None or not ctx.wb.abort_training():
@@ -214,6 +244,11 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
                       api_name=False)
     for component in form:
         component.change(show_estimate, form, estimate, api_name=False, show_progress="hidden")
+        component.change(show_command, form, command, api_name=False, show_progress="hidden")
+    save_yaml_button.click(save_config, form, [yaml_file, message], api_name="save_config")
+    load_yaml_button.upload(load_config, load_yaml_button,
+                            [fields[k] for k in keys] + [data["dataset"], data["format"], message],
+                            api_name="load_config")
     start.click(start_training, form, message, api_name="start_training")
     abort.click(abort_training, None, message, api_name="abort_training")
     resume.click(resume_training, None, message, api_name="resume_training")
@@ -226,4 +261,5 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
 
     return {"start": start, "abort": abort, "message": message, "status": status_json, "fields": fields,
             "refresh": (refresh_parents, None, continue_from),
-            "estimate": dict(fn=show_estimate, inputs=form, outputs=estimate)}
+            "estimate": dict(fn=show_estimate, inputs=form, outputs=estimate),
+            "command": dict(fn=show_command, inputs=form, outputs=command)}
