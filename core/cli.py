@@ -44,7 +44,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(config.output_dir) if config.output_dir else new_run_dir(
             args.workspace, config.finetuning_type, config.dataset)
         prepare_run_folder(config, run_dir)
-    status = TrainingSession(config, run_dir, show_progress=True, resume=bool(args.resume)).run()
+    if config.nproc_per_node > 1:
+        from core.training.distributed import run_distributed
+
+        print(f"training on {config.nproc_per_node} processes (torchrun); log: {run_dir}/log.txt", file=sys.stderr)
+        status = run_distributed(run_dir, config.nproc_per_node, bool(args.resume))
+    else:
+        status = TrainingSession(config, run_dir, show_progress=True, resume=bool(args.resume)).run()
     if status.get("state") != "finished":
         print(f"error: training {status.get('state')}: {status.get('error', '')}", file=sys.stderr)
         print(run_dir)
@@ -91,6 +97,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             greedy=not args.sample, temperature=args.temperature)
     result = evaluate_run(args.run, args.dataset, args.format, settings)
     print(json.dumps(result.metrics, ensure_ascii=False, indent=1))
+    return 0
+
+
+def cmd_launch_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from core.training.distributed import accelerate_command, accelerate_config
+
+    config = accelerate_config(args.kind, args.nproc, args.nnodes, args.mixed_precision)
+    Path(args.out).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    print(f"wrote {args.out}; start a prepared run folder with:", file=sys.stderr)
+    print(accelerate_command(args.out, "RUN_DIR"))
     return 0
 
 
@@ -155,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     evaluate.add_argument("--temperature", type=float, default=0.7)
     evaluate.set_defaults(func=cmd_eval)
+
+    launch = commands.add_parser("launch-config", help="write an accelerate config for FSDP or DeepSpeed ZeRO-2/3")
+    launch.add_argument("out", help="output .yaml")
+    launch.add_argument("--kind", choices=["fsdp", "zero2", "zero3"], default="fsdp")
+    launch.add_argument("--nproc", type=int, default=8, help="processes (GPUs) in all")
+    launch.add_argument("--nnodes", type=int, default=1)
+    launch.add_argument("--mixed-precision", default="bf16", choices=["bf16", "fp16", "no"])
+    launch.set_defaults(func=cmd_launch_config)
 
     convert = commands.add_parser("convert", help="convert a THUDM ChatGLM2/3 or glm-4-9b-chat checkpoint to the "
                                                   "native GlmForCausalLM format")

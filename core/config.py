@@ -77,6 +77,7 @@ class RunConfig:
     save_steps: int = 0  # checkpoint every N steps; 0: no intermediate checkpoints
     save_total_limit: int = 3
     seed: int = 42
+    nproc_per_node: int = 1  # >1: the run is launched with torchrun on this many processes (GPUs, or CPU cores)
     precision: str = "auto"
     gradient_checkpointing: bool = False
     # continued (incremental) training
@@ -150,6 +151,7 @@ class RunConfig:
         check(self.logging_steps >= 1, "logging_steps", "must be at least 1")
         check(self.save_steps >= 0, "save_steps", "must be 0 (only at the end) or more")
         check(self.save_total_limit >= 1, "save_total_limit", "must be at least 1")
+        check(self.nproc_per_node >= 1, "nproc_per_node", "must be at least 1")
         check(self.warmup_steps >= 0, "warmup_steps", "must be 0 or more")
         check(self.eval_steps >= 0, "eval_steps", "must be 0 (once per epoch) or more")
         check(self.neftune_noise_alpha >= 0, "neftune_noise_alpha", "must be 0 (off) or more")

@@ -18,12 +18,18 @@ from pathlib import Path
 from typing import Any, Iterator
 
 STATUS_FILE = "status.json"
+STOP_FILE = "STOP"  # an abort request that every process of a multi-process run can see
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "log.txt"
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
 ACTIVE_STATES = ("queued", "running")
+
+
+def is_main_process() -> bool:
+    """In a multi-process (torchrun) run only rank 0 writes the run folder; alone, we are rank 0."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def runs_dir(workspace: str | Path) -> Path:
@@ -74,18 +80,24 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
 
 def update_status(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
     status = read_status(run_dir)
+    if not is_main_process():
+        return {**status, **fields}
     status.update(fields, updated=time.time())
     write_json_atomic(Path(run_dir) / STATUS_FILE, status)
     return status
 
 
 def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
+    if not is_main_process():
+        return
     with open(Path(run_dir) / METRICS_FILE, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def write_metrics(run_dir: str | Path, records: list[dict[str, Any]]) -> None:
     """Replace metrics.jsonl (atomically), e.g. to drop steps a resumed run will log again."""
+    if not is_main_process():
+        return
     path = Path(run_dir) / METRICS_FILE
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")

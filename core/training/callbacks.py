@@ -12,7 +12,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from core.runs import append_metrics, update_status
+from core.runs import STOP_FILE, append_metrics, update_status
 
 log = logging.getLogger("glm_workbench")
 LOGGED_KEYS = ("loss", "eval_loss", "learning_rate", "grad_norm")
@@ -70,13 +70,30 @@ class RunFolderCallback(TrainerCallback):
 
 
 class StopCallback(TrainerCallback):
-    """Stops training at the next step boundary once `stop_event` is set (the Abort button)."""
+    """Stops training at the next step boundary once `stop_event` is set (the Abort button) or the run folder
+    holds a STOP file (how a multi-process run is asked to stop). In a multi-process run all ranks agree on
+    the decision (an all-reduce), so none is left waiting in a collective."""
 
-    def __init__(self, stop_event: threading.Event):
+    def __init__(self, stop_event: threading.Event, run_dir: Path | None = None):
         self.stop_event = stop_event
+        self.stop_file = run_dir / STOP_FILE if run_dir is not None else None
+        self.stopped = False  # whether this run ended because it was asked to
+
+    def _requested(self) -> bool:
+        requested = self.stop_event.is_set() or bool(self.stop_file and self.stop_file.exists())
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            import torch
+
+            flag = torch.tensor([int(requested)])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            requested = bool(flag.item())
+        return requested
 
     def _check(self, control):
-        if self.stop_event.is_set():
+        if self._requested():
+            self.stopped = True
             control.should_training_stop = True
             control.should_epoch_stop = True
             control.should_save = True  # a checkpoint to resume from

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from core.config import RunConfig
 from core.runs import new_run_dir
+from core.training.distributed import run_distributed
 from core.training.runner import TrainingSession, prepare_run_folder
 
 
@@ -28,7 +29,10 @@ class TrainingJob:
         self.result: dict | None = None
 
     def _run(self) -> None:
-        self.result = TrainingSession(self.config, self.run_dir, self.stop_event, resume=self.resume).run()
+        if self.config.nproc_per_node > 1:
+            self.result = run_distributed(self.run_dir, self.config.nproc_per_node, self.resume, self.stop_event)
+        else:
+            self.result = TrainingSession(self.config, self.run_dir, self.stop_event, resume=self.resume).run()
 
     @property
     def alive(self) -> bool:

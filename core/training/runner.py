@@ -7,6 +7,7 @@ is written into the run folder as it happens.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,8 @@ from core.data.template import resolve_template
 from core.methods import get_method
 from core.methods.base import count_parameters
 from core.models.loader import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path
-from core.runs import CONFIG_FILE, LOG_FILE, atomic_dir, read_metrics, update_status, write_metrics
+from core.runs import (CONFIG_FILE, LOG_FILE, STOP_FILE, atomic_dir, is_main_process, read_metrics, update_status,
+                       write_metrics)
 from core.training.callbacks import LossProgressBar, RunFolderCallback, StopCallback
 from core.training.checkpointing import CheckpointingTrainer
 
@@ -33,6 +35,8 @@ def prepare_run_folder(config: RunConfig, run_dir: Path) -> None:
 
 
 def _log_to_file(run_dir: Path) -> logging.Handler:
+    if not is_main_process():
+        return logging.NullHandler()
     handler = logging.FileHandler(run_dir / LOG_FILE, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     for name in ("glm_workbench", "transformers"):
@@ -80,8 +84,10 @@ def _training_arguments(config: RunConfig, run_dir: Path, has_eval: bool, show_p
         remove_unused_columns=False,
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        ddp_backend="gloo" if device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        ddp_find_unused_parameters=False,
     )
 
 
@@ -172,11 +178,14 @@ class TrainingSession:
 
         config, run_dir = self.config.validate(), self.run_dir
         checkpoint = self._checkpoint_to_resume()
+        if is_main_process():
+            (run_dir / STOP_FILE).unlink(missing_ok=True)  # an old abort request must not stop this start
         update_status(run_dir, state="running", started=time.time(), error=None)
         set_seed(config.seed)
         method = get_method(config.finetuning_type)
         tokenizer, data, model = self._load(method)
-        callbacks = [RunFolderCallback(run_dir), *self.extra_callbacks, StopCallback(self.stop_event)]
+        stopper = StopCallback(self.stop_event, run_dir)
+        callbacks = [RunFolderCallback(run_dir), *self.extra_callbacks, stopper]
         if config.early_stopping_patience:
             callbacks.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
         trainer = CheckpointingTrainer(
@@ -194,9 +203,10 @@ class TrainingSession:
         if self.show_progress:
             trainer.add_callback(LossProgressBar())
         trainer.train(resume_from_checkpoint=checkpoint)
-        aborted = self.stop_event.is_set()
-        with atomic_dir(run_dir / method.output_dir) as folder:
-            method.save(trainer.model, tokenizer, folder)
+        aborted = stopper.stopped
+        if is_main_process():
+            with atomic_dir(run_dir / method.output_dir) as folder:
+                method.save(trainer.model, tokenizer, folder)
         self.model, self.tokenizer = trainer.model, tokenizer
         losses = [m["loss"] for m in read_metrics(run_dir) if m.get("loss") is not None]
         final = dict(state="aborted" if aborted else "finished", finished=time.time(),

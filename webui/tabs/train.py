@@ -137,6 +137,8 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
                                                    minimum=1)
             fields["neftune_noise_alpha"] = gr.Number(d.neftune_noise_alpha, label=t("neftune_noise_alpha"), minimum=0)
             fields["seed"] = gr.Number(d.seed, label=t("seed"), precision=0)
+            fields["nproc_per_node"] = gr.Number(d.nproc_per_node, label=t("nproc_per_node"),
+                                                 info=t("nproc_per_node_info"), precision=0, minimum=1)
     continue_from = gr.Dropdown([(t("continue_none"), "")] + [(r, r) for r in _finished_runs(ctx)], value="",
                                 label=t("continue_from"), info=t("continue_from_info"), allow_custom_value=True)
     estimate = gr.Markdown()

@@ -1,0 +1,69 @@
+"""The same run on several processes (GPUs, or CPU cores with gloo) through torchrun, followed like a local run.
+
+The launcher writes nothing itself: rank 0 of the worker writes status.json, metrics.jsonl and log.txt exactly
+as a single-process run does, so the UI's chart, progress and Abort (a STOP file) work unchanged.
+For FSDP and DeepSpeed ZeRO, `accelerate_config` writes a config for `accelerate launch`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from core.runs import LOG_FILE, STOP_FILE, read_status, update_status
+
+
+def torchrun_command(run_dir: str | Path, nproc: int, resume: bool = False) -> list[str]:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "core.training.worker", str(run_dir)]
+    return command + (["--resume"] if resume else [])
+
+
+def run_distributed(run_dir: str | Path, nproc: int, resume: bool = False,
+                    stop_event: threading.Event | None = None) -> dict:
+    """Run the workers to the end; an abort request becomes the STOP file every rank checks."""
+    run_dir = Path(run_dir)
+    with open(run_dir / f"{LOG_FILE}.workers", "a", encoding="utf-8") as output:
+        process = subprocess.Popen(torchrun_command(run_dir, nproc, resume), stdout=output, stderr=subprocess.STDOUT)
+        while process.poll() is None:
+            if stop_event is not None and stop_event.is_set():
+                (run_dir / STOP_FILE).touch()
+            time.sleep(0.3)
+    status = read_status(run_dir)
+    if process.returncode != 0 and status.get("state") not in ("finished", "aborted", "failed"):
+        tail = (run_dir / f"{LOG_FILE}.workers").read_text(encoding="utf-8", errors="replace").splitlines()[-5:]
+        status = update_status(run_dir, state="failed", finished=time.time(),
+                               error=f"the {nproc} training processes exited with code {process.returncode}: "
+                                     + " | ".join(tail))
+    return status
+
+
+ACCELERATE_KINDS = ("fsdp", "zero2", "zero3")
+
+
+def accelerate_config(kind: str, num_processes: int, num_machines: int = 1, mixed_precision: str = "bf16") -> dict:
+    """An `accelerate launch --config_file` config for FSDP or DeepSpeed ZeRO-2/3."""
+    if kind not in ACCELERATE_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(ACCELERATE_KINDS)}")
+    base = {"compute_environment": "LOCAL_MACHINE", "machine_rank": 0, "main_training_function": "main",
+            "mixed_precision": mixed_precision, "num_machines": num_machines, "num_processes": num_processes,
+            "rdzv_backend": "static", "same_network": True, "use_cpu": False}
+    if kind == "fsdp":
+        return {**base, "distributed_type": "FSDP", "fsdp_config": {
+            "fsdp_version": 2, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "fsdp_transformer_layer_cls_to_wrap": "GlmDecoderLayer,Glm4DecoderLayer",
+            "fsdp_state_dict_type": "SHARDED_STATE_DICT", "fsdp_cpu_ram_efficient_loading": True,
+            "fsdp_offload_params": False, "fsdp_reshard_after_forward": True}}
+    stage = 2 if kind == "zero2" else 3
+    deepspeed = {"zero_stage": stage, "offload_optimizer_device": "none", "offload_param_device": "none",
+                 "gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "zero3_init_flag": stage == 3}
+    if stage == 3:
+        deepspeed["zero3_save_16bit_model"] = True
+    return {**base, "distributed_type": "DEEPSPEED", "deepspeed_config": deepspeed}
+
+
+def accelerate_command(config_file: str | Path, run_dir: str | Path) -> str:
+    return f"accelerate launch --config_file {config_file} -m core.training.worker {run_dir}"
