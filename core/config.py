@@ -58,6 +58,7 @@ class RunConfig:
     cutoff_len: int = 512
     val_size: float = 0.0  # a fraction of the data, or a whole number of samples, held out for validation
     max_samples: int = 0
+    packing: bool = False  # padding-free: a batch's samples in one row, positions restarting, no cross-attention
     # training
     learning_rate: float = 2e-4
     num_train_epochs: float = 3.0

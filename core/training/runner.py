@@ -88,6 +88,7 @@ def _training_arguments(config: RunConfig, run_dir: Path, has_eval: bool, show_p
         activation_checkpointing=config.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         ddp_find_unused_parameters=False,
+        use_cache=False,  # no KV cache while training: also what lets packed rows get their block-diagonal mask
     )
 
 
@@ -173,7 +174,7 @@ class TrainingSession:
         return tokenizer, data, model
 
     def _train(self) -> dict:
-        from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, set_seed
+        from transformers import EarlyStoppingCallback, set_seed
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
         config, run_dir = self.config.validate(), self.run_dir
@@ -193,7 +194,7 @@ class TrainingSession:
             args=_training_arguments(config, run_dir, bool(data.eval), self.show_progress),
             train_dataset=data.train,
             eval_dataset=data.eval or None,
-            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+            data_collator=make_collator(tokenizer, config.packing),
             processing_class=tokenizer,
             callbacks=callbacks,
         )
@@ -220,6 +221,19 @@ def run_training(config: RunConfig, run_dir: str | Path, stop_event: threading.E
                  show_progress: bool = False) -> dict:
     """Train as configured into run_dir; returns the final status (see TrainingSession.run)."""
     return TrainingSession(config, run_dir, stop_event, show_progress).run()
+
+
+def make_collator(tokenizer, packing: bool):
+    """Dynamic padding to the batch's longest sample; or, with packing, transformers' padding-free flattening:
+    the batch's samples concatenated in one row, position ids restarting at 0 for each, and a -100 label at
+    each boundary. From those position ids transformers builds a block-diagonal causal mask, so no sample
+    attends to another."""
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+    if packing:
+        flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+        return lambda samples: flatten([{"input_ids": s["input_ids"], "labels": s["labels"]} for s in samples])
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
 
 
 def explain_error(exc: BaseException) -> str:

@@ -124,6 +124,7 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
             fields["early_stopping_patience"] = gr.Number(d.early_stopping_patience, precision=0, minimum=0,
                                                           label=t("early_stopping_patience"),
                                                           info=t("early_stopping_patience_info"))
+            fields["packing"] = gr.Checkbox(d.packing, label=t("packing"), info=t("packing_info"))
         with gr.Row():
             fields["lr_scheduler_type"] = gr.Dropdown(list(LR_SCHEDULERS), value=d.lr_scheduler_type,
                                                       label=t("lr_scheduler_type"))
