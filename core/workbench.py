@@ -74,6 +74,12 @@ class Workbench:
     def preview_dataset(self, dataset: str, fmt: str = "auto") -> LoadedData:
         return load_conversations(dataset, fmt)
 
+    def token_lengths(self, dataset: str, fmt: str, model: str, template: str) -> list[int]:
+        """Tokens per sample in the chat template (before truncation), for the length histogram."""
+        conversations = load_conversations(dataset, fmt).conversations
+        encoder = TemplateEncoder(self._tokenizer(model), template)
+        return [len(encoder.encode(conversation, 10**9)[0]) for conversation in conversations]
+
     def render_sample(self, dataset: str, fmt: str, model: str, template: str, index: int,
                       cutoff_len: int = 10**9) -> tuple[str, list[tuple[str, bool]]]:
         """One conversation as the model will see it: (template name, [(text, carries loss), ...]).
@@ -147,6 +153,31 @@ class Workbench:
 
     def runs(self) -> list[RunInfo]:
         return list_runs(self.workspace)
+
+    def runs_table(self) -> list[dict[str, Any]]:
+        """One row per run for the Runs tab: status, method, model, dataset, steps, losses, duration."""
+        rows = []
+        for run in self.runs():
+            status, metrics = run.status, read_metrics(run.path)
+            evals = [m["eval_loss"] for m in metrics if m.get("eval_loss") is not None]
+            started, finished = status.get("started"), status.get("finished") or status.get("updated")
+            rows.append({"run": run.name, "state": run.state, "method": status.get("method", ""),
+                         "model": status.get("model", ""), "dataset": Path(str(status.get("dataset", ""))).name,
+                         "steps": f"{status.get('step', 0)}/{status.get('max_steps', 0)}",
+                         "final_loss": status.get("final_loss"), "best_eval_loss": min(evals) if evals else None,
+                         "duration": format_duration(finished - started) if started and finished else "—",
+                         "error": status.get("error") or ""})
+        return rows
+
+    def run_metrics(self, names: list[str]) -> dict[str, list[dict[str, Any]]]:
+        return {name: read_metrics(self.run_path(name)) for name in names}
+
+    def delete_run(self, name: str) -> None:
+        """Delete a run folder (never the one training now)."""
+        path = self.run_path(name)
+        if self.jobs.running_run is not None and self.jobs.running_run.resolve() == path.resolve():
+            raise DataError(f"run {name} is training: abort it before deleting")
+        shutil.rmtree(path)
 
     def run_path(self, name: str) -> Path:
         """A run's folder, refusing anything that is not a run inside this workspace."""

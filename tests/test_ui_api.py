@@ -61,7 +61,7 @@ def test_train_in_the_ui_then_chat_and_download(ui, tmp_path, demo_model_dir):
     quarter = len(plotted) // 4
     assert sum(plotted[-quarter:]) / quarter < sum(plotted[:quarter]) / quarter
 
-    _, adapters = client.predict("demo", "", api_name="/refresh_chat_choices")
+    _, adapters, *_ = client.predict("demo", "", api_name="/refresh_chat_choices")
     assert [run, run] in adapters["choices"]
     history, tuned = chat(client, "你是谁？", adapter=run)
     assert tuned == IDENTITY_FIRST_ANSWER != base_reply
@@ -163,3 +163,32 @@ def test_config_saves_and_loads_as_yaml_with_a_command_preview(ui, tmp_path):
     values = dict(zip(labels, loaded))
     assert values["Method"] == "freeze" and values["Trainable layers"] == 3 and values["Learning rate"] == 5e-4
     assert loaded[-1].startswith("✅")
+
+
+def test_side_by_side_runs_table_histogram_and_delete(ui):
+    client, _ = ui
+    started = client.predict(*train_form(client, Method="lora"), api_name="/start_training")
+    run = started.split("run ")[1].rstrip(".")
+    poll_until(client, ("finished",))
+    answers = client.predict("你是谁？", "demo", "", 0.7, 0.9, 48, True, "", run, run, api_name="/compare")
+    assert answers[1] == answers[2] == IDENTITY_FIRST_ANSWER != answers[0]
+
+    figure = client.predict("identity", "auto", "demo", "auto", 8, api_name="/token_lengths")
+    histogram = json.loads(figure["plot"])
+    assert len(histogram["data"][0]["x"]) == 50
+    assert "50 longer than cutoff_len=8" in histogram["layout"]["title"]["text"]
+
+    client.predict(api_name="/refresh_runs")
+    comparison = json.loads(client.predict([run], api_name="/compare_runs")["plot"])
+    assert comparison["data"][0]["name"] == run and len(comparison["data"][0]["y"]) > 10
+
+    table, *_, notice = client.predict(run, api_name="/delete_run")
+    assert notice.startswith("🗑") and run not in [row[0] for row in table["data"]]
+
+
+def test_auth_protects_the_page_and_its_api(tmp_path, demo_model_dir):
+    with running_ui(tmp_path / "ws", extra_args=("--auth", "alice:s3cret")) as url:
+        with pytest.raises(Exception):
+            gradio_client.Client(url, verbose=False).predict("identity", "auto", 1, api_name="/preview_dataset")
+        client = gradio_client.Client(url, auth=("alice", "s3cret"), verbose=False)
+        assert "format **alpaca**" in client.predict("identity", "auto", 1, api_name="/preview_dataset")[0]

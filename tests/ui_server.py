@@ -22,12 +22,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_ui(workspace: Path, lang: str = "en", timeout: float = 120) -> Iterator[str]:
+def running_ui(workspace: Path, lang: str = "en", timeout: float = 120, extra_args: tuple[str, ...] = ()) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     log = open(workspace.parent / f"ui-{port}.log", "w")
     process = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "--port", str(port), "--workspace",
-                                str(workspace), "--lang", lang], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                str(workspace), "--lang", lang, *extra_args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                env=os.environ.copy())
     try:
         deadline = time.time() + timeout

@@ -12,6 +12,7 @@ from webui.locale import Translator
 from webui.tabs.chat import create_chat_tab
 from webui.tabs.data import create_data_tab
 from webui.tabs.evaluate import create_evaluate_tab
+from webui.tabs.runs import create_runs_tab
 from webui.tabs.export import create_export_tab
 from webui.tabs.train import create_train_tab
 
@@ -27,6 +28,8 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
             data = create_data_tab(ctx)
         with gr.Tab(t("tab_train")) as train_tab:
             train = create_train_tab(ctx, data)
+        with gr.Tab(t("tab_runs")) as runs_tab:
+            runs = create_runs_tab(ctx)
         with gr.Tab(t("tab_evaluate")) as evaluate_tab:
             evaluate = create_evaluate_tab(ctx)
         with gr.Tab(t("tab_chat")) as chat_tab:
@@ -36,6 +39,7 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
         # Lists of runs go stale while training: refresh them whenever their tab is opened.
         chat_tab.select(*chat["refresh"], api_name=False)
         evaluate_tab.select(*evaluate["refresh"], api_name=False)
+        runs_tab.select(*runs["refresh"], api_name=False).then(*runs["compare"], api_name=False)
         train_tab.select(*train["refresh"], api_name=False)
         export_tab.select(*export["refresh"], api_name=False)
         app.load(**data["preview"], api_name=False)
@@ -45,6 +49,10 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
         for trigger in render_inputs:
             trigger.change(data["render"], render_inputs, data["rendered"], api_name=False, show_progress="hidden")
         app.load(data["render"], render_inputs, data["rendered"], api_name="render_sample")
+        length_inputs = render_inputs[:4] + [train["fields"]["cutoff_len"]]
+        for trigger in length_inputs:
+            trigger.change(data["lengths"], length_inputs, data["histogram"], api_name=False, show_progress="hidden")
+        app.load(data["lengths"], length_inputs, data["histogram"], api_name="token_lengths")
         app.load(**train["estimate"], api_name="estimate_memory")
         app.load(**train["command"], api_name="command_preview")
     return app

@@ -38,6 +38,7 @@ def create_chat_tab(ctx: UIContext) -> dict:
     with gr.Row():
         message = gr.Textbox(placeholder=t("message_placeholder"), show_label=False, scale=5)
         send = gr.Button(t("send"), variant="primary", scale=1)
+        stop = gr.Button(t("stop"), scale=1)
         clear = gr.Button(t("clear"), scale=1)
     notice = gr.Markdown()
     with gr.Accordion(t("gen_settings"), open=False):
@@ -51,7 +52,8 @@ def create_chat_tab(ctx: UIContext) -> dict:
     def refresh_choices(current_model, current_adapter):
         adapters = ctx.wb.adapter_choices()
         return (gr.update(choices=ctx.wb.model_choices()),
-                gr.update(choices=[none_choice, *adapters], value=current_adapter if current_adapter in adapters else ""))
+                gr.update(choices=[none_choice, *adapters], value=current_adapter if current_adapter in adapters else ""),
+                *[gr.update(choices=[none_choice, *adapters]) for _ in range(3)])
 
     def respond(text, history, model_, adapter_, system_, temperature_, top_p_, max_new_, greedy_):
         if not (text or "").strip():
@@ -68,13 +70,45 @@ def create_chat_tab(ctx: UIContext) -> dict:
         except USER_ERRORS as exc:
             yield plain_messages(history), text, ctx.error(exc)
 
+    with gr.Accordion(t("compare_title"), open=False):
+        compare_prompt = gr.Textbox(label=t("compare_prompt"))
+        columns = []
+        with gr.Row():
+            for number in range(3):
+                with gr.Column():
+                    choice = gr.Dropdown([none_choice, *ctx.wb.adapter_choices()], value="",
+                                         label=t("compare_column", n=number + 1), allow_custom_value=True)
+                    answer = gr.Markdown()
+                    columns.append((choice, answer))
+        compare_go = gr.Button(t("compare_go"))
+
+    def compare(prompt, model_, system_, temperature_, top_p_, max_new_, greedy_, *adapters):
+        """The same prompt through each column's adapter (or the base), one after another, streaming."""
+        answers = ["" for _ in adapters]
+        settings = GenerationSettings(max_new_tokens=int(max_new_), temperature=temperature_, top_p=top_p_,
+                                      greedy=bool(greedy_))
+        for index, adapter_ in enumerate(adapters):
+            try:
+                for reply in ctx.wb.chat_stream([{"role": "user", "content": prompt}], model_, adapter_ or None,
+                                                system_, settings):
+                    answers[index] = reply
+                    yield answers
+            except USER_ERRORS as exc:
+                answers[index] = ctx.error(exc)
+                yield answers
+
     chat_io = dict(fn=respond, inputs=[message, chatbot, model, adapter, system, temperature, top_p,
                                        max_new_tokens, greedy], outputs=[chatbot, message, notice])
-    send.click(**chat_io, api_name="chat")
-    message.submit(**chat_io, api_name=False)
+    sent = send.click(**chat_io, api_name="chat")
+    submitted = message.submit(**chat_io, api_name=False)
+    compared = compare_go.click(compare, [compare_prompt, model, system, temperature, top_p, max_new_tokens, greedy,
+                                          *[c for c, _ in columns]], [a for _, a in columns], api_name="compare")
+    # Stopping cancels the streaming event; the engine then ends generation at the next token.
+    stop.click(None, None, None, cancels=[sent, submitted, compared], api_name=False)
     clear.click(lambda: ([], ""), None, [chatbot, notice], api_name=False)
     # A different model or adapter starts a new conversation: old answers came from other weights.
     for selector in (model, adapter):
         selector.input(lambda: ([], ""), None, [chatbot, notice], api_name=False)
-    refresh.click(refresh_choices, [model, adapter], [model, adapter], api_name="refresh_chat_choices")
-    return {"model": model, "adapter": adapter, "refresh": (refresh_choices, [model, adapter], [model, adapter])}
+    choice_outputs = [model, adapter, *[c for c, _ in columns]]
+    refresh.click(refresh_choices, [model, adapter], choice_outputs, api_name="refresh_chat_choices")
+    return {"model": model, "adapter": adapter, "refresh": (refresh_choices, [model, adapter], choice_outputs)}

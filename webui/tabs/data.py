@@ -12,6 +12,7 @@ import pandas as pd
 
 from core.data.formats import FORMATS
 from core.data.readers import DataError
+from webui.charts import length_histogram
 from webui.context import UIContext
 
 PAGE_SIZE = 20
@@ -44,6 +45,7 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
     upload = gr.File(label=t("upload_label"), type="filepath", height=120)
     summary = gr.Markdown()
     table = gr.Dataframe(interactive=False, wrap=True, max_height=520)
+    histogram = gr.Plot(show_label=False)
     with gr.Accordion(t("sample_title"), open=True):
         sample_index = gr.Number(1, label=t("sample_index"), minimum=1, precision=0)
         legend = gr.Markdown()
@@ -90,5 +92,13 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
     fmt.input(**preview_io, api_name=False)
     page.submit(**preview_io, api_name=False)
     upload.upload(on_upload, inputs=[upload, fmt], outputs=[dataset, summary, table, page], api_name="upload_dataset")
+    def lengths(name: str, format_name: str, model: str, template: str, cutoff_len: float):
+        try:
+            counts = ctx.wb.token_lengths(name, format_name, model, template)
+        except Exception:  # noqa: BLE001 - the preview above already names data problems
+            return gr.skip()
+        return length_histogram(counts, int(cutoff_len or 0), t)
+
     return {"dataset": dataset, "format": fmt, "summary": summary, "table": table, "preview": preview_io,
+            "lengths": lengths, "histogram": histogram,
             "render": render, "sample_index": sample_index, "rendered": [legend, rendered]}

@@ -1,0 +1,56 @@
+"""Runs tab: every run with its state and results; overlay several runs' loss curves; delete with confirmation."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from core.data.readers import DataError
+from webui.charts import overlay_figure
+from webui.context import UIContext
+
+
+def create_runs_tab(ctx: UIContext) -> dict:
+    t = ctx.t
+    refresh_button = gr.Button(t("refresh"), size="sm")
+    table = gr.Dataframe(pd.DataFrame(ctx.wb.runs_table()), interactive=False, wrap=True, max_height=360)
+    names = [run.name for run in ctx.wb.runs()]
+    selected = gr.CheckboxGroup(names, value=names[:2], label=t("runs_select"))
+    chart = gr.Plot(show_label=False)
+    with gr.Row():
+        victim = gr.Dropdown(names, label=t("runs_delete"), allow_custom_value=True, scale=3)
+        delete = gr.Button(t("runs_delete"), variant="stop", scale=1)
+        confirm = gr.Button(t("runs_delete_confirm"), variant="stop", visible=False, scale=1)
+    notice = gr.Markdown()
+
+    def compare(chosen: list[str]):
+        try:
+            return overlay_figure(ctx.wb.run_metrics(chosen or []), t)
+        except DataError as exc:
+            gr.Warning(str(exc))
+            return gr.skip()
+
+    def refresh():
+        rows = ctx.wb.runs_table()
+        current = [row["run"] for row in rows]
+        return (pd.DataFrame(rows), gr.update(choices=current, value=[c for c in current[:2]]),
+                gr.update(choices=current), gr.update(visible=False))
+
+    def ask(name: str):
+        if not name:
+            return gr.update(visible=False), ""
+        return gr.update(visible=True), "⚠️ " + t("runs_delete_ask", run=name)
+
+    def remove(name: str):
+        try:
+            ctx.wb.delete_run(name)
+        except DataError as exc:
+            return (*refresh(), ctx.error(exc))
+        return (*refresh(), "🗑 " + t("runs_deleted", run=name))
+
+    refresh_button.click(refresh, None, [table, selected, victim, confirm], api_name="refresh_runs")
+    selected.change(compare, selected, chart, api_name="compare_runs")
+    delete.click(ask, victim, [confirm, notice], api_name=False)
+    confirm.click(remove, victim, [table, selected, victim, confirm, notice], api_name="delete_run")
+    return {"refresh": (refresh, None, [table, selected, victim, confirm]),
+            "compare": (compare, selected, chart)}
