@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -121,6 +122,30 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from core.api import create_api
+    from core.chat.engine import ChatEngine
+    from core.models.loader import configure_threads
+
+    configure_threads()
+    engine = ChatEngine(template=args.template)
+    engine.load_model(args.model)
+    adapters: dict[str, str] = {}
+    for item in args.adapter:
+        name, sep, path = item.partition("=")
+        if not sep or not name:
+            raise ModelError(f"--adapter {item}: expected NAME=PATH")
+        adapters[name] = str(resolve_adapter(path))
+    base_name = Path(args.model).name if args.model != "demo" else "demo"
+    app = create_api(engine, base_name, lambda: adapters, args.api_key or os.environ.get("GLM_WORKBENCH_API_KEY"))
+    print(f"OpenAI-compatible API on http://{args.host}:{args.port}/v1 (models: {', '.join([base_name, *adapters])})",
+          file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from core.export import merge_run, zip_run
 
@@ -187,6 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("source")
     convert.add_argument("target")
     convert.set_defaults(func=cmd_convert)
+
+    api = commands.add_parser("api", help="serve a model and its adapters as an OpenAI-compatible API")
+    api.add_argument("--model", default="demo")
+    api.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                     help="an adapter (folder or run folder) served under NAME; repeatable")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set GLM_WORKBENCH_API_KEY)")
+    api.add_argument("--template", default="auto")
+    api.set_defaults(func=cmd_api)
 
     export = commands.add_parser("export", help="zip a run's adapter (or model), or merge a LoRA into its base")
     export.add_argument("--run", required=True, help="run folder")

@@ -226,6 +226,24 @@ class Workbench:
             adapter = (run.name, str(run.adapter_dir))
         yield from self.chat_engine.stream(messages, system, adapter, settings)
 
+    # ---- OpenAI-compatible API ----------------------------------------------------------------------------
+    def start_api(self, model: str = BASE_MODEL_CHOICE, host: str = "127.0.0.1", port: int = 8000,
+                  api_key: str | None = None) -> str:
+        """Serve the chat engine's model and every finished run's adapter as an OpenAI-compatible API."""
+        from core.api import ApiServer, create_api
+
+        self.stop_api()
+        self.chat_engine.load_model(self._model_path(model))
+        adapters = lambda: {run.name: str(run.adapter_dir) for run in self.runs()  # noqa: E731
+                            if run.adapter_dir is not None and run.state in ("finished", "aborted")}
+        self.api_server = ApiServer(create_api(self.chat_engine, model, adapters, api_key), host, port).start()
+        return self.api_server.url
+
+    def stop_api(self) -> None:
+        if getattr(self, "api_server", None) is not None:
+            self.api_server.stop()
+            self.api_server = None
+
     # ---- evaluation -----------------------------------------------------------------------------------------
     def evaluate(self, run_name: str, dataset: str, fmt: str = "auto",
                  settings: EvalSettings | None = None) -> EvalResult:

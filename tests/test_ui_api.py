@@ -192,3 +192,20 @@ def test_auth_protects_the_page_and_its_api(tmp_path, demo_model_dir):
             gradio_client.Client(url, verbose=False).predict("identity", "auto", 1, api_name="/preview_dataset")
         client = gradio_client.Client(url, auth=("alice", "s3cret"), verbose=False)
         assert "format **alpaca**" in client.predict("identity", "auto", 1, api_name="/preview_dataset")[0]
+
+
+def test_chat_tab_serves_an_openai_api(ui):
+    import openai
+
+    from tests.ui_server import free_port
+
+    client, _ = ui
+    port = free_port()
+    notice = client.predict(True, "demo", port, "", api_name="/serve_api")
+    assert notice.startswith("✅") and f"127.0.0.1:{port}/v1" in notice
+    api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    names = [m.id for m in api.models.list().data]
+    assert names[0] == "demo"
+    reply = api.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+    assert reply.choices[0].message.role == "assistant"
+    assert "stopped" in client.predict(False, "demo", port, "", api_name="/serve_api")

@@ -29,6 +29,7 @@ class GenerationSettings:
     top_p: float = 0.9
     repetition_penalty: float = 1.0
     greedy: bool = False
+    seed: int | None = None  # makes sampling reproducible
 
     def generate_kwargs(self) -> dict:
         if self.greedy or self.temperature <= 0:
@@ -150,6 +151,8 @@ class ChatEngine:
         settings = settings or GenerationSettings()
         with self._lock:
             context, prefix = self._select(adapter)
+            if settings.seed is not None:
+                torch.manual_seed(settings.seed)
             prompt = self.encoder.encode_prompt(messages, system)
             input_ids = torch.tensor([prompt], device=self.model.device)
             inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}

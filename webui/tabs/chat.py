@@ -82,6 +82,25 @@ def create_chat_tab(ctx: UIContext) -> dict:
                     columns.append((choice, answer))
         compare_go = gr.Button(t("compare_go"))
 
+    with gr.Accordion(t("api_title"), open=False):
+        with gr.Row():
+            serve = gr.Checkbox(False, label=t("api_serve"), scale=3)
+            api_port = gr.Number(8000, label=t("api_port"), precision=0, minimum=1, maximum=65535, scale=1)
+            api_key = gr.Textbox(label=t("api_key"), type="password", scale=2)
+        api_notice = gr.Markdown()
+
+    def toggle_api(on: bool, model_: str, port: float, key: str):
+        if not on:
+            ctx.wb.stop_api()
+            return t("api_stopped")
+        try:
+            url = ctx.wb.start_api(model_ or "demo", port=int(port), api_key=key or None)
+        except (RuntimeError, *USER_ERRORS) as exc:
+            return ctx.error(exc)
+        return "✅ " + t("api_running", url=url, base=model_ or "demo")
+
+    serve.change(toggle_api, [serve, model, api_port, api_key], api_notice, api_name="serve_api")
+
     def compare(prompt, model_, system_, temperature_, top_p_, max_new_, greedy_, *adapters):
         """The same prompt through each column's adapter (or the base), one after another, streaming."""
         answers = ["" for _ in adapters]
