@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-FINETUNING_TYPES = ("lora", "qlora", "freeze", "full", "ptuning_v2")
+FINETUNING_TYPES = ("lora", "qlora", "freeze", "full", "ptuning_v2", "distill")
+DISTILL_MODES = ("auto", "logits", "sequence")
 QUANTIZATION_TYPES = ("nf4", "fp4")
 COMPUTE_DTYPES = ("auto", "fp32", "bf16", "fp16")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -51,6 +52,11 @@ class RunConfig:
     freeze_extra_modules: str = ""  # freeze: also train parameters whose names contain these, comma-separated
     pre_seq_len: int = 16  # ptuning_v2: prefix length
     prefix_projection: bool = False  # ptuning_v2: reparameterise the prefix through an MLP while training
+    teacher_adapter: str = ""  # distill: the teacher is model_name_or_path with this adapter (or run) merged in
+    student_model: str = "auto"  # distill: "auto" (the teacher's every other layer) or a local model folder
+    distill_alpha: float = 0.5  # distill: weight of the KL term against cross-entropy
+    distill_temperature: float = 2.0
+    distill_mode: str = "auto"  # auto: logits with a shared tokenizer, else sequence (teacher-written answers)
     # data
     dataset: str = "identity"
     dataset_format: str = "auto"
@@ -176,6 +182,10 @@ class RunConfig:
                   "must be a number of layers: N trains the last N, -N the first N")
         if self.finetuning_type == "ptuning_v2":
             check(self.pre_seq_len >= 1, "pre_seq_len", "must be at least 1")
+        if self.finetuning_type == "distill":
+            check(0 <= self.distill_alpha <= 1, "distill_alpha", "must be in [0, 1]")
+            check(self.distill_temperature > 0, "distill_temperature", "must be greater than 0")
+            check(self.distill_mode in DISTILL_MODES, "distill_mode", f"must be one of {', '.join(DISTILL_MODES)}")
         from core.data.template import TEMPLATES  # late import: data depends on nothing in config
 
         check(self.template == "auto" or self.template in TEMPLATES, "template",

@@ -101,7 +101,7 @@ class MemoryEstimate:
 
 def trainable_params(shape: ModelShape, config: RunConfig) -> int:
     method = config.finetuning_type
-    if method == "full":
+    if method in ("full", "distill"):  # distill: at most the teacher's size (the student trains fully)
         return shape.total_params
     if method == "freeze":
         extra = shape.vocab * shape.hidden if "lm_head" in config.freeze_extra_modules else 0
@@ -128,7 +128,7 @@ def estimate_memory(shape: ModelShape, config: RunConfig, on_gpu: bool = True) -
     trainable = trainable_params(shape, config)
     total = shape.total_params
     linear = shape.layers * shape.layer_linear_params
-    if config.finetuning_type in ("full", "freeze"):
+    if config.finetuning_type in ("full", "freeze", "distill"):
         weights = 4 * total
     elif config.finetuning_type == "qlora":
         # prepare_model_for_kbit_training upcasts what is not quantized (embeddings, lm_head, norms) to fp32.

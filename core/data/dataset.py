@@ -55,9 +55,16 @@ def tokenize_dataset(name_or_path: str, tokenizer, template: str, cutoff_len: in
                      val_size: float = 0.0, max_samples: int = 0, seed: int = 42) -> TokenizedData:
     """Tokenize with loss masks; split off a validation set; drop samples that keep no answer token."""
     loaded = load_conversations(name_or_path, fmt)
-    encoder = TemplateEncoder(tokenizer, template)
     conversations = loaded.conversations[:max_samples] if max_samples else loaded.conversations
-    samples, problems, truncated = [], list(loaded.result.problems), 0
+    data = tokenize_conversations(conversations, tokenizer, template, cutoff_len, val_size, seed, loaded.path)
+    data.format, data.problems = loaded.format, list(loaded.result.problems) + data.problems
+    return data
+
+
+def tokenize_conversations(conversations: list[Conversation], tokenizer, template: str, cutoff_len: int,
+                           val_size: float = 0.0, seed: int = 42, source: str = "") -> TokenizedData:
+    encoder = TemplateEncoder(tokenizer, template)
+    samples, problems, truncated = [], [], 0
     for index, conversation in enumerate(conversations, start=1):
         input_ids, labels = encoder.encode(conversation, cutoff_len=10**9)
         if len(input_ids) > cutoff_len:
@@ -69,15 +76,15 @@ def tokenize_dataset(name_or_path: str, tokenizer, template: str, cutoff_len: in
         samples.append({"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)})
     if not samples:
         raise DataError(f"no sample keeps any answer token within cutoff_len={cutoff_len}: raise cutoff_len",
-                        loaded.path)
+                        source or None)
     eval_count = int(val_size) if val_size >= 1 else int(round(len(samples) * val_size))
     eval_samples: list[dict[str, list[int]]] = []
     if eval_count:
         if eval_count >= len(samples):
-            raise DataError(f"val_size={val_size} leaves no training samples out of {len(samples)}", loaded.path)
+            raise DataError(f"val_size={val_size} leaves no training samples out of {len(samples)}", source or None)
         order = list(range(len(samples)))
         random.Random(seed).shuffle(order)
         held = set(order[:eval_count])
         eval_samples = [samples[i] for i in sorted(held)]
         samples = [s for i, s in enumerate(samples) if i not in held]
-    return TokenizedData(samples, eval_samples, loaded.format, problems, truncated)
+    return TokenizedData(samples, eval_samples, "", problems, truncated)

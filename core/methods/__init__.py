@@ -7,11 +7,11 @@ complete model folder.
 
 from __future__ import annotations
 
-from core.methods import freeze, full, lora, ptuning_v2, qlora
+from core.methods import distill, freeze, full, lora, ptuning_v2, qlora
 from core.methods.base import Method
 
 METHODS: dict[str, Method] = {m.name: m for m in (lora.METHOD, qlora.METHOD, freeze.METHOD, full.METHOD,
-                                                  ptuning_v2.METHOD)}
+                                                  ptuning_v2.METHOD, distill.METHOD)}
 
 
 def get_method(name: str) -> Method:

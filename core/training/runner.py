@@ -105,6 +105,7 @@ class TrainingSession:
         self.resume = resume
         self.extra_callbacks = list(callbacks or [])
         self.model = None
+        self.teacher = None  # distillation only: the model the student learns from
         self.tokenizer = None
 
     def run(self) -> dict:
@@ -140,9 +141,43 @@ class TrainingSession:
         log.info("resuming %s from %s", self.run_dir.name, Path(checkpoint).name)
         return checkpoint
 
+    def _load_distillation(self):
+        """Teacher, student and data for distillation (see core/methods/distill.py)."""
+        from core.data.dataset import load_conversations, tokenize_conversations
+        from core.methods import distill
+
+        config, device = self.config, pick_device()
+        teacher, teacher_tokenizer, _ = distill.load_teacher(config, device)
+        student, student_tokenizer = distill.build_student(teacher, config, device)
+        shared = distill.shares_vocabulary(teacher_tokenizer, student_tokenizer)
+        mode = config.distill_mode if config.distill_mode != "auto" else ("logits" if shared else "sequence")
+        if mode == "logits" and not shared:
+            raise ValueError("distill_mode: logit distillation needs teacher and student to share a tokenizer; "
+                             "use sequence (the teacher writes the answers)")
+        tokenizer = student_tokenizer or teacher_tokenizer
+        tokenizer.padding_side = "right"
+        conversations = load_conversations(config.dataset, config.dataset_format).conversations
+        if config.max_samples:
+            conversations = conversations[:config.max_samples]
+        if mode == "sequence":
+            conversations = distill.teacher_answers(teacher, teacher_tokenizer,
+                                                    resolve_template(config.template, teacher_tokenizer), conversations)
+            log.info("distill: the teacher wrote %d answers", len(conversations))
+        template = resolve_template(config.template, tokenizer)
+        data = tokenize_conversations(conversations, tokenizer, template, config.cutoff_len, config.val_size,
+                                      config.seed, config.dataset)
+        self.teacher = teacher if mode == "logits" else None
+        trainable, total = count_parameters(student)
+        log.info("distill (%s): student %s parameters, teacher %s", mode, f"{total:,}", f"{teacher.num_parameters():,}")
+        update_status(self.run_dir, template=template, trainable_params=trainable, total_params=total,
+                      train_samples=len(data.train), eval_samples=len(data.eval), distill_mode=mode)
+        return tokenizer, data, student
+
     def _load(self, method):
         """Tokenizer, data and the method-prepared model."""
         config, run_dir = self.config, self.run_dir
+        if method.name == "distill":
+            return self._load_distillation()
         model_path = resolve_model_path(config.model_name_or_path, config.trust_remote_code)
         log.info("loading model %s", model_path)
         tokenizer = load_tokenizer(model_path, config.trust_remote_code)
@@ -189,7 +224,14 @@ class TrainingSession:
         callbacks = [RunFolderCallback(run_dir), *self.extra_callbacks, stopper]
         if config.early_stopping_patience:
             callbacks.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
-        trainer = CheckpointingTrainer(
+        trainer_class, extra = CheckpointingTrainer, {}
+        if self.teacher is not None:
+            from core.methods.distill import DistillationTrainer
+
+            trainer_class = DistillationTrainer
+            extra = dict(teacher=self.teacher, alpha=config.distill_alpha, temperature=config.distill_temperature)
+        trainer = trainer_class(
+            **extra,
             model=model,
             args=_training_arguments(config, run_dir, bool(data.eval), self.show_progress),
             train_dataset=data.train,

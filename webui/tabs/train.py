@@ -12,7 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from core.config import (COMPUTE_DTYPES, FINETUNING_TYPES, LR_SCHEDULERS, QUANTIZATION_TYPES, ConfigError, RunConfig,
+from core.config import (COMPUTE_DTYPES, DISTILL_MODES, FINETUNING_TYPES, LR_SCHEDULERS, QUANTIZATION_TYPES, ConfigError, RunConfig,
                          command_line, load_yaml_with_notes)
 from core.data.readers import DataError
 from core.data.template import TEMPLATES
@@ -26,8 +26,8 @@ POLL_SECONDS = 1.0
 DEMO_DEFAULTS = RunConfig(learning_rate=2e-3, num_train_epochs=10, cutoff_len=512, prefix_projection=True)
 # Suggested learning rates: the random demo model needs large steps; real models small ones.
 SUGGESTED_LR = {
-    "demo": {"lora": 2e-3, "qlora": 2e-3, "freeze": 1e-3, "full": 1e-3, "ptuning_v2": 1e-2},
-    "real": {"lora": 2e-4, "qlora": 2e-4, "freeze": 5e-5, "full": 1e-5, "ptuning_v2": 2e-2},
+    "demo": {"lora": 2e-3, "qlora": 2e-3, "freeze": 1e-3, "full": 1e-3, "ptuning_v2": 1e-2, "distill": 1e-3},
+    "real": {"lora": 2e-4, "qlora": 2e-4, "freeze": 5e-5, "full": 1e-5, "ptuning_v2": 2e-2, "distill": 5e-5},
 }
 LORA_METHODS = ("lora", "qlora")
 
@@ -86,7 +86,17 @@ def create_method_fields(t, d: RunConfig) -> tuple[dict, dict]:
         with gr.Row():
             fields["pre_seq_len"] = gr.Number(d.pre_seq_len, precision=0, minimum=1, label=t("pre_seq_len"))
             fields["prefix_projection"] = gr.Checkbox(d.prefix_projection, label=t("prefix_projection"))
-    groups = {"lora": lora_group, "qlora": quant_group, "freeze": freeze_group, "ptuning_v2": ptuning_group}
+    with gr.Group(visible=d.finetuning_type == "distill") as distill_group:
+        with gr.Row():
+            fields["teacher_adapter"] = gr.Textbox(d.teacher_adapter, label=t("teacher_adapter"),
+                                                   info=t("teacher_adapter_info"))
+            fields["student_model"] = gr.Textbox(d.student_model, label=t("student_model"), info=t("student_model_info"))
+            fields["distill_alpha"] = gr.Number(d.distill_alpha, label=t("distill_alpha"), minimum=0, maximum=1)
+            fields["distill_temperature"] = gr.Number(d.distill_temperature, label=t("distill_temperature"), minimum=0.1)
+            fields["distill_mode"] = gr.Radio(list(DISTILL_MODES), value=d.distill_mode, label=t("distill_mode"),
+                                              info=t("distill_mode_info"))
+    groups = {"lora": lora_group, "qlora": quant_group, "freeze": freeze_group, "ptuning_v2": ptuning_group,
+              "distill": distill_group}
     return fields, groups
 
 
@@ -238,10 +248,11 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     def method_changed(method: str, model: str):
         """Show only the chosen method's fields, and suggest a learning rate that suits it."""
         visible = [gr.update(visible=method in LORA_METHODS)] + \
-            [gr.update(visible=method == name) for name in ("qlora", "freeze", "ptuning_v2")]
+            [gr.update(visible=method == name) for name in ("qlora", "freeze", "ptuning_v2", "distill")]
         return (*visible, suggested_learning_rate(model, method))
 
-    method_outputs = [groups["lora"], groups["qlora"], groups["freeze"], groups["ptuning_v2"], fields["learning_rate"]]
+    method_outputs = [groups["lora"], groups["qlora"], groups["freeze"], groups["ptuning_v2"], groups["distill"],
+                      fields["learning_rate"]]
     for trigger in (fields["finetuning_type"], fields["model_name_or_path"]):
         trigger.input(method_changed, [fields["finetuning_type"], fields["model_name_or_path"]], method_outputs,
                       api_name=False)
