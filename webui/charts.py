@@ -8,27 +8,52 @@ from typing import Any
 import plotly.graph_objects as go
 
 
+def smooth(values: list[float], weight: float = 0.8) -> list[float]:
+    """TensorBoard-style exponential moving average, debiased so the first points are not pulled to zero."""
+    result, average = [], 0.0
+    for index, value in enumerate(values, start=1):
+        average = weight * average + (1 - weight) * value
+        result.append(average / (1 - weight ** index))
+    return result
+
+
+def _series(metrics: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    points = [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
+    return [s for s, _ in points], [v for _, v in points]
+
+
 def loss_figure(metrics: list[dict[str, Any]], t) -> go.Figure:
-    """Train loss (line + markers, so even one point shows) and eval loss by step."""
-    figure = go.Figure()
-    train = [(m["step"], m["loss"]) for m in metrics if m.get("loss") is not None]
-    evals = [(m["step"], m["eval_loss"]) for m in metrics if m.get("eval_loss") is not None]
-    if train:
-        figure.add_trace(go.Scatter(x=[s for s, _ in train], y=[v for _, v in train], mode="lines+markers",
-                                    name=t("loss"), marker={"size": 4}))
-    if evals:
-        figure.add_trace(go.Scatter(x=[s for s, _ in evals], y=[v for _, v in evals], mode="lines+markers",
-                                    name=t("eval_loss"), marker={"size": 7, "symbol": "diamond"}))
-    if not train and not evals:
+    """Four panels: train loss (raw, smoothed) and eval loss; eval perplexity; learning rate; tokens/s and
+    memory. Markers make even a single logged step visible."""
+    from plotly.subplots import make_subplots
+
+    figure = make_subplots(rows=2, cols=2, horizontal_spacing=0.08, vertical_spacing=0.16,
+                           subplot_titles=(t("chart_loss"), t("perplexity"), t("learning_rate"), t("throughput")),
+                           specs=[[{}, {}], [{}, {"secondary_y": True}]])
+    steps, losses = _series(metrics, "loss")
+    figure.add_trace(go.Scatter(x=steps, y=losses, mode="lines+markers", name=t("loss"), marker={"size": 3},
+                                line={"width": 1, "color": "rgba(59,130,246,0.35)"}), row=1, col=1)
+    if losses:
+        figure.add_trace(go.Scatter(x=steps, y=smooth(losses), mode="lines", name=t("loss_smoothed"),
+                                    line={"color": "#2563eb"}), row=1, col=1)
+    eval_steps, eval_losses = _series(metrics, "eval_loss")
+    if eval_losses:
+        figure.add_trace(go.Scatter(x=eval_steps, y=eval_losses, mode="lines+markers", name=t("eval_loss"),
+                                    marker={"size": 7, "symbol": "diamond"}, line={"color": "#ea580c"}), row=1, col=1)
+        figure.add_trace(go.Scatter(x=eval_steps, y=[math.exp(min(v, 50)) for v in eval_losses], mode="lines+markers",
+                                    name=t("perplexity"), line={"color": "#ea580c"}), row=1, col=2)
+    figure.add_trace(go.Scatter(x=_series(metrics, "learning_rate")[0], y=_series(metrics, "learning_rate")[1],
+                                mode="lines+markers", marker={"size": 3}, name=t("learning_rate")), row=2, col=1)
+    figure.add_trace(go.Scatter(x=_series(metrics, "tokens_per_second")[0], y=_series(metrics, "tokens_per_second")[1],
+                                mode="lines", name=t("tokens_per_second")), row=2, col=2)
+    figure.add_trace(go.Scatter(x=_series(metrics, "memory_mb")[0], y=_series(metrics, "memory_mb")[1], mode="lines",
+                                name=t("memory_mb"), line={"dash": "dot"}), row=2, col=2, secondary_y=True)
+    if not losses:
         figure.add_annotation(text=t("waiting_first_step"), showarrow=False, x=0.5, y=0.5, xref="paper",
                               yref="paper")
-    if evals:  # perplexity of the validation set on a second axis
-        figure.add_trace(go.Scatter(x=[s for s, _ in evals], y=[round(math.exp(min(v, 50)), 3) for _, v in evals],
-                                    mode="lines+markers", name=t("perplexity"), yaxis="y2", visible="legendonly"))
-        figure.update_layout(yaxis2={"overlaying": "y", "side": "right", "title": t("perplexity")})
-    figure.update_layout(title=t("chart_loss"), xaxis_title=t("step"), height=340,
-                         margin={"l": 50, "r": 20, "t": 50, "b": 40}, legend={"orientation": "h", "y": -0.2},
-                         template="plotly_white")
+    figure.update_layout(height=520, margin={"l": 50, "r": 30, "t": 40, "b": 40}, template="plotly_white",
+                         legend={"orientation": "h", "y": -0.12})
+    figure.update_xaxes(title_text=t("step"), row=2)
     return figure
 
 
