@@ -12,8 +12,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from core.config import (COMPUTE_DTYPES, DISTILL_MODES, FINETUNING_TYPES, LR_SCHEDULERS, QUANTIZATION_TYPES, ConfigError, RunConfig,
-                         command_line, load_yaml_with_notes)
+from core.config import (COMPUTE_DTYPES, DISTILL_MODES, FINETUNING_TYPES, LR_SCHEDULERS, PRECISIONS,
+                         QUANTIZATION_TYPES, ConfigError, RunConfig, command_line, load_yaml_with_notes)
 from core.data.readers import DataError
 from core.data.template import TEMPLATES
 from core.training.job import BusyError
@@ -135,6 +135,12 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
                                                           label=t("early_stopping_patience"),
                                                           info=t("early_stopping_patience_info"))
             fields["packing"] = gr.Checkbox(d.packing, label=t("packing"), info=t("packing_info"))
+        with gr.Row():
+            fields["eval_dataset"] = gr.Dropdown([""] + ctx.wb.dataset_choices(), value=d.eval_dataset,
+                                                 label=t("eval_dataset"), info=t("eval_dataset_info"),
+                                                 allow_custom_value=True)
+            fields["precision"] = gr.Dropdown(list(PRECISIONS), value=d.precision, label=t("precision"),
+                                              info=t("precision_info"))
         with gr.Row():
             fields["lr_scheduler_type"] = gr.Dropdown(list(LR_SCHEDULERS), value=d.lr_scheduler_type,
                                                       label=t("lr_scheduler_type"))
