@@ -313,10 +313,24 @@ def load_yaml(path: str | Path, overrides: dict[str, Any] | None = None) -> RunC
     return load_yaml_with_notes(path, overrides)[0]
 
 
+# Keys that only mean something for some methods; the others' values are left out of the command preview.
+METHOD_KEYS: dict[str, tuple[str, ...]] = {
+    "lora": ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_dora", "use_rslora"),
+    "qlora": ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_dora", "use_rslora", "quantization_bit",
+              "quantization_type", "double_quantization", "quantization_compute_dtype"),
+    "freeze": ("freeze_trainable_layers", "freeze_extra_modules"),
+    "ptuning_v2": ("pre_seq_len", "prefix_projection"),
+    "distill": ("teacher_adapter", "student_model", "distill_alpha", "distill_temperature", "distill_mode"),
+    "full": (),
+}
+
+
 def command_line(config: RunConfig) -> str:
     """The CLI line that starts this run: every key that differs from the defaults as --set."""
     defaults = RunConfig().to_dict()
-    changed = [(key, value) for key, value in config.to_dict().items() if defaults.get(key) != value]
+    foreign = {key for keys in METHOD_KEYS.values() for key in keys} - set(METHOD_KEYS.get(config.finetuning_type, ()))
+    changed = [(key, value) for key, value in config.to_dict().items()
+               if defaults.get(key) != value and key not in foreign]
     parts = ["glm-workbench train"] + [f"--set {key}={_shell_value(value)}" for key, value in changed]
     return " \\\n    ".join(parts)
 

@@ -101,8 +101,10 @@ class MemoryEstimate:
 
 def trainable_params(shape: ModelShape, config: RunConfig) -> int:
     method = config.finetuning_type
-    if method in ("full", "distill"):  # distill: at most the teacher's size (the student trains fully)
+    if method == "full":
         return shape.total_params
+    if method == "distill":  # the "auto" student: every other layer of the teacher, trained fully
+        return shape.total_params - (shape.layers // 2) * shape.layer_params
     if method == "freeze":
         extra = shape.vocab * shape.hidden if "lm_head" in config.freeze_extra_modules else 0
         extra += shape.vocab * shape.hidden if "embed_tokens" in config.freeze_extra_modules else 0
@@ -128,8 +130,10 @@ def estimate_memory(shape: ModelShape, config: RunConfig, on_gpu: bool = True) -
     trainable = trainable_params(shape, config)
     total = shape.total_params
     linear = shape.layers * shape.layer_linear_params
-    if config.finetuning_type in ("full", "freeze", "distill"):
+    if config.finetuning_type in ("full", "freeze"):
         weights = 4 * total
+    elif config.finetuning_type == "distill":  # fp32 student that trains + the frozen teacher
+        weights = 4 * trainable + compute_bytes * total
     elif config.finetuning_type == "qlora":
         # prepare_model_for_kbit_training upcasts what is not quantized (embeddings, lm_head, norms) to fp32.
         bits = 4.5 if config.quantization_bit == 4 else 8

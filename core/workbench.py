@@ -71,6 +71,11 @@ class Workbench:
         shutil.copyfile(source, target)
         return str(target)
 
+    def discard_upload(self, path: str) -> None:
+        target = Path(path)
+        if target.parent.resolve() == self.uploads.resolve():
+            target.unlink(missing_ok=True)
+
     def preview_dataset(self, dataset: str, fmt: str = "auto") -> LoadedData:
         return load_conversations(dataset, fmt)
 
@@ -105,7 +110,11 @@ class Workbench:
 
     # ---- training -------------------------------------------------------------------------------------------
     def start_training(self, config: RunConfig) -> str:
-        """Start a run in the background; returns its name. Raises BusyError / ConfigError."""
+        """Start a run in the background; returns its name. Raises BusyError / ConfigError / DataError.
+        The dataset is read first, so a file that cannot be used is refused before a run folder exists."""
+        load_conversations(config.dataset, config.dataset_format)
+        if config.eval_dataset:
+            load_conversations(config.eval_dataset, config.dataset_format)
         return self.jobs.start(config).name
 
     def resume_training(self, run_name: str) -> str:
@@ -161,10 +170,12 @@ class Workbench:
             status, metrics = run.status, read_metrics(run.path)
             evals = [m["eval_loss"] for m in metrics if m.get("eval_loss") is not None]
             started, finished = status.get("started"), status.get("finished") or status.get("updated")
+            final = status.get("final_loss")
             rows.append({"run": run.name, "state": run.state, "method": status.get("method", ""),
                          "model": status.get("model", ""), "dataset": Path(str(status.get("dataset", ""))).name,
                          "steps": f"{status.get('step', 0)}/{status.get('max_steps', 0)}",
-                         "final_loss": status.get("final_loss"), "best_eval_loss": min(evals) if evals else None,
+                         "final_loss": round(final, 4) if final is not None else None,
+                         "best_eval_loss": round(min(evals), 4) if evals else None,
                          "duration": format_duration(finished - started) if started and finished else "—",
                          "error": status.get("error") or ""})
         return rows

@@ -133,12 +133,21 @@ def test_full_fine_tuning_saves_a_model_that_chat_can_load(tmp_path, demo_model_
     assert reply(wb, QUESTION, model=run).startswith("我")
 
 
-def test_failed_run_reports_a_readable_error(tmp_path, demo_model_dir):
+def test_unusable_data_is_refused_before_a_run_starts(tmp_path, demo_model_dir):
+    from core.data.readers import DataError
+
     wb = Workbench(tmp_path / "ws")
     bad = tmp_path / "bad.json"
     bad.write_text('[{"question": "a", "answer": "b"}]', encoding="utf-8")
-    run = wb.start_training(DEMO_RUN.replace(dataset=str(bad)))
+    with pytest.raises(DataError, match="unknown columns: answer, question"):
+        wb.start_training(DEMO_RUN.replace(dataset=str(bad)))
+    assert wb.runs() == []
+
+
+def test_a_run_that_fails_while_training_reports_a_readable_error(tmp_path, demo_model_dir):
+    wb = Workbench(tmp_path / "ws")
+    run = wb.start_training(DEMO_RUN.replace(lora_target="nonexistent_proj"))
     wb.wait_for_job(timeout=120)
     status = wb.snapshot(run).status
     assert status["state"] == "failed"
-    assert "unknown columns: answer, question" in status["error"]
+    assert status["error"].startswith("lora_target:") and "q_proj" in status["error"]

@@ -93,6 +93,7 @@ def test_bad_uploads_show_a_specific_message_and_the_ui_keeps_working(ui, tmp_pa
     result = client.predict(gradio_client.handle_file(str(path)), "auto", api_name="/upload_dataset")
     summary = result[1]
     assert summary.startswith("❌") and message in summary
+    assert "value" not in result[0]  # the dataset choice stays where it was: a broken file is not selected
     assert "Traceback" not in summary
     # The UI still answers: a good dataset previews fine afterwards.
     assert "format **sharegpt**" in client.predict("multiturn", "auto", 1, api_name="/preview_dataset")[0]

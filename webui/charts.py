@@ -42,6 +42,9 @@ def loss_figure(metrics: list[dict[str, Any]], t) -> go.Figure:
                                     marker={"size": 7, "symbol": "diamond"}, line={"color": "#ea580c"}), row=1, col=1)
         figure.add_trace(go.Scatter(x=eval_steps, y=[math.exp(min(v, 50)) for v in eval_losses], mode="lines+markers",
                                     name=t("perplexity"), line={"color": "#ea580c"}), row=1, col=2)
+    elif losses:
+        figure.add_annotation(text=t("perplexity_hint"), showarrow=False, x=0.78, y=0.8, xref="paper", yref="paper",
+                              font={"color": "#64748b"})
     figure.add_trace(go.Scatter(x=_series(metrics, "learning_rate")[0], y=_series(metrics, "learning_rate")[1],
                                 mode="lines+markers", marker={"size": 3}, name=t("learning_rate")), row=2, col=1)
     figure.add_trace(go.Scatter(x=_series(metrics, "tokens_per_second")[0], y=_series(metrics, "tokens_per_second")[1],
@@ -61,9 +64,10 @@ def length_histogram(lengths: list[int], cutoff_len: int, t) -> go.Figure:
     """Token lengths of the samples, with cutoff_len marked and the number it would truncate in the title."""
     truncated = sum(length > cutoff_len for length in lengths)
     figure = go.Figure(go.Histogram(x=lengths, nbinsx=min(50, max(5, len(set(lengths)))), name=t("tokens")))
-    figure.add_vline(x=cutoff_len, line_dash="dash", line_color="#dc2626",
-                     annotation_text=f"cutoff_len={cutoff_len}", annotation_position="top right")
     longest = max(lengths) if lengths else 0
+    if cutoff_len <= longest * 1.5:  # far to the right it would squash the bars into a sliver
+        figure.add_vline(x=cutoff_len, line_dash="dash", line_color="#dc2626",
+                         annotation_text=f"cutoff_len={cutoff_len}", annotation_position="top right")
     title = t("length_title", count=len(lengths), longest=longest, truncated=truncated, cutoff=cutoff_len)
     figure.update_layout(title=title, xaxis_title=t("tokens"), yaxis_title=t("samples"), height=300,
                          margin={"l": 50, "r": 20, "t": 50, "b": 40}, template="plotly_white", bargap=0.05)

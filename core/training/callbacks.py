@@ -33,17 +33,26 @@ class RunFolderCallback(TrainerCallback):
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
         self.start = time.time()
+        self.start_step = 0  # a resumed run starts at its checkpoint's step
+        self.earlier_elapsed = 0.0  # time spent before the resume
         self._last_tokens = 0
         self._last_time = self.start
 
     def _progress(self, state) -> dict:
-        elapsed = time.time() - self.start
+        spent = time.time() - self.start
         done = max(state.global_step, 0)
-        eta = elapsed / done * (state.max_steps - done) if done else None
-        return {"step": done, "max_steps": state.max_steps, "epoch": state.epoch, "elapsed": elapsed, "eta": eta}
+        steps_now = done - self.start_step
+        eta = spent / steps_now * (state.max_steps - done) if steps_now > 0 else None
+        return {"step": done, "max_steps": state.max_steps, "epoch": state.epoch,
+                "elapsed": self.earlier_elapsed + spent, "eta": eta}
 
     def on_train_begin(self, args, state, control, **kwargs):
+        from core.runs import read_status
+
         self.start = self._last_time = time.time()
+        self.start_step = state.global_step
+        self.earlier_elapsed = float(read_status(self.run_dir).get("elapsed") or 0) if state.global_step else 0.0
+        self._last_tokens = state.num_input_tokens_seen or 0
         update_status(self.run_dir, state="running", **self._progress(state))
 
     def on_step_end(self, args, state, control, **kwargs):

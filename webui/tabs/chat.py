@@ -74,9 +74,12 @@ def create_chat_tab(ctx: UIContext) -> dict:
         compare_prompt = gr.Textbox(label=t("compare_prompt"))
         columns = []
         with gr.Row():
+            adapters_now = ctx.wb.adapter_choices()
             for number in range(3):
                 with gr.Column():
-                    choice = gr.Dropdown([none_choice, *ctx.wb.adapter_choices()], value="",
+                    # Column 2 starts on the newest adapter, so one click compares it with the base.
+                    first = adapters_now[0] if number == 1 and adapters_now else ""
+                    choice = gr.Dropdown([none_choice, *adapters_now], value=first,
                                          label=t("compare_column", n=number + 1), allow_custom_value=True)
                     answer = gr.Markdown()
                     columns.append((choice, answer))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -34,10 +35,15 @@ def rows_page(rows: list[dict[str, Any]], page: int) -> pd.DataFrame:
     return pd.DataFrame([[_cell(row.get(c)) for c in columns] for row in chunk], columns=columns)
 
 
+def dataset_options(ctx: UIContext) -> list[tuple[str, str]]:
+    """(shown name, value) pairs: uploads by file name, not by their path on the server."""
+    return [(Path(choice).name, choice) for choice in ctx.wb.dataset_choices()]
+
+
 def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
     t = ctx.t
     with gr.Row():
-        dataset = gr.Dropdown(ctx.wb.dataset_choices(), value="identity", label=t("dataset_label"),
+        dataset = gr.Dropdown(dataset_options(ctx), value="identity", label=t("dataset_label"),
                               info=t("dataset_info"), allow_custom_value=True, scale=3)
         fmt = gr.Dropdown(["auto", *FORMATS], value="auto", label=t("format_label"), info=t("format_info"), scale=1)
         page = gr.Number(1, label=t("page_label"), minimum=1, precision=0, scale=1)
@@ -68,7 +74,7 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
             return ctx.error(exc), pd.DataFrame(), gr.update()
         pages = max(1, math.ceil(len(loaded.rows) / PAGE_SIZE))
         page_number = min(max(int(page_number or 1), 1), pages)
-        text = t("data_summary", path=name, format=loaded.format, rows=len(loaded.rows),
+        text = t("data_summary", path=Path(name).name, format=loaded.format, rows=len(loaded.rows),
                  usable=len(loaded.conversations)) + f" · {page_number}/{pages}"
         problems = loaded.result.problems
         if problems:
@@ -80,11 +86,15 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
         """Keep the file in the workspace, select it, and show its preview (or what is wrong with it)."""
         if not file_path:
             return gr.update(), gr.update(), gr.update(), gr.update()
+        saved = None
         try:
             saved = ctx.wb.save_upload(file_path)
+            ctx.wb.preview_dataset(saved, format_name)
         except USER_ERRORS as exc:
+            if saved:
+                ctx.wb.discard_upload(saved)  # a file that cannot be used must not become the selected dataset
             return gr.update(), ctx.error(exc), pd.DataFrame(), gr.update()
-        return gr.update(choices=ctx.wb.dataset_choices(), value=saved), *preview(saved, format_name, 1)
+        return gr.update(choices=dataset_options(ctx), value=saved), *preview(saved, format_name, 1)
 
     # `.input` fires on the user's own changes only, so an upload that selects its file does not preview twice.
     preview_io = dict(fn=preview, inputs=[dataset, fmt, page], outputs=[summary, table, page])

@@ -15,7 +15,9 @@ def create_evaluate_tab(ctx: UIContext) -> dict:
     t = ctx.t
     gr.Markdown(t("eval_info"))
     with gr.Row():
-        run = gr.Dropdown(_evaluable(ctx), label=t("eval_run"), allow_custom_value=True, scale=3)
+        runs_now = _evaluable(ctx)
+        run = gr.Dropdown(runs_now, value=runs_now[0] if runs_now else None, label=t("eval_run"),
+                          allow_custom_value=True, scale=3)
         dataset = gr.Dropdown(ctx.wb.dataset_choices(), value="identity", label=t("eval_dataset"),
                               allow_custom_value=True, scale=3)
         max_samples = gr.Number(20, label=t("eval_max_samples"), precision=0, minimum=0, scale=1)
@@ -38,12 +40,14 @@ def create_evaluate_tab(ctx: UIContext) -> dict:
         shown = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         return "", pd.DataFrame([shown]), pd.DataFrame(result.predictions)
 
-    def refresh():
-        return gr.update(choices=_evaluable(ctx)), gr.update(choices=ctx.wb.dataset_choices())
+    def refresh(current: str | None):
+        runs = _evaluable(ctx)
+        return (gr.update(choices=runs, value=current if current in runs else (runs[0] if runs else None)),
+                gr.update(choices=ctx.wb.dataset_choices()))
 
     start.click(evaluate, [run, dataset, max_samples, max_new_tokens, greedy, temperature],
                 [notice, metrics, predictions], api_name="evaluate")
-    return {"refresh": (refresh, None, [run, dataset])}
+    return {"refresh": (refresh, run, [run, dataset])}
 
 
 def _evaluable(ctx: UIContext) -> list[str]:

@@ -274,7 +274,8 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     resume.click(resume_training, None, message, api_name="resume_training")
     timer.tick(poll, seen, [progress, chart, log, status_json, seen], api_name="poll", show_progress="hidden")
     for component in (data["dataset"], data["format"]):
-        component.change(lambda ds, fmt: t("train_dataset", dataset=ds, format=fmt), [data["dataset"], data["format"]],
+        component.change(lambda ds, fmt: t("train_dataset", dataset=Path(ds or "").name, format=fmt),
+                         [data["dataset"], data["format"]],
                          dataset_note, api_name=False)
     def refresh_parents():
         return gr.update(choices=[(t("continue_none"), "")] + [(r, r) for r in _finished_runs(ctx)])
