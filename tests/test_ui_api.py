@@ -8,6 +8,7 @@ import zipfile
 
 import pytest
 
+from tests.bad_inputs import UNUSABLE, USABLE, write
 from tests.conftest import IDENTITY_FIRST_ANSWER
 from tests.ui_server import running_ui
 
@@ -80,16 +81,11 @@ def test_train_in_the_ui_then_chat_and_download(ui, tmp_path, demo_model_dir):
     assert any("lora_A" in name for name, _ in model.named_parameters())
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("broken.json", '[{"instruction": "a", "output": ', "broken.json: invalid JSON at line 1"),
-    ("columns.json", '[{"question": "a", "answer": "b"}]', "unknown columns: answer, question"),
-    ("empty.jsonl", "", "empty.jsonl: the file is empty"),
-    ("data.txt", "instruction,output", "unsupported file type '.txt'"),
-])
-def test_bad_uploads_show_a_specific_message_and_the_ui_keeps_working(ui, tmp_path, name, content, message):
+@pytest.mark.parametrize("case", list(UNUSABLE))
+def test_bad_uploads_show_a_specific_message_and_the_ui_keeps_working(ui, tmp_path, case):
     client, _ = ui
-    path = tmp_path / name
-    path.write_text(content, encoding="utf-8")
+    name, content, message = UNUSABLE[case]
+    path = write(tmp_path, name, content)
     result = client.predict(gradio_client.handle_file(str(path)), "auto", api_name="/upload_dataset")
     summary = result[1]
     assert summary.startswith("❌") and message in summary
@@ -97,6 +93,15 @@ def test_bad_uploads_show_a_specific_message_and_the_ui_keeps_working(ui, tmp_pa
     assert "Traceback" not in summary
     # The UI still answers: a good dataset previews fine afterwards.
     assert "format **sharegpt**" in client.predict("multiturn", "auto", 1, api_name="/preview_dataset")[0]
+
+
+@pytest.mark.parametrize("case", list(USABLE))
+def test_usable_uploads_preview_with_their_notes(ui, tmp_path, case):
+    client, _ = ui
+    name, content, text = USABLE[case]
+    result = client.predict(gradio_client.handle_file(str(write(tmp_path, name, content))), "auto",
+                            api_name="/upload_dataset")
+    assert text in result[1] and not result[1].startswith("❌")
 
 
 def test_good_upload_is_selected_and_previewed(ui, tmp_path):
