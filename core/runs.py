@@ -50,10 +50,19 @@ def new_run_dir(workspace: str | Path, method: str, dataset: str) -> Path:
     return candidate
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write under a temporary name, then rename: readers never see a half-written file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=1))
+
+
+def write_jsonl_atomic(path: Path, records: list[dict[str, Any]]) -> None:
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 @contextmanager
@@ -98,10 +107,7 @@ def write_metrics(run_dir: str | Path, records: list[dict[str, Any]]) -> None:
     """Replace metrics.jsonl (atomically), e.g. to drop steps a resumed run will log again."""
     if not is_main_process():
         return
-    path = Path(run_dir) / METRICS_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
+    write_jsonl_atomic(Path(run_dir) / METRICS_FILE, records)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -211,6 +211,10 @@ class Workbench:
         self.jobs.wait(timeout)
 
     # ---- chat -----------------------------------------------------------------------------------------------
+    def runs_with_results(self) -> list[str]:
+        """Finished or aborted runs that saved an adapter or a model: what can be evaluated or exported."""
+        return [r.name for r in self.runs() if r.state in ("finished", "aborted") and (r.adapter_dir or r.model_dir)]
+
     def adapter_choices(self) -> list[str]:
         return [run.name for run in self.runs() if run.adapter_dir is not None and run.state != "running"]
 

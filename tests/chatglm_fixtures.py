@@ -39,9 +39,9 @@ GLM4_SPECIALS = [
 ]
 
 NAME_OR_PATH = {
-    "chatglm2": "THUDM/chatglm2-6b",
-    "chatglm3": "THUDM/chatglm3-6b",
-    "glm4-chat": "THUDM/glm-4-9b-chat",
+    "chatglm2": "chatglm2-6b",
+    "chatglm3": "chatglm3-6b",
+    "glm4-chat": "glm-4-9b-chat",
 }
 
 # Tiny model shape (shared by the native model and the THUDM config).
@@ -336,7 +336,7 @@ def thudm_config(
     _check_variant(variant)
     name = NAME_OR_PATH[variant]
     if variant == "chatglm3" and rope_ratio != 1.0:
-        name = "THUDM/chatglm3-6b-32k"
+        name = "chatglm3-6b-32k"
     config = {
         "_name_or_path": name,
         "model_type": "chatglm",

@@ -41,12 +41,17 @@ def test_conversion_keeps_logits_and_token_ids(tmp_path, variant, rope_ratio):
     assert torch.allclose(native_logits(model, ids), native_logits(original, ids), atol=1e-5)
 
 
-def test_chatglm3_prompt_matches_thudm_layout(tmp_path):
+def converted_encoder(tmp_path, variant: str):
+    """A tiny THUDM checkpoint, converted; its tokenizer, and the template encoder chosen for it."""
     source = tmp_path / "thudm"
-    write_thudm_checkpoint(source, "chatglm3")
+    write_thudm_checkpoint(source, variant)
     convert_chatglm(source, tmp_path / "native")
     tokenizer = load_tokenizer(str(tmp_path / "native"))
-    encoder = TemplateEncoder(tokenizer, "auto")
+    return source, tokenizer, TemplateEncoder(tokenizer, "auto")
+
+
+def test_chatglm3_prompt_matches_thudm_layout(tmp_path):
+    source, tokenizer, encoder = converted_encoder(tmp_path, "chatglm3")
     assert encoder.template.name == "chatglm3"
     special = tokenizer.convert_tokens_to_ids
     # [gMASK] sop <|user|> + encode("\n") + encode(content) + <|assistant|>, each text encoded on its own.
@@ -56,11 +61,7 @@ def test_chatglm3_prompt_matches_thudm_layout(tmp_path):
 
 
 def test_chatglm2_rounds_template(tmp_path):
-    source = tmp_path / "thudm"
-    write_thudm_checkpoint(source, "chatglm2")
-    convert_chatglm(source, tmp_path / "native")
-    tokenizer = load_tokenizer(str(tmp_path / "native"))
-    encoder = TemplateEncoder(tokenizer, "auto")
+    source, tokenizer, encoder = converted_encoder(tmp_path, "chatglm2")
     assert encoder.template.name == "chatglm2"
     special = tokenizer.convert_tokens_to_ids
     history = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"},

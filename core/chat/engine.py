@@ -92,10 +92,6 @@ class ChatEngine:
             self.encoder = TemplateEncoder(self.tokenizer, self.template)
             return path
 
-    @property
-    def adapters(self) -> list[str]:
-        return list(self._adapters)
-
     def _ensure_adapter(self, name: str, folder: str) -> LoadedAdapter:
         """Load (or reload, if its files changed) an adapter for the base model."""
         from peft import PeftModel

@@ -152,8 +152,3 @@ class TemplateEncoder:
             ids += piece
         header = [self.token_id(self.template.role_token("assistant"))]
         return ids + header + (self._text("\n") if self.template.prompt_newline else [])
-
-    def render_tokens(self, conversation: Conversation, cutoff_len: int) -> list[tuple[str, bool]]:
-        """(token text, carries loss) for display in the data preview."""
-        input_ids, labels = self.encode(conversation, cutoff_len)
-        return [(self.tokenizer.decode([tid]), label != IGNORE_INDEX) for tid, label in zip(input_ids, labels)]

@@ -6,7 +6,6 @@ The last assistant turn of each conversation is the label; everything before it 
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -17,7 +16,7 @@ from core.data.dataset import load_conversations
 from core.data.template import IGNORE_INDEX, TemplateEncoder
 from core.evaluation.metrics import average, score
 from core.models.trained import load_trained
-from core.runs import write_json_atomic
+from core.runs import write_json_atomic, write_jsonl_atomic
 
 EVAL_DIR = "eval"
 
@@ -82,7 +81,5 @@ def evaluate_run(run_dir: str | Path, dataset: str, fmt: str = "auto", settings:
     folder = run_dir / EVAL_DIR
     folder.mkdir(exist_ok=True)
     write_json_atomic(folder / "metrics.json", metrics)
-    partial = folder / ".predictions.jsonl.tmp"
-    partial.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions), encoding="utf-8")
-    partial.replace(folder / "predictions.jsonl")
+    write_jsonl_atomic(folder / "predictions.jsonl", predictions)
     return EvalResult(metrics, predictions)

@@ -6,7 +6,7 @@ import logging
 import os
 from pathlib import Path
 
-from core.models.demo import DEMO_NAME, ensure_demo_model, is_demo_model
+from core.models.demo import DEMO_NAME, ensure_demo_model
 
 
 log = logging.getLogger("glm_workbench")
@@ -47,10 +47,6 @@ def resolve_model_path(name_or_path: str, trust_remote_code: bool = False) -> st
     if not looks_like_hub_id:
         raise ModelError(f"{name_or_path}: model folder not found")
     return name_or_path
-
-
-def display_name(path: str) -> str:
-    return "demo (tiny random GLM-4)" if is_demo_model(path) else path
 
 
 def pick_device() -> str:

@@ -1,6 +1,6 @@
 """Training in a background thread, one job at a time per process.
 
-The thread only calls `run_training`; all state a page needs lives in the run folder, so closing or
+The thread only runs a `TrainingSession` (or the torchrun launcher); all state a page needs lives in the run folder, so closing or
 refreshing the browser changes nothing, and a second Start gets a clear 'busy' answer.
 """
 

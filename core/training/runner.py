@@ -1,7 +1,7 @@
 """One training run, start to finish, in the calling thread: config -> data -> model -> Trainer -> run folder.
 
-The background job (core.training.job) and the CLI both call `run_training`; everything a UI needs to show
-is written into the run folder as it happens.
+The background job (core.training.job), the multi-process worker and the CLI all run a `TrainingSession`;
+everything a UI needs to show is written into the run folder as it happens.
 """
 
 from __future__ import annotations
@@ -258,11 +258,6 @@ class TrainingSession:
         log.info("run %s: %s after %d steps", run_dir.name, final["state"], trainer.state.global_step)
         return update_status(run_dir, **final)
 
-
-def run_training(config: RunConfig, run_dir: str | Path, stop_event: threading.Event | None = None,
-                 show_progress: bool = False) -> dict:
-    """Train as configured into run_dir; returns the final status (see TrainingSession.run)."""
-    return TrainingSession(config, run_dir, stop_event, show_progress).run()
 
 
 def make_collator(tokenizer, packing: bool):

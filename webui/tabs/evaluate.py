@@ -15,7 +15,7 @@ def create_evaluate_tab(ctx: UIContext) -> dict:
     t = ctx.t
     gr.Markdown(t("eval_info"))
     with gr.Row():
-        runs_now = _evaluable(ctx)
+        runs_now = ctx.wb.runs_with_results()
         run = gr.Dropdown(runs_now, value=runs_now[0] if runs_now else None, label=t("eval_run"),
                           allow_custom_value=True, scale=3)
         dataset = gr.Dropdown(ctx.wb.dataset_choices(), value="identity", label=t("eval_dataset"),
@@ -41,14 +41,10 @@ def create_evaluate_tab(ctx: UIContext) -> dict:
         return "", pd.DataFrame([shown]), pd.DataFrame(result.predictions)
 
     def refresh(current: str | None):
-        runs = _evaluable(ctx)
+        runs = ctx.wb.runs_with_results()
         return (gr.update(choices=runs, value=current if current in runs else (runs[0] if runs else None)),
                 gr.update(choices=ctx.wb.dataset_choices()))
 
     start.click(evaluate, [run, dataset, max_samples, max_new_tokens, greedy, temperature],
                 [notice, metrics, predictions], api_name="evaluate")
     return {"refresh": (refresh, run, [run, dataset])}
-
-
-def _evaluable(ctx: UIContext) -> list[str]:
-    return [r.name for r in ctx.wb.runs() if r.state in ("finished", "aborted") and (r.adapter_dir or r.model_dir)]

@@ -16,7 +16,7 @@ def create_export_tab(ctx: UIContext) -> dict:
     gr.Markdown(t("export_info"))
     with gr.Row():
         # Runs appear while the page is open: accept any name; the workbench checks it is a run of this workspace.
-        run = gr.Dropdown(_finished(ctx), label=t("export_run"), allow_custom_value=True, scale=4)
+        run = gr.Dropdown(ctx.wb.runs_with_results(), label=t("export_run"), allow_custom_value=True, scale=4)
         refresh = gr.Button(t("refresh"), scale=0, min_width=100)
     download = gr.DownloadButton(t("export_download"), variant="primary")
     notice = gr.Markdown()
@@ -39,7 +39,7 @@ def create_export_tab(ctx: UIContext) -> dict:
         return path, t("export_ready", file=Path(path).name)
 
     def refresh_runs():
-        runs = _finished(ctx)
+        runs = ctx.wb.runs_with_results()
         return gr.update(choices=runs, value=runs[0] if runs else None), "" if runs else t("export_none")
 
     def merge_run(name: str | None, folder: str, dtype: str, shard: str):
@@ -53,7 +53,3 @@ def create_export_tab(ctx: UIContext) -> dict:
     merge.click(merge_run, [run, merge_dir, merge_dtype, shard_size], merge_notice, api_name="merge_run")
     refresh.click(refresh_runs, None, [run, notice], api_name=False)
     return {"run": run, "refresh": (refresh_runs, None, [run, notice])}
-
-
-def _finished(ctx: UIContext) -> list[str]:
-    return [r.name for r in ctx.wb.runs() if r.state in ("finished", "aborted") and (r.adapter_dir or r.model_dir)]

@@ -262,9 +262,11 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     for trigger in (fields["finetuning_type"], fields["model_name_or_path"]):
         trigger.input(method_changed, [fields["finetuning_type"], fields["model_name_or_path"]], method_outputs,
                       api_name=False)
+    def form_changed(*values) -> tuple[str, str]:
+        return show_estimate(*values), show_command(*values)
+
     for component in form:
-        component.change(show_estimate, form, estimate, api_name=False, show_progress="hidden")
-        component.change(show_command, form, command, api_name=False, show_progress="hidden")
+        component.change(form_changed, form, [estimate, command], api_name=False, show_progress="hidden")
     save_yaml_button.click(save_config, form, [yaml_file, message], api_name="save_config")
     load_yaml_button.upload(load_config, load_yaml_button,
                             [fields[k] for k in keys] + [data["dataset"], data["format"], message],
