@@ -76,6 +76,30 @@ def test_streaming_yields_growing_prefixes(trained):
     assert all(later.startswith(earlier) for earlier, later in zip(pieces, pieces[1:]))
 
 
+def test_streaming_survives_a_new_thread_per_step_and_an_abandoned_reader(trained):
+    """Web servers resume a streaming generator on whichever worker thread is free, and a closed page may leave
+    one unfinished: neither may break the reply or leave the engine locked for the next request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    wb, run, _ = trained
+    stream = wb.chat_stream(QUESTION, adapter_run=run, settings=GREEDY)
+    pieces = []
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for step in range(200):
+            # A fresh one-shot thread for every step, as anyio's pool may do.
+            piece = pool.submit(next, stream, None).result(timeout=60) if step % 2 else \
+                ThreadPoolExecutor(1).submit(next, stream, None).result(timeout=60)
+            if piece is None:
+                break
+            pieces.append(piece)
+    assert pieces[-1].strip() == IDENTITY_FIRST_ANSWER
+
+    abandoned = wb.chat_stream(QUESTION, settings=GREEDY)
+    ThreadPoolExecutor(1).submit(next, abandoned).result(timeout=60)  # read one piece, then walk away
+    with ThreadPoolExecutor(1) as pool:  # the next request is answered, not stuck behind the abandoned one
+        assert pool.submit(reply, wb, QUESTION, adapter_run=run).result(timeout=120) == IDENTITY_FIRST_ANSWER
+
+
 def test_exported_zip_loads_with_peft(trained, tmp_path, demo_model_dir):
     import torch
     from peft import PeftModel

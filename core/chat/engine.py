@@ -145,43 +145,46 @@ class ChatEngine:
         if self.model is None:
             raise RuntimeError("no model loaded: call load_model first")
         settings = settings or GenerationSettings()
-        with self._lock:
-            context, prefix = self._select(adapter)
-            if settings.seed is not None:
-                torch.manual_seed(settings.seed)
-            prompt = self.encoder.encode_prompt(messages, system)
-            input_ids = torch.tensor([prompt], device=self.model.device)
-            inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-            if prefix is not None:
-                inputs = prefix.generate_kwargs(self.model, input_ids, inputs["attention_mask"])
-            streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-            errors: list[BaseException] = []
-            cancelled = threading.Event()  # set when the consumer stops reading (Stop button, closed page)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        errors: list[BaseException] = []
+        cancelled = threading.Event()  # set when the consumer stops reading (Stop button, closed page)
 
-            def work() -> None:
-                try:
+        def work() -> None:
+            # The lock is taken and released here, in the worker thread: a web server may resume this
+            # generator on a different thread at every step, and a generator that is abandoned unclosed
+            # must never leave the engine locked for the next request.
+            try:
+                with self._lock:
+                    context, prefix = self._select(adapter)
+                    if settings.seed is not None:
+                        torch.manual_seed(settings.seed)
+                    prompt = self.encoder.encode_prompt(messages, system)
+                    input_ids = torch.tensor([prompt], device=self.model.device)
+                    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+                    if prefix is not None:
+                        inputs = prefix.generate_kwargs(self.model, input_ids, inputs["attention_mask"])
                     with torch.inference_mode(), context:
                         self.model.generate(**inputs, max_new_tokens=settings.max_new_tokens, streamer=streamer,
                                             eos_token_id=self.encoder.stop_token_ids,
                                             pad_token_id=self.tokenizer.pad_token_id,
                                             stopping_criteria=StoppingCriteriaList([_Cancel(cancelled)]),
                                             **settings.generate_kwargs())
-                except BaseException as exc:  # noqa: BLE001 - handed to the consumer below
-                    errors.append(exc)
-                    streamer.end()
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer below
+                errors.append(exc)
+                streamer.end()
 
-            worker = threading.Thread(target=work, daemon=True)
-            worker.start()
-            reply = ""
-            try:
-                for piece in streamer:
-                    reply += piece
-                    yield reply.lstrip("\n")  # ChatGLM3 writes the newline after <|assistant|> itself
-            finally:
-                cancelled.set()
-                worker.join()
-            if errors:
-                raise errors[0]
+        worker = threading.Thread(target=work, name="chat-generate", daemon=True)
+        worker.start()
+        reply = ""
+        try:
+            for piece in streamer:
+                reply += piece
+                yield reply.lstrip("\n")  # ChatGLM3 writes the newline after <|assistant|> itself
+        finally:
+            cancelled.set()
+        worker.join()
+        if errors:
+            raise errors[0]
 
     def chat(self, messages: list[dict[str, str]], system: str = "", adapter: tuple[str, str] | None = None,
              settings: GenerationSettings | None = None) -> str:
