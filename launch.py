@@ -1,4 +1,6 @@
-"""Start the GLM Workbench web UI: `python launch.py [--host 127.0.0.1] [--port 7860] [--lang zh|en]`."""
+"""Start the GLM Workbench web UI: `python launch.py [--host 127.0.0.1] [--port 7860] [--lang zh|en]`.
+
+Both languages are served at once, /zh/ and /en/ (the page links to the other); --lang picks where / leads."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--workspace", default="workspace", help="folder for runs, uploads and exports")
-    parser.add_argument("--lang", default="zh", choices=["zh", "en"], help="interface language")
+    parser.add_argument("--lang", default="zh", choices=["zh", "en"], help="language / leads to (both are served: /zh/ and /en/)")
     parser.add_argument("--auth", default=os.environ.get("GLM_WORKBENCH_AUTH", ""), metavar="USER:PASSWORD",
                         help="require a login for the page and its API (or set GLM_WORKBENCH_AUTH)")
     parser.add_argument("--share", action="store_true",
@@ -50,9 +52,20 @@ def main(argv: list[str] | None = None) -> int:
         print("Building the tiny demo model (one time, a few seconds)…", flush=True)
     print(f"Demo model: {ensure_demo_model()}  ·  torch threads: {threads}", flush=True)
     workbench = Workbench(args.workspace)
-    app = build_app(workbench, args.lang)
-    app.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, auth=auth,
-                                                  share=args.share, **launch_kwargs(workbench))
+    if args.share:
+        # A public link needs gradio's own launcher: it serves the --lang page only.
+        app = build_app(workbench, args.lang)
+        app.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, auth=auth,
+                                                      share=True, **launch_kwargs(workbench))
+        return 0
+    import uvicorn
+
+    from webui.server import build_server
+
+    server = build_server(workbench, args.lang, auth)
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"GLM Workbench: http://{shown}:{args.port}/  (中文 /zh/ · English /en/)", flush=True)
+    uvicorn.run(server, host=args.host, port=args.port, log_level="warning")
     return 0
 
 

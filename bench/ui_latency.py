@@ -54,10 +54,10 @@ def main() -> int:
         form = [overrides.get(p["label"], p["parameter_default"]) for p in parameters]
         idle = timed_calls(client, form, args.calls)
         print("started:", client.predict(*form, api_name="/start_training"), flush=True)
-        while (client.predict(api_name="/poll")[3].get("step") or 0) < 3:
+        while (client.predict("", api_name="/poll")[3].get("step") or 0) < 3:
             time.sleep(0.5)
         busy = timed_calls(client, form, args.calls)
-        step = client.predict(api_name="/poll")[3].get("step")
+        step = client.predict("", api_name="/poll")[3].get("step")
         client.predict(api_name="/abort_training")
         print("idle:", percentiles(idle), flush=True)
         print(f"while training (step {step}):", percentiles(busy), flush=True)

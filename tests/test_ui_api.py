@@ -51,7 +51,7 @@ def test_train_in_the_ui_then_chat_and_download(ui, tmp_path, demo_model_dir):
 
     deadline, status = time.time() + 600, {}
     while time.time() < deadline:
-        progress, figure, log, status = client.predict(api_name="/poll")
+        progress, figure, log, status, *_ = client.predict("", api_name="/poll")
         if status.get("state") in ("finished", "failed", "aborted"):
             break
         time.sleep(1)
@@ -126,7 +126,7 @@ def test_invalid_form_values_are_named(ui):
 def poll_until(client, states, timeout=600):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        status = client.predict(api_name="/poll")[3]
+        status = client.predict("", api_name="/poll")[3]
         if status.get("state") in states:
             return status
         time.sleep(0.5)
@@ -139,7 +139,7 @@ def test_abort_resume_and_evaluate_from_the_ui(ui):
     started = client.predict(*form, api_name="/start_training")
     run = started.split("run ")[1].rstrip(".")
     deadline = time.time() + 120
-    while (client.predict(api_name="/poll")[3].get("step") or 0) < 5 and time.time() < deadline:
+    while (client.predict("", api_name="/poll")[3].get("step") or 0) < 5 and time.time() < deadline:
         time.sleep(0.3)
     assert "Stopping" in client.predict(api_name="/abort_training")
     aborted = poll_until(client, ("aborted",))

@@ -23,7 +23,12 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
     ctx = UIContext(workbench, Translator(lang))
     t = ctx.t
     with gr.Blocks(title=t("app_title")) as app:
-        gr.Markdown(f"# {t('app_title')}\n{t('app_subtitle')}\n\n> {t('demo_model_note')}")
+        with gr.Row(equal_height=True):
+            gr.Markdown(f"# {t('app_title')}\n{t('app_subtitle')}", elem_id="title")
+            # The other language is the same workbench on another path: runs and the training job stay put.
+            gr.HTML(f'<a href="../{t("other_lang_code")}/" id="switch-language">🌐 {t("other_lang_name")}</a>',
+                    elem_id="language")
+        gr.Markdown(f"> {t('demo_model_note')}")
         with gr.Tab(t("tab_data")):
             data = create_data_tab(ctx)
         with gr.Tab(t("tab_train")) as train_tab:

@@ -16,7 +16,11 @@ from core.training.runner import TrainingSession, prepare_run_folder
 
 
 class BusyError(RuntimeError):
-    """A training job is already running in this process."""
+    """A training job is already running in this process (`run` names it, for a translated message)."""
+
+    def __init__(self, run: str):
+        super().__init__(f"busy: run {run} is training; abort it or wait")
+        self.run = run
 
 
 class TrainingJob:
@@ -52,7 +56,7 @@ class JobManager:
         config.validate()
         with self._lock:
             if self.current is not None and self.current.alive:
-                raise BusyError(f"busy: run {self.current.run_dir.name} is training; abort it or wait")
+                raise BusyError(self.current.run_dir.name)
             if resume_dir is not None:
                 run_dir = resume_dir
             else:

@@ -30,14 +30,15 @@ def create_chat_tab(ctx: UIContext) -> dict:
     none_choice = (t("adapter_none"), "")
     with gr.Row():
         model = gr.Dropdown(ctx.wb.model_choices(), value="demo", label=t("chat_model"), info=t("chat_model_info"),
-                            allow_custom_value=True, scale=2)
+                            allow_custom_value=True, scale=2, elem_id="chat-model")
         adapter = gr.Dropdown([none_choice, *ctx.wb.adapter_choices()], value="", label=t("chat_adapter"),
-                              info=t("chat_adapter_info"), allow_custom_value=True, scale=3)
-        refresh = gr.Button(t("refresh"), scale=0, min_width=100)
-    chatbot = gr.Chatbot(height=420, show_label=False)
+                              info=t("chat_adapter_info"), allow_custom_value=True, scale=3,
+                              elem_id="chat-adapter")
+        refresh = gr.Button(t("refresh"), scale=0, min_width=100, elem_id="chat-refresh")
+    chatbot = gr.Chatbot(height=420, show_label=False, elem_id="chat-history")
     with gr.Row():
-        message = gr.Textbox(placeholder=t("message_placeholder"), show_label=False, scale=5)
-        send = gr.Button(t("send"), variant="primary", scale=1)
+        message = gr.Textbox(placeholder=t("message_placeholder"), show_label=False, scale=5, elem_id="chat-input")
+        send = gr.Button(t("send"), variant="primary", scale=1, elem_id="chat-send")
         stop = gr.Button(t("stop"), scale=1)
         clear = gr.Button(t("clear"), scale=1)
     notice = gr.Markdown()
@@ -47,7 +48,7 @@ def create_chat_tab(ctx: UIContext) -> dict:
             temperature = gr.Slider(0, 2, 0.7, step=0.05, label=t("temperature"))
             top_p = gr.Slider(0.05, 1, 0.9, step=0.05, label=t("top_p"))
             max_new_tokens = gr.Slider(8, 2048, 256, step=8, label=t("max_new_tokens"))
-            greedy = gr.Checkbox(False, label=t("greedy"))
+            greedy = gr.Checkbox(False, label=t("greedy"), elem_id="chat-greedy")
 
     def refresh_choices(current_model, current_adapter):
         adapters = ctx.wb.adapter_choices()
@@ -71,7 +72,7 @@ def create_chat_tab(ctx: UIContext) -> dict:
             yield plain_messages(history), text, ctx.error(exc)
 
     with gr.Accordion(t("compare_title"), open=False):
-        compare_prompt = gr.Textbox(label=t("compare_prompt"))
+        compare_prompt = gr.Textbox(label=t("compare_prompt"), elem_id="compare-prompt")
         columns = []
         with gr.Row():
             adapters_now = ctx.wb.adapter_choices()
@@ -80,10 +81,11 @@ def create_chat_tab(ctx: UIContext) -> dict:
                     # Column 2 starts on the newest adapter, so one click compares it with the base.
                     first = adapters_now[0] if number == 1 and adapters_now else ""
                     choice = gr.Dropdown([none_choice, *adapters_now], value=first,
-                                         label=t("compare_column", n=number + 1), allow_custom_value=True)
-                    answer = gr.Markdown()
+                                         label=t("compare_column", n=number + 1), allow_custom_value=True,
+                                         elem_id=f"compare-choice-{number + 1}")
+                    answer = gr.Markdown(elem_id=f"compare-answer-{number + 1}")
                     columns.append((choice, answer))
-        compare_go = gr.Button(t("compare_go"))
+        compare_go = gr.Button(t("compare_go"), elem_id="compare-go")
 
     with gr.Accordion(t("api_title"), open=False):
         with gr.Row():

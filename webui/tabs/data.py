@@ -44,18 +44,18 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
     t = ctx.t
     with gr.Row():
         dataset = gr.Dropdown(dataset_options(ctx), value="identity", label=t("dataset_label"),
-                              info=t("dataset_info"), allow_custom_value=True, scale=3)
+                              info=t("dataset_info"), allow_custom_value=True, scale=3, elem_id="data-dataset")
         fmt = gr.Dropdown(["auto", *FORMATS], value="auto", label=t("format_label"), info=t("format_info"), scale=1)
         page = gr.Number(1, label=t("page_label"), minimum=1, precision=0, scale=1)
     # No file_types filter: our own check names the file and the supported types in the page, not a toast.
-    upload = gr.File(label=t("upload_label"), type="filepath", height=120)
-    summary = gr.Markdown()
-    table = gr.Dataframe(interactive=False, wrap=True, max_height=520)
-    histogram = gr.Plot(show_label=False)
+    upload = gr.File(label=t("upload_label"), type="filepath", height=120, elem_id="data-upload")
+    summary = gr.Markdown(elem_id="data-summary")
+    table = gr.Dataframe(interactive=False, wrap=True, max_height=520, elem_id="data-table")
+    histogram = gr.Plot(show_label=False, elem_id="data-lengths")
     with gr.Accordion(t("sample_title"), open=True):
         sample_index = gr.Number(1, label=t("sample_index"), minimum=1, precision=0)
         legend = gr.Markdown()
-        rendered = gr.HTML()
+        rendered = gr.HTML(elem_id="data-sample")
 
     def render(name: str, format_name: str, model: str, template: str, number: float):
         """The sample in the chat template, loss-bearing text highlighted."""

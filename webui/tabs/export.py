@@ -16,10 +16,10 @@ def create_export_tab(ctx: UIContext) -> dict:
     gr.Markdown(t("export_info"))
     with gr.Row():
         # Runs appear while the page is open: accept any name; the workbench checks it is a run of this workspace.
-        run = gr.Dropdown(ctx.wb.runs_with_results(), label=t("export_run"), allow_custom_value=True, scale=4)
+        run = gr.Dropdown(ctx.wb.runs_with_results(), label=t("export_run"), allow_custom_value=True, scale=4, elem_id="export-run")
         refresh = gr.Button(t("refresh"), scale=0, min_width=100)
-    download = gr.DownloadButton(t("export_download"), variant="primary")
-    notice = gr.Markdown()
+    download = gr.DownloadButton(t("export_download"), variant="primary", elem_id="export-download")
+    notice = gr.Markdown(elem_id="export-notice")
     with gr.Accordion(t("export_merge_title"), open=False):
         with gr.Row():
             merge_dir = gr.Textbox(str(ctx.wb.exports / "merged"), label=t("export_merge_dir"), scale=3)

@@ -166,12 +166,12 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
             load_yaml_button = gr.UploadButton(t("yaml_load"), file_types=[".yaml", ".yml"])
         yaml_file = gr.File(label=t("yaml_file"), interactive=False)
     with gr.Row():
-        start = gr.Button(t("start"), variant="primary")
-        abort = gr.Button(t("abort"), variant="stop")
-        resume = gr.Button(t("resume"))
-    message = gr.Markdown()
-    progress = gr.HTML(progress_html(None, t))
-    chart = gr.Plot(loss_figure([], t), label=t("chart_loss"))
+        start = gr.Button(t("start"), variant="primary", elem_id="train-start")
+        abort = gr.Button(t("abort"), variant="stop", elem_id="train-abort")
+        resume = gr.Button(t("resume"), elem_id="train-resume")
+    message = gr.Markdown(elem_id="train-message")
+    progress = gr.HTML(progress_html(None, t), elem_id="train-progress")
+    chart = gr.Plot(loss_figure([], t), label=t("chart_loss"), elem_id="train-chart")
     with gr.Accordion(t("log_label"), open=False):
         log = gr.Textbox(lines=12, max_lines=12, show_label=False, autoscroll=True)
     with gr.Accordion(t("status_label"), open=False):
@@ -180,6 +180,8 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     timer = gr.Timer(POLL_SECONDS)
 
     keys = list(fields)
+    for key, component in fields.items():
+        component.elem_id = f"field-{key}"  # stable handles for browser tests, whatever the language
     form = [fields[k] for k in keys] + [data["dataset"], data["format"], continue_from]
 
     def form_config(*values) -> RunConfig:
@@ -190,7 +192,9 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     def start_training(*values):
         try:
             run = ctx.wb.start_training(form_config(*values).validate())
-        except (ConfigError, DataError, BusyError) as exc:
+        except BusyError as exc:
+            return "⏳ " + t("busy", run=exc.run)
+        except (ConfigError, DataError) as exc:
             return ctx.error(exc)
         return "✅ " + t("started", run=run)
 
@@ -198,7 +202,9 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         run = ctx.wb.current_run_name()
         try:
             ctx.wb.resume_training(run or "")
-        except (ConfigError, DataError, BusyError) as exc:
+        except BusyError as exc:
+            return "⏳ " + t("busy", run=exc.run)
+        except (ConfigError, DataError) as exc:
             return ctx.error(exc)
         return "▶ " + t("resumed", run=run)
 
@@ -243,13 +249,22 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
             return t("nothing_running")
         return "⏹ " + t("aborting", run=running.name)
 
-    def poll(drawn):
+    def poll(drawn, shown_message: str):
         snapshot = ctx.wb.snapshot(ctx.wb.current_run_name())
         if snapshot is None:
-            return progress_html(None, t), gr.skip(), gr.skip(), {}, drawn
+            return progress_html(None, t), gr.skip(), gr.skip(), {}, drawn, *buttons_for(None), gr.skip()
         key = (snapshot.name, len(snapshot.metrics), snapshot.state)
         figure = gr.skip() if key == tuple(drawn) else loss_figure(snapshot.metrics, t)
-        return progress_html(snapshot, t), figure, snapshot.log_tail, snapshot.status, key
+        # A "stopping…" or "resumed" notice is stale once the run has reached an end state.
+        ended = snapshot.state in ("finished", "failed", "aborted")
+        message_update = "" if ended and (shown_message or "").startswith(("⏹", "▶")) else gr.skip()
+        return (progress_html(snapshot, t), figure, snapshot.log_tail, snapshot.status, key,
+                *buttons_for(snapshot.state), message_update)
+
+    def buttons_for(state: str | None):
+        """Abort and Resume are clickable only when they have something to act on. Start stays clickable: from a
+        second tab it answers 'busy' with the running run's name."""
+        return gr.update(interactive=state in ("queued", "running")), gr.update(interactive=state in ("aborted", "failed"))
 
     def method_changed(method: str, model: str):
         """Show only the chosen method's fields, and suggest a learning rate that suits it."""
@@ -274,7 +289,8 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     start.click(start_training, form, message, api_name="start_training")
     abort.click(abort_training, None, message, api_name="abort_training")
     resume.click(resume_training, None, message, api_name="resume_training")
-    timer.tick(poll, seen, [progress, chart, log, status_json, seen], api_name="poll", show_progress="hidden")
+    timer.tick(poll, [seen, message], [progress, chart, log, status_json, seen, abort, resume, message],
+               api_name="poll", show_progress="hidden")
     for component in (data["dataset"], data["format"]):
         component.change(lambda ds, fmt: t("train_dataset", dataset=Path(ds or "").name, format=fmt),
                          [data["dataset"], data["format"]],
