@@ -1,0 +1,100 @@
+"""Real-browser helpers: install Debian's chromium and a CJK font if missing, and drive Gradio widgets.
+
+The README's test command runs the browser tests too, so the set-up installs what they need (as root, or
+through passwordless sudo). Set GLM_WORKBENCH_SKIP_BROWSER_TESTS=1 to skip them on a machine that cannot.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+# Without the background-networking flags chromium keeps dialling Google, which a closed network refuses.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
+                 "--no-first-run", "--disable-component-update", "--disable-sync"]
+SCREENSHOTS = os.environ.get("GLM_WORKBENCH_SCREENSHOTS", "")  # a folder: save each tab's screenshot there
+
+
+def _missing_packages() -> list[str]:
+    missing = [] if Path(CHROMIUM).exists() else ["chromium"]
+    fonts = Path("/usr/share/fonts")
+    if not (fonts.is_dir() and any(fonts.rglob("NotoSansCJK*"))):
+        missing.append("fonts-noto-cjk")  # Chinese renders as boxes in screenshots without it
+    return missing
+
+
+def ensure_chromium() -> str:
+    """Chromium's path, installing chromium and fonts-noto-cjk with apt-get the first time."""
+    if os.environ.get("GLM_WORKBENCH_SKIP_BROWSER_TESTS") == "1":
+        pytest.skip("GLM_WORKBENCH_SKIP_BROWSER_TESTS=1")
+    missing = _missing_packages()
+    if missing:
+        sudo = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else [])
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (["apt-get", "update", "-qq"],
+                        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]):
+            done = subprocess.run(sudo + command, capture_output=True, text=True, env=env, timeout=1200)
+            if done.returncode != 0:
+                pytest.fail(f"browser tests need {' '.join(missing)}: `{' '.join(command)}` failed: "
+                            f"{(done.stderr or done.stdout)[-800:]}\n(set GLM_WORKBENCH_SKIP_BROWSER_TESTS=1 to skip)")
+    return CHROMIUM
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def open_accordion(page, title: str) -> None:
+    page.get_by_role("button", name=title).first.click()
+
+
+def fill_number(page, elem_id: str, value: float | int) -> None:
+    box = page.locator(f"#{elem_id} input")
+    box.fill(str(value))
+    box.press("Tab")  # commits the value (Gradio updates on blur)
+
+
+def pick(page, elem_id: str, value: str) -> None:
+    """Choose a dropdown option by its shown text (or type a custom value) and commit it."""
+    box = page.locator(f"#{elem_id} input[role=combobox]")
+    box.click()
+    box.fill(value)
+    option = page.locator(f"#{elem_id} [role=option]", has_text=value)
+    if option.count():
+        option.first.click()
+    else:
+        box.press("Enter")
+    box.press("Tab")
+
+
+def settled_text(locator, timeout: float = 120, quiet: float = 1.5) -> str:
+    """The element's text once it is non-empty and has stopped changing (a streamed reply is complete)."""
+    deadline, last, since = time.time() + timeout, None, time.time()
+    while time.time() < deadline:
+        text = locator.inner_text() if locator.count() else ""
+        if text != last:
+            last, since = text, time.time()
+        elif text.strip() and time.time() - since >= quiet:
+            return text.strip()
+        time.sleep(0.25)
+    raise TimeoutError(f"text did not settle: {last!r}")
+
+
+def chart_points(page, elem_id: str) -> int:
+    """How many points the first trace of a plotly chart holds (0 before it is drawn)."""
+    return page.evaluate("""id => {
+        const plot = document.querySelector(`#${id} .js-plotly-plot`);
+        return plot && plot.data && plot.data[0] && plot.data[0].y ? plot.data[0].y.length : 0;
+    }""", elem_id)
+
+
+def screenshot(page, name: str, fallback: Path) -> None:
+    folder = Path(SCREENSHOTS) if SCREENSHOTS else fallback
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
