@@ -31,6 +31,9 @@ class CheckpointingTrainer(Trainer):
         self._staging_root = str(staging_root)
         try:
             super()._save_checkpoint(model, trial)
+        except BaseException:
+            shutil.rmtree(staging_root, ignore_errors=True)  # a half-written copy only takes space (disk full)
+            raise
         finally:
             self._staging_root = None
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"

@@ -6,6 +6,7 @@ everything a UI needs to show is written into the run folder as it happens.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -274,10 +275,18 @@ def make_collator(tokenizer, packing: bool):
 
 
 def explain_error(exc: BaseException) -> str:
-    """A plain-words message; out-of-memory gets concrete suggestions."""
+    """A plain-words message: out-of-memory and a full disk get concrete suggestions."""
     text = str(exc).strip() or type(exc).__name__
-    if "out of memory" in text.lower():
+    first_line = text.splitlines()[0]
+    lowered = text.lower()
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in lowered \
+            or "can't allocate memory" in lowered:
         return ("Out of memory. Try: a smaller per_device_train_batch_size (raise gradient_accumulation_steps "
-                "to keep the effective batch), a smaller cutoff_len, LoRA instead of full fine-tuning, or "
-                f"gradient checkpointing. Details: {text.splitlines()[0]}")
+                "to keep the effective batch), a smaller cutoff_len, gradient checkpointing, LoRA or QLoRA "
+                f"instead of full fine-tuning. Details: {first_line}")
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "no space left on device" in lowered:
+        where = f" while writing {exc.filename}" if isinstance(exc, OSError) and exc.filename else ""
+        return (f"Disk full{where}. Free space on the disk that holds the workspace, or keep fewer checkpoints "
+                "(save_total_limit) or save less often (save_steps); the last complete checkpoint is intact, so "
+                f"Resume continues from it. Details: {first_line}")
     return text
