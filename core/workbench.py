@@ -6,8 +6,10 @@ Tests drive it directly; `webui/` only turns its results into components.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,7 @@ class Workbench:
         self.jobs = JobManager(self.workspace)
         self.chat_engine = ChatEngine()
         self._tokenizers: dict[str, object] = {}
+        self._evaluations: set[threading.Event] = set()  # one stop event per evaluation in progress
 
     # ---- data -----------------------------------------------------------------------------------------------
     def dataset_choices(self) -> list[str]:
@@ -218,6 +221,21 @@ class Workbench:
     def adapter_choices(self) -> list[str]:
         return [run.name for run in self.runs() if run.adapter_dir is not None and run.state != "running"]
 
+    def base_model_choices(self) -> list[str]:
+        """What the train tab's model picker offers: the demo model, models recent runs used (newest first), and
+        model folders (with a config.json) in workspace/models/ and in the folders named by
+        GLM_WORKBENCH_MODEL_DIRS (separated like PATH). Any other path or hub id can still be typed."""
+        roots = [self.workspace / "models"] + [Path(p).expanduser() for p in
+                                               os.environ.get("GLM_WORKBENCH_MODEL_DIRS", "").split(os.pathsep) if p]
+        folders = [str(child) for root in roots if root.is_dir() for child in sorted(root.iterdir())
+                   if (child / "config.json").is_file()]
+        recent = [str(run.status.get("model") or "") for run in self.runs()]
+        choices: list[str] = []
+        for choice in [BASE_MODEL_CHOICE, *recent, *folders]:
+            if choice and choice not in choices:
+                choices.append(choice)
+        return choices
+
     def model_choices(self) -> list[str]:
         """The demo model plus every full fine-tuning run's model folder."""
         return [BASE_MODEL_CHOICE] + [run.name for run in self.runs() if run.model_dir is not None]
@@ -266,7 +284,19 @@ class Workbench:
         run = find_run(self.workspace, run_name)
         if run is None or (run.adapter_dir is None and run.model_dir is None):
             raise DataError(f"run '{run_name}' has no saved adapter or model to evaluate")
-        return evaluate_run(run.path, dataset, fmt, settings)
+        stop = threading.Event()
+        self._evaluations.add(stop)
+        try:
+            return evaluate_run(run.path, dataset, fmt, settings, stop_event=stop)
+        finally:
+            self._evaluations.discard(stop)
+
+    def abort_evaluation(self) -> bool:
+        """Stop every evaluation in progress (each keeps the samples scored so far); False if none was running."""
+        running = list(self._evaluations)
+        for stop in running:
+            stop.set()
+        return bool(running)
 
     # ---- export ---------------------------------------------------------------------------------------------
     def export_zip(self, run_name: str) -> str:

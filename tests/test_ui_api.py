@@ -215,3 +215,48 @@ def test_chat_tab_serves_an_openai_api(ui):
     reply = api.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
     assert reply.choices[0].message.role == "assistant"
     assert "stopped" in client.predict(False, "demo", port, "", api_name="/serve_api")
+
+
+def test_abort_during_evaluation_keeps_the_scored_samples(ui):
+    client, _ = ui
+    runs = client.predict(api_name="/refresh_runs")[0]
+    run = next(row[0] for row in runs["data"] if row[1] == "finished")
+    job = client.submit(run, "advertise_gen", 0, 512, False, 1.0, api_name="/evaluate")  # sampling: long answers
+    time.sleep(3)
+    assert client.predict(api_name="/abort_evaluation").startswith("⏹")
+    notice, metrics, predictions = job.result(timeout=120)
+    row = dict(zip(metrics["headers"], metrics["data"][0]))
+    assert notice.startswith("⏹ Evaluation aborted after") and row["samples"] < row["planned"]
+    assert len(predictions["data"]) == row["samples"]
+    assert client.predict(api_name="/abort_evaluation") == "No evaluation is running."
+
+
+def test_twenty_concurrent_chats_through_the_ui_queue_and_the_api(ui):
+    import openai
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.ui_server import free_port
+
+    client, _ = ui
+    questions = [f"第{n}个问题：你是谁？" for n in range(20)]
+    jobs = [client.submit(q, [], "demo", "", "", 0.7, 0.9, 24, True, api_name="/chat") for q in questions]
+    replies = [job.result(timeout=600) for job in jobs]
+    for question, (history, _, notice) in zip(questions, replies):
+        assert notice == "" and history[0]["content"][0]["text"] == question
+        assert history[-1]["role"] == "assistant" and history[-1]["content"][0]["text"]
+
+    port = free_port()
+    assert client.predict(True, "demo", port, "", api_name="/serve_api").startswith("✅")
+    api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=600)
+
+    def ask(question: str) -> str:
+        reply = api.chat.completions.create(model="demo", messages=[{"role": "user", "content": question}],
+                                            max_tokens=24, temperature=0)
+        return reply.choices[0].message.content
+
+    try:
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            answers = list(pool.map(ask, questions))
+    finally:
+        client.predict(False, "demo", port, "", api_name="/serve_api")
+    assert len(answers) == 20 and all(answers)

@@ -51,8 +51,8 @@ class LoadedAdapter:
     prefix: PrefixAdapter | None = None  # P-tuning v2: the prefix handed to generate
 
 
-class _Cancel:
-    """A stopping criterion that ends generation once the reader has gone away."""
+class StopOnEvent:
+    """A stopping criterion that ends generation once `event` is set (the reader went away, Abort)."""
 
     def __init__(self, event: threading.Event):
         self.event = event
@@ -167,7 +167,7 @@ class ChatEngine:
                         self.model.generate(**inputs, max_new_tokens=settings.max_new_tokens, streamer=streamer,
                                             eos_token_id=self.encoder.stop_token_ids,
                                             pad_token_id=self.tokenizer.pad_token_id,
-                                            stopping_criteria=StoppingCriteriaList([_Cancel(cancelled)]),
+                                            stopping_criteria=StoppingCriteriaList([StopOnEvent(cancelled)]),
                                             **settings.generate_kwargs())
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer below
                 errors.append(exc)

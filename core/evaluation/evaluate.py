@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.chat.engine import StopOnEvent
 from core.data.dataset import load_conversations
 from core.data.template import IGNORE_INDEX, TemplateEncoder
 from core.evaluation.metrics import average, score
@@ -40,6 +41,7 @@ class EvalResult:
 def evaluate_run(run_dir: str | Path, dataset: str, fmt: str = "auto", settings: EvalSettings | None = None,
                  stop_event: threading.Event | None = None) -> EvalResult:
     import torch
+    from transformers import StoppingCriteriaList
 
     settings = settings or EvalSettings()
     run_dir = Path(run_dir)
@@ -51,17 +53,17 @@ def evaluate_run(run_dir: str | Path, dataset: str, fmt: str = "auto", settings:
         conversations = conversations[:settings.max_samples]
     started = time.time()
     total_loss, total_tokens, scores, predictions = 0.0, 0, [], []
+    stop_criteria = StoppingCriteriaList([StopOnEvent(stop_event)] if stop_event is not None else [])
     for conversation in conversations:
         if stop_event is not None and stop_event.is_set():
             break
         ids, labels = encoder.encode(conversation, settings.cutoff_len)
         counted = sum(label != IGNORE_INDEX for label in labels[1:])  # the model predicts token t from t-1
+        sample_loss = 0.0
         if counted:
             with torch.inference_mode():
                 inputs = trained.forward_kwargs(torch.tensor([ids], device=model.device))
-                loss = model(**inputs, labels=torch.tensor([labels], device=model.device)).loss
-            total_loss += loss.item() * counted
-            total_tokens += counted
+                sample_loss = model(**inputs, labels=torch.tensor([labels], device=model.device)).loss.item()
         prompt_messages, label = conversation.messages[:-1], conversation.messages[-1]["content"]
         prompt_ids = torch.tensor([encoder.encode_prompt(prompt_messages, conversation.system)], device=model.device)
         sampling = {"do_sample": False} if settings.greedy else {
@@ -69,7 +71,11 @@ def evaluate_run(run_dir: str | Path, dataset: str, fmt: str = "auto", settings:
         with torch.inference_mode():
             output = model.generate(**trained.forward_kwargs(prompt_ids), max_new_tokens=settings.max_new_tokens,
                                     eos_token_id=encoder.stop_token_ids, pad_token_id=tokenizer.pad_token_id,
-                                    **sampling)
+                                    stopping_criteria=stop_criteria, **sampling)
+        if stop_event is not None and stop_event.is_set():
+            break  # this sample's answer was cut short by Abort: it is not counted
+        total_loss += sample_loss * counted
+        total_tokens += counted
         prediction = tokenizer.decode(output[0, prompt_ids.shape[1]:], skip_special_tokens=True).strip()
         scores.append(score(prediction, label))
         predictions.append({"prompt": prompt_messages[-1]["content"], "label": label, "prediction": prediction})
@@ -77,7 +83,7 @@ def evaluate_run(run_dir: str | Path, dataset: str, fmt: str = "auto", settings:
     metrics = {"eval_loss": round(eval_loss, 6), "perplexity": round(math.exp(min(eval_loss, 50)), 4),
                **{name: round(value, 4) for name, value in average(scores).items()},
                "samples": len(predictions), "dataset": str(dataset), "seconds": round(time.time() - started, 1),
-               "stopped_early": len(predictions) < len(conversations)}
+               "planned": len(conversations), "stopped_early": len(predictions) < len(conversations)}
     folder = run_dir / EVAL_DIR
     folder.mkdir(exist_ok=True)
     write_json_atomic(folder / "metrics.json", metrics)

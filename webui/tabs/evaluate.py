@@ -25,7 +25,9 @@ def create_evaluate_tab(ctx: UIContext) -> dict:
         max_new_tokens = gr.Slider(8, 1024, 128, step=8, label=t("max_new_tokens"))
         greedy = gr.Checkbox(True, label=t("greedy"))
         temperature = gr.Slider(0.05, 2, 0.7, step=0.05, label=t("temperature"))
-    start = gr.Button(t("eval_start"), variant="primary")
+    with gr.Row():
+        start = gr.Button(t("eval_start"), variant="primary")
+        abort = gr.Button(t("eval_abort"), variant="stop")
     notice = gr.Markdown()
     metrics = gr.Dataframe(label=t("eval_metrics"), interactive=False)
     predictions = gr.Dataframe(label=t("eval_predictions"), interactive=False, wrap=True, max_height=480)
@@ -38,7 +40,12 @@ def create_evaluate_tab(ctx: UIContext) -> dict:
         except (DataError, ModelError, ValueError, OSError) as exc:
             return ctx.error(exc), pd.DataFrame(), pd.DataFrame()
         shown = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        return "", pd.DataFrame([shown]), pd.DataFrame(result.predictions)
+        note = t("eval_stopped", done=result.metrics["samples"], total=result.metrics["planned"]) \
+            if result.metrics.get("stopped_early") else ""
+        return note, pd.DataFrame([shown]), pd.DataFrame(result.predictions)
+
+    def abort_evaluation():
+        return "⏹ " + t("eval_aborting") if ctx.wb.abort_evaluation() else t("eval_nothing_running")
 
     def refresh(current: str | None):
         runs = ctx.wb.runs_with_results()
@@ -47,4 +54,5 @@ def create_evaluate_tab(ctx: UIContext) -> dict:
 
     start.click(evaluate, [run, dataset, max_samples, max_new_tokens, greedy, temperature],
                 [notice, metrics, predictions], api_name="evaluate")
+    abort.click(abort_evaluation, None, notice, api_name="abort_evaluation")
     return {"refresh": (refresh, run, [run, dataset])}
