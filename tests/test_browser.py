@@ -171,10 +171,11 @@ def test_refresh_second_tab_and_closed_browser_during_training(browser, server):
     run = newest_run(workspace)
     expect(first.locator("#train-progress")).to_contain_text(t("state_running"), timeout=SLOW)
 
-    # A refresh shows the same run, still training, with its chart.
+    # A refresh shows the same run, still training, with its chart and its settings in the form.
     first.reload()
     open_tab(first, t("tab_train"))
     expect(first.locator("#train-progress")).to_contain_text(run)
+    expect(first.locator("#field-max_steps input")).to_have_value("5000")
     expect(first.locator("#train-progress")).to_contain_text(t("state_running"))
     first.wait_for_function("() => { const p = document.querySelector('#train-chart .js-plotly-plot');"
                             " return p && p.data && p.data[0].y && p.data[0].y.length >= 1; }", timeout=SLOW)

@@ -47,7 +47,7 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
         runs_tab.select(*runs["refresh"], api_name=False).then(*runs["compare"], api_name=False)
         train_tab.select(*train["refresh"], api_name=False)
         export_tab.select(*export["refresh"], api_name=False)
-        app.load(**data["preview"], api_name=False)
+        app.load(*train["restore"], api_name=False).then(**data["preview"], api_name=False)
         # The data tab renders a sample with the model and template chosen in the train tab.
         render_inputs = [data["dataset"], data["format"], train["fields"]["model_name_or_path"],
                          train["fields"]["template"], data["sample_index"]]

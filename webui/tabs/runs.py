@@ -10,10 +10,19 @@ from webui.charts import overlay_figure
 from webui.context import UIContext
 
 
+def runs_frame(ctx: UIContext) -> pd.DataFrame:
+    """The runs table in the page's language: translated headers and states (method names stay config keys)."""
+    t = ctx.t
+    rows = [{**row, "state": t(f"state_{row['state']}") if f"state_{row['state']}" in t.strings else row["state"]}
+            for row in ctx.wb.runs_table()]
+    frame = pd.DataFrame(rows)
+    return frame.rename(columns={c: t(f"runs_col_{c}") for c in frame.columns if f"runs_col_{c}" in t.strings})
+
+
 def create_runs_tab(ctx: UIContext) -> dict:
     t = ctx.t
     refresh_button = gr.Button(t("refresh"), size="sm")
-    table = gr.Dataframe(pd.DataFrame(ctx.wb.runs_table()), interactive=False, wrap=True, max_height=360)
+    table = gr.Dataframe(runs_frame(ctx), interactive=False, wrap=True, max_height=360)
     names = [run.name for run in ctx.wb.runs()]
     selected = gr.CheckboxGroup(names, value=names[:2], label=t("runs_select"))
     chart = gr.Plot(show_label=False)
@@ -31,9 +40,8 @@ def create_runs_tab(ctx: UIContext) -> dict:
             return gr.skip()
 
     def refresh():
-        rows = ctx.wb.runs_table()
-        current = [row["run"] for row in rows]
-        return (pd.DataFrame(rows), gr.update(choices=current, value=[c for c in current[:2]]),
+        current = [run.name for run in ctx.wb.runs()]
+        return (runs_frame(ctx), gr.update(choices=current, value=[c for c in current[:2]]),
                 gr.update(choices=current), gr.update(visible=False))
 
     def ask(name: str):

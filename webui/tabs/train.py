@@ -105,8 +105,9 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     dataset_note = gr.Markdown(t("train_dataset", dataset=d.dataset, format="auto"))
     fields: dict[str, gr.components.Component] = {}
     with gr.Row():
-        fields["model_name_or_path"] = gr.Textbox(d.model_name_or_path, label=t("model_label"), info=t("model_info"),
-                                                  scale=2)
+        fields["model_name_or_path"] = gr.Dropdown(ctx.wb.base_model_choices(), value=d.model_name_or_path,
+                                                   label=t("model_label"), info=t("model_info"),
+                                                   allow_custom_value=True, scale=2)
         fields["template"] = gr.Dropdown(["auto", *TEMPLATES], value=d.template, label=t("template_label"),
                                          info=t("template_info"), scale=1)
         fields["trust_remote_code"] = gr.Checkbox(d.trust_remote_code, label=t("trust_remote_code"),
@@ -295,10 +296,20 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         component.change(lambda ds, fmt: t("train_dataset", dataset=Path(ds or "").name, format=fmt),
                          [data["dataset"], data["format"]],
                          dataset_note, api_name=False)
-    def refresh_parents():
-        return gr.update(choices=[(t("continue_none"), "")] + [(r, r) for r in _finished_runs(ctx)])
+    def restore_running_form():
+        """After a refresh or in a new tab, the form shows the settings of the run that is training."""
+        running = ctx.wb.jobs.current.config if ctx.wb.jobs.running_run is not None else None
+        if running is None:
+            return [gr.skip()] * (len(keys) + 2)
+        values = running.to_dict()
+        return [values[k] for k in keys] + [running.dataset, running.dataset_format]
+
+    def refresh_choices():
+        return (gr.update(choices=[(t("continue_none"), "")] + [(r, r) for r in _finished_runs(ctx)]),
+                gr.update(choices=ctx.wb.base_model_choices()))
 
     return {"start": start, "abort": abort, "message": message, "status": status_json, "fields": fields,
-            "refresh": (refresh_parents, None, continue_from),
+            "refresh": (refresh_choices, None, [continue_from, fields["model_name_or_path"]]),
+            "restore": (restore_running_form, None, [fields[k] for k in keys] + [data["dataset"], data["format"]]),
             "estimate": dict(fn=show_estimate, inputs=form, outputs=estimate),
             "command": dict(fn=show_command, inputs=form, outputs=command)}
