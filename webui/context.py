@@ -15,4 +15,4 @@ class UIContext:
 
     def error(self, exc: Exception) -> str:
         """A user-facing error line for a Markdown component (never a traceback)."""
-        return f"❌ **{self.t('error')}:** {exc}"
+        return f"❌ **{self.t('error')}:** {self.t.message(str(exc))}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,6 +18,17 @@ def table(lang: str) -> dict[str, str]:
     return json.loads((LOCALE_DIR / f"{lang}.json").read_text(encoding="utf-8"))
 
 
+@lru_cache(maxsize=None)
+def message_patterns(lang: str) -> tuple[tuple[re.Pattern, str], ...]:
+    """The engine speaks English (CLI, logs, status files); locales/<lang>_messages.json turns its messages
+    into the page's language: [regular expression, replacement] pairs, applied in order."""
+    path = LOCALE_DIR / f"{lang}_messages.json"
+    if not path.is_file():
+        return ()
+    pairs = json.loads(path.read_text(encoding="utf-8"))["patterns"]
+    return tuple((re.compile(pattern, re.MULTILINE), replacement) for pattern, replacement in pairs)
+
+
 class Translator:
     """`t("key", name=value)` -> the string in this language, formatted."""
 
@@ -27,3 +39,9 @@ class Translator:
     def __call__(self, key: str, **values: object) -> str:
         text = self.strings[key]
         return text.format(**values) if values else text
+
+    def message(self, text: str) -> str:
+        """An engine message (an error, a row problem) in this language; file names and values are kept."""
+        for pattern, replacement in message_patterns(self.lang):
+            text = pattern.sub(replacement, text)
+        return text

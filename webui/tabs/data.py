@@ -62,7 +62,7 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
         try:
             used, pieces = ctx.wb.render_sample(name, format_name, model, template, int(number or 1) - 1)
         except Exception as exc:  # noqa: BLE001 - the preview above already names data problems
-            return "", f"<div class='gw-error'>{html.escape(str(exc))}</div>"
+            return "", f"<div class='gw-error'>{html.escape(t.message(str(exc)))}</div>"
         spans = "".join(f"<span class='{'gw-loss' if trains else 'gw-prompt'}'>{html.escape(text)}</span>"
                         for text, trains in pieces)
         return t("sample_legend", template=used), f"<pre class='gw-sample'>{spans}</pre>"
@@ -79,7 +79,7 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
         problems = loaded.result.problems
         if problems:
             text += "\n\n⚠️ " + t("data_problems", count=len(problems)) + "\n" + \
-                "\n".join(f"- {p}" for p in problems[:20])
+                "\n".join(f"- {t.message(p)}" for p in problems[:20])
         return text, rows_page(loaded.rows, page_number), page_number
 
     def on_upload(file_path: str | None, format_name: str):

@@ -13,8 +13,8 @@ from webui.context import UIContext
 def runs_frame(ctx: UIContext) -> pd.DataFrame:
     """The runs table in the page's language: translated headers and states (method names stay config keys)."""
     t = ctx.t
-    rows = [{**row, "state": t(f"state_{row['state']}") if f"state_{row['state']}" in t.strings else row["state"]}
-            for row in ctx.wb.runs_table()]
+    rows = [{**row, "state": t(f"state_{row['state']}") if f"state_{row['state']}" in t.strings else row["state"],
+             "error": t.message(row["error"])} for row in ctx.wb.runs_table()]
     frame = pd.DataFrame(rows)
     return frame.rename(columns={c: t(f"runs_col_{c}") for c in frame.columns if f"runs_col_{c}" in t.strings})
 
@@ -36,7 +36,7 @@ def create_runs_tab(ctx: UIContext) -> dict:
         try:
             return overlay_figure(ctx.wb.run_metrics(chosen or []), t)
         except DataError as exc:
-            gr.Warning(str(exc))
+            gr.Warning(t.message(str(exc)))
             return gr.skip()
 
     def refresh():

@@ -47,7 +47,7 @@ def progress_html(snapshot, t) -> str:
     text = t("progress_text", run=snapshot.name, state=t(f"state_{state}") if f"state_{state}" in t.strings else state,
              step=step, total=total or "?", percent=percent, elapsed=format_duration(status.get("elapsed")),
              eta=format_duration(eta))
-    error = f"<div class='gw-error'>❌ {html.escape(status['error'])}</div>" if status.get("error") else ""
+    error = f"<div class='gw-error'>❌ {html.escape(t.message(status['error']))}</div>" if status.get("error") else ""
     return (f"<div class='gw-progress'><div class='gw-bar gw-{state}' style='width:{percent}%'></div></div>"
             f"<div class='gw-progress-text'>{html.escape(text)}</div>{error}")
 
@@ -213,7 +213,7 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         try:
             result, device = ctx.wb.estimate(form_config(*values))
         except Exception as exc:  # noqa: BLE001 - an estimate must never break the form
-            return t("estimate_unavailable", reason=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return t("estimate_unavailable", reason=t.message(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__)
         parts = result.parts_gib()
         text = t("estimate_text", **parts, trainable=f"{result.trainable_params:,}", params=f"{result.total_params:,}")
         if device is None:
@@ -226,7 +226,7 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         try:
             return command_line(form_config(*values))
         except (ConfigError, DataError) as exc:
-            return f"# {exc}"
+            return f"# {t.message(str(exc))}"
 
     def save_config(*values):
         try:
