@@ -60,6 +60,7 @@ class RunConfig:
     # data
     dataset: str = "identity"
     dataset_format: str = "auto"
+    columns: str = ""  # column mapping for files named differently: "question=instruction, answer=output"
     eval_dataset: str = ""  # a separate validation file (instead of val_size)
     cutoff_len: int = 512
     val_size: float = 0.0  # a fraction of the data, or a whole number of samples, held out for validation
@@ -190,10 +191,15 @@ class RunConfig:
 
         check(self.template == "auto" or self.template in TEMPLATES, "template",
               f"must be auto or one of {', '.join(TEMPLATES)}")
-        from core.data.formats import FORMATS
+        from core.data.formats import FORMATS, parse_columns
+        from core.data.readers import DataError
 
         check(self.dataset_format == "auto" or self.dataset_format in FORMATS, "dataset_format",
               f"must be 'auto' or one of {', '.join(FORMATS)}")
+        try:
+            parse_columns(self.columns)
+        except DataError as exc:
+            found.append(f"columns: {exc}")
         return found
 
     def validate(self) -> "RunConfig":

@@ -19,7 +19,7 @@ from core.chat.engine import ChatEngine, GenerationSettings
 from core.config import RunConfig, load_yaml, save_yaml
 from core.data.dataset import LoadedData, load_conversations
 from core.data.template import IGNORE_INDEX, TemplateEncoder
-from core.models.loader import load_tokenizer, resolve_model_path
+from core.models.loader import check_model_reference, load_tokenizer, resolve_model_path
 from core.data.readers import DEMO_DATASETS, SUPPORTED_EXTENSIONS, DataError
 from core.estimate import MemoryEstimate, device_memory_bytes, estimate_for_run
 from core.evaluation.evaluate import EvalResult, EvalSettings, evaluate_run
@@ -79,20 +79,20 @@ class Workbench:
         if target.parent.resolve() == self.uploads.resolve():
             target.unlink(missing_ok=True)
 
-    def preview_dataset(self, dataset: str, fmt: str = "auto") -> LoadedData:
-        return load_conversations(dataset, fmt)
+    def preview_dataset(self, dataset: str, fmt: str = "auto", columns: str = "") -> LoadedData:
+        return load_conversations(dataset, fmt, columns)
 
-    def token_lengths(self, dataset: str, fmt: str, model: str, template: str) -> list[int]:
+    def token_lengths(self, dataset: str, fmt: str, model: str, template: str, columns: str = "") -> list[int]:
         """Tokens per sample in the chat template (before truncation), for the length histogram."""
-        conversations = load_conversations(dataset, fmt).conversations
+        conversations = load_conversations(dataset, fmt, columns).conversations
         encoder = TemplateEncoder(self._tokenizer(model), template)
         return [len(encoder.encode(conversation, 10**9)[0]) for conversation in conversations]
 
     def render_sample(self, dataset: str, fmt: str, model: str, template: str, index: int,
-                      cutoff_len: int = 10**9) -> tuple[str, list[tuple[str, bool]]]:
+                      cutoff_len: int = 10**9, columns: str = "") -> tuple[str, list[tuple[str, bool]]]:
         """One conversation as the model will see it: (template name, [(text, carries loss), ...]).
         Consecutive tokens with the same flag are decoded together, so multi-byte characters stay whole."""
-        conversations = load_conversations(dataset, fmt).conversations
+        conversations = load_conversations(dataset, fmt, columns).conversations
         conversation = conversations[min(max(index, 0), len(conversations) - 1)]
         tokenizer = self._tokenizer(model)
         encoder = TemplateEncoder(tokenizer, template)
@@ -114,10 +114,12 @@ class Workbench:
     # ---- training -------------------------------------------------------------------------------------------
     def start_training(self, config: RunConfig) -> str:
         """Start a run in the background; returns its name. Raises BusyError / ConfigError / DataError.
-        The dataset is read first, so a file that cannot be used is refused before a run folder exists."""
-        load_conversations(config.dataset, config.dataset_format)
+        The model reference and the dataset are checked first, so what cannot be used is refused before a run
+        folder exists."""
+        check_model_reference(config.model_name_or_path)
+        load_conversations(config.dataset, config.dataset_format, config.columns)
         if config.eval_dataset:
-            load_conversations(config.eval_dataset, config.dataset_format)
+            load_conversations(config.eval_dataset, config.dataset_format, config.columns)
         return self.jobs.start(config).name
 
     def resume_training(self, run_name: str) -> str:

@@ -110,7 +110,11 @@ def test_whole_flow_in_the_browser(browser, server, lang, tmp_path, demo_model_d
     open_accordion(page, t("gen_settings"))
     page.locator("#chat-greedy input").check()
     base_answer = ask(page, QUESTION)
-    pick(page, "chat-adapter", run)
+    open_tab(page, t("tab_runs"))  # the runs tab opens the run in chat: its adapter, a fresh conversation
+    pick(page, "runs-one", run)
+    page.locator("#runs-open-chat").click()
+    expect(page.locator("#chat-adapter input[role=combobox]")).to_have_value(run)
+    expect(page.locator("#chat-history [data-testid=bot]")).to_have_count(0)
     tuned_answer = ask(page, QUESTION)
     assert "小智" in tuned_answer and tuned_answer != base_answer
     assert "Xiaozhi" in ask(page, "Who are you?")  # multi-turn, same adapter

@@ -17,7 +17,6 @@ import transformers
 from transformers.trainer_utils import get_last_checkpoint
 
 from core.config import RunConfig
-from core.runs import read_status
 from core.training.runner import TrainingSession
 from tests.conftest import IDENTITY_FIRST_ANSWER
 from tests.ui_server import free_port

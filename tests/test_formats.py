@@ -64,3 +64,17 @@ def test_conversation_ending_with_user_is_rejected():
 def test_explicit_format_override_and_all_rows_bad():
     with pytest.raises(DataError, match="no usable rows for format 'chatglm'"):
         convert([{"instruction": "a", "output": "b"}], "chatglm")
+
+
+def test_column_mapping_renames_a_files_own_columns():
+    from core.data.formats import parse_columns, rename_columns
+
+    mapping = parse_columns("question=instruction，answer = output")  # a full-width comma too
+    assert mapping == {"question": "instruction", "answer": "output"}
+    rows = rename_columns([{"question": "q", "answer": "a", "output": "old"}], mapping)
+    assert rows == [{"instruction": "q", "output": "a"}]  # a mapped column replaces one already so named
+    assert convert(rows).format == "alpaca"
+    for bad, message in (("question", "write it as your_column=standard_column"),
+                         ("question=query", "'query' is not a column any format reads")):
+        with pytest.raises(DataError, match=message):
+            parse_columns(bad)

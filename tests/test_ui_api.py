@@ -89,7 +89,8 @@ def test_bad_uploads_show_a_specific_message_and_the_ui_keeps_working(ui, tmp_pa
     result = client.predict(gradio_client.handle_file(str(path)), "auto", api_name="/upload_dataset")
     summary = result[1]
     assert summary.startswith("❌") and message in summary
-    assert "value" not in result[0]  # the dataset choice stays where it was: a broken file is not selected
+    if case != "unknown columns":  # (those rows read fine: the file stays selected for a column mapping)
+        assert "value" not in result[0]  # the dataset choice stays where it was: a broken file is not selected
     assert "Traceback" not in summary
     # The UI still answers: a good dataset previews fine afterwards.
     assert "format **sharegpt**" in client.predict("multiturn", "auto", 1, api_name="/preview_dataset")[0]
@@ -115,12 +116,68 @@ def test_good_upload_is_selected_and_previewed(ui, tmp_path):
     assert table["data"][0][:2] == ["你好", "你好！"]
 
 
-def test_invalid_form_values_are_named(ui):
+def test_a_column_mapping_makes_a_differently_named_file_usable(ui, tmp_path):
+    client, workspace = ui
+    path = tmp_path / "qa.jsonl"
+    path.write_text('{"question": "你是谁？", "answer": "我是问答助手。"}\n{"question": "你好", "answer": "你好！"}\n',
+                    encoding="utf-8")
+    dataset, summary, *_ = client.predict(gradio_client.handle_file(str(path)), "auto", "", api_name="/upload_dataset")
+    assert summary.startswith("❌") and "column mapping such as question=instruction" in summary
+    uploaded = dataset["value"]  # kept and selected: the mapping can be applied without uploading again
+    mapping = "question=instruction, answer=output"
+    summary, table, _ = client.predict(uploaded, "auto", 1, mapping, api_name="/preview_dataset")
+    assert "format **alpaca**" in summary and "2 rows" in summary
+    assert table["headers"] == ["question", "answer"]  # the table shows the file as it is
+    wrong = client.predict(uploaded, "auto", 1, "question=prompt_text", api_name="/preview_dataset")[0]
+    assert wrong.startswith("❌") and "'prompt_text' is not a column any format reads" in wrong
+    started = client.predict(*train_form(client, Dataset=uploaded, Epochs=0, **{"Max steps": 2,
+                                                                              "Column mapping (optional)": mapping}),
+                             api_name="/start_training")
+    run = started.split("run ")[1].rstrip(".")
+    assert poll_until(client, ("finished", "failed"))["state"] == "finished"
+    assert f"columns: {mapping}" in (workspace / "runs" / run / "config.yaml").read_text(encoding="utf-8")
+
+
+def test_invalid_form_values_are_named(ui, tmp_path):
     client, _ = ui
-    message = client.predict(*train_form(client, **{"Learning rate": -1, "Epochs": 0}), api_name="/start_training")
+    message = client.predict(*train_form(client, **{"Learning rate": -1, "Epochs": 0, "Batch size": 0,
+                                                    "LoRA rank": 0, "Model": ""}),
+                             api_name="/start_training")
     assert message.startswith("❌")
-    assert "learning_rate: must be greater than 0" in message
-    assert "num_train_epochs: must be > 0 unless max_steps is set" in message
+    for expected in ("learning_rate: must be greater than 0", "num_train_epochs: must be > 0 unless max_steps is set",
+                     "per_device_train_batch_size: must be at least 1", "lora_rank: must be at least 1",
+                     "model_name_or_path: must name a model folder or 'demo'"):
+        assert expected in message
+    # The template picker only offers known templates; a YAML file can still name another.
+    yaml_file = tmp_path / "bad.yaml"
+    yaml_file.write_text("template: llama3\n", encoding="utf-8")
+    loaded = client.predict(gradio_client.handle_file(str(yaml_file)), api_name="/load_config")
+    assert loaded[-1].startswith("❌") and "template: must be auto or one of glm4, chatglm3, chatglm2" in loaded[-1]
+    missing = client.predict(*train_form(client, Model="/no/such/model"), api_name="/start_training")
+    assert missing.startswith("❌") and "/no/such/model: model folder not found" in missing
+    assert client.predict("", api_name="/poll")[3].get("state") != "running"  # nothing was started
+
+
+def test_data_beyond_cutoff_through_the_ui(ui, tmp_path):
+    """Every sample longer than cutoff_len: the run fails saying so; a 1 MB row trains, reported in the log."""
+    client, workspace = ui
+    client.predict(*train_form(client, Dataset="identity", **{"Cutoff length (tokens)": 8}), api_name="/start_training")
+    failed = poll_until(client, ("finished", "failed"))
+    assert failed["state"] == "failed"
+    assert "no sample keeps any answer token within cutoff_len=8: raise cutoff_len" in failed["error"]
+    assert "raise cutoff_len" in client.predict("", api_name="/poll")[0]  # shown in the progress, in plain words
+
+    rows = [{"instruction": "总结：" + "长" * 1_000_000, "output": "很长。"}, {"instruction": "你好", "output": "你好！"}]
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    dataset, summary, *_ = client.predict(gradio_client.handle_file(str(path)), "auto", api_name="/upload_dataset")
+    assert "2 rows" in summary and not summary.startswith("❌")
+    started = client.predict(*train_form(client, Dataset=dataset["value"], Epochs=0,
+                                         **{"Max steps": 2, "Cutoff length (tokens)": 64}), api_name="/start_training")
+    run = started.split("run ")[1].rstrip(".")
+    assert poll_until(client, ("finished", "failed"))["state"] == "finished"
+    log = (workspace / "runs" / run / "log.txt").read_text(encoding="utf-8")
+    assert "1 train / 0 eval samples" in log and "beyond cutoff_len=64" in log
 
 
 def poll_until(client, states, timeout=600):
@@ -260,3 +317,13 @@ def test_twenty_concurrent_chats_through_the_ui_queue_and_the_api(ui):
     finally:
         client.predict(False, "demo", port, "", api_name="/serve_api")
     assert len(answers) == 20 and all(answers)
+
+
+def test_repetition_penalty_reaches_generation(ui):
+    client, _ = ui
+
+    def reply(penalty: float) -> str:
+        history = client.predict("你好", [], "demo", "", "", 0.7, 0.9, 48, True, penalty, api_name="/chat")[0]
+        return history[-1]["content"][0]["text"]
+
+    assert reply(1.0) == reply(1.0) != reply(1.8)  # greedy: the same text twice, another with the penalty

@@ -29,18 +29,34 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
             gr.HTML(f'<a href="../{t("other_lang_code")}/" id="switch-language">🌐 {t("other_lang_name")}</a>',
                     elem_id="language")
         gr.Markdown(f"> {t('demo_model_note')}")
-        with gr.Tab(t("tab_data")):
-            data = create_data_tab(ctx)
-        with gr.Tab(t("tab_train")) as train_tab:
-            train = create_train_tab(ctx, data)
-        with gr.Tab(t("tab_runs")) as runs_tab:
-            runs = create_runs_tab(ctx)
-        with gr.Tab(t("tab_evaluate")) as evaluate_tab:
-            evaluate = create_evaluate_tab(ctx)
-        with gr.Tab(t("tab_chat")) as chat_tab:
-            chat = create_chat_tab(ctx)
-        with gr.Tab(t("tab_export")) as export_tab:
-            export = create_export_tab(ctx)
+        with gr.Tabs() as tabs:
+            with gr.Tab(t("tab_data"), id="data"):
+                data = create_data_tab(ctx)
+            with gr.Tab(t("tab_train"), id="train") as train_tab:
+                train = create_train_tab(ctx, data)
+            with gr.Tab(t("tab_runs"), id="runs") as runs_tab:
+                runs = create_runs_tab(ctx)
+            with gr.Tab(t("tab_evaluate"), id="evaluate") as evaluate_tab:
+                evaluate = create_evaluate_tab(ctx)
+            with gr.Tab(t("tab_chat"), id="chat") as chat_tab:
+                chat = create_chat_tab(ctx)
+            with gr.Tab(t("tab_export"), id="export") as export_tab:
+                export = create_export_tab(ctx)
+
+        def open_in_chat(run: str | None):
+            """A run's adapter goes to the adapter picker, a full fine-tuning run's model to the model picker, and
+            the conversation starts afresh (old answers came from other weights)."""
+            if not run:
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            if run in workbench.adapter_choices():
+                return gr.Tabs(selected="chat"), gr.update(value="demo"), gr.update(value=run), []
+            return gr.Tabs(selected="chat"), gr.update(value=run), gr.update(value=""), []
+
+        runs["open_chat"].click(open_in_chat, runs["run"], [tabs, chat["model"], chat["adapter"], chat["chatbot"]],
+                                api_name="open_in_chat")
+        runs["open_eval"].click(lambda run: (gr.Tabs(selected="evaluate"), gr.update(value=run)) if run else
+                                (gr.skip(), gr.skip()), runs["run"], [tabs, evaluate["run"]],
+                                api_name="open_in_evaluate")
         # Lists of runs go stale while training: refresh them whenever their tab is opened.
         chat_tab.select(*chat["refresh"], api_name=False)
         evaluate_tab.select(*evaluate["refresh"], api_name=False)
@@ -50,11 +66,11 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
         app.load(*train["restore"], api_name=False).then(**data["preview"], api_name=False)
         # The data tab renders a sample with the model and template chosen in the train tab.
         render_inputs = [data["dataset"], data["format"], train["fields"]["model_name_or_path"],
-                         train["fields"]["template"], data["sample_index"]]
+                         train["fields"]["template"], data["sample_index"], data["columns"]]
         for trigger in render_inputs:
             trigger.change(data["render"], render_inputs, data["rendered"], api_name=False, show_progress="hidden")
         app.load(data["render"], render_inputs, data["rendered"], api_name="render_sample")
-        length_inputs = render_inputs[:4] + [train["fields"]["cutoff_len"]]
+        length_inputs = render_inputs[:4] + [train["fields"]["cutoff_len"], data["columns"]]
         for trigger in length_inputs:
             trigger.change(data["lengths"], length_inputs, data["histogram"], api_name=False, show_progress="hidden")
         app.load(data["lengths"], length_inputs, data["histogram"], api_name="token_lengths")

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.data.formats import Conversation, ConversionResult, convert
+from core.data.formats import Conversation, ConversionResult, convert, parse_columns, rename_columns
 from core.data.readers import DataError, read_rows, resolve_dataset
 from core.data.template import IGNORE_INDEX, TemplateEncoder
 
@@ -28,13 +28,14 @@ class LoadedData:
         return self.result.conversations
 
 
-def load_conversations(name_or_path: str, fmt: str = "auto") -> LoadedData:
+def load_conversations(name_or_path: str, fmt: str = "auto", columns: str = "") -> LoadedData:
+    """Read, map columns (`columns`: 'your_column=standard_column, ...'), detect or apply the format, convert."""
     path = resolve_dataset(name_or_path)
     rows = read_rows(path)
     try:
-        result = convert(rows, fmt)
+        result = convert(rename_columns(rows, parse_columns(columns)), fmt)
     except DataError as exc:
-        raise DataError(str(exc), path) from None
+        raise type(exc)(str(exc), path) from None  # the same kind of error, now naming the file
     return LoadedData(str(path), rows, result)
 
 
@@ -52,9 +53,9 @@ class TokenizedData:
 
 
 def tokenize_dataset(name_or_path: str, tokenizer, template: str, cutoff_len: int, fmt: str = "auto",
-                     val_size: float = 0.0, max_samples: int = 0, seed: int = 42) -> TokenizedData:
+                     val_size: float = 0.0, max_samples: int = 0, seed: int = 42, columns: str = "") -> TokenizedData:
     """Tokenize with loss masks; split off a validation set; drop samples that keep no answer token."""
-    loaded = load_conversations(name_or_path, fmt)
+    loaded = load_conversations(name_or_path, fmt, columns)
     conversations = loaded.conversations[:max_samples] if max_samples else loaded.conversations
     data = tokenize_conversations(conversations, tokenizer, template, cutoff_len, val_size, seed, loaded.path)
     data.format, data.problems = loaded.format, list(loaded.result.problems) + data.problems

@@ -26,6 +26,10 @@ class ConversionResult:
     problems: list[str] = field(default_factory=list)  # "row 7: ..." for each skipped row
 
 
+class UnknownColumnsError(DataError):
+    """No format matches the file's columns: a column mapping can fix it without editing the file."""
+
+
 class RowError(ValueError):
     """One row cannot be converted; the message says why."""
 
@@ -40,6 +44,34 @@ FORMAT_KEYS: dict[str, tuple[str, ...]] = {
 }
 FORMATS = tuple(FORMAT_KEYS)
 
+# Every column name a format reads: what a column mapping may rename a file's own columns to.
+STANDARD_COLUMNS = ("instruction", "input", "output", "system", "history", "conversations", "messages", "content",
+                    "summary", "prompt", "response")
+
+
+def parse_columns(text: str) -> dict[str, str]:
+    """'question=instruction, answer=output' -> {'question': 'instruction', 'answer': 'output'}: the file's own
+    column names mapped onto a format's, for files whose columns are named differently."""
+    mapping: dict[str, str] = {}
+    for pair in filter(None, (part.strip() for part in (text or "").replace("，", ",").split(","))):
+        source, sep, target = (item.strip() for item in pair.partition("="))
+        if not sep or not source or not target:
+            raise DataError(f"column mapping '{pair}': write it as your_column=standard_column")
+        if target not in STANDARD_COLUMNS:
+            raise DataError(f"column mapping '{pair}': '{target}' is not a column any format reads; "
+                            f"use one of {', '.join(STANDARD_COLUMNS)}")
+        mapping[source] = target
+    return mapping
+
+
+def rename_columns(rows: list[dict[str, Any]], mapping: dict[str, str]) -> list[dict[str, Any]]:
+    """Rows with the mapped columns renamed (a mapped name replaces a column already called that)."""
+    if not mapping:
+        return rows
+    return [{mapping.get(key, key): value for key, value in row.items() if key not in mapping.values()
+             or key in mapping} for row in rows]
+
+
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "model": "assistant", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
                   "system": "system"}
@@ -53,7 +85,8 @@ def detect_format(rows: list[dict[str, Any]]) -> str:
             return name
     expected = "; ".join(f"{name}: {', '.join(req)}" for name, req in FORMAT_KEYS.items())
     found = ", ".join(sorted(map(str, keys))) or "(none)"
-    raise DataError(f"unknown columns: {found}. Expected one of these column sets — {expected}", row=1)
+    raise UnknownColumnsError(f"unknown columns: {found}. Expected one of these column sets — {expected} — or map "
+                              "yours with a column mapping such as question=instruction, answer=output", row=1)
 
 
 def convert(rows: list[dict[str, Any]], fmt: str = "auto") -> ConversionResult:

@@ -49,6 +49,22 @@ def resolve_model_path(name_or_path: str, trust_remote_code: bool = False) -> st
     return name_or_path
 
 
+def check_model_reference(name_or_path: str) -> None:
+    """Refuse, before a run starts, a model that cannot be found: a missing folder, a file, a folder without
+    config.json. Cheap (no conversion, no download): hub ids pass and are checked when they load."""
+    name_or_path = (name_or_path or "").strip()
+    if name_or_path in ("", DEMO_NAME):
+        return
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path}: no config.json in this folder: is it a model folder?")
+    elif path.exists():
+        raise ModelError(f"{path}: a model must be a folder, not a file")
+    elif not (name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~"))):
+        raise ModelError(f"{name_or_path}: model folder not found")
+
+
 def pick_device() -> str:
     import torch
 

@@ -157,7 +157,7 @@ class TrainingSession:
                              "use sequence (the teacher writes the answers)")
         tokenizer = student_tokenizer or teacher_tokenizer
         tokenizer.padding_side = "right"
-        conversations = load_conversations(config.dataset, config.dataset_format).conversations
+        conversations = load_conversations(config.dataset, config.dataset_format, config.columns).conversations
         if config.max_samples:
             conversations = conversations[:config.max_samples]
         if mode == "sequence":
@@ -184,15 +184,15 @@ class TrainingSession:
         tokenizer = load_tokenizer(model_path, config.trust_remote_code)
         tokenizer.padding_side = "right"  # positions must start at 0 for every training sample
         template = resolve_template(config.template, tokenizer)
-        data = tokenize_dataset(config.dataset, tokenizer, template, config.cutoff_len,
-                                config.dataset_format, config.val_size, config.max_samples, config.seed)
+        data = tokenize_dataset(config.dataset, tokenizer, template, config.cutoff_len, config.dataset_format,
+                                config.val_size, config.max_samples, config.seed, config.columns)
         log.info("data: format %s, template %s, %d train / %d eval samples, %d truncated at cutoff_len=%d",
                  data.format, template, len(data.train), len(data.eval), data.truncated, config.cutoff_len)
         for problem in data.problems[:20]:
             log.warning("skipped %s", problem)
         if config.eval_dataset:
             data.eval = tokenize_dataset(config.eval_dataset, tokenizer, template, config.cutoff_len,
-                                         config.dataset_format).train
+                                         config.dataset_format, columns=config.columns).train
             log.info("validation: %d samples from %s", len(data.eval), config.eval_dataset)
         device = pick_device()
         # Weights that train are kept in fp32 (mixed precision autocasts); frozen bases load in the GPU's dtype.

@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from core.data.formats import FORMATS
+from core.data.formats import FORMATS, UnknownColumnsError
 from core.data.readers import DataError
 from webui.charts import length_histogram
 from webui.context import UIContext
@@ -47,6 +47,8 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
                               info=t("dataset_info"), allow_custom_value=True, scale=3, elem_id="data-dataset")
         fmt = gr.Dropdown(["auto", *FORMATS], value="auto", label=t("format_label"), info=t("format_info"), scale=1)
         page = gr.Number(1, label=t("page_label"), minimum=1, precision=0, scale=1)
+    columns = gr.Textbox("", label=t("columns_label"), info=t("columns_info"),
+                         placeholder="question=instruction, answer=output", elem_id="data-columns")
     # No file_types filter: our own check names the file and the supported types in the page, not a toast.
     upload = gr.File(label=t("upload_label"), type="filepath", height=120, elem_id="data-upload")
     summary = gr.Markdown(elem_id="data-summary")
@@ -57,19 +59,20 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
         legend = gr.Markdown()
         rendered = gr.HTML(elem_id="data-sample")
 
-    def render(name: str, format_name: str, model: str, template: str, number: float):
+    def render(name: str, format_name: str, model: str, template: str, number: float, mapping: str = ""):
         """The sample in the chat template, loss-bearing text highlighted."""
         try:
-            used, pieces = ctx.wb.render_sample(name, format_name, model, template, int(number or 1) - 1)
+            used, pieces = ctx.wb.render_sample(name, format_name, model, template, int(number or 1) - 1,
+                                                columns=mapping)
         except Exception as exc:  # noqa: BLE001 - the preview above already names data problems
             return "", f"<div class='gw-error'>{html.escape(t.message(str(exc)))}</div>"
         spans = "".join(f"<span class='{'gw-loss' if trains else 'gw-prompt'}'>{html.escape(text)}</span>"
                         for text, trains in pieces)
         return t("sample_legend", template=used), f"<pre class='gw-sample'>{spans}</pre>"
 
-    def preview(name: str, format_name: str, page_number: float):
+    def preview(name: str, format_name: str, page_number: float, mapping: str = ""):
         try:
-            loaded = ctx.wb.preview_dataset(name, format_name)
+            loaded = ctx.wb.preview_dataset(name, format_name, mapping)
         except USER_ERRORS as exc:
             return ctx.error(exc), pd.DataFrame(), gr.update()
         pages = max(1, math.ceil(len(loaded.rows) / PAGE_SIZE))
@@ -82,33 +85,39 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
                 "\n".join(f"- {t.message(p)}" for p in problems[:20])
         return text, rows_page(loaded.rows, page_number), page_number
 
-    def on_upload(file_path: str | None, format_name: str):
+    def on_upload(file_path: str | None, format_name: str, mapping: str = ""):
         """Keep the file in the workspace, select it, and show its preview (or what is wrong with it)."""
         if not file_path:
             return gr.update(), gr.update(), gr.update(), gr.update()
         saved = None
         try:
             saved = ctx.wb.save_upload(file_path)
-            ctx.wb.preview_dataset(saved, format_name)
+            ctx.wb.preview_dataset(saved, format_name, mapping)
+        except UnknownColumnsError as exc:
+            # The rows read fine: keep the file selected so a column mapping can be typed in and applied.
+            return gr.update(choices=dataset_options(ctx), value=saved), ctx.error(exc), pd.DataFrame(), gr.update()
         except USER_ERRORS as exc:
             if saved:
                 ctx.wb.discard_upload(saved)  # a file that cannot be used must not become the selected dataset
             return gr.update(), ctx.error(exc), pd.DataFrame(), gr.update()
-        return gr.update(choices=dataset_options(ctx), value=saved), *preview(saved, format_name, 1)
+        return gr.update(choices=dataset_options(ctx), value=saved), *preview(saved, format_name, 1, mapping)
 
     # `.input` fires on the user's own changes only, so an upload that selects its file does not preview twice.
-    preview_io = dict(fn=preview, inputs=[dataset, fmt, page], outputs=[summary, table, page])
+    preview_io = dict(fn=preview, inputs=[dataset, fmt, page, columns], outputs=[summary, table, page])
     dataset.input(**preview_io, api_name="preview_dataset")
     fmt.input(**preview_io, api_name=False)
     page.submit(**preview_io, api_name=False)
-    upload.upload(on_upload, inputs=[upload, fmt], outputs=[dataset, summary, table, page], api_name="upload_dataset")
-    def lengths(name: str, format_name: str, model: str, template: str, cutoff_len: float):
+    columns.submit(**preview_io, api_name=False)
+    columns.blur(**preview_io, api_name=False)
+    upload.upload(on_upload, inputs=[upload, fmt, columns], outputs=[dataset, summary, table, page],
+                  api_name="upload_dataset")
+    def lengths(name: str, format_name: str, model: str, template: str, cutoff_len: float, mapping: str = ""):
         try:
-            counts = ctx.wb.token_lengths(name, format_name, model, template)
+            counts = ctx.wb.token_lengths(name, format_name, model, template, mapping)
         except Exception:  # noqa: BLE001 - the preview above already names data problems
             return gr.skip()
         return length_histogram(counts, int(cutoff_len or 0), t)
 
-    return {"dataset": dataset, "format": fmt, "summary": summary, "table": table, "preview": preview_io,
+    return {"dataset": dataset, "format": fmt, "columns": columns, "summary": summary, "table": table, "preview": preview_io,
             "lengths": lengths, "histogram": histogram,
             "render": render, "sample_index": sample_index, "rendered": [legend, rendered]}

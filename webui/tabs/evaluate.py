@@ -55,4 +55,4 @@ def create_evaluate_tab(ctx: UIContext) -> dict:
     start.click(evaluate, [run, dataset, max_samples, max_new_tokens, greedy, temperature],
                 [notice, metrics, predictions], api_name="evaluate")
     abort.click(abort_evaluation, None, notice, api_name="abort_evaluation")
-    return {"refresh": (refresh, run, [run, dataset])}
+    return {"refresh": (refresh, run, [run, dataset]), "run": run}

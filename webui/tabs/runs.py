@@ -27,7 +27,10 @@ def create_runs_tab(ctx: UIContext) -> dict:
     selected = gr.CheckboxGroup(names, value=names[:2], label=t("runs_select"))
     chart = gr.Plot(show_label=False)
     with gr.Row():
-        victim = gr.Dropdown(names, label=t("runs_delete"), allow_custom_value=True, scale=3)
+        victim = gr.Dropdown(names, value=names[0] if names else None, label=t("runs_one"), allow_custom_value=True,
+                             scale=3, elem_id="runs-one")
+        open_chat = gr.Button(t("runs_open_chat"), scale=1, elem_id="runs-open-chat")
+        open_eval = gr.Button(t("runs_open_eval"), scale=1, elem_id="runs-open-eval")
         delete = gr.Button(t("runs_delete"), variant="stop", scale=1)
         confirm = gr.Button(t("runs_delete_confirm"), variant="stop", visible=False, scale=1)
     notice = gr.Markdown()
@@ -42,7 +45,7 @@ def create_runs_tab(ctx: UIContext) -> dict:
     def refresh():
         current = [run.name for run in ctx.wb.runs()]
         return (runs_frame(ctx), gr.update(choices=current, value=[c for c in current[:2]]),
-                gr.update(choices=current), gr.update(visible=False))
+                gr.update(choices=current, value=current[0] if current else None), gr.update(visible=False))
 
     def ask(name: str):
         if not name:
@@ -60,5 +63,6 @@ def create_runs_tab(ctx: UIContext) -> dict:
     selected.change(compare, selected, chart, api_name="compare_runs")
     delete.click(ask, victim, [confirm, notice], api_name=False)
     confirm.click(remove, victim, [table, selected, victim, confirm, notice], api_name="delete_run")
-    return {"refresh": (refresh, None, [table, selected, victim, confirm]),
+    return {"refresh": (refresh, None, [table, selected, victim, confirm]), "run": victim, "open_chat": open_chat,
+            "open_eval": open_eval,
             "compare": (compare, selected, chart)}

@@ -1,6 +1,7 @@
 """Train tab: the form for one run, Start/Abort, and a live view (progress, loss chart, log) of the job.
 
-Every form field is named after its RunConfig key, so the form, the YAML file and the CLI stay one thing.
+Every form field is named after its RunConfig key, so the form, the YAML file and the CLI stay one thing. The
+fields carry no min/max of their own: RunConfig validation names the key and the bad value, in the page's language.
 The live view is driven by a timer that reads the run folder, so it shows the same thing after a page
 refresh, in a second browser tab, or after the browser was closed while training went on.
 """
@@ -16,6 +17,7 @@ from core.config import (COMPUTE_DTYPES, DISTILL_MODES, FINETUNING_TYPES, LR_SCH
                          QUANTIZATION_TYPES, ConfigError, RunConfig, command_line, load_yaml_with_notes)
 from core.data.readers import DataError
 from core.data.template import TEMPLATES
+from core.models.loader import ModelError
 from core.training.job import BusyError
 from core.workbench import format_duration
 from webui.charts import loss_figure
@@ -61,9 +63,9 @@ def create_method_fields(t, d: RunConfig) -> tuple[dict, dict]:
     fields: dict[str, gr.components.Component] = {}
     with gr.Group(visible=d.finetuning_type in LORA_METHODS) as lora_group:
         with gr.Row():
-            fields["lora_rank"] = gr.Number(d.lora_rank, label=t("lora_rank"), precision=0, minimum=1)
-            fields["lora_alpha"] = gr.Number(d.lora_alpha, label=t("lora_alpha"), precision=0, minimum=1)
-            fields["lora_dropout"] = gr.Number(d.lora_dropout, label=t("lora_dropout"), minimum=0, maximum=0.9)
+            fields["lora_rank"] = gr.Number(d.lora_rank, label=t("lora_rank"), precision=0)
+            fields["lora_alpha"] = gr.Number(d.lora_alpha, label=t("lora_alpha"), precision=0)
+            fields["lora_dropout"] = gr.Number(d.lora_dropout, label=t("lora_dropout"))
             fields["lora_target"] = gr.Textbox(d.lora_target, label=t("lora_target"), info=t("lora_target_info"))
             fields["use_dora"] = gr.Checkbox(d.use_dora, label=t("use_dora"))
             fields["use_rslora"] = gr.Checkbox(d.use_rslora, label=t("use_rslora"))
@@ -84,15 +86,15 @@ def create_method_fields(t, d: RunConfig) -> tuple[dict, dict]:
                                                         info=t("freeze_extra_modules_info"))
     with gr.Group(visible=d.finetuning_type == "ptuning_v2") as ptuning_group:
         with gr.Row():
-            fields["pre_seq_len"] = gr.Number(d.pre_seq_len, precision=0, minimum=1, label=t("pre_seq_len"))
+            fields["pre_seq_len"] = gr.Number(d.pre_seq_len, precision=0, label=t("pre_seq_len"))
             fields["prefix_projection"] = gr.Checkbox(d.prefix_projection, label=t("prefix_projection"))
     with gr.Group(visible=d.finetuning_type == "distill") as distill_group:
         with gr.Row():
             fields["teacher_adapter"] = gr.Textbox(d.teacher_adapter, label=t("teacher_adapter"),
                                                    info=t("teacher_adapter_info"))
             fields["student_model"] = gr.Textbox(d.student_model, label=t("student_model"), info=t("student_model_info"))
-            fields["distill_alpha"] = gr.Number(d.distill_alpha, label=t("distill_alpha"), minimum=0, maximum=1)
-            fields["distill_temperature"] = gr.Number(d.distill_temperature, label=t("distill_temperature"), minimum=0.1)
+            fields["distill_alpha"] = gr.Number(d.distill_alpha, label=t("distill_alpha"))
+            fields["distill_temperature"] = gr.Number(d.distill_temperature, label=t("distill_temperature"))
             fields["distill_mode"] = gr.Radio(list(DISTILL_MODES), value=d.distill_mode, label=t("distill_mode"),
                                               info=t("distill_mode_info"))
     groups = {"lora": lora_group, "qlora": quant_group, "freeze": freeze_group, "ptuning_v2": ptuning_group,
@@ -118,21 +120,21 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     fields.update(method_fields)
     with gr.Row():
         fields["learning_rate"] = gr.Number(d.learning_rate, label=t("learning_rate"), info=t("learning_rate_info"))
-        fields["num_train_epochs"] = gr.Number(d.num_train_epochs, label=t("epochs"), minimum=0)
+        fields["num_train_epochs"] = gr.Number(d.num_train_epochs, label=t("epochs"))
         fields["max_steps"] = gr.Number(d.max_steps, label=t("max_steps"), info=t("max_steps_info"), precision=0)
     with gr.Row():
         fields["per_device_train_batch_size"] = gr.Number(d.per_device_train_batch_size, label=t("batch_size"),
-                                                          precision=0, minimum=1)
+                                                          precision=0)
         fields["gradient_accumulation_steps"] = gr.Number(d.gradient_accumulation_steps, label=t("grad_accum"),
-                                                          precision=0, minimum=1)
-        fields["cutoff_len"] = gr.Number(d.cutoff_len, label=t("cutoff_len"), precision=0, minimum=8)
+                                                          precision=0)
+        fields["cutoff_len"] = gr.Number(d.cutoff_len, label=t("cutoff_len"), precision=0)
         fields["gradient_checkpointing"] = gr.Checkbox(d.gradient_checkpointing, label=t("gradient_checkpointing"))
     with gr.Accordion(t("advanced"), open=False):
         with gr.Row():
-            fields["val_size"] = gr.Number(d.val_size, label=t("val_size"), info=t("val_size_info"), minimum=0)
+            fields["val_size"] = gr.Number(d.val_size, label=t("val_size"), info=t("val_size_info"))
             fields["eval_steps"] = gr.Number(d.eval_steps, label=t("eval_steps"), info=t("eval_steps_info"),
-                                             precision=0, minimum=0)
-            fields["early_stopping_patience"] = gr.Number(d.early_stopping_patience, precision=0, minimum=0,
+                                             precision=0)
+            fields["early_stopping_patience"] = gr.Number(d.early_stopping_patience, precision=0,
                                                           label=t("early_stopping_patience"),
                                                           info=t("early_stopping_patience_info"))
             fields["packing"] = gr.Checkbox(d.packing, label=t("packing"), info=t("packing_info"))
@@ -145,18 +147,17 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         with gr.Row():
             fields["lr_scheduler_type"] = gr.Dropdown(list(LR_SCHEDULERS), value=d.lr_scheduler_type,
                                                       label=t("lr_scheduler_type"))
-            fields["warmup_ratio"] = gr.Number(d.warmup_ratio, label=t("warmup_ratio"), minimum=0, maximum=0.99)
-            fields["weight_decay"] = gr.Number(d.weight_decay, label=t("weight_decay"), minimum=0)
-            fields["max_grad_norm"] = gr.Number(d.max_grad_norm, label=t("max_grad_norm"), minimum=0)
+            fields["warmup_ratio"] = gr.Number(d.warmup_ratio, label=t("warmup_ratio"))
+            fields["weight_decay"] = gr.Number(d.weight_decay, label=t("weight_decay"))
+            fields["max_grad_norm"] = gr.Number(d.max_grad_norm, label=t("max_grad_norm"))
         with gr.Row():
             fields["save_steps"] = gr.Number(d.save_steps, label=t("save_steps"), info=t("save_steps_info"),
-                                             precision=0, minimum=0)
-            fields["save_total_limit"] = gr.Number(d.save_total_limit, label=t("save_total_limit"), precision=0,
-                                                   minimum=1)
-            fields["neftune_noise_alpha"] = gr.Number(d.neftune_noise_alpha, label=t("neftune_noise_alpha"), minimum=0)
+                                             precision=0)
+            fields["save_total_limit"] = gr.Number(d.save_total_limit, label=t("save_total_limit"), precision=0)
+            fields["neftune_noise_alpha"] = gr.Number(d.neftune_noise_alpha, label=t("neftune_noise_alpha"))
             fields["seed"] = gr.Number(d.seed, label=t("seed"), precision=0)
             fields["nproc_per_node"] = gr.Number(d.nproc_per_node, label=t("nproc_per_node"),
-                                                 info=t("nproc_per_node_info"), precision=0, minimum=1)
+                                                 info=t("nproc_per_node_info"), precision=0)
     continue_from = gr.Dropdown([(t("continue_none"), "")] + [(r, r) for r in _finished_runs(ctx)], value="",
                                 label=t("continue_from"), info=t("continue_from_info"), allow_custom_value=True)
     estimate = gr.Markdown()
@@ -183,11 +184,12 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     keys = list(fields)
     for key, component in fields.items():
         component.elem_id = f"field-{key}"  # stable handles for browser tests, whatever the language
-    form = [fields[k] for k in keys] + [data["dataset"], data["format"], continue_from]
+    form = [fields[k] for k in keys] + [data["dataset"], data["format"], data["columns"], continue_from]
 
     def form_config(*values) -> RunConfig:
-        *own, dataset, fmt, parent = values
-        config = DEMO_DEFAULTS.replace(**dict(zip(keys, own)), dataset=dataset, dataset_format=fmt)
+        *own, dataset, fmt, columns, parent = values
+        config = DEMO_DEFAULTS.replace(**dict(zip(keys, own)), dataset=dataset, dataset_format=fmt,
+                                       columns=columns or "")
         return ctx.wb.continued_config(parent, config) if parent else config
 
     def start_training(*values):
@@ -195,7 +197,7 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
             run = ctx.wb.start_training(form_config(*values).validate())
         except BusyError as exc:
             return "⏳ " + t("busy", run=exc.run)
-        except (ConfigError, DataError) as exc:
+        except (ConfigError, DataError, ModelError) as exc:
             return ctx.error(exc)
         return "✅ " + t("started", run=run)
 
@@ -213,7 +215,8 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         try:
             result, device = ctx.wb.estimate(form_config(*values))
         except Exception as exc:  # noqa: BLE001 - an estimate must never break the form
-            return t("estimate_unavailable", reason=t.message(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__)
+            reason = t.message(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
+            return t("estimate_unavailable", reason=reason)
         parts = result.parts_gib()
         text = t("estimate_text", **parts, trainable=f"{result.trainable_params:,}", params=f"{result.total_params:,}")
         if device is None:
@@ -238,11 +241,12 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         """Fill the form from a YAML file (ours or LLaMA-Factory's); notes say what was ignored."""
         try:
             config, notes = load_yaml_with_notes(file_path)
+            config.validate()  # a value the form cannot show (an unknown template, say) is named, not loaded
         except ConfigError as exc:
-            return [gr.skip()] * (len(keys) + 2) + [ctx.error(exc)]
+            return [gr.skip()] * (len(keys) + 3) + [ctx.error(exc)]
         values = config.to_dict()
         text = "✅ " + t("yaml_loaded", file=Path(file_path).name) + "".join(f"\n\n⚠️ {n}" for n in notes)
-        return [values[k] for k in keys] + [config.dataset, config.dataset_format, text]
+        return [values[k] for k in keys] + [config.dataset, config.dataset_format, config.columns, text]
 
     def abort_training():
         running = ctx.wb.jobs.running_run
@@ -265,7 +269,8 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     def buttons_for(state: str | None):
         """Abort and Resume are clickable only when they have something to act on. Start stays clickable: from a
         second tab it answers 'busy' with the running run's name."""
-        return gr.update(interactive=state in ("queued", "running")), gr.update(interactive=state in ("aborted", "failed"))
+        return (gr.update(interactive=state in ("queued", "running")),
+                gr.update(interactive=state in ("aborted", "failed")))
 
     def method_changed(method: str, model: str):
         """Show only the chosen method's fields, and suggest a learning rate that suits it."""
@@ -285,7 +290,7 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         component.change(form_changed, form, [estimate, command], api_name=False, show_progress="hidden")
     save_yaml_button.click(save_config, form, [yaml_file, message], api_name="save_config")
     load_yaml_button.upload(load_config, load_yaml_button,
-                            [fields[k] for k in keys] + [data["dataset"], data["format"], message],
+                            [fields[k] for k in keys] + [data["dataset"], data["format"], data["columns"], message],
                             api_name="load_config")
     start.click(start_training, form, message, api_name="start_training")
     abort.click(abort_training, None, message, api_name="abort_training")
@@ -300,9 +305,9 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         """After a refresh or in a new tab, the form shows the settings of the run that is training."""
         running = ctx.wb.jobs.current.config if ctx.wb.jobs.running_run is not None else None
         if running is None:
-            return [gr.skip()] * (len(keys) + 2)
+            return [gr.skip()] * (len(keys) + 3)
         values = running.to_dict()
-        return [values[k] for k in keys] + [running.dataset, running.dataset_format]
+        return [values[k] for k in keys] + [running.dataset, running.dataset_format, running.columns]
 
     def refresh_choices():
         return (gr.update(choices=[(t("continue_none"), "")] + [(r, r) for r in _finished_runs(ctx)]),
@@ -310,6 +315,7 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
 
     return {"start": start, "abort": abort, "message": message, "status": status_json, "fields": fields,
             "refresh": (refresh_choices, None, [continue_from, fields["model_name_or_path"]]),
-            "restore": (restore_running_form, None, [fields[k] for k in keys] + [data["dataset"], data["format"]]),
+            "restore": (restore_running_form, None,
+                        [fields[k] for k in keys] + [data["dataset"], data["format"], data["columns"]]),
             "estimate": dict(fn=show_estimate, inputs=form, outputs=estimate),
             "command": dict(fn=show_command, inputs=form, outputs=command)}
