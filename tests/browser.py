@@ -71,6 +71,7 @@ def pick(page, elem_id: str, value: str) -> None:
     else:
         box.press("Enter")
     box.press("Tab")
+    page.mouse.click(2, 2)  # close the option list (it would cover the page in screenshots)
 
 
 def settled_text(locator, timeout: float = 120, quiet: float = 1.5) -> str:

@@ -23,11 +23,10 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
     ctx = UIContext(workbench, Translator(lang))
     t = ctx.t
     with gr.Blocks(title=t("app_title")) as app:
-        with gr.Row(equal_height=True):
-            gr.Markdown(f"# {t('app_title')}\n{t('app_subtitle')}", elem_id="title")
-            # The other language is the same workbench on another path: runs and the training job stay put.
-            gr.HTML(f'<a href="../{t("other_lang_code")}/" id="switch-language">🌐 {t("other_lang_name")}</a>',
-                    elem_id="language")
+        # The other language is the same workbench on another path: runs and the training job stay put.
+        gr.HTML(f'<div class="gw-header"><div><h1>{t("app_title")}</h1><p>{t("app_subtitle")}</p></div>'
+                f'<a href="../{t("other_lang_code")}/" id="switch-language" lang="{t("other_lang_code")}">'
+                f'{t("other_lang_name")}</a></div>')
         gr.Markdown(f"> {t('demo_model_note')}")
         with gr.Tabs() as tabs:
             with gr.Tab(t("tab_data"), id="data"):
