@@ -1,6 +1,9 @@
 """Training throughput: the workbench's LoRA pipeline against the usual recipe, one fresh process per run.
 
-    python bench/throughput.py [--steps 30] [--cutoff 512] [--batch 4]
+    python bench/throughput.py [--steps 30] [--cutoff 512] [--batch 4] [--repeat 3]
+    python bench/throughput.py --cutoff 48        # samples longer than the cutoff: every row fills it
+    python bench/throughput.py --profile          # where a workbench LoRA step's time goes (cProfile)
+    python bench/throughput.py --methods          # every method through the workbench, same data and settings
 
 The baseline is written plainly with transformers' Trainer the way THUDM's official fine-tuning scripts do it:
 every sample padded to cutoff_len, no packing, no length grouping. It uses the same model, data, template, loss
@@ -24,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 PIPELINES = ("baseline", "workbench", "workbench+packing")
+METHODS = ("lora", "qlora", "freeze", "full", "ptuning_v2")
 
 
 def baseline(model_path: str, steps: int, cutoff: int, batch: int) -> dict:
@@ -53,7 +57,7 @@ def baseline(model_path: str, steps: int, cutoff: int, batch: int) -> dict:
             "seconds": seconds}
 
 
-def workbench(model_path: str, steps: int, cutoff: int, batch: int, packing: bool) -> dict:
+def workbench(model_path: str, steps: int, cutoff: int, batch: int, packing: bool, method: str = "lora") -> dict:
     from core.config import RunConfig
     from core.data.dataset import tokenize_dataset
     from core.models.loader import load_tokenizer
@@ -61,7 +65,7 @@ def workbench(model_path: str, steps: int, cutoff: int, batch: int, packing: boo
 
     config = RunConfig(model_name_or_path=model_path, dataset="advertise_gen", max_steps=steps, num_train_epochs=0,
                        per_device_train_batch_size=batch, cutoff_len=cutoff, learning_rate=2e-4, logging_steps=10,
-                       packing=packing, lr_scheduler_type="linear")
+                       packing=packing, lr_scheduler_type="linear", finetuning_type=method)
     started = time.time()
     status = TrainingSession(config, tempfile.mkdtemp()).run()
     assert status["state"] == "finished", status
@@ -72,11 +76,48 @@ def workbench(model_path: str, steps: int, cutoff: int, batch: int, packing: boo
             "seconds": seconds, "wall_with_loading": time.time() - started}
 
 
+def _median_run(found: list[dict]) -> dict:
+    """The run with the median real tokens/s (all its figures together), with the spread across runs."""
+    good = sorted((r for r in found if "real_tokens_per_second" in r), key=lambda r: r["real_tokens_per_second"])
+    if not good:
+        return found[-1]
+    speeds = [r["real_tokens_per_second"] for r in good]
+    return {**good[len(good) // 2], "runs": len(good), "min_tokens_per_second": speeds[0],
+            "max_tokens_per_second": speeds[-1]}
+
+
 def _real_tokens(samples: list[dict], count: int) -> int:
     """Tokens of the first `count` samples seen (cycling); the data order differs, but the set is small and
     every pipeline passes over it several times, so the average is what matters."""
     lengths = [len(s["input_ids"]) for s in samples]
     return int(sum(lengths) / len(lengths) * count)
+
+
+# What a training step is made of, by the function that does it: cumulative seconds under each (they nest, so the
+# parts of "training step" are listed beneath it).
+PROFILE_PARTS = (("training step (forward + backward)", "training_step"), ("  forward", "compute_loss"),
+                 ("  backward", "backward", "torch/_tensor"), ("optimizer step", "step", "optim"),
+                 ("batch collation", "__call__", "data_collator"), ("workbench callbacks", "on_step_end", "callbacks"),
+                 ("metrics logging", "on_log", "callbacks"), ("tokenizing the dataset", "tokenize_dataset"),
+                 ("loading the model", "load_model"))
+
+
+def profile(model: str, steps: int, cutoff: int, batch: int) -> None:
+    """Run the workbench pipeline under cProfile and print where the time went."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    result = workbench(model, steps, cutoff, batch, packing=False)
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats
+    total = result["wall_with_loading"]
+    print(f"wall {total:.2f} s for {steps} steps (training loop {result['seconds']:.2f} s)")
+    for label, name, *module in PROFILE_PARTS:
+        seconds = sum(entry[3] for (path, _, function), entry in stats.items()
+                      if function == name and (not module or module[0] in path))
+        print(f"{label:38s} {seconds:7.2f} s  {100 * seconds / total:5.1f} %")
 
 
 def child(model: str, pipeline: str, steps: int, cutoff: int, batch: int) -> None:
@@ -85,6 +126,8 @@ def child(model: str, pipeline: str, steps: int, cutoff: int, batch: int) -> Non
     configure_threads()
     if pipeline == "baseline":
         result = baseline(model, steps, cutoff, batch)
+    elif pipeline.startswith("method:"):
+        result = workbench(model, steps, cutoff, batch, packing=False, method=pipeline.removeprefix("method:"))
     else:
         result = workbench(model, steps, cutoff, batch, packing=pipeline.endswith("packing"))
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -96,7 +139,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--cutoff", type=int, default=512)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=3, help="fresh runs per pipeline; the median is reported")
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "PIPELINE"))
+    parser.add_argument("--profile", action="store_true", help="profile the workbench pipeline on the 25M model")
+    parser.add_argument("--methods", action="store_true", help="every method through the workbench pipeline")
     args = parser.parse_args()
     if args.child:
         child(*args.child, args.steps, args.cutoff, args.batch)
@@ -106,15 +152,27 @@ def main() -> int:
 
     medium = Path(tempfile.mkdtemp(prefix="bench-25m-"))
     build(medium)
+    if args.profile:
+        from core.models.loader import configure_threads
+
+        configure_threads()
+        profile(str(medium), args.steps, args.cutoff, args.batch)
+        return 0
+    pipelines = tuple(f"method:{m}" for m in METHODS) if args.methods else PIPELINES
     for name, model in (("demo 4.7M", str(ensure_demo_model())), ("GLM-4 25M", str(medium))):
-        results = {}
-        for pipeline in PIPELINES:
-            out = subprocess.run([sys.executable, __file__, "--child", model, pipeline, "--steps", str(args.steps),
-                                  "--cutoff", str(args.cutoff), "--batch", str(args.batch)], capture_output=True,
-                                 text=True)
-            results[pipeline] = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {
-                "error": out.stderr[-500:]}
+        runs: dict[str, list[dict]] = {pipeline: [] for pipeline in pipelines}
+        for _ in range(args.repeat):  # interleaved, so a slow spell of the shared machine hits every pipeline
+            for pipeline in pipelines:
+                out = subprocess.run([sys.executable, __file__, "--child", model, pipeline, "--steps",
+                                      str(args.steps), "--cutoff", str(args.cutoff), "--batch", str(args.batch)],
+                                     capture_output=True, text=True)
+                runs[pipeline].append(json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else
+                                      {"error": out.stderr[-500:]})
+        results = {pipeline: _median_run(found) for pipeline, found in runs.items()}
+        for pipeline in pipelines:
             print(name, pipeline, json.dumps(results[pipeline]), flush=True)
+        if args.methods:
+            continue
         base = results["baseline"].get("real_tokens_per_second")
         for pipeline in PIPELINES[1:]:
             ours = results[pipeline].get("real_tokens_per_second")
