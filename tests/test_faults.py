@@ -19,7 +19,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from core.config import RunConfig
 from core.training.runner import TrainingSession
 from tests.conftest import IDENTITY_FIRST_ANSWER
-from tests.ui_server import free_port
+from tests.ui_server import free_port, poll_until
 
 SHORT = RunConfig(dataset="identity", learning_rate=2e-3, max_steps=12, num_train_epochs=0, save_steps=4)
 
@@ -76,16 +76,6 @@ def ui_in_this_process(workspace):
         thread.join(timeout=30)
 
 
-def wait_for_state(client, states, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = client.predict("", api_name="/poll")[3]
-        if status.get("state") in states:
-            return status
-        time.sleep(0.5)
-    raise TimeoutError(states)
-
-
 def test_out_of_memory_in_training_is_explained_and_the_ui_keeps_working(tmp_path, monkeypatch, demo_model_dir):
     gradio_client = pytest.importorskip("gradio_client")
     real_step = transformers.Trainer.training_step
@@ -104,7 +94,7 @@ def test_out_of_memory_in_training_is_explained_and_the_ui_keeps_working(tmp_pat
         parameters = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/start_training"]
         form = [p["parameter_default"] for p in parameters["parameters"]]  # the demo defaults: LoRA on identity
         first = client.predict(*form, api_name="/start_training").split("run ")[1].rstrip(".")
-        failed = wait_for_state(client, ("failed", "finished"))
+        failed = poll_until(client, ("failed", "finished"))
         assert failed["state"] == "failed"
         assert failed["error"].startswith("Out of memory. Try: a smaller per_device_train_batch_size")
         assert "gradient checkpointing" in failed["error"] and "Tried to allocate 20.00 GiB" in failed["error"]
@@ -117,6 +107,6 @@ def test_out_of_memory_in_training_is_explained_and_the_ui_keeps_working(tmp_pat
 
         # The UI still works: the next run trains to the end and chat uses it.
         second = client.predict(*form, api_name="/start_training").split("run ")[1].rstrip(".")
-        assert wait_for_state(client, ("failed", "finished"))["state"] == "finished"
+        assert poll_until(client, ("failed", "finished"))["state"] == "finished"
         reply = client.predict("你是谁？", [], "demo", second, "", 0.7, 0.9, 48, True, api_name="/chat")[0]
         assert reply[-1]["content"][0]["text"] == IDENTITY_FIRST_ANSWER

@@ -10,7 +10,7 @@ import pytest
 
 from tests.bad_inputs import UNUSABLE, USABLE, write
 from tests.conftest import IDENTITY_FIRST_ANSWER
-from tests.ui_server import running_ui
+from tests.ui_server import poll_until, running_ui
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -178,16 +178,6 @@ def test_data_beyond_cutoff_through_the_ui(ui, tmp_path):
     assert poll_until(client, ("finished", "failed"))["state"] == "finished"
     log = (workspace / "runs" / run / "log.txt").read_text(encoding="utf-8")
     assert "1 train / 0 eval samples" in log and "beyond cutoff_len=64" in log
-
-
-def poll_until(client, states, timeout=600):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = client.predict("", api_name="/poll")[3]
-        if status.get("state") in states:
-            return status
-        time.sleep(0.5)
-    raise TimeoutError(states)
 
 
 def test_abort_resume_and_evaluate_from_the_ui(ui):

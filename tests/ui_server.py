@@ -50,3 +50,14 @@ def running_ui(workspace: Path, lang: str = "en", timeout: float = 120, extra_ar
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+def poll_until(client, states, timeout: float = 600) -> dict:
+    """Poll the train tab's status (through the UI's API) until the run reaches one of `states`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = client.predict("", api_name="/poll")[3]
+        if status.get("state") in states:
+            return status
+        time.sleep(0.5)
+    raise TimeoutError(states)
