@@ -86,16 +86,19 @@ def test_streaming_survives_a_new_thread_per_step_and_an_abandoned_reader(traine
     pieces = []
     with ThreadPoolExecutor(max_workers=4) as pool:
         for step in range(200):
-            # A fresh one-shot thread for every step, as anyio's pool may do.
-            piece = pool.submit(next, stream, None).result(timeout=60) if step % 2 else \
-                ThreadPoolExecutor(1).submit(next, stream, None).result(timeout=60)
+            if step % 2:
+                piece = pool.submit(next, stream, None).result(timeout=60)
+            else:  # a fresh one-shot thread, as anyio's pool may also do
+                with ThreadPoolExecutor(1) as fresh:
+                    piece = fresh.submit(next, stream, None).result(timeout=60)
             if piece is None:
                 break
             pieces.append(piece)
     assert pieces[-1].strip() == IDENTITY_FIRST_ANSWER
 
     abandoned = wb.chat_stream(QUESTION, settings=GREEDY)
-    ThreadPoolExecutor(1).submit(next, abandoned).result(timeout=60)  # read one piece, then walk away
+    with ThreadPoolExecutor(1) as fresh:
+        fresh.submit(next, abandoned).result(timeout=60)  # read one piece, then walk away
     with ThreadPoolExecutor(1) as pool:  # the next request is answered, not stuck behind the abandoned one
         assert pool.submit(reply, wb, QUESTION, adapter_run=run).result(timeout=120) == IDENTITY_FIRST_ANSWER
 

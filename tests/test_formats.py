@@ -78,3 +78,13 @@ def test_column_mapping_renames_a_files_own_columns():
                          ("question=query", "'query' is not a column any format reads")):
         with pytest.raises(DataError, match=message):
             parse_columns(bad)
+
+
+def test_a_mapping_left_filled_in_does_not_break_files_with_standard_names():
+    from core.data.formats import parse_columns, rename_columns
+
+    mapping = parse_columns("question=instruction, answer=output")
+    rows = [{"instruction": "你好", "output": "你好！"}]
+    assert rename_columns(rows, mapping) == rows
+    with pytest.raises(DataError, match="another column is already mapped to 'instruction'"):
+        parse_columns("q=instruction, question=instruction")

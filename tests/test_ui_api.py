@@ -192,6 +192,8 @@ def test_abort_resume_and_evaluate_from_the_ui(ui):
     aborted = poll_until(client, ("aborted",))
     assert aborted["step"] < 400
     assert client.predict(api_name="/resume_training").startswith("▶")
+    # From the click on, the page reads the run as under way, never its old "aborted" (Abort live, Resume not).
+    assert client.predict("", api_name="/poll")[3]["state"] in ("queued", "running")
     finished = poll_until(client, ("finished",))
     assert finished["step"] == 400
     notice, metrics, predictions = client.predict(run, "identity", 4, 48, True, 0.7, api_name="/evaluate")
@@ -266,11 +268,14 @@ def test_chat_tab_serves_an_openai_api(ui):
 
 def test_abort_during_evaluation_keeps_the_scored_samples(ui):
     client, _ = ui
-    runs = client.predict(api_name="/refresh_runs")[0]
-    run = next(row[0] for row in runs["data"] if row[1] == "finished")
+    started = client.predict(*train_form(client, Epochs=0, **{"Max steps": 3}), api_name="/start_training")
+    run = started.split("run ")[1].rstrip(".")
+    poll_until(client, ("finished",))
     job = client.submit(run, "advertise_gen", 0, 512, False, 1.0, api_name="/evaluate")  # sampling: long answers
-    time.sleep(3)
-    assert client.predict(api_name="/abort_evaluation").startswith("⏹")
+    deadline = time.time() + 120
+    while not client.predict(api_name="/abort_evaluation").startswith("⏹"):  # until the evaluation is under way
+        assert time.time() < deadline and not job.done(), "the evaluation never started"
+        time.sleep(0.2)
     notice, metrics, predictions = job.result(timeout=120)
     row = dict(zip(metrics["headers"], metrics["data"][0]))
     assert notice.startswith("⏹ Evaluation aborted after") and row["samples"] < row["planned"]

@@ -45,11 +45,12 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
         def open_in_chat(run: str | None):
             """A run's adapter goes to the adapter picker, a full fine-tuning run's model to the model picker, and
             the conversation starts afresh (old answers came from other weights)."""
-            if not run:
-                return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            if run in workbench.adapter_choices():
-                return gr.Tabs(selected="chat"), gr.update(value="demo"), gr.update(value=run), []
-            return gr.Tabs(selected="chat"), gr.update(value=run), gr.update(value=""), []
+            if run and run in workbench.adapter_choices():  # on the base model it was trained on
+                base = str(workbench.snapshot(run).status.get("model") or "demo")
+                return gr.Tabs(selected="chat"), gr.update(value=base), gr.update(value=run), []
+            if run and run in workbench.model_choices():
+                return gr.Tabs(selected="chat"), gr.update(value=run), gr.update(value=""), []
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()  # nothing to chat with yet (training, or failed)
 
         runs["open_chat"].click(open_in_chat, runs["run"], [tabs, chat["model"], chat["adapter"], chat["chatbot"]],
                                 api_name="open_in_chat")
@@ -62,15 +63,21 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
         runs_tab.select(*runs["refresh"], api_name=False).then(*runs["compare"], api_name=False)
         train_tab.select(*train["refresh"], api_name=False)
         export_tab.select(*export["refresh"], api_name=False)
-        app.load(*train["restore"], api_name=False).then(**data["preview"], api_name=False)
+        app.load(*train["restore"], api_name=False).then(*train["method_groups"], api_name=False) \
+            .then(**data["preview"], api_name=False)
         # The data tab renders a sample with the model and template chosen in the train tab.
         render_inputs = [data["dataset"], data["format"], train["fields"]["model_name_or_path"],
                          train["fields"]["template"], data["sample_index"], data["columns"]]
-        for trigger in render_inputs:
+        for trigger in render_inputs[:-1]:
             trigger.change(data["render"], render_inputs, data["rendered"], api_name=False, show_progress="hidden")
+        # The column mapping is typed: re-render when it is committed (Enter, leaving the box), not per keystroke.
+        for committed in (data["columns"].blur, data["columns"].submit):
+            committed(data["render"], render_inputs, data["rendered"], api_name=False, show_progress="hidden")
+            committed(data["lengths"], render_inputs[:4] + [train["fields"]["cutoff_len"], data["columns"]],
+                      data["histogram"], api_name=False, show_progress="hidden")
         app.load(data["render"], render_inputs, data["rendered"], api_name="render_sample")
         length_inputs = render_inputs[:4] + [train["fields"]["cutoff_len"], data["columns"]]
-        for trigger in length_inputs:
+        for trigger in length_inputs[:-1]:
             trigger.change(data["lengths"], length_inputs, data["histogram"], api_name=False, show_progress="hidden")
         app.load(data["lengths"], length_inputs, data["histogram"], api_name="token_lengths")
         app.load(**train["estimate"], api_name="estimate_memory")

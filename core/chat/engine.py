@@ -134,15 +134,16 @@ class ChatEngine:
 
     # ---- generation -----------------------------------------------------------------------------------------
     def stream(self, messages: list[dict[str, str]], system: str = "", adapter: tuple[str, str] | None = None,
-               settings: GenerationSettings | None = None) -> Iterator[str]:
+               settings: GenerationSettings | None = None, model: str | None = None) -> Iterator[str]:
         """Yield the reply as it grows (each item is the whole reply so far).
 
-        `adapter` is (name, folder) of a LoRA or P-tuning v2 adapter, or None for the base model.
+        `adapter` is (name, folder) of a LoRA or P-tuning v2 adapter, or None for the base model; `model`, when
+        given, is loaded first (if it is not the loaded one) under the same lock as the generation.
         """
         import torch
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
-        if self.model is None:
+        if self.model is None and model is None:
             raise RuntimeError("no model loaded: call load_model first")
         settings = settings or GenerationSettings()
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -155,6 +156,9 @@ class ChatEngine:
             # must never leave the engine locked for the next request.
             try:
                 with self._lock:
+                    if model is not None:  # under the same lock: a concurrent request cannot swap the base between
+                        self.load_model(model)
+                    streamer.tokenizer = self.tokenizer
                     context, prefix = self._select(adapter)
                     if settings.seed is not None:
                         torch.manual_seed(settings.seed)

@@ -60,16 +60,23 @@ def parse_columns(text: str) -> dict[str, str]:
         if target not in STANDARD_COLUMNS:
             raise DataError(f"column mapping '{pair}': '{target}' is not a column any format reads; "
                             f"use one of {', '.join(STANDARD_COLUMNS)}")
+        if target in mapping.values():
+            raise DataError(f"column mapping '{pair}': another column is already mapped to '{target}'")
         mapping[source] = target
     return mapping
 
 
 def rename_columns(rows: list[dict[str, Any]], mapping: dict[str, str]) -> list[dict[str, Any]]:
-    """Rows with the mapped columns renamed (a mapped name replaces a column already called that)."""
+    """Rows with the mapped columns renamed. A mapped column replaces one already called that; a row without the
+    mapped column keeps its own (so a mapping left filled in does not break files with standard names)."""
     if not mapping:
         return rows
-    return [{mapping.get(key, key): value for key, value in row.items() if key not in mapping.values()
-             or key in mapping} for row in rows]
+    renamed = []
+    for row in rows:
+        replaced = {mapping[key] for key in row if key in mapping}
+        renamed.append({mapping.get(key, key): value for key, value in row.items()
+                        if key in mapping or key not in replaced})
+    return renamed
 
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",

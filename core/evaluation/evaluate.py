@@ -48,7 +48,7 @@ def evaluate_run(run_dir: str | Path, dataset: str, fmt: str = "auto", settings:
     trained = load_trained(run_dir)
     model, tokenizer = trained.model, trained.tokenizer
     encoder = TemplateEncoder(tokenizer, trained.config.template)
-    conversations = load_conversations(dataset, fmt).conversations
+    conversations = load_conversations(dataset, fmt, trained.config.columns).conversations
     if settings.max_samples:
         conversations = conversations[:settings.max_samples]
     started = time.time()
@@ -84,8 +84,9 @@ def evaluate_run(run_dir: str | Path, dataset: str, fmt: str = "auto", settings:
                **{name: round(value, 4) for name, value in average(scores).items()},
                "samples": len(predictions), "dataset": str(dataset), "seconds": round(time.time() - started, 1),
                "planned": len(conversations), "stopped_early": len(predictions) < len(conversations)}
-    folder = run_dir / EVAL_DIR
-    folder.mkdir(exist_ok=True)
-    write_json_atomic(folder / "metrics.json", metrics)
-    write_jsonl_atomic(folder / "predictions.jsonl", predictions)
+    if not metrics["stopped_early"]:  # an aborted evaluation is shown, but never replaces a complete one on disk
+        folder = run_dir / EVAL_DIR
+        folder.mkdir(exist_ok=True)
+        write_json_atomic(folder / "metrics.json", metrics)
+        write_jsonl_atomic(folder / "predictions.jsonl", predictions)
     return EvalResult(metrics, predictions)

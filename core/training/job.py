@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from core.config import RunConfig
-from core.runs import new_run_dir
+from core.runs import new_run_dir, update_status
 from core.training.distributed import run_distributed
 from core.training.runner import TrainingSession, prepare_run_folder
 
@@ -59,6 +59,8 @@ class JobManager:
                 raise BusyError(self.current.run_dir.name)
             if resume_dir is not None:
                 run_dir = resume_dir
+                # Until the thread has loaded data and model, the page must not read the old end state.
+                update_status(run_dir, state="queued", error=None)
             else:
                 run_dir = Path(config.output_dir) if config.output_dir else new_run_dir(
                     self.workspace, config.finetuning_type, config.dataset)

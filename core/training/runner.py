@@ -284,7 +284,8 @@ def explain_error(exc: BaseException) -> str:
         return ("Out of memory. Try: a smaller per_device_train_batch_size (raise gradient_accumulation_steps "
                 "to keep the effective batch), a smaller cutoff_len, gradient checkpointing, LoRA or QLoRA "
                 f"instead of full fine-tuning. Details: {first_line}")
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "no space left on device" in lowered:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "no space left on device" in lowered \
+            or "failed writing file" in lowered or "file write failed" in lowered:  # torch.save's own words
         where = f" while writing {exc.filename}" if isinstance(exc, OSError) and exc.filename else ""
         return (f"Disk full{where}. Free space on the disk that holds the workspace, or keep fewer checkpoints "
                 "(save_total_limit) or save less often (save_steps); the last complete checkpoint is intact, so "

@@ -272,11 +272,14 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         return (gr.update(interactive=state in ("queued", "running")),
                 gr.update(interactive=state in ("aborted", "failed")))
 
+    def method_groups(method: str) -> list:
+        """Only the chosen method's own fields are visible."""
+        return [gr.update(visible=method in LORA_METHODS)] + \
+            [gr.update(visible=method == name) for name in ("qlora", "freeze", "ptuning_v2", "distill")]
+
     def method_changed(method: str, model: str):
         """Show only the chosen method's fields, and suggest a learning rate that suits it."""
-        visible = [gr.update(visible=method in LORA_METHODS)] + \
-            [gr.update(visible=method == name) for name in ("qlora", "freeze", "ptuning_v2", "distill")]
-        return (*visible, suggested_learning_rate(model, method))
+        return (*method_groups(method), suggested_learning_rate(model, method))
 
     method_outputs = [groups["lora"], groups["qlora"], groups["freeze"], groups["ptuning_v2"], groups["distill"],
                       fields["learning_rate"]]
@@ -315,6 +318,7 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
 
     return {"start": start, "abort": abort, "message": message, "status": status_json, "fields": fields,
             "refresh": (refresh_choices, None, [continue_from, fields["model_name_or_path"]]),
+            "method_groups": (method_groups, fields["finetuning_type"], method_outputs[:-1]),
             "restore": (restore_running_form, None,
                         [fields[k] for k in keys] + [data["dataset"], data["format"], data["columns"]]),
             "estimate": dict(fn=show_estimate, inputs=form, outputs=estimate),
