@@ -252,14 +252,15 @@ class Workbench:
                     adapter_run: str | None = None, system: str = "",
                     settings: GenerationSettings | None = None) -> Iterator[str]:
         """Stream a reply from the base model, or with a finished run's adapter hot-loaded onto it."""
-        resolve_model_path(self._model_path(model))  # a missing model is named here, before anything streams
+        model_path = self._model_path(model)
+        check_model_reference(model_path)  # a missing model is named here, before anything streams
         adapter = None
         if adapter_run:
             run = find_run(self.workspace, adapter_run)
             if run is None or run.adapter_dir is None:
                 raise DataError(f"run '{adapter_run}' has no saved adapter")
             adapter = (run.name, str(run.adapter_dir))
-        yield from self.chat_engine.stream(messages, system, adapter, settings, model=self._model_path(model))
+        yield from self.chat_engine.stream(messages, system, adapter, settings, model=model_path)
 
     # ---- OpenAI-compatible API ----------------------------------------------------------------------------
     def start_api(self, model: str = BASE_MODEL_CHOICE, host: str = "127.0.0.1", port: int = 8000,

@@ -40,6 +40,10 @@ class Translator:
         text = self.strings[key]
         return text.format(**values) if values else text
 
+    def get(self, key: str, fallback: str) -> str:
+        """The string for `key` if the table has one (a run state, a column name), else `fallback`."""
+        return self.strings.get(key, fallback)
+
     def message(self, text: str) -> str:
         """An engine message (an error, a row problem) in this language; file names and values are kept."""
         for pattern, replacement in message_patterns(self.lang):

@@ -24,10 +24,9 @@ def resolve_model_path(name_or_path: str, trust_remote_code: bool = False) -> st
     name_or_path = (name_or_path or "").strip()
     if name_or_path in ("", DEMO_NAME):
         return str(ensure_demo_model())
+    check_model_reference(name_or_path)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelError(f"{path}: no config.json in this folder: is it a model folder?")
         if chatglm.is_chatglm_checkpoint(path):
             if chatglm.is_chatglm_v1(chatglm.read_config(path)):
                 if trust_remote_code:
@@ -41,12 +40,7 @@ def resolve_model_path(name_or_path: str, trust_remote_code: bool = False) -> st
             except (chatglm.ConversionError, KeyError) as exc:
                 raise ModelError(f"{path}: cannot convert this ChatGLM checkpoint: {exc}") from None
         return str(path)
-    if path.exists():
-        raise ModelError(f"{path}: a model must be a folder, not a file")
-    looks_like_hub_id = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~"))
-    if not looks_like_hub_id:
-        raise ModelError(f"{name_or_path}: model folder not found")
-    return name_or_path
+    return name_or_path  # a hub id
 
 
 def check_model_reference(name_or_path: str) -> None:

@@ -13,10 +13,10 @@ from webui.context import UIContext
 def runs_frame(ctx: UIContext) -> pd.DataFrame:
     """The runs table in the page's language: translated headers and states (method names stay config keys)."""
     t = ctx.t
-    rows = [{**row, "state": t(f"state_{row['state']}") if f"state_{row['state']}" in t.strings else row["state"],
-             "error": t.message(row["error"])} for row in ctx.wb.runs_table()]
+    rows = [{**row, "state": t.get(f"state_{row['state']}", row["state"]), "error": t.message(row["error"])}
+            for row in ctx.wb.runs_table()]
     frame = pd.DataFrame(rows)
-    return frame.rename(columns={c: t(f"runs_col_{c}") for c in frame.columns if f"runs_col_{c}" in t.strings})
+    return frame.rename(columns={c: t.get(f"runs_col_{c}", c) for c in frame.columns})
 
 
 def create_runs_tab(ctx: UIContext) -> dict:

@@ -46,7 +46,7 @@ def progress_html(snapshot, t) -> str:
     percent = int(100 * step / total) if total else 0
     state = snapshot.state
     eta = status.get("eta") if state == "running" else 0
-    text = t("progress_text", run=snapshot.name, state=t(f"state_{state}") if f"state_{state}" in t.strings else state,
+    text = t("progress_text", run=snapshot.name, state=t.get(f"state_{state}", state),
              step=step, total=total or "?", percent=percent, elapsed=format_duration(status.get("elapsed")),
              eta=format_duration(eta))
     error = f"<div class='gw-error'>❌ {html.escape(t.message(status['error']))}</div>" if status.get("error") else ""
