@@ -58,9 +58,10 @@ def measure(model_path: str) -> dict:
 
 
 def main() -> int:
+    from memory_cpu import build
+
     from core.models.demo import ensure_demo_model
     from core.models.loader import configure_threads
-    from memory_cpu import build
 
     configure_threads()
     medium = Path(tempfile.mkdtemp(prefix="bench-25m-"))

@@ -39,7 +39,7 @@ def build_model(folder: Path, layers: int) -> None:
     config = GlmConfig(**{**GLM4_9B, "num_hidden_layers": layers}, pad_token_id=tokenizer.pad_token_id,
                        eos_token_id=stop_ids)
     with torch.device("cuda"):
-        model = GlmForCausalLM._from_config(config, dtype=torch.bfloat16)
+        model = GlmForCausalLM._from_config(config, dtype=torch.bfloat16)  # noqa: SLF001 - the public way to build with a dtype
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     del model

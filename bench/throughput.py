@@ -147,8 +147,9 @@ def main() -> int:
     if args.child:
         child(*args.child, args.steps, args.cutoff, args.batch)
         return 0
-    from core.models.demo import ensure_demo_model
     from memory_cpu import build
+
+    from core.models.demo import ensure_demo_model
 
     medium = Path(tempfile.mkdtemp(prefix="bench-25m-"))
     build(medium)

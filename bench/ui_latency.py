@@ -40,8 +40,8 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=40)
     args = parser.parse_args()
     from gradio_client import Client
-
     from memory_cpu import build
+
     from tests.ui_server import running_ui
 
     model = Path(tempfile.mkdtemp(prefix="bench-25m-"))

@@ -2,96 +2,134 @@
 
 The `model` field names the base model or one of its adapters; adapters are switched on the one loaded base
 (no reload). Requests are answered one at a time by the engine's lock, so two requests naming different
-adapters never see each other's weights. Errors use OpenAI's JSON shape and status codes.
+adapters never see each other's weights.
+
+No single request can sink it: a body over `max_body_bytes` is refused (413) before it is read whole; a prompt
+that with `max_tokens` does not fit the model's context is refused (400, context_length_exceeded), and without
+`max_tokens` the answer is capped at what the context leaves; a client that goes away stops its generation at
+the next token. Every bad request, streamed or not, gets OpenAI's error JSON with a 4xx status; the sentences
+come from the locale tables, in the client's Accept-Language (English by default).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.chat.engine import ChatEngine, GenerationSettings
+from core.i18n import Message, message
 
 AdapterResolver = Callable[[], dict[str, str]]  # adapter name -> folder, read at request time
+MAX_BODY_BYTES = 2 * 2**20  # a prompt of 128k tokens is under 1 MB of text
+DEFAULT_MAX_TOKENS = 512
+SEED_LIMIT = 2**63 - 1
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
+    def __init__(self, status: int, problem: Message, kind: str = "invalid_request_error", code: str | None = None,
                  param: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.code, self.param = status, message, kind, code, param
+        super().__init__(str(problem))
+        self.status, self.problem, self.kind, self.code, self.param = status, problem, kind, code, param
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(status_code=self.status, content={"error": {
-            "message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
+    def body(self, lang: str = "en") -> dict:
+        return {"error": {"message": self.problem.render(lang), "type": self.kind, "param": self.param,
+                          "code": self.code}}
 
-
-@dataclass
-class ChatRequest:
-    model: str
-    messages: list[dict[str, str]]
-    system: str
-    settings: GenerationSettings
-    stream: bool
-    stop: list[str]
+    def response(self, lang: str = "en") -> JSONResponse:
+        return JSONResponse(status_code=self.status, content=self.body(lang))
 
 
-def parse_request(body: Any, known_models: list[str]) -> ChatRequest:
-    """Validate an OpenAI chat request; raise APIError(400/404) naming the bad parameter."""
+def request_language(request: Request) -> str:
+    return "zh" if request.headers.get("accept-language", "").lower().startswith("zh") else "en"
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatCompletionRequest(BaseModel):
+    """The fields of OpenAI's chat completion request that this server honours; others are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, ge=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=SEED_LIMIT)
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1)
+
+    @field_validator("temperature", "top_p", mode="before")
+    @classmethod
+    def null_is_default(cls, value: Any, info) -> Any:
+        return cls.model_fields[info.field_name].default if value is None else value
+
+    @property
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    @property
+    def requested_tokens(self) -> int | None:
+        return self.max_tokens or self.max_completion_tokens
+
+    def conversation(self) -> tuple[str, list[dict[str, str]]]:
+        """(system prompt, the user/assistant turns), or APIError if it does not end with the user."""
+        system, turns = "", []
+        for item in self.messages:
+            if item.role == "system":
+                system = item.content
+            else:
+                turns.append({"role": item.role, "content": item.content})
+        if not turns or turns[-1]["role"] != "user":
+            raise APIError(400, message("api.last_message_user"), param="messages")
+        return system, turns
+
+
+def validation_error(exc: ValidationError | RequestValidationError) -> APIError:
+    """pydantic's first complaint as OpenAI's error: which parameter, and what it must be."""
+    first = exc.errors()[0]
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = location[0] if location else None
+    if len(location) > 1:
+        param = f"{location[0]}[{location[1]}]" + "".join(f".{p}" for p in location[2:])
+    return APIError(400, message("api.invalid_parameter", param=param or "body", detail=first.get("msg", "")),
+                    param=param)
+
+
+async def read_body(request: Request, limit: int) -> dict:
+    """The JSON body, read in pieces so that an oversized one is refused before it is held in memory."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, message("api.body_too_large", limit=limit), code="request_too_large")
+    received = bytearray()
+    async for piece in request.stream():
+        received += piece
+        if len(received) > limit:
+            raise APIError(413, message("api.body_too_large", limit=limit), code="request_too_large")
+    try:
+        body = json.loads(bytes(received).decode("utf-8"))
+    except UnicodeDecodeError:
+        raise APIError(400, message("api.body_not_utf8")) from None
+    except json.JSONDecodeError:
+        raise APIError(400, message("api.body_not_json")) from None
     if not isinstance(body, dict):
-        raise APIError(400, "the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise APIError(400, "'model' is required", param="model")
-    if model not in known_models:
-        raise APIError(404, f"The model '{model}' does not exist; available: {', '.join(known_models)}",
-                       code="model_not_found", param="model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise APIError(400, "'messages' must be a non-empty list", param="messages")
-    system, turns = "", []
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant") \
-                or not isinstance(message.get("content"), str):
-            raise APIError(400, f"messages[{index}] must have a role (system, user or assistant) and text content",
-                           param=f"messages[{index}]")
-        if message["role"] == "system":
-            system = message["content"]
-        else:
-            turns.append({"role": message["role"], "content": message["content"]})
-    if not turns or turns[-1]["role"] != "user":
-        raise APIError(400, "the last message must come from the user", param="messages")
-    temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
-    top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens", 512))
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise APIError(400, "'max_tokens' must be a positive integer", param="max_tokens")
-    stop = body.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise APIError(400, "'stop' must be a string or a list of strings", param="stop")
-    seed = body.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise APIError(400, "'seed' must be an integer", param="seed")
-    settings = GenerationSettings(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p or 1.0,
-                                  greedy=temperature == 0, seed=seed)
-    return ChatRequest(model, turns, system, settings, bool(body.get("stream", False)), stop)
-
-
-def _number(body: dict, key: str, default: float, low: float, high: float) -> float:
-    value = body.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
-        raise APIError(400, f"'{key}' must be a number from {low:g} to {high:g}", param=key)
-    return float(value)
+        raise APIError(400, message("api.body_not_object"))
+    return body
 
 
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
@@ -99,89 +137,150 @@ def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[:min(positions)], True) if positions else (text, False)
 
 
-def create_api(engine: ChatEngine, base_name: str, adapters: AdapterResolver, api_key: str | None = None) -> FastAPI:
+def create_api(engine: ChatEngine, base_name: str, adapters: AdapterResolver, api_key: str | None = None,
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The FastAPI app. `engine` must already hold the base model; `adapters()` lists what may be named."""
-    app = FastAPI(title="GLM Workbench OpenAI-compatible API")
+    app = FastAPI(title="GLM Workbench OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(APIError)
-    async def api_error(request: Request, exc: APIError):  # noqa: ARG001 - FastAPI's signature
-        return exc.response()
+    async def api_error(request: Request, exc: APIError):
+        return exc.response(request_language(request))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        return validation_error(exc).response(request_language(request))
 
     def check_key(request: Request) -> None:
         if api_key and request.headers.get("authorization", "") != f"Bearer {api_key}":
-            raise APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
-                           kind="authentication_error", code="invalid_api_key")
+            raise APIError(401, message("api.wrong_key"), kind="authentication_error", code="invalid_api_key")
 
-    @app.get("/v1/models")
-    def list_models(request: Request):
-        check_key(request)
+    @app.get("/v1/models", dependencies=[Depends(check_key)])
+    def list_models():
         names = [base_name, *adapters()]
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0,
                                              "owned_by": "glm-workbench"} for name in names]}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
     async def chat_completions(request: Request):
-        check_key(request)
         try:
-            body = await request.json()
-        except json.JSONDecodeError:
-            raise APIError(400, "the request body is not valid JSON") from None
+            chat = ChatCompletionRequest.model_validate(await read_body(request, max_body_bytes))
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        system, turns = chat.conversation()
         available = adapters()
-        chat = parse_request(body, [base_name, *available])
+        if chat.model not in (base_name, *available):
+            raise APIError(404, message("api.unknown_model", model=chat.model,
+                                        models=", ".join([base_name, *available])),
+                           code="model_not_found", param="model")
         adapter = (chat.model, available[chat.model]) if chat.model != base_name else None
-        prompt_tokens = len(engine.encoder.encode_prompt(chat.messages, chat.system))
-        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        prompt_tokens = len(engine.encoder.encode_prompt(turns, system))
+        settings = GenerationSettings(max_new_tokens=fit_to_context(engine, prompt_tokens, chat.requested_tokens),
+                                      temperature=chat.temperature, top_p=chat.top_p or 1.0,
+                                      greedy=chat.temperature == 0, seed=chat.seed)
+        completion = Completion(engine, chat, turns, system, adapter, settings, prompt_tokens)
         if chat.stream:
-            return StreamingResponse(_stream(engine, chat, adapter, completion_id), media_type="text/event-stream")
-        return await _in_thread(lambda: _complete(engine, chat, adapter, completion_id, prompt_tokens))
+            return StreamingResponse(completion.events(request), media_type="text/event-stream")
+        return await completion.whole(request)
 
     return app
 
 
-async def _in_thread(function):
-    import anyio
-
-    return await anyio.to_thread.run_sync(function)
-
-
-def _complete(engine: ChatEngine, chat: ChatRequest, adapter, completion_id: str, prompt_tokens: int) -> dict:
-    reply, finish = "", "length"
-    for reply in engine.stream(chat.messages, chat.system, adapter, chat.settings):
-        reply, stopped = cut_at_stop(reply, chat.stop)
-        if stopped:
-            finish = "stop"
-            break
-    else:
-        finish = "length" if len(engine.tokenizer.encode(reply, add_special_tokens=False)) >= \
-            chat.settings.max_new_tokens else "stop"
-    reply = reply.strip()
-    completion_tokens = len(engine.tokenizer.encode(reply, add_special_tokens=False)) if reply else 0
-    return {"id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": chat.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": finish}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens}}
+def fit_to_context(engine: ChatEngine, prompt_tokens: int, requested: int | None) -> int:
+    """How many tokens may be generated: what was asked, if prompt + that fits the model's context (else 400);
+    without a request, the default capped at what the context leaves."""
+    context = engine.context_length
+    room = context - prompt_tokens
+    if room < 1 or (requested is not None and requested > room):
+        raise APIError(400, message("api.context_exceeded", context=context, prompt=prompt_tokens,
+                                    requested=requested or 0), code="context_length_exceeded", param="messages")
+    return requested if requested is not None else min(DEFAULT_MAX_TOKENS, room)
 
 
-def _stream(engine: ChatEngine, chat: ChatRequest, adapter, completion_id: str) -> Iterator[str]:
-    """Server-sent events of chat.completion.chunk objects, then [DONE]. Runs in Starlette's thread pool."""
-    created = int(time.time())
+class Completion:
+    """One request's generation, stopped as soon as its client is gone."""
 
-    def chunk(delta: dict, finish: str | None = None) -> str:
-        data = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": chat.model,
+    def __init__(self, engine: ChatEngine, chat: ChatCompletionRequest, turns, system, adapter, settings,
+                 prompt_tokens: int):
+        self.engine, self.chat, self.turns, self.system = engine, chat, turns, system
+        self.adapter, self.settings, self.prompt_tokens = adapter, settings, prompt_tokens
+        self.cancel = threading.Event()
+        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+
+    def _replies(self) -> Iterator[str]:
+        return self.engine.stream(self.turns, self.system, self.adapter, self.settings, cancel=self.cancel)
+
+    async def whole(self, request: Request) -> dict:
+        import anyio
+
+        task = asyncio.ensure_future(anyio.to_thread.run_sync(self._complete))
+        while not task.done():
+            if await request.is_disconnected():
+                self.cancel.set()  # nobody will read the answer: free the model for the next request
+                break
+            await asyncio.wait({task}, timeout=0.25)
+        return await task
+
+    def _complete(self) -> dict:
+        reply, finish = "", "length"
+        for reply in self._replies():
+            reply, stopped = cut_at_stop(reply, self.chat.stops)
+            if stopped:
+                finish = "stop"
+                break
+        else:
+            finish = "length" if self._count(reply) >= self.settings.max_new_tokens else "stop"
+        reply = reply.strip()
+        completion_tokens = self._count(reply) if reply else 0
+        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.chat.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
+                             "finish_reason": finish}],
+                "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": self.prompt_tokens + completion_tokens}}
+
+    def _count(self, text: str) -> int:
+        return len(self.engine.tokenizer.encode(text, add_special_tokens=False))
+
+    def _chunk(self, delta: dict, finish: str | None = None) -> str:
+        data = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.chat.model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
-    yield chunk({"role": "assistant", "content": ""})
-    sent, finish = "", "stop"
-    for reply in engine.stream(chat.messages, chat.system, adapter, chat.settings):
-        reply, stopped = cut_at_stop(reply.strip(), chat.stop)
-        if len(reply) > len(sent):
-            yield chunk({"content": reply[len(sent):]})
-            sent = reply
-        if stopped:
-            break
-    yield chunk({}, finish)
-    yield "data: [DONE]\n\n"
+    async def events(self, request: Request):
+        """Server-sent events of chat.completion.chunk objects, then [DONE]; an error mid-stream is sent as an
+        OpenAI error event before [DONE]. Generation stops when the client disconnects."""
+        import anyio
+
+        replies = self._replies()
+        done = object()
+        yield self._chunk({"role": "assistant", "content": ""})
+        sent, finish = "", "stop"
+        try:
+            while True:
+                if await request.is_disconnected():
+                    return
+                reply = await anyio.to_thread.run_sync(next, replies, done)
+                if reply is done:
+                    break
+                reply, stopped = cut_at_stop(reply.strip(), self.chat.stops)
+                if len(reply) > len(sent):
+                    yield self._chunk({"content": reply[len(sent):]})
+                    sent = reply
+                if stopped:
+                    break
+        except Exception as exc:  # noqa: BLE001 - the client gets an error event, not a dropped connection
+            from core.errors import describe
+
+            error = {"error": {"message": describe(exc, request_language(request)), "type": "server_error",
+                               "param": None, "code": None}}
+            yield f"data: {json.dumps(error, ensure_ascii=False)}\n\n"
+            yield "data: [DONE]\n\n"
+            return
+        finally:
+            self.cancel.set()
+            replies.close()
+        yield self._chunk({}, finish)
+        yield "data: [DONE]\n\n"
 
 
 class ApiServer:
@@ -194,12 +293,14 @@ class ApiServer:
         self.thread = threading.Thread(target=self.server.run, name="openai-api", daemon=True)
         self.host, self.port = host, port
 
-    def start(self, timeout: float = 20) -> "ApiServer":
+    def start(self, timeout: float = 20) -> ApiServer:
         self.thread.start()
         deadline = time.time() + timeout
         while not self.server.started:
             if not self.thread.is_alive() or time.time() > deadline:
-                raise RuntimeError(f"the API server could not start on {self.host}:{self.port}")
+                from core.errors import WorkbenchError
+
+                raise WorkbenchError("api.cannot_start", host=self.host, port=self.port)
             time.sleep(0.05)
         return self
 

@@ -8,67 +8,76 @@ import os
 import sys
 from pathlib import Path
 
-from core.config import ConfigError, RunConfig, load_yaml, load_yaml_with_notes, parse_overrides
-from core.data.readers import DataError
-from core.export import ExportError
-from core.models.chatglm import ConversionError
-from core.models.loader import ModelError
+from core.config import RunConfig, load_yaml_with_notes, parse_overrides
+from core.errors import ModelError, WorkbenchError, describe
+from core.i18n import Message, default_language, message
 
-USER_ERRORS = (ConfigError, DataError, ModelError, ExportError, ConversionError, FileNotFoundError)
 DEFAULT_WORKSPACE = "workspace"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def say(text: Message | str) -> None:
+    """A sentence for the person at the terminal, in their language (stderr: stdout is for results)."""
+    print(text.render(default_language()) if isinstance(text, Message) else text, file=sys.stderr, flush=True)
 
 
 def cmd_demo_model(args: argparse.Namespace) -> int:
     from core.models.demo import build_demo_model
 
-    print(build_demo_model(args.dir))
+    print(build_demo_model(args.dir, overwrite=args.overwrite))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from core.models.loader import configure_threads
-    from core.runs import new_run_dir
-    from core.training.runner import TrainingSession, prepare_run_folder
+    from core.training.lifecycle import claim_for_resume, create_run
+    from core.training.runner import TrainingSession
 
     configure_threads()
     if args.resume:
-        run_dir = Path(args.resume)
-        config = load_yaml(run_dir / "config.yaml").validate()
+        claimed = claim_for_resume(Path(args.resume))
     else:
         if args.config:
             config, notes = load_yaml_with_notes(args.config, parse_overrides(args.set))
         else:
             config, notes = RunConfig.from_dict(parse_overrides(args.set)), []
         for note in notes:
-            print(f"note: {note}", file=sys.stderr)
-        config.validate()
-        run_dir = Path(config.output_dir) if config.output_dir else new_run_dir(
-            args.workspace, config.finetuning_type, config.dataset)
-        prepare_run_folder(config, run_dir)
-    if config.nproc_per_node > 1:
-        from core.training.distributed import run_distributed
+            say(f"note: {note}")
+        claimed = create_run(args.workspace, config)
+    run_dir, config = claimed.run_dir, claimed.config
+    say(message("cli.run_folder", folder=str(run_dir)))
+    try:
+        if config.nproc_per_node > 1:
+            from core.training.distributed import run_distributed
 
-        print(f"training on {config.nproc_per_node} processes (torchrun); log: {run_dir}/log.txt", file=sys.stderr)
-        status = run_distributed(run_dir, config.nproc_per_node, bool(args.resume))
-    else:
-        status = TrainingSession(config, run_dir, show_progress=True, resume=bool(args.resume)).run()
+            say(message("cli.distributed", processes=config.nproc_per_node, log=str(run_dir / "log.txt")))
+            status = run_distributed(run_dir, config.nproc_per_node, claimed.lock, claimed.resume)
+        else:
+            notify = lambda note: say(message("cli.note", note=note))  # noqa: E731
+            status = TrainingSession(config, run_dir, show_progress=True, resume=claimed.resume, lock=claimed.lock,
+                                     notify=notify).run()
+    finally:
+        claimed.lock.release()
     if status.get("state") != "finished":
-        print(f"error: training {status.get('state')}: {status.get('error', '')}", file=sys.stderr)
+        problem = Message.from_json(status.get("error_message")) or status.get("error") or ""
+        say(message("cli.training_ended", state=message(f"state.{status.get('state', 'failed')}"), error=problem))
+        if status.get("state") in ("failed", "aborted"):
+            say(message("cli.resume_hint", folder=str(run_dir)))
         print(run_dir)
         return 1
-    print(f"final loss {status.get('final_loss'):.4f} after {status.get('step')} steps", file=sys.stderr)
+    say(message("cli.final_loss", loss=f"{status.get('final_loss') or 0:.4f}", steps=status.get("step")))
     print(run_dir)
     return 0
 
 
 def resolve_adapter(path: str) -> Path:
     """An adapter folder, or a run folder holding adapter/."""
-    folder = Path(path)
-    if (folder / "adapter" / "adapter_config.json").is_file():
-        return folder / "adapter"
-    if (folder / "adapter_config.json").is_file():
-        return folder
-    raise ModelError(f"{path}: not a LoRA adapter folder or a run folder with an adapter")
+    from core.runs import adapter_folder
+
+    folder = adapter_folder(path)
+    if folder is None:
+        raise ModelError("model.not_an_adapter", folder=path)
+    return folder
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -116,8 +125,8 @@ def cmd_launch_config(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from core.models.chatglm import convert_chatglm
 
-    report = convert_chatglm(args.source, args.target)
-    print(report, file=sys.stderr)
+    report = convert_chatglm(args.source, args.target, overwrite=args.overwrite)
+    say(str(report))
     print(report.target)
     return 0
 
@@ -136,25 +145,28 @@ def cmd_api(args: argparse.Namespace) -> int:
     for item in args.adapter:
         name, sep, path = item.partition("=")
         if not sep or not name:
-            raise ModelError(f"--adapter {item}: expected NAME=PATH")
+            raise ModelError("cli.adapter_syntax", item=item)
         adapters[name] = str(resolve_adapter(path))
     base_name = Path(args.model).name if args.model != "demo" else "demo"
-    app = create_api(engine, base_name, lambda: adapters, args.api_key or os.environ.get("GLM_WORKBENCH_API_KEY"))
-    print(f"OpenAI-compatible API on http://{args.host}:{args.port}/v1 (models: {', '.join([base_name, *adapters])})",
-          file=sys.stderr, flush=True)
+    api_key = args.api_key or os.environ.get("GLM_WORKBENCH_API_KEY")
+    if args.host not in LOOPBACK_HOSTS and not api_key:
+        say(message("cli.api_open_warning", host=args.host))
+    app = create_api(engine, base_name, lambda: adapters, api_key)
+    say(message("cli.api_listening", url=f"http://{args.host}:{args.port}/v1", models=", ".join([base_name, *adapters])))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from core.errors import ExportError
     from core.export import merge_run, zip_run
 
     if not (args.zip or args.merge):
-        raise ExportError("say what to export: --zip OUT.zip and/or --merge DIR")
+        raise ExportError("export.what")
     if args.zip:
-        print(zip_run(args.run, args.zip))
+        print(zip_run(args.run, args.zip, overwrite=args.overwrite))
     if args.merge:
-        print(merge_run(args.run, args.merge, args.dtype, args.max_shard_size))
+        print(merge_run(args.run, args.merge, args.dtype, args.max_shard_size, overwrite=args.overwrite))
     return 0
 
 
@@ -164,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo-model", help="build the tiny demo GLM-4 model into DIR")
     demo.add_argument("dir")
+    demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo model built there")
     demo.set_defaults(func=cmd_demo_model)
 
     train = commands.add_parser("train", help="train from a YAML config; prints the run folder last")
@@ -210,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="convert a THUDM ChatGLM2/3 or glm-4-9b-chat checkpoint to the "
                                                   "native GlmForCausalLM format")
     convert.add_argument("source")
-    convert.add_argument("target")
+    convert.add_argument("target", help="a new or empty folder")
+    convert.add_argument("--overwrite", action="store_true",
+                         help="replace TARGET if it is an earlier conversion of ours (never anything else)")
     convert.set_defaults(func=cmd_convert)
 
     api = commands.add_parser("api", help="serve a model and its adapters as an OpenAI-compatible API")
@@ -226,7 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="zip a run's adapter (or model), or merge a LoRA into its base")
     export.add_argument("--run", required=True, help="run folder")
     export.add_argument("--zip", help="output .zip path")
-    export.add_argument("--merge", metavar="DIR", help="write the base model with the LoRA merged in to DIR")
+    export.add_argument("--merge", metavar="DIR", help="write the base model with the LoRA merged in to DIR "
+                                                       "(a new or empty folder)")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace the zip or merge folder if it is an earlier export of ours (never anything "
+                             "else)")
     export.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="merged weights")
     export.add_argument("--max-shard-size", default="2GB", help="merged weights' shard size (default: %(default)s)")
     export.set_defaults(func=cmd_export)
@@ -238,9 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except WorkbenchError as exc:
+        say(message("cli.error", error=exc.render(default_language())))
         return 2
+    except KeyboardInterrupt:
+        say(message("cli.interrupted"))
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: one plain line, the traceback only when asked for
+        if os.environ.get("GLM_WORKBENCH_DEBUG"):
+            raise
+        say(message("cli.error", error=describe(exc, default_language())))
+        return 1
 
 
 if __name__ == "__main__":

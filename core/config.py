@@ -1,62 +1,37 @@
 """One run's configuration: a flat dataclass whose keys follow LLaMA-Factory / TrainingArguments names.
 
 The UI form, the CLI (`train CONFIG.yaml --set key=value`) and the YAML file are three views of this one
-object, so a run started anywhere can be reproduced from its saved `config.yaml`.
+object, so a run started anywhere can be reproduced from its saved `config.yaml`. The keys common to every run
+are declared here; each method adds its own (core/methods/<name>.py, `options`), so `RunConfig` is the common
+settings plus every method's options, still one flat set of keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-from dataclasses import dataclass, field, fields
+import shlex
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-FINETUNING_TYPES = ("lora", "qlora", "freeze", "full", "ptuning_v2", "distill")
-DISTILL_MODES = ("auto", "logits", "sequence")
-QUANTIZATION_TYPES = ("nf4", "fp4")
-COMPUTE_DTYPES = ("auto", "fp32", "bf16", "fp16")
+from core.errors import ConfigError, ConfigProblem, config_error
+from core.i18n import message
+from core.methods import METHODS, get_method
+
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-class ConfigError(ValueError):
-    """Raised with one line per wrong value, each naming its key."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
-
-
 @dataclass
-class RunConfig:
+class CommonSettings:
     # model
     model_name_or_path: str = "demo"
-    trust_remote_code: bool = False  # only for checkpoints without a native class (ChatGLM-6B v1)
+    trust_remote_code: bool = False  # only for checkpoints without a native class
     template: str = "auto"  # from the model's tokenizer: glm4, chatglm3 or chatglm2
-    # method
-    finetuning_type: str = "lora"
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_target: str = "all"
-    use_dora: bool = False
-    use_rslora: bool = False
-    quantization_bit: int = 4  # qlora: 4 or 8
-    quantization_type: str = "nf4"  # qlora 4-bit: nf4 or fp4
-    double_quantization: bool = True
-    quantization_compute_dtype: str = "auto"
-    freeze_trainable_layers: int = 2  # freeze: train the last N layers (negative: the first N)
-    freeze_extra_modules: str = ""  # freeze: also train parameters whose names contain these, comma-separated
-    pre_seq_len: int = 16  # ptuning_v2: prefix length
-    prefix_projection: bool = False  # ptuning_v2: reparameterise the prefix through an MLP while training
-    teacher_adapter: str = ""  # distill: the teacher is model_name_or_path with this adapter (or run) merged in
-    student_model: str = "auto"  # distill: "auto" (the teacher's every other layer) or a local model folder
-    distill_alpha: float = 0.5  # distill: weight of the KL term against cross-entropy
-    distill_temperature: float = 2.0
-    distill_mode: str = "auto"  # auto: logits with a shared tokenizer, else sequence (teacher-written answers)
+    finetuning_type: str = "lora"  # a method of core/methods/
     # data
     dataset: str = "identity"
     dataset_format: str = "auto"
@@ -89,128 +64,114 @@ class RunConfig:
     precision: str = "auto"
     gradient_checkpointing: bool = False
     # continued (incremental) training
-    adapter_name_or_path: str = ""  # an adapter to keep training (LoRA/QLoRA/P-tuning v2) instead of a new one
+    adapter_name_or_path: str = ""  # an adapter to keep training instead of a new one
     parent_run: str = ""  # the run this one continues, recorded for the lineage
     # output
-    output_dir: str = ""
+    output_dir: str = ""  # an empty or new folder for this run; default: a fresh folder under the workspace
     run_name: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_OPTIONS = tuple(method.options for method in METHODS.values() if method.options is not None)
+
+
+@dataclass
+class RunConfig(*reversed(_OPTIONS), CommonSettings):  # type: ignore[misc]
+    """Every setting of a run: the common ones first, then each method's own (in registry order)."""
 
     # ---- views -------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        if not data["extra"]:
-            data.pop("extra")
-        return data
+        return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         """Build from a plain dict, converting types and rejecting unknown keys with a suggestion."""
         known = {f.name: f for f in fields(cls)}
-        problems: list[str] = []
+        problems: list[ConfigProblem] = []
         values: dict[str, Any] = {}
         for key, raw in (data or {}).items():
+            key = str(key)
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                problems.append(f"{key}: unknown key{hint}")
+                problem = message("config.unknown_key_suggest", suggestion=close[0]) if close else \
+                    message("config.unknown_key")
+                problems.append(ConfigProblem(key, problem, show_value=False))
                 continue
+            default = known[key].default
             try:
-                values[key] = _coerce(raw, _default_of(known[key]))
+                values[key] = _coerce(raw, default)
             except (TypeError, ValueError):
-                type_name = type(_default_of(known[key])).__name__
-                problems.append(f"{key}: expected {type_name}, got {raw!r}")
+                problems.append(ConfigProblem(key, message("config.expected_type", type=type(default).__name__,
+                                                           got=repr(raw)), show_value=False))
         config = cls(**values)
         if problems:  # report the value problems of the keys that were read, too: one round trip for the user
             raise ConfigError(problems + config.problems())
         return config
 
-    def replace(self, **changes: Any) -> "RunConfig":
+    def replace(self, **changes: Any) -> RunConfig:
         merged = self.to_dict()
         merged.update(changes)
         return RunConfig.from_dict(merged)
 
     # ---- validation --------------------------------------------------------------------------------------
-    def problems(self) -> list[str]:
-        """Every wrong value, one message each; empty when the config is usable."""
-        found: list[str] = []
+    def problems(self) -> list[ConfigProblem]:
+        """Every wrong value, one problem each; empty when the config is usable."""
+        found: list[ConfigProblem] = []
 
-        def check(ok: bool, key: str, message: str) -> None:
+        def check(ok: bool, key: str, code: str, **params: Any) -> None:
             if not ok:
-                found.append(f"{key}: {message} (got {getattr(self, key)!r})")
+                found.append(ConfigProblem(key, message(code, **params), getattr(self, key)))
 
-        check(bool(self.model_name_or_path.strip()), "model_name_or_path", "must name a model folder or 'demo'")
-        check(bool(self.dataset.strip()), "dataset", "must name a demo dataset or a data file")
-        check(self.finetuning_type in FINETUNING_TYPES, "finetuning_type", f"must be one of {', '.join(FINETUNING_TYPES)}")
-        check(self.learning_rate > 0, "learning_rate", "must be greater than 0")
-        check(self.learning_rate < 1, "learning_rate", "must be below 1 (typical: 1e-5 to 1e-3)")
-        check(self.num_train_epochs > 0 or self.max_steps > 0, "num_train_epochs", "must be > 0 unless max_steps is set")
-        check(self.max_steps == -1 or self.max_steps > 0, "max_steps", "must be -1 (use epochs) or a positive number")
-        check(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be at least 1")
-        check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be at least 1")
-        check(self.cutoff_len >= 8, "cutoff_len", "must be at least 8 tokens")
+        check(bool(self.model_name_or_path.strip()), "model_name_or_path", "config.model_required")
+        check(bool(self.dataset.strip()), "dataset", "config.dataset_required")
+        check(self.finetuning_type in METHODS, "finetuning_type", "config.one_of", choices=", ".join(METHODS))
+        check(self.learning_rate > 0, "learning_rate", "config.greater_than", limit=0)
+        check(self.learning_rate < 1, "learning_rate", "config.learning_rate_below_one")
+        check(self.num_train_epochs > 0 or self.max_steps > 0, "num_train_epochs", "config.epochs_or_steps")
+        check(self.max_steps == -1 or self.max_steps > 0, "max_steps", "config.max_steps")
+        check(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "config.at_least", limit=1)
+        check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "config.at_least", limit=1)
+        check(self.cutoff_len >= 8, "cutoff_len", "config.cutoff_len")
         check(0 <= self.val_size < 1 or self.val_size >= 1 and float(self.val_size).is_integer(),
-              "val_size", "must be a fraction in [0, 1) or a whole number of samples")
-        check(self.max_samples >= 0, "max_samples", "must be 0 (all) or a positive number")
-        check(self.lr_scheduler_type in LR_SCHEDULERS, "lr_scheduler_type", f"must be one of {', '.join(LR_SCHEDULERS)}")
-        check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
-        check(self.weight_decay >= 0, "weight_decay", "must be 0 or more")
-        check(self.max_grad_norm >= 0, "max_grad_norm", "must be 0 (off) or more")
-        check(self.logging_steps >= 1, "logging_steps", "must be at least 1")
-        check(self.save_steps >= 0, "save_steps", "must be 0 (only at the end) or more")
-        check(self.save_total_limit >= 1, "save_total_limit", "must be at least 1")
-        check(self.nproc_per_node >= 1, "nproc_per_node", "must be at least 1")
-        check(self.warmup_steps >= 0, "warmup_steps", "must be 0 or more")
-        check(self.eval_steps >= 0, "eval_steps", "must be 0 (once per epoch) or more")
-        check(self.neftune_noise_alpha >= 0, "neftune_noise_alpha", "must be 0 (off) or more")
-        check(self.early_stopping_patience >= 0, "early_stopping_patience", "must be 0 (off) or more")
+              "val_size", "config.val_size")
+        check(self.max_samples >= 0, "max_samples", "config.max_samples")
+        check(self.lr_scheduler_type in LR_SCHEDULERS, "lr_scheduler_type", "config.one_of",
+              choices=", ".join(LR_SCHEDULERS))
+        check(0 <= self.warmup_ratio < 1, "warmup_ratio", "config.fraction_open")
+        check(self.weight_decay >= 0, "weight_decay", "config.zero_or_more")
+        check(self.max_grad_norm >= 0, "max_grad_norm", "config.zero_off_or_more")
+        check(self.logging_steps >= 1, "logging_steps", "config.at_least", limit=1)
+        check(self.save_steps >= 0, "save_steps", "config.save_steps")
+        check(self.save_total_limit >= 1, "save_total_limit", "config.at_least", limit=1)
+        check(self.nproc_per_node >= 1, "nproc_per_node", "config.at_least", limit=1)
+        check(self.warmup_steps >= 0, "warmup_steps", "config.zero_or_more")
+        check(self.eval_steps >= 0, "eval_steps", "config.eval_steps")
+        check(self.neftune_noise_alpha >= 0, "neftune_noise_alpha", "config.zero_off_or_more")
+        check(self.early_stopping_patience >= 0, "early_stopping_patience", "config.zero_off_or_more")
         check(self.early_stopping_patience == 0 or self.val_size > 0 or bool(self.eval_dataset),
-              "early_stopping_patience", "needs a validation set: set val_size or eval_dataset")
-        check(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
-        if self.finetuning_type in ("lora", "qlora"):
-            check(self.lora_rank >= 1, "lora_rank", "must be at least 1")
-            check(self.lora_alpha > 0, "lora_alpha", "must be greater than 0")
-            check(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
-            check(bool(self.lora_target.strip()), "lora_target", "must be 'all' or a comma-separated list of module names")
-        if self.finetuning_type == "qlora":
-            check(self.quantization_bit in (4, 8), "quantization_bit", "must be 4 or 8")
-            check(self.quantization_type in QUANTIZATION_TYPES, "quantization_type",
-                  f"must be one of {', '.join(QUANTIZATION_TYPES)}")
-            check(self.quantization_compute_dtype in COMPUTE_DTYPES, "quantization_compute_dtype",
-                  f"must be one of {', '.join(COMPUTE_DTYPES)}")
-        if self.finetuning_type == "freeze":
-            check(self.freeze_trainable_layers != 0, "freeze_trainable_layers",
-                  "must be a number of layers: N trains the last N, -N the first N")
-        if self.finetuning_type == "ptuning_v2":
-            check(self.pre_seq_len >= 1, "pre_seq_len", "must be at least 1")
-        if self.finetuning_type == "distill":
-            check(0 <= self.distill_alpha <= 1, "distill_alpha", "must be in [0, 1]")
-            check(self.distill_temperature > 0, "distill_temperature", "must be greater than 0")
-            check(self.distill_mode in DISTILL_MODES, "distill_mode", f"must be one of {', '.join(DISTILL_MODES)}")
+              "early_stopping_patience", "config.needs_validation")
+        check(self.precision in PRECISIONS, "precision", "config.one_of", choices=", ".join(PRECISIONS))
+        if self.finetuning_type in METHODS:
+            METHODS[self.finetuning_type].check(self, check)
         from core.data.template import TEMPLATES  # late import: data depends on nothing in config
 
-        check(self.template == "auto" or self.template in TEMPLATES, "template",
-              f"must be auto or one of {', '.join(TEMPLATES)}")
+        check(self.template == "auto" or self.template in TEMPLATES, "template", "config.auto_or_one_of",
+              choices=", ".join(TEMPLATES))
         from core.data.formats import FORMATS, parse_columns
-        from core.data.readers import DataError
+        from core.errors import DataError
 
         check(self.dataset_format == "auto" or self.dataset_format in FORMATS, "dataset_format",
-              f"must be 'auto' or one of {', '.join(FORMATS)}")
+              "config.auto_or_one_of", choices=", ".join(FORMATS))
         try:
             parse_columns(self.columns)
         except DataError as exc:
-            found.append(f"columns: {exc}")
+            found.append(ConfigProblem("columns", exc.message, show_value=False))
         return found
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         problems = self.problems()
         if problems:
             raise ConfigError(problems)
         return self
-
-
-def _default_of(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
 
 
 def _coerce(raw: Any, default: Any) -> Any:
@@ -241,10 +202,6 @@ def _coerce(raw: Any, default: Any) -> Any:
         if isinstance(raw, (dict, list)):
             raise TypeError(raw)
         return str(raw)
-    if isinstance(default, dict):
-        if not isinstance(raw, dict):
-            raise TypeError(raw)
-        return dict(raw)
     return raw
 
 
@@ -253,9 +210,12 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise ConfigError([f"--set {pair}: expected key=value"])
+            raise config_error("--set", "config.set_syntax", pair=pair)
         key, value = pair.split("=", 1)
-        result[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        try:
+            result[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            result[key.strip()] = value
     return result
 
 
@@ -272,12 +232,12 @@ def from_llamafactory(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     notes: list[str] = []
     stage = data.pop("stage", "sft")
     if stage != "sft":
-        raise ConfigError([f"stage: only supervised fine-tuning (sft) is available here (got {stage!r})"])
+        raise config_error("stage", "config.stage_sft_only", value=stage, show_value=True)
     ignored = [key for key in LLAMAFACTORY_IGNORED if key in data]
     for key in ignored:
         data.pop(key)
     if ignored:
-        notes.append(f"ignored LLaMA-Factory keys with no meaning here: {', '.join(ignored)}")
+        notes.append(str(message("config.llamafactory_ignored", keys=", ".join(ignored))))
     if data.pop("bf16", False):
         data["precision"] = "bf16"
     if data.pop("fp16", False):
@@ -285,7 +245,7 @@ def from_llamafactory(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     if data.get("finetuning_type", "lora") == "lora" and data.get("quantization_bit"):
         data["finetuning_type"] = "qlora"
     if isinstance(data.get("dataset"), str) and "," in data["dataset"]:
-        raise ConfigError([f"dataset: one dataset per run here (got {data['dataset']!r}); merge the files first"])
+        raise config_error("dataset", "config.one_dataset", value=data["dataset"], show_value=True)
     if data.get("template") in ("glm4", "glm4_moe", "chatglm3", "chatglm2", None):
         data["template"] = {"glm4_moe": "glm4", None: "auto"}.get(data.get("template"), data.get("template"))
     if "lora_target" in data and isinstance(data["lora_target"], str):
@@ -300,14 +260,21 @@ def is_llamafactory_config(data: dict[str, Any]) -> bool:
 def load_yaml_with_notes(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[RunConfig, list[str]]:
     """Read a config (ours, or LLaMA-Factory's SFT YAML); returns it with notes about translated/ignored keys."""
     path = Path(path)
+    if path.is_dir():
+        raise config_error(str(path), "config.file_is_directory")
     if not path.is_file():
-        raise ConfigError([f"{path}: config file not found"])
+        raise config_error(str(path), "config.file_not_found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise config_error(str(path), "config.file_not_utf8") from None
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+        raise config_error(str(path), "config.invalid_yaml", detail=str(exc)) from None
+    if data is None:
+        raise config_error(str(path), "config.file_empty")
     if not isinstance(data, dict):
-        raise ConfigError([f"{path}: expected a mapping of key: value, got {type(data).__name__}"])
+        raise config_error(str(path), "config.not_mapping", got=type(data).__name__)
     notes: list[str] = []
     if is_llamafactory_config(data):
         data, notes = from_llamafactory(data)
@@ -319,22 +286,16 @@ def load_yaml(path: str | Path, overrides: dict[str, Any] | None = None) -> RunC
     return load_yaml_with_notes(path, overrides)[0]
 
 
-# Keys that only mean something for some methods; the others' values are left out of the command preview.
-METHOD_KEYS: dict[str, tuple[str, ...]] = {
-    "lora": ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_dora", "use_rslora"),
-    "qlora": ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_dora", "use_rslora", "quantization_bit",
-              "quantization_type", "double_quantization", "quantization_compute_dtype"),
-    "freeze": ("freeze_trainable_layers", "freeze_extra_modules"),
-    "ptuning_v2": ("pre_seq_len", "prefix_projection"),
-    "distill": ("teacher_adapter", "student_model", "distill_alpha", "distill_temperature", "distill_mode"),
-    "full": (),
-}
+def method_keys(config: RunConfig) -> set[str]:
+    """Keys that belong to other methods than the config's: left out of the command preview."""
+    own = set(get_method(config.finetuning_type).keys) if config.finetuning_type in METHODS else set()
+    return {key for method in METHODS.values() for key in method.keys} - own
 
 
 def command_line(config: RunConfig) -> str:
     """The CLI line that starts this run: every key that differs from the defaults as --set."""
     defaults = RunConfig().to_dict()
-    foreign = {key for keys in METHOD_KEYS.values() for key in keys} - set(METHOD_KEYS.get(config.finetuning_type, ()))
+    foreign = method_keys(config)
     changed = [(key, value) for key, value in config.to_dict().items()
                if defaults.get(key) != value and key not in foreign]
     parts = ["glm-workbench train"] + [f"--set {key}={_shell_value(value)}" for key, value in changed]
@@ -342,11 +303,16 @@ def command_line(config: RunConfig) -> str:
 
 
 def _shell_value(value: Any) -> str:
-    import shlex
-
     text = str(value).lower() if isinstance(value, bool) else str(value)
     return shlex.quote(text)
 
 
+def yaml_text(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
+
+
 def save_yaml(config: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    from core.files import write_text_atomic
+
+    write_text_atomic(Path(path), yaml_text(config))
+

@@ -1,15 +1,28 @@
-"""Package a finished run for download: a zip whose root is a loadable PEFT adapter (or model) folder."""
+"""Package a finished run for download: a zip whose root is a loadable PEFT adapter (or model) folder; or a
+LoRA merged into its base. Both are written under a temporary name and renamed into place; an existing zip or a
+non-empty folder is refused, unless it is an earlier export of ours and the caller asks to overwrite it."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 import zipfile
 from pathlib import Path
 
+from core.errors import ExportError, RunStateError
 from core.runs import ADAPTER_DIR, CONFIG_FILE, METRICS_FILE, MODEL_DIR
 
+ZIP_COMMENT = b"glm-workbench export"  # marks our zips: only these are ever replaced
+MERGED_KIND = "merged-model"
+MERGE_DTYPES = ("auto", "fp32", "bf16", "fp16")
 
-class ExportError(ValueError):
-    """A run that cannot be exported, phrased for the user."""
+
+def is_our_zip(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.comment == ZIP_COMMENT
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def run_output_dir(run_dir: str | Path) -> Path:
@@ -18,64 +31,78 @@ def run_output_dir(run_dir: str | Path) -> Path:
     for name, marker in ((ADAPTER_DIR, "adapter_config.json"), (MODEL_DIR, "config.json")):
         if (run_dir / name / marker).is_file():
             return run_dir / name
-    raise ExportError(f"{run_dir.name}: no adapter or model saved yet (has the run finished?)")
+    raise ExportError("export.nothing_saved", run=run_dir.name)
 
 
-def zip_run(run_dir: str | Path, zip_path: str | Path) -> Path:
+def zip_run(run_dir: str | Path, zip_path: str | Path, overwrite: bool = False) -> Path:
     """Zip the adapter/model files at the archive root, plus the run's config.yaml and metrics.jsonl.
 
     Unzipped, the folder loads with `PeftModel.from_pretrained` (or `from_pretrained` for a full model).
-    Written under a temporary name first so a half-written zip is never served.
+    Written under a temporary name first so a half-written zip is never served. An existing file is replaced
+    only with `overwrite`, and only if it is a zip of ours.
     """
     run_dir, zip_path = Path(run_dir), Path(zip_path)
     output = run_output_dir(run_dir)
+    if zip_path.exists() and not (overwrite and is_our_zip(zip_path)):
+        code = "files.target_exists_overwrite" if is_our_zip(zip_path) else "files.target_exists"
+        raise RunStateError(code, folder=str(zip_path))
     zip_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = zip_path.with_name(f".{zip_path.name}.partial")
-    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for file in sorted(output.rglob("*")):
-            if file.is_file():
-                archive.write(file, file.relative_to(output).as_posix())
-        for extra in (CONFIG_FILE, METRICS_FILE):
-            if (run_dir / extra).is_file():
-                archive.write(run_dir / extra, extra)
-    partial.replace(zip_path)
+    handle, partial = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".partial", dir=zip_path.parent)
+    os.close(handle)
+    try:
+        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for file in sorted(output.rglob("*")):
+                if file.is_file() and not file.name.startswith(".glm_workbench"):
+                    archive.write(file, file.relative_to(output).as_posix())
+            for extra in (CONFIG_FILE, METRICS_FILE):
+                if (run_dir / extra).is_file():
+                    archive.write(run_dir / extra, extra)
+            archive.comment = ZIP_COMMENT
+        os.replace(partial, zip_path)
+    finally:
+        Path(partial).unlink(missing_ok=True)
     return zip_path
 
 
-MERGE_DTYPES = ("auto", "fp32", "bf16", "fp16")
+def merge_run(run_dir: str | Path, target: str | Path, dtype: str = "auto", max_shard_size: str = "2GB",
+              overwrite: bool = False) -> Path:
+    """Merge a LoRA adapter into its full-precision base and save a standalone model folder.
 
-
-def merge_run(run_dir: str | Path, target: str | Path, dtype: str = "auto", max_shard_size: str = "2GB") -> Path:
-    """Merge a LoRA/QLoRA run's adapter into its full-precision base and save a standalone model folder.
-
-    The base is loaded unquantized even for QLoRA (an adapter trained on a 4-bit base applies to the
-    full-precision weights). Written to a temporary folder first, then renamed into place.
+    The base is loaded unquantized even for a 4-bit-trained adapter (it applies to the full-precision weights).
+    Written into a staging folder beside `target`, renamed into place when complete. `target` must be new or
+    empty; with `overwrite`, an earlier merge of ours there is replaced, and never anything else.
     """
     import json
 
     from peft import PeftModel
 
     from core.config import load_yaml
-    from core.models.loader import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path
-    from core.runs import atomic_dir
+    from core.files import TargetNotFreeError, check_target_free, refusal, staged_dir
+    from core.models.loader import load_model, load_tokenizer, pick_device, pick_dtype, prepare_model
 
     run_dir, target = Path(run_dir), Path(target)
     output = run_output_dir(run_dir)
     if output.name != ADAPTER_DIR:
-        raise ExportError(f"{run_dir.name}: a full or freeze run already is a complete model: {output}")
+        raise ExportError("export.already_complete", run=run_dir.name, folder=str(output))
     adapter_type = json.loads((output / "adapter_config.json").read_text()).get("peft_type")
     if adapter_type != "LORA":
-        raise ExportError(f"{run_dir.name}: only LoRA/QLoRA adapters merge into the weights; "
-                          f"this is a {adapter_type} adapter (use its zip instead)")
+        raise ExportError("export.not_mergeable", run=run_dir.name, kind=adapter_type)
     if dtype not in MERGE_DTYPES:
-        raise ExportError(f"dtype must be one of {', '.join(MERGE_DTYPES)}")
+        raise ExportError("export.dtype", choices=", ".join(MERGE_DTYPES))
+    replace = "ours" if overwrite else "never"
+    try:
+        check_target_free(target, MERGED_KIND, replace)  # refuse before the slow part, not after it
+    except TargetNotFreeError as exc:
+        raise refusal(exc) from None
     config = load_yaml(run_dir / CONFIG_FILE)
-    base_path = resolve_model_path(config.model_name_or_path)
+    base_path = prepare_model(config.model_name_or_path)
     device = pick_device()
     model = load_model(base_path, dtype=pick_dtype(dtype, device) if dtype != "auto" else pick_dtype("auto", device))
     merged = PeftModel.from_pretrained(model, str(output)).merge_and_unload()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(target) as folder:
-        merged.save_pretrained(folder, max_shard_size=max_shard_size)
-        load_tokenizer(base_path).save_pretrained(folder)
+    try:
+        with staged_dir(target, kind=MERGED_KIND, replace=replace) as folder:
+            merged.save_pretrained(folder, max_shard_size=max_shard_size)
+            load_tokenizer(base_path).save_pretrained(folder)
+    except TargetNotFreeError as exc:
+        raise refusal(exc) from None
     return target

@@ -3,6 +3,11 @@
     RUN/config.yaml     the exact config          RUN/status.json  state, progress, error
     RUN/metrics.jsonl   one JSON object per log   RUN/log.txt      human-readable log
     RUN/adapter/ (PEFT) or RUN/model/ (full)      RUN/checkpoints/ trainer checkpoints
+    RUN/skipped_rows.txt  every row the data left out, and why
+    RUN/.owner.lock     held by the process training it (core/ownership.py)
+
+Reading never writes. A run whose status says queued or running but that no live process owns is shown as
+`interrupted` (its owner was killed, or its machine restarted); Resume continues it.
 """
 
 from __future__ import annotations
@@ -10,21 +15,26 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from core.files import rewrite_in_place, write_json_atomic
+from core.ownership import has_live_owner
 
 STATUS_FILE = "status.json"
 STOP_FILE = "STOP"  # an abort request that every process of a multi-process run can see
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "log.txt"
+SKIPPED_ROWS_FILE = "skipped_rows.txt"
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
+CHECKPOINTS_DIR = "checkpoints"
 ACTIVE_STATES = ("queued", "running")
+END_STATES = ("finished", "failed", "aborted", "interrupted")
+RESUMABLE_STATES = ("aborted", "failed", "interrupted")
 
 
 def is_main_process() -> bool:
@@ -37,47 +47,19 @@ def runs_dir(workspace: str | Path) -> Path:
 
 
 def new_run_dir(workspace: str | Path, method: str, dataset: str) -> Path:
-    """A fresh, readable, unique folder name: 20261127-101500-lora-identity."""
+    """A fresh, readable, unique folder, created here: 20261127-101500-lora-identity (then -2, -3, ...)."""
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(dataset).stem)[:40] or "data"
     base = f"{time.strftime('%Y%m%d-%H%M%S')}-{method}-{stem}"
     root = runs_dir(workspace)
     root.mkdir(parents=True, exist_ok=True)
-    candidate, counter = root / base, 1
-    while candidate.exists():
-        counter += 1
-        candidate = root / f"{base}-{counter}"
-    candidate.mkdir()
-    return candidate
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write under a temporary name, then rename: readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=1))
-
-
-def write_jsonl_atomic(path: Path, records: list[dict[str, Any]]) -> None:
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
-
-@contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Write a folder under a temporary name and rename it into place only when complete."""
-    staging = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        yield staging
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    for counter in range(1, 10_000):
+        candidate = root / (base if counter == 1 else f"{base}-{counter}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue  # another run (or another process) took this name first
+    raise FileExistsError(root / base)
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any]:
@@ -87,12 +69,20 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
         return {}
 
 
-def update_status(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
+def update_status(run_dir: str | Path, last_resort: bool = False, **fields: Any) -> dict[str, Any]:
+    """Merge `fields` into status.json (atomically). With `last_resort` (a run's final state on a full disk) the
+    file is rewritten in place when no temporary copy fits."""
     status = read_status(run_dir)
     if not is_main_process():
         return {**status, **fields}
     status.update(fields, updated=time.time())
-    write_json_atomic(Path(run_dir) / STATUS_FILE, status)
+    path = Path(run_dir) / STATUS_FILE
+    try:
+        write_json_atomic(path, status)
+    except OSError:
+        if not last_resort:
+            raise
+        rewrite_in_place(path, json.dumps(status, ensure_ascii=False))
     return status
 
 
@@ -103,11 +93,16 @@ def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def write_metrics(run_dir: str | Path, records: list[dict[str, Any]]) -> None:
-    """Replace metrics.jsonl (atomically), e.g. to drop steps a resumed run will log again."""
+def keep_metrics_until(run_dir: str | Path, step: int) -> None:
+    """On resume from checkpoint `step`: drop the records of later steps (they will be logged again) and note
+    the resume, so the steps of metrics.jsonl never go backwards without a recorded resume."""
     if not is_main_process():
         return
-    write_jsonl_atomic(Path(run_dir) / METRICS_FILE, records)
+    from core.files import write_text_atomic
+
+    kept = [m for m in read_metrics(run_dir) if m.get("step", 0) <= step]
+    kept.append({"step": step, "event": "resume", "time": time.time()})
+    write_text_atomic(Path(run_dir) / METRICS_FILE, "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in kept))
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -130,6 +125,32 @@ def read_log_tail(run_dir: str | Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
 
+def newest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint (checkpoints are renamed into place only when complete)."""
+    folder = Path(run_dir) / CHECKPOINTS_DIR
+    if not folder.is_dir():
+        return None
+    found = [p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
+    return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def effective_state(run_dir: str | Path, status: dict[str, Any]) -> str:
+    """The state to show: a queued or running run that no live process owns was interrupted."""
+    state = status.get("state", "unknown")
+    if state in ACTIVE_STATES and not has_live_owner(run_dir):
+        return "interrupted"
+    return state
+
+
+def adapter_folder(path: str | Path) -> Path | None:
+    """A PEFT adapter folder given itself or a run folder holding adapter/; None if it is neither."""
+    folder = Path(path)
+    for candidate in (folder / ADAPTER_DIR, folder):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    return None
+
+
 @dataclass
 class RunInfo:
     path: Path
@@ -141,7 +162,7 @@ class RunInfo:
 
     @property
     def state(self) -> str:
-        return self.status.get("state", "unknown")
+        return effective_state(self.path, self.status)
 
     @property
     def adapter_dir(self) -> Path | None:
@@ -152,6 +173,10 @@ class RunInfo:
     def model_dir(self) -> Path | None:
         folder = self.path / MODEL_DIR
         return folder if (folder / "config.json").is_file() else None
+
+
+def is_run_folder(path: Path) -> bool:
+    return (path / STATUS_FILE).is_file() or (path / CONFIG_FILE).is_file()
 
 
 def list_runs(workspace: str | Path) -> list[RunInfo]:
@@ -165,7 +190,10 @@ def list_runs(workspace: str | Path) -> list[RunInfo]:
 
 
 def find_run(workspace: str | Path, name: str) -> RunInfo | None:
-    for run in list_runs(workspace):
-        if run.name == name:
-            return run
-    return None
+    """The run called `name` in this workspace; a name is never used as a path (no '..', no '/')."""
+    if not name or name != Path(name).name or name.startswith("."):
+        return None
+    path = runs_dir(workspace) / name
+    if not (path / STATUS_FILE).is_file():
+        return None
+    return RunInfo(path, read_status(path))

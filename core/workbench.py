@@ -6,25 +6,39 @@ Tests drive it directly; `webui/` only turns its results into components.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from core.chat.engine import ChatEngine, GenerationSettings
-from core.config import RunConfig, load_yaml, save_yaml
+from core.config import RunConfig, load_yaml, yaml_text
 from core.data.dataset import LoadedData, load_conversations
+from core.data.readers import DEMO_DATASETS, SUPPORTED_EXTENSIONS
 from core.data.template import IGNORE_INDEX, TemplateEncoder
-from core.models.loader import check_model_reference, load_tokenizer, resolve_model_path
-from core.data.readers import DEMO_DATASETS, SUPPORTED_EXTENSIONS, DataError
+from core.errors import DataError, ExportError, RunStateError
 from core.estimate import MemoryEstimate, device_memory_bytes, estimate_for_run
 from core.evaluation.evaluate import EvalResult, EvalSettings, evaluate_run
-from core.export import ExportError, merge_run, zip_run
-from core.runs import CONFIG_FILE, RunInfo, find_run, list_runs, read_log_tail, read_metrics, read_status
+from core.export import is_our_zip, merge_run, zip_run
+from core.models.loader import check_model_reference, locate_model, reading_tokenizer
+from core.ownership import has_live_owner
+from core.runs import (
+    CONFIG_FILE,
+    RunInfo,
+    find_run,
+    list_runs,
+    newest_checkpoint,
+    read_log_tail,
+    read_metrics,
+    read_status,
+)
 from core.training.job import JobManager
 
 BASE_MODEL_CHOICE = "demo"
@@ -35,7 +49,7 @@ class RunSnapshot:
     """What a page shows about one run, read from its folder."""
 
     name: str
-    status: dict[str, Any]
+    status: dict[str, Any]  # status.json, with `state` the effective one (interrupted when no one owns it)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     log_tail: str = ""
 
@@ -52,32 +66,44 @@ class Workbench:
         self.exports = self.workspace / "exports"
         self.jobs = JobManager(self.workspace)
         self.chat_engine = ChatEngine()
-        self._tokenizers: dict[str, object] = {}
         self._evaluations: set[threading.Event] = set()  # one stop event per evaluation in progress
+        self.api_server = None
 
     # ---- data -----------------------------------------------------------------------------------------------
-    def dataset_choices(self) -> list[str]:
-        """Demo dataset names, then uploaded files (by path)."""
-        uploaded = sorted(str(p) for p in self.uploads.glob("*") if p.suffix.lower() in SUPPORTED_EXTENSIONS) \
-            if self.uploads.is_dir() else []
-        return list(DEMO_DATASETS) + uploaded
+    def dataset_choices(self) -> list[tuple[str, str]]:
+        """(name shown, value) of every dataset: the demo sets, then the uploaded files, by file name."""
+        uploaded = sorted(p for p in self.uploads.iterdir() if p.is_file() and not p.name.startswith(".")
+                          and p.suffix.lower() in SUPPORTED_EXTENSIONS) if self.uploads.is_dir() else []
+        return [(name, name) for name in DEMO_DATASETS] + [(p.name, str(p)) for p in uploaded]
 
-    def save_upload(self, source: str | Path, original_name: str | None = None) -> str:
-        """Copy an uploaded file into the workspace (so runs can refer to it later); return its path."""
+    def add_upload(self, source: str | Path, original_name: str | None = None) -> str:
+        """Keep an uploaded file in the workspace so runs can refer to it later; returns its path. A file of the
+        same name with other contents is never replaced: the new one gets a free name (data-2.csv)."""
         source = Path(source)
         name = re.sub(r"[^\w.\-]+", "_", Path(original_name or source.name).name).lstrip(".") or "upload"
-        if Path(name).suffix.lower() not in SUPPORTED_EXTENSIONS:
-            raise DataError(f"unsupported file type '{Path(name).suffix or '(none)'}'; "
-                            f"use {', '.join(SUPPORTED_EXTENSIONS)}", name)
+        suffix = Path(name).suffix.lower()
+        if suffix not in SUPPORTED_EXTENSIONS:
+            raise DataError("data.unsupported_type", name, suffix=suffix or "(none)",
+                            supported=", ".join(SUPPORTED_EXTENSIONS))
         self.uploads.mkdir(parents=True, exist_ok=True)
-        target = self.uploads / name
-        shutil.copyfile(source, target)
-        return str(target)
-
-    def discard_upload(self, path: str) -> None:
-        target = Path(path)
-        if target.parent.resolve() == self.uploads.resolve():
-            target.unlink(missing_ok=True)
+        digest = _file_digest(source)
+        stem, counter = Path(name).stem, 1
+        while True:
+            target = self.uploads / (name if counter == 1 else f"{stem}-{counter}{suffix}")
+            if target.is_file() and _file_digest(target) == digest:
+                return str(target)  # the same file uploaded again
+            if not target.exists():
+                handle, staging = tempfile.mkstemp(prefix=".upload-", dir=self.uploads)
+                os.close(handle)
+                try:
+                    shutil.copyfile(source, staging)
+                    os.link(staging, target)  # fails if the name was taken meanwhile: then try the next one
+                    return str(target)
+                except FileExistsError:
+                    pass
+                finally:
+                    Path(staging).unlink(missing_ok=True)
+            counter += 1
 
     def preview_dataset(self, dataset: str, fmt: str = "auto", columns: str = "") -> LoadedData:
         return load_conversations(dataset, fmt, columns)
@@ -106,16 +132,15 @@ class Workbench:
         return encoder.template.name, pieces
 
     def _tokenizer(self, model: str):
-        path = resolve_model_path(self._model_path(model))
-        if path not in self._tokenizers:
-            self._tokenizers[path] = load_tokenizer(path)
-        return self._tokenizers[path]
+        """The model's tokenizer, read without preparing the model (no conversion is written for a preview)."""
+        return reading_tokenizer(locate_model(self._model_path(model)))
 
     # ---- training -------------------------------------------------------------------------------------------
     def start_training(self, config: RunConfig) -> str:
-        """Start a run in the background; returns its name. Raises BusyError / ConfigError / DataError.
-        The model reference and the dataset are checked first, so what cannot be used is refused before a run
-        folder exists."""
+        """Start a run in the background; returns its name. Raises BusyError / ConfigError / DataError /
+        RunStateError. The model reference and the dataset are checked first, so what cannot be used is refused
+        before a run folder exists."""
+        config.validate()
         check_model_reference(config.model_name_or_path)
         load_conversations(config.dataset, config.dataset_format, config.columns)
         if config.eval_dataset:
@@ -123,21 +148,15 @@ class Workbench:
         return self.jobs.start(config).name
 
     def resume_training(self, run_name: str) -> str:
-        """Continue an aborted or failed run from its last checkpoint, in the same run folder."""
-        path = self.run_path(run_name)
-        state = read_status(path).get("state")
-        if state not in ("aborted", "failed"):
-            raise DataError(f"run {run_name} is {state}: only aborted or failed runs resume")
-        if not any((path / "checkpoints").glob("checkpoint-*")):
-            raise DataError(f"run {run_name} has no checkpoint to resume from")
-        return self.jobs.start(load_yaml(path / CONFIG_FILE), resume_dir=path).name
+        """Continue an aborted, failed or interrupted run from its newest checkpoint, in the same run folder."""
+        return self.jobs.resume(self.run_path(run_name)).name
 
     def continued_config(self, parent_run: str, config: RunConfig) -> RunConfig:
         """`config` set up to keep training a finished run's result (its adapter, or its full model) on new data:
         the seed's incremental learning. The parent is recorded in the new run's config.yaml."""
         parent = find_run(self.workspace, parent_run)
         if parent is None or parent.state not in ("finished", "aborted"):
-            raise DataError(f"run '{parent_run}' has not finished: nothing to continue from")
+            raise RunStateError("run.parent_not_finished", run=parent_run)
         parent_config = load_yaml(parent.path / CONFIG_FILE)
         common = dict(parent_run=parent.name, finetuning_type=parent_config.finetuning_type,
                       template=parent_config.template)
@@ -147,21 +166,38 @@ class Workbench:
         return config.replace(**common, model_name_or_path=str(parent.model_dir))
 
     def save_config(self, config: RunConfig) -> str:
-        """Write the config as YAML under exports/configs/ (served for download); returns the path."""
+        """Write the config as YAML under exports/configs/ (served for download), never over another file."""
         folder = self.exports / "configs"
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.finetuning_type}.yaml"
-        save_yaml(config, path)
-        return str(path)
+        stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{config.finetuning_type}"
+        for counter in range(1, 1000):
+            path = folder / (f"{stem}.yaml" if counter == 1 else f"{stem}-{counter}.yaml")
+            try:
+                with open(path, "x", encoding="utf-8") as handle:
+                    handle.write(yaml_text(config))
+                return str(path)
+            except FileExistsError:
+                continue
+        raise FileExistsError(folder / stem)
 
     def abort_training(self) -> bool:
         return self.jobs.abort()
 
+    def training_run(self) -> str | None:
+        """The run this process is training now, if any."""
+        running = self.jobs.running_run
+        return running.name if running is not None else None
+
+    def training_config(self) -> RunConfig | None:
+        """The config of the run this process is training now (the form shows it after a refresh)."""
+        job = self.jobs.running
+        return job.config if job is not None else None
+
     def current_run_name(self) -> str | None:
         """The training run, or else the newest run: what the train tab shows after a page refresh."""
-        running = self.jobs.running_run
+        running = self.training_run()
         if running is not None:
-            return running.name
+            return running
         runs = self.runs()
         return runs[0].name if runs else None
 
@@ -169,47 +205,51 @@ class Workbench:
         return list_runs(self.workspace)
 
     def runs_table(self) -> list[dict[str, Any]]:
-        """One row per run for the Runs tab: status, method, model, dataset, steps, losses, duration."""
+        """One row per run for the Runs tab, as data (the page formats it): state, method, model, dataset,
+        steps, final and best eval loss, seconds trained (across resumes), and the error message if any."""
         rows = []
         for run in self.runs():
             status, metrics = run.status, read_metrics(run.path)
             evals = [m["eval_loss"] for m in metrics if m.get("eval_loss") is not None]
-            started, finished = status.get("started"), status.get("finished") or status.get("updated")
-            final = status.get("final_loss")
             rows.append({"run": run.name, "state": run.state, "method": status.get("method", ""),
                          "model": status.get("model", ""), "dataset": Path(str(status.get("dataset", ""))).name,
-                         "steps": f"{status.get('step', 0)}/{status.get('max_steps', 0)}",
-                         "final_loss": round(final, 4) if final is not None else None,
-                         "best_eval_loss": round(min(evals), 4) if evals else None,
-                         "duration": format_duration(finished - started) if started and finished else "—",
-                         "error": status.get("error") or ""})
+                         "step": status.get("step", 0), "max_steps": status.get("max_steps", 0),
+                         "final_loss": status.get("final_loss"), "best_eval_loss": min(evals) if evals else None,
+                         "seconds": status.get("elapsed"), "error": status.get("error") or "",
+                         "error_message": status.get("error_message")})
         return rows
 
     def run_metrics(self, names: list[str]) -> dict[str, list[dict[str, Any]]]:
         return {name: read_metrics(self.run_path(name)) for name in names}
 
     def delete_run(self, name: str) -> None:
-        """Delete a run folder (never the one training now)."""
+        """Delete a run folder of this workspace (never one that a process is training)."""
         path = self.run_path(name)
-        if self.jobs.running_run is not None and self.jobs.running_run.resolve() == path.resolve():
-            raise DataError(f"run {name} is training: abort it before deleting")
+        if has_live_owner(path):
+            raise RunStateError("run.delete_training", run=name)
         shutil.rmtree(path)
 
     def run_path(self, name: str) -> Path:
         """A run's folder, refusing anything that is not a run inside this workspace."""
         run = find_run(self.workspace, name)
         if run is None:
-            raise DataError(f"no run named '{name}' in this workspace")
+            raise RunStateError("run.unknown", run=name)
         return run.path
 
     def snapshot(self, name: str | None) -> RunSnapshot | None:
         if not name:
             return None
         path = self.run_path(name)
-        return RunSnapshot(name, read_status(path), read_metrics(path), read_log_tail(path))
+        run = RunInfo(path, read_status(path))
+        status = {**run.status, "state": run.state}
+        if run.state == "interrupted":
+            checkpoint = newest_checkpoint(path)
+            status["checkpoint"] = checkpoint.name if checkpoint is not None else None
+        return RunSnapshot(name, status, read_metrics(path), read_log_tail(path))
 
     def estimate(self, config: RunConfig) -> tuple[MemoryEstimate, tuple[str, float] | None]:
-        """The run's estimated peak GPU memory, and the GPU here (name, bytes) if there is one."""
+        """The run's estimated peak GPU memory, and the GPU here (name, bytes) if there is one. Reads the
+        model's config file only."""
         return estimate_for_run(config, on_gpu=True), device_memory_bytes()
 
     def wait_for_job(self, timeout: float | None = None) -> None:
@@ -258,7 +298,7 @@ class Workbench:
         if adapter_run:
             run = find_run(self.workspace, adapter_run)
             if run is None or run.adapter_dir is None:
-                raise DataError(f"run '{adapter_run}' has no saved adapter")
+                raise RunStateError("run.no_adapter", run=adapter_run)
             adapter = (run.name, str(run.adapter_dir))
         yield from self.chat_engine.stream(messages, system, adapter, settings, model=model_path)
 
@@ -286,7 +326,7 @@ class Workbench:
         """Loss, perplexity and ChatGLM's BLEU/ROUGE of a finished run on a dataset (written to RUN/eval/)."""
         run = find_run(self.workspace, run_name)
         if run is None or (run.adapter_dir is None and run.model_dir is None):
-            raise DataError(f"run '{run_name}' has no saved adapter or model to evaluate")
+            raise RunStateError("run.nothing_to_evaluate", run=run_name)
         stop = threading.Event()
         self._evaluations.add(stop)
         try:
@@ -303,18 +343,27 @@ class Workbench:
 
     # ---- export ---------------------------------------------------------------------------------------------
     def export_zip(self, run_name: str) -> str:
+        """The run's zip in exports/ (made again each time; another file of the same name is left alone)."""
         path = self.run_path(run_name)
-        return str(zip_run(path, self.exports / f"{path.name}.zip"))
+        target = self.exports / f"{path.name}.zip"
+        counter = 1
+        while target.exists() and not is_our_zip(target):
+            counter += 1
+            target = self.exports / f"{path.name}-{counter}.zip"
+        return str(zip_run(path, target, overwrite=True))
 
-    def merge_run(self, run_name: str, target: str, dtype: str = "auto", max_shard_size: str = "2GB") -> str:
-        """Merge a LoRA/QLoRA run into its base; the folder is the user's choice (this is a local tool)."""
+    def merge_run(self, run_name: str, target: str, dtype: str = "auto", max_shard_size: str = "2GB",
+                  overwrite: bool = False) -> str:
+        """Merge a LoRA run into its base, into a new or empty folder of the user's choice (with `overwrite`,
+        an earlier merge of ours there may be replaced; nothing else ever is)."""
         if not target.strip():
-            raise ExportError("choose an output folder for the merged model")
-        return str(merge_run(self.run_path(run_name), Path(target).expanduser(), dtype, max_shard_size))
+            raise ExportError("export.choose_folder")
+        return str(merge_run(self.run_path(run_name), Path(target).expanduser(), dtype, max_shard_size, overwrite))
 
 
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    seconds = int(seconds)
-    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

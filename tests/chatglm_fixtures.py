@@ -14,8 +14,9 @@ import functools
 import io
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import GlmForCausalLM
@@ -258,7 +259,7 @@ def tiny_native_model(
     *,
     eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
-) -> "GlmForCausalLM":
+) -> GlmForCausalLM:
     """A small random fp32 ``GlmForCausalLM`` in eval mode, the native twin of a THUDM checkpoint.
 
     Every parameter is randomised (norm weights around 1, non-zero biases) so that any mix-up of tensors
@@ -302,7 +303,7 @@ def tiny_native_model(
     return model.float().eval()
 
 
-def thudm_state_dict(model: "GlmForCausalLM") -> dict:
+def thudm_state_dict(model: GlmForCausalLM) -> dict:
     """The native model's weights renamed/fused into THUDM's ``transformer.*`` layout (fp32, contiguous)."""
     import torch
 
@@ -386,7 +387,7 @@ def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def write_thudm_checkpoint(folder: Path, variant: str, rope_ratio: float = 1.0) -> "GlmForCausalLM":
+def write_thudm_checkpoint(folder: Path, variant: str, rope_ratio: float = 1.0) -> GlmForCausalLM:
     """Write a tiny THUDM checkpoint (config, weights, tokenizer files) for ``variant`` into ``folder``.
 
     ``variant`` is ``"chatglm2"``, ``"chatglm3"`` or ``"glm4-chat"``. Returns the native model whose weights

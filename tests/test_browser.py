@@ -15,8 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import (CHROMIUM_ARGS, chart_points, ensure_chromium, fill_number, open_accordion, open_tab, pick,
-                           screenshot, settled_text)
+from tests.browser import (
+    CHROMIUM_ARGS,
+    chart_points,
+    ensure_chromium,
+    fill_number,
+    open_accordion,
+    open_tab,
+    pick,
+    screenshot,
+    settled_text,
+)
 from tests.conftest import REPO
 from tests.ui_server import running_ui
 from webui.locale import Translator
@@ -88,19 +97,19 @@ def test_whole_flow_in_the_browser(browser, server, lang, tmp_path, demo_model_d
     expect(page.locator("#train-abort")).to_be_disabled()  # nothing to abort yet
     fill_number(page, "field-max_steps", 300)
     page.locator("#train-start").click()
-    expect(page.locator("#train-message")).to_contain_text("✅")
+    expect(page.locator("#train-message")).to_contain_text(t("started", run="").split(" ")[0])
     run = newest_run(workspace)
     expect(page.locator("#train-progress")).to_contain_text(run)
     page.wait_for_function("() => { const p = document.querySelector('#train-chart .js-plotly-plot');"
                            " return p && p.data && p.data[0].y && p.data[0].y.length >= 3; }", timeout=SLOW)
     screenshot(page, f"{lang}-2-train", shots)
     page.locator("#train-abort").click()
-    expect(page.locator("#train-progress")).to_contain_text(t("state_aborted"), timeout=SLOW)
+    expect(page.locator("#train-progress")).to_contain_text(t.state("aborted"), timeout=SLOW)
     aborted_points = chart_points(page, "train-chart")
     assert 3 <= aborted_points < 300
     expect(page.locator("#train-resume")).to_be_enabled()
     page.locator("#train-resume").click()
-    expect(page.locator("#train-progress")).to_contain_text(t("state_finished"), timeout=SLOW)
+    expect(page.locator("#train-progress")).to_contain_text(t.state("finished"), timeout=SLOW)
     expect(page.locator("#train-progress")).to_contain_text("300/300")
     page.wait_for_function("() => document.querySelector('#train-chart .js-plotly-plot').data[0].y.length >= 300")
     expect(page.locator("#train-message")).to_be_empty()  # the "resuming…" notice went with the run's end
@@ -171,16 +180,16 @@ def test_refresh_second_tab_and_closed_browser_during_training(browser, server):
     open_tab(first, t("tab_train"))
     fill_number(first, "field-max_steps", 5000)
     first.locator("#train-start").click()
-    expect(first.locator("#train-message")).to_contain_text("✅")
+    expect(first.locator("#train-message")).to_contain_text(t("started", run="").split(" ")[0])
     run = newest_run(workspace)
-    expect(first.locator("#train-progress")).to_contain_text(t("state_running"), timeout=SLOW)
+    expect(first.locator("#train-progress")).to_contain_text(t.state("running"), timeout=SLOW)
 
     # A refresh shows the same run, still training, with its chart and its settings in the form.
     first.reload()
     open_tab(first, t("tab_train"))
     expect(first.locator("#train-progress")).to_contain_text(run)
     expect(first.locator("#field-max_steps input")).to_have_value("5000")
-    expect(first.locator("#train-progress")).to_contain_text(t("state_running"))
+    expect(first.locator("#train-progress")).to_contain_text(t.state("running"))
     first.wait_for_function("() => { const p = document.querySelector('#train-chart .js-plotly-plot');"
                             " return p && p.data && p.data[0].y && p.data[0].y.length >= 1; }", timeout=SLOW)
 
@@ -204,7 +213,7 @@ def test_refresh_second_tab_and_closed_browser_during_training(browser, server):
     third = new_page(browser, f"{root}en/")
     open_tab(third, t("tab_train"))
     third.locator("#train-abort").click()
-    expect(third.locator("#train-progress")).to_contain_text(t("state_aborted"), timeout=SLOW)
+    expect(third.locator("#train-progress")).to_contain_text(t.state("aborted"), timeout=SLOW)
     expect(third.locator("#train-abort")).to_be_disabled()
     third.close()
 
@@ -241,5 +250,5 @@ def test_path_traversal_is_refused(browser, server):
     # Through the UI: a run name that climbs out of the workspace is refused with a message, no download.
     open_tab(page, Translator("en")("tab_export"))
     pick(page, "export-run", "../../../etc")
-    expect(page.locator("#export-notice")).to_contain_text("❌")
+    expect(page.locator("#export-notice")).to_contain_text(Translator("en")("error"))
     page.close()

@@ -13,8 +13,9 @@ import torch
 
 from core.config import RunConfig
 from core.data.template import TemplateEncoder
-from core.models.chatglm import ConversionError, convert_chatglm
-from core.models.loader import ModelError, load_model, load_tokenizer, resolve_model_path
+from core.errors import ModelError
+from core.models.chatglm import convert_chatglm
+from core.models.loader import load_model, load_tokenizer, prepare_model
 from tests.chatglm_fixtures import SAMPLE_TEXTS, reference_ids, write_thudm_checkpoint
 from tests.conftest import REPO
 
@@ -87,8 +88,8 @@ def test_loading_a_thudm_folder_converts_it_once_and_trains(tmp_path):
 
     source = tmp_path / "chatglm3-tiny"
     write_thudm_checkpoint(source, "chatglm3")
-    converted = resolve_model_path(str(source))
-    assert converted != str(source) and resolve_model_path(str(source)) == converted
+    converted = prepare_model(str(source))
+    assert converted != str(source) and prepare_model(str(source)) == converted
     status = TrainingSession(RunConfig(model_name_or_path=str(source), dataset="identity", max_steps=4,
                                        learning_rate=1e-3), tmp_path / "run").run()
     assert status["state"] == "finished", status
@@ -99,8 +100,8 @@ def test_chatglm_v1_is_refused_with_a_reason(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "chatglm", "position_encoding_2d": True,
                                                       "vocab_size": 130528}))
     with pytest.raises(ModelError, match="ChatGLM-6B \\(v1\\).*enable trust_remote_code"):
-        resolve_model_path(str(tmp_path))
-    with pytest.raises(ConversionError, match="2D positions"):
+        prepare_model(str(tmp_path))
+    with pytest.raises(ModelError, match="2D positions"):
         convert_chatglm(tmp_path, tmp_path / "out")
 
 

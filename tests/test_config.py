@@ -22,7 +22,7 @@ def test_overrides_are_typed(tmp_path):
 def test_each_wrong_value_gets_one_message_naming_its_key():
     config = RunConfig(learning_rate=-1, per_device_train_batch_size=0, lora_rank=0, template="nope",
                        finetuning_type="lora", cutoff_len=4)
-    problems = config.problems()
+    problems = [str(p) for p in config.problems()]
     keys = [p.split(":")[0] for p in problems]
     assert keys == ["learning_rate", "per_device_train_batch_size", "cutoff_len", "lora_rank", "template"]
     assert problems[0] == "learning_rate: must be greater than 0 (got -1)"
@@ -33,7 +33,7 @@ def test_each_wrong_value_gets_one_message_naming_its_key():
 def test_unknown_key_suggests_and_type_errors_name_the_key():
     with pytest.raises(ConfigError) as error:
         RunConfig.from_dict({"lora_rnk": 8, "num_train_epochs": "three", "learning_rate": -1})
-    assert error.value.problems == [
+    assert [str(p) for p in error.value.problems] == [
         "lora_rnk: unknown key (did you mean 'lora_rank'?)",
         "num_train_epochs: expected float, got 'three'",
         "learning_rate: must be greater than 0 (got -1.0)",

@@ -44,7 +44,7 @@ def test_logit_distillation_makes_the_student_agree_with_the_teacher(teacher_run
                        learning_rate=1e-3, num_train_epochs=10)
     tokenizer = load_tokenizer(str(demo_model_dir))
     prompts = load_conversations("identity").conversations[:12]
-    teacher, _, _ = distill.load_teacher(config, "cpu")
+    teacher, _ = distill.load_teacher(config, "cpu")
     teacher_says = greedy_answers(teacher, tokenizer, prompts)
     student_before, _ = distill.build_student(teacher, config, "cpu")
     assert student_before.config.num_hidden_layers == teacher.config.num_hidden_layers // 2

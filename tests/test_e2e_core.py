@@ -9,6 +9,7 @@ import pytest
 
 from core.chat.engine import GenerationSettings
 from core.config import RunConfig
+from core.errors import WorkbenchError
 from core.training.job import BusyError
 from core.workbench import Workbench
 from tests.conftest import IDENTITY_FIRST_ANSWER
@@ -25,8 +26,8 @@ def quarter_means(losses: list[float]) -> tuple[float, float]:
 
 def reply(wb: Workbench, messages, **kwargs) -> str:
     text = ""
-    for text in wb.chat_stream(messages, settings=GREEDY, **kwargs):
-        pass
+    for partial in wb.chat_stream(messages, settings=GREEDY, **kwargs):
+        text = partial
     return text.strip()
 
 
@@ -128,7 +129,7 @@ def test_exported_zip_loads_with_peft(trained, tmp_path, demo_model_dir):
 def test_export_refuses_paths_outside_the_workspace(trained):
     wb, _, _ = trained
     for name in ("../../etc", "/etc/passwd", ".."):
-        with pytest.raises(ValueError, match="no run named"):
+        with pytest.raises(WorkbenchError, match="no run named"):
             wb.export_zip(name)
 
 

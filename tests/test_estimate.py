@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.config import RunConfig
-from core.estimate import ModelShape, estimate_memory, trainable_params
+from core.estimate import ModelShape, estimate_memory
 from core.methods import get_method
 from core.methods.base import count_parameters
 
@@ -31,7 +31,7 @@ def test_parameter_counts_match_the_prepared_model(demo_model_dir, demo_shape, m
     config = RunConfig(finetuning_type=method, **settings)
     model = get_method(method).prepare(load_model(str(demo_model_dir)), config)
     trainable, total = count_parameters(model)
-    assert trainable_params(demo_shape, config) == trainable
+    assert get_method(method).trainable_params(demo_shape, config) == trainable
     if method in ("full", "freeze"):
         assert demo_shape.total_params == total
 

@@ -47,7 +47,7 @@ def test_bad_rows_are_reported_and_skipped():
     ]
     result = convert(rows)
     assert len(result.conversations) == 1
-    assert result.problems == [
+    assert [str(p) for p in result.problems] == [
         "row 2: field 'output' is empty (null)",
         "row 3: field 'instruction' must be text, got list",
         "row 4: missing field 'output'",
@@ -58,7 +58,7 @@ def test_conversation_ending_with_user_is_rejected():
     row = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
                         {"role": "user", "content": "c"}]}
     result = convert([row, {"messages": QA}])
-    assert result.problems == ["row 1: the conversation ends with a user turn: there is no answer to learn"]
+    assert [str(p) for p in result.problems] == ["row 1: the conversation ends with a user turn: there is no answer to learn"]
 
 
 def test_explicit_format_override_and_all_rows_bad():

@@ -14,6 +14,7 @@ import pytest
 from transformers import TrainerCallback
 
 from core.config import RunConfig
+from core.errors import WorkbenchError
 from core.evaluation.metrics import average, score
 from core.runs import read_metrics
 from core.training.runner import TrainingSession
@@ -90,12 +91,13 @@ def test_sigkill_during_a_checkpoint_save_keeps_the_last_complete_one(tmp_path, 
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
     checkpoints = run_dir / "checkpoints"
-    assert (checkpoints / ".partial" / "checkpoint-10").is_dir()  # the half-written one, out of the way
+    assert len(list(checkpoints.glob(".partial-*/checkpoint-10"))) == 1  # the half-written one, out of the way
     assert get_last_checkpoint(str(checkpoints)) == str(checkpoints / "checkpoint-5")
     PeftModel.from_pretrained(load_model(str(demo_model_dir)), str(checkpoints / "checkpoint-5"))
     resumed = TrainingSession(RunConfig.from_dict({**SHORT.to_dict(), "save_steps": 5}), run_dir, resume=True).run()
     assert resumed["state"] == "finished" and resumed["step"] == 20
     assert [m["step"] for m in read_metrics(run_dir) if "loss" in m] == list(range(1, 21))
+    assert not list(checkpoints.glob(".partial*"))  # the dead process's half-written save was cleared away
 
 
 def test_continue_training_from_a_finished_run(tmp_path, demo_model_dir):
@@ -115,7 +117,7 @@ def test_resume_refuses_runs_that_finished(tmp_path, demo_model_dir):
     wb = Workbench(tmp_path / "ws")
     run = wb.start_training(SHORT.replace(max_steps=2))
     wb.wait_for_job(120)
-    with pytest.raises(ValueError, match="only aborted or failed runs resume"):
+    with pytest.raises(WorkbenchError, match=f"run {run} has already finished: to train it further, start a new run"):
         wb.resume_training(run)
 
 

@@ -12,8 +12,8 @@ from webui.locale import Translator
 from webui.tabs.chat import create_chat_tab
 from webui.tabs.data import create_data_tab
 from webui.tabs.evaluate import create_evaluate_tab
-from webui.tabs.runs import create_runs_tab
 from webui.tabs.export import create_export_tab
+from webui.tabs.runs import create_runs_tab
 from webui.tabs.train import create_train_tab
 
 CSS_PATH = Path(__file__).resolve().parents[1] / "assets" / "ui.css"
@@ -63,8 +63,13 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
         runs_tab.select(*runs["refresh"], api_name=False).then(*runs["compare"], api_name=False)
         train_tab.select(*train["refresh"], api_name=False)
         export_tab.select(*export["refresh"], api_name=False)
-        app.load(*train["restore"], api_name=False).then(*train["method_groups"], api_name=False) \
-            .then(**data["preview"], api_name=False)
+        # Every list of the workspace (datasets, models, runs) is read when the page opens: the page as served
+        # holds none of it, so nothing of the workspace reaches a visitor who has not logged in.
+        app.load(*data["refresh"], api_name=False).then(*train["refresh"], api_name=False) \
+            .then(*train["restore"], api_name=False).then(*train["method_groups"], api_name=False) \
+            .then(**data["preview"], api_name=False).then(*chat["refresh"], api_name=False) \
+            .then(*evaluate["refresh"], api_name=False).then(*runs["refresh"], api_name=False) \
+            .then(*export["refresh"], api_name=False)
         # The data tab renders a sample with the model and template chosen in the train tab.
         render_inputs = [data["dataset"], data["format"], train["fields"]["model_name_or_path"],
                          train["fields"]["template"], data["sample_index"], data["columns"]]

@@ -28,7 +28,7 @@ def loss_figure(metrics: list[dict[str, Any]], t) -> go.Figure:
     from plotly.subplots import make_subplots
 
     figure = make_subplots(rows=2, cols=2, horizontal_spacing=0.08, vertical_spacing=0.16,
-                           subplot_titles=(t("chart_loss"), t("perplexity"), t("learning_rate"), t("throughput")),
+                           subplot_titles=(t("chart_loss"), t("perplexity"), t.label("learning_rate"), t("throughput")),
                            specs=[[{}, {}], [{}, {"secondary_y": True}]])
     steps, losses = _series(metrics, "loss")
     figure.add_trace(go.Scatter(x=steps, y=losses, mode="lines+markers", name=t("loss"), marker={"size": 3},
@@ -46,7 +46,7 @@ def loss_figure(metrics: list[dict[str, Any]], t) -> go.Figure:
         figure.add_annotation(text=t("perplexity_hint"), showarrow=False, x=0.78, y=0.8, xref="paper", yref="paper",
                               font={"color": "#64748b"})
     figure.add_trace(go.Scatter(x=_series(metrics, "learning_rate")[0], y=_series(metrics, "learning_rate")[1],
-                                mode="lines+markers", marker={"size": 3}, name=t("learning_rate")), row=2, col=1)
+                                mode="lines+markers", marker={"size": 3}, name=t.label("learning_rate")), row=2, col=1)
     figure.add_trace(go.Scatter(x=_series(metrics, "tokens_per_second")[0], y=_series(metrics, "tokens_per_second")[1],
                                 mode="lines", name=t("tokens_per_second")), row=2, col=2)
     figure.add_trace(go.Scatter(x=_series(metrics, "memory_mb")[0], y=_series(metrics, "memory_mb")[1], mode="lines",

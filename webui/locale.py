@@ -1,32 +1,27 @@
-"""Every visible string, by key, from one table per language (locales/en.json, locales/zh.json)."""
+"""Every visible string, by key: the page's own words (locales/{zh,en}.json) and the engine's sentences
+(core/locales), both rendered in the page's language. The engine's errors arrive as codes and parameters,
+never as English text to be translated after the fact."""
 
 from __future__ import annotations
 
 import json
-import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
+from typing import Any
 
-LANGUAGES = ("zh", "en")
+from core.errors import ConfigError, WorkbenchError, describe
+from core.i18n import LANGUAGES, Message
+
 LOCALE_DIR = Path(__file__).resolve().parent / "locales"
 
+__all__ = ["LANGUAGES", "Translator", "table"]
 
-@lru_cache(maxsize=None)
+
+@cache
 def table(lang: str) -> dict[str, str]:
     if lang not in LANGUAGES:
         raise ValueError(f"unknown language '{lang}'; choose one of {', '.join(LANGUAGES)}")
     return json.loads((LOCALE_DIR / f"{lang}.json").read_text(encoding="utf-8"))
-
-
-@lru_cache(maxsize=None)
-def message_patterns(lang: str) -> tuple[tuple[re.Pattern, str], ...]:
-    """The engine speaks English (CLI, logs, status files); locales/<lang>_messages.json turns its messages
-    into the page's language: [regular expression, replacement] pairs, applied in order."""
-    path = LOCALE_DIR / f"{lang}_messages.json"
-    if not path.is_file():
-        return ()
-    pairs = json.loads(path.read_text(encoding="utf-8"))["patterns"]
-    return tuple((re.compile(pattern, re.MULTILINE), replacement) for pattern, replacement in pairs)
 
 
 class Translator:
@@ -41,11 +36,27 @@ class Translator:
         return text.format(**values) if values else text
 
     def get(self, key: str, fallback: str) -> str:
-        """The string for `key` if the table has one (a run state, a column name), else `fallback`."""
+        """The string for `key` if the table has one (a column name), else `fallback`."""
         return self.strings.get(key, fallback)
 
-    def message(self, text: str) -> str:
-        """An engine message (an error, a row problem) in this language; file names and values are kept."""
-        for pattern, replacement in message_patterns(self.lang):
-            text = pattern.sub(replacement, text)
-        return text
+    def label(self, key: str) -> str:
+        """A setting's name as the form labels it (`field_<key>`), or the key itself."""
+        return self.strings.get(f"field_{key}", key)
+
+    def state(self, state: str) -> str:
+        return Message(f"state.{state}").render(self.lang)
+
+    def message(self, item: Any) -> str:
+        """An engine message in this language: an error (settings named by their form label), a Message, a row
+        problem, or a Message stored as JSON in status.json. Anything else that is not ours is a bug."""
+        if isinstance(item, ConfigError):
+            return item.render(self.lang, self.label)
+        if isinstance(item, WorkbenchError):
+            return item.render(self.lang)
+        if isinstance(item, BaseException):
+            return describe(item, self.lang)
+        if isinstance(item, dict):
+            item = Message.from_json(item) or ""
+        if hasattr(item, "render"):
+            return item.render(self.lang)
+        return str(item)

@@ -10,14 +10,15 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from contextlib import AbstractContextManager, nullcontext
-from typing import Iterator
 
 from core.data.template import TemplateEncoder
+from core.errors import ModelError
 from core.methods.ptuning_v2 import PrefixAdapter, is_prefix_adapter
-from core.models.loader import load_model, load_tokenizer, resolve_model_path
+from core.models.loader import load_model, load_tokenizer, prepare_model
 
 log = logging.getLogger("glm_workbench")
 
@@ -78,7 +79,7 @@ class ChatEngine:
     # ---- model and adapters -------------------------------------------------------------------------------
     def load_model(self, name_or_path: str, template: str | None = None, trust_remote_code: bool = False) -> str:
         """Load a base model unless it is already the loaded one. Returns its resolved path."""
-        path = resolve_model_path(name_or_path, trust_remote_code)
+        path = prepare_model(name_or_path, trust_remote_code)
         with self._lock:
             if template:
                 self.template = template
@@ -98,7 +99,7 @@ class ChatEngine:
 
         weights = next(Path(folder).glob("adapter_model.*"), None)
         if weights is None:
-            raise ValueError(f"{folder}: no adapter_model file: is this a finished adapter run?")
+            raise ModelError("model.no_adapter_weights", folder=str(folder))
         stamp = weights.stat().st_mtime
         known = self._adapters.get(name)
         if known and (known.folder, known.stamp) == (str(folder), stamp):
@@ -133,12 +134,21 @@ class ChatEngine:
         return base_only, loaded.prefix if loaded is not None else None
 
     # ---- generation -----------------------------------------------------------------------------------------
+    @property
+    def context_length(self) -> int:
+        """How many positions the loaded model has: prompt plus answer must fit."""
+        config = self.model.config
+        return int(getattr(config, "max_position_embeddings", None) or getattr(config, "seq_length", None) or 2048)
+
     def stream(self, messages: list[dict[str, str]], system: str = "", adapter: tuple[str, str] | None = None,
-               settings: GenerationSettings | None = None, model: str | None = None) -> Iterator[str]:
+               settings: GenerationSettings | None = None, model: str | None = None,
+               cancel: threading.Event | None = None) -> Iterator[str]:
         """Yield the reply as it grows (each item is the whole reply so far).
 
         `adapter` is (name, folder) of a LoRA or P-tuning v2 adapter, or None for the base model; `model`, when
-        given, is loaded first (if it is not the loaded one) under the same lock as the generation.
+        given, is loaded first (if it is not the loaded one) under the same lock as the generation. Setting
+        `cancel` (or no longer reading) ends the generation at the next token. The answer never runs past the
+        model's context: max_new_tokens is capped at what the prompt leaves.
         """
         import torch
         from transformers import StoppingCriteriaList, TextIteratorStreamer
@@ -148,7 +158,7 @@ class ChatEngine:
         settings = settings or GenerationSettings()
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         errors: list[BaseException] = []
-        cancelled = threading.Event()  # set when the consumer stops reading (Stop button, closed page)
+        cancelled = cancel or threading.Event()  # set when the consumer stops reading (Stop, closed page, API)
 
         def work() -> None:
             # The lock is taken and released here, in the worker thread: a web server may resume this
@@ -156,6 +166,9 @@ class ChatEngine:
             # must never leave the engine locked for the next request.
             try:
                 with self._lock:
+                    if cancelled.is_set():  # the reader left while this request waited for the model
+                        streamer.end()
+                        return
                     if model is not None:  # under the same lock: a concurrent request cannot swap the base between
                         self.load_model(model)
                     streamer.tokenizer = self.tokenizer
@@ -163,12 +176,16 @@ class ChatEngine:
                     if settings.seed is not None:
                         torch.manual_seed(settings.seed)
                     prompt = self.encoder.encode_prompt(messages, system)
+                    room = self.context_length - len(prompt) - (prefix.length if prefix is not None else 0)
+                    if room < 1:
+                        raise ModelError("model.prompt_too_long", tokens=len(prompt), context=self.context_length)
                     input_ids = torch.tensor([prompt], device=self.model.device)
                     inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
                     if prefix is not None:
                         inputs = prefix.generate_kwargs(self.model, input_ids, inputs["attention_mask"])
                     with torch.inference_mode(), context:
-                        self.model.generate(**inputs, max_new_tokens=settings.max_new_tokens, streamer=streamer,
+                        self.model.generate(**inputs, max_new_tokens=min(settings.max_new_tokens, room),
+                                            streamer=streamer,
                                             eos_token_id=self.encoder.stop_token_ids,
                                             pad_token_id=self.tokenizer.pad_token_id,
                                             stopping_criteria=StoppingCriteriaList([StopOnEvent(cancelled)]),
@@ -193,6 +210,6 @@ class ChatEngine:
     def chat(self, messages: list[dict[str, str]], system: str = "", adapter: tuple[str, str] | None = None,
              settings: GenerationSettings | None = None) -> str:
         reply = ""
-        for reply in self.stream(messages, system, adapter, settings):
-            pass
+        for partial in self.stream(messages, system, adapter, settings):
+            reply = partial
         return reply.strip()

@@ -6,9 +6,11 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.data.formats import Conversation, ConversionResult, convert, parse_columns, rename_columns
-from core.data.readers import DataError, read_rows, resolve_dataset
+from core.data.formats import Conversation, ConversionResult, RowProblem, convert, parse_columns, rename_columns
+from core.data.readers import read_rows, resolve_dataset
 from core.data.template import IGNORE_INDEX, TemplateEncoder
+from core.errors import DataError
+from core.i18n import message
 
 
 @dataclass
@@ -35,7 +37,7 @@ def load_conversations(name_or_path: str, fmt: str = "auto", columns: str = "") 
     try:
         result = convert(rename_columns(rows, parse_columns(columns)), fmt)
     except DataError as exc:
-        raise type(exc)(str(exc), path) from None  # the same kind of error, now naming the file
+        raise exc.located(path) from None  # the same kind of error, now naming the file
     return LoadedData(str(path), rows, result)
 
 
@@ -44,12 +46,8 @@ class TokenizedData:
     train: list[dict[str, list[int]]]
     eval: list[dict[str, list[int]]] = field(default_factory=list)
     format: str = ""
-    problems: list[str] = field(default_factory=list)
+    problems: list[RowProblem] = field(default_factory=list)
     truncated: int = 0
-
-    @property
-    def train_tokens(self) -> int:
-        return sum(len(sample["input_ids"]) for sample in self.train)
 
 
 def tokenize_dataset(name_or_path: str, tokenizer, template: str, cutoff_len: int, fmt: str = "auto",
@@ -72,17 +70,16 @@ def tokenize_conversations(conversations: list[Conversation], tokenizer, templat
             truncated += 1
             input_ids, labels = input_ids[:cutoff_len], labels[:cutoff_len]
         if all(label == IGNORE_INDEX for label in labels):
-            problems.append(f"sample {index}: the answer lies beyond cutoff_len={cutoff_len} tokens; skipped")
+            problems.append(RowProblem(index, message("row.answer_beyond_cutoff", cutoff_len=cutoff_len), "sample"))
             continue
         samples.append({"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)})
     if not samples:
-        raise DataError(f"no sample keeps any answer token within cutoff_len={cutoff_len}: raise cutoff_len",
-                        source or None)
+        raise DataError("data.all_beyond_cutoff", source or None, cutoff_len=cutoff_len)
     eval_count = int(val_size) if val_size >= 1 else int(round(len(samples) * val_size))
     eval_samples: list[dict[str, list[int]]] = []
     if eval_count:
         if eval_count >= len(samples):
-            raise DataError(f"val_size={val_size} leaves no training samples out of {len(samples)}", source or None)
+            raise DataError("data.val_size_too_large", source or None, val_size=val_size, samples=len(samples))
         order = list(range(len(samples)))
         random.Random(seed).shuffle(order)
         held = set(order[:eval_count])

@@ -7,10 +7,12 @@ Rows that cannot be converted are reported one by one (row number, what is wrong
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from core.data.readers import DataError
+from core.errors import DataError, UnknownColumnsError
+from core.i18n import Message, message
 
 
 @dataclass
@@ -19,19 +21,37 @@ class Conversation:
     system: str = ""
 
 
+@dataclass(frozen=True)
+class RowProblem:
+    """Why one row (or, after tokenizing, one sample) was skipped; `row` counts from 1."""
+
+    row: int
+    problem: Message
+    unit: str = "row"  # "row" of the file, or "sample" once tokenized
+
+    def as_message(self) -> Message:
+        return message(f"where.{self.unit}", row=self.row, message=self.problem)
+
+    def render(self, lang: str | None = None) -> str:
+        return self.as_message().render(lang)
+
+    def __str__(self) -> str:
+        return self.render("en")
+
+
 @dataclass
 class ConversionResult:
     format: str
     conversations: list[Conversation]
-    problems: list[str] = field(default_factory=list)  # "row 7: ..." for each skipped row
+    problems: list[RowProblem] = field(default_factory=list)  # one for each skipped row
 
 
-class UnknownColumnsError(DataError):
-    """No format matches the file's columns: a column mapping can fix it without editing the file."""
+class RowError(Exception):
+    """One row cannot be converted; carries the message that says why."""
 
-
-class RowError(ValueError):
-    """One row cannot be converted; the message says why."""
+    def __init__(self, code: str, **params: object):
+        self.message = message(code, **params)
+        super().__init__(str(self.message))
 
 
 # Which keys identify which format; the first format whose required keys are all present wins.
@@ -56,12 +76,11 @@ def parse_columns(text: str) -> dict[str, str]:
     for pair in filter(None, (part.strip() for part in (text or "").replace("，", ",").split(","))):
         source, sep, target = (item.strip() for item in pair.partition("="))
         if not sep or not source or not target:
-            raise DataError(f"column mapping '{pair}': write it as your_column=standard_column")
+            raise DataError("columns.syntax", pair=pair)
         if target not in STANDARD_COLUMNS:
-            raise DataError(f"column mapping '{pair}': '{target}' is not a column any format reads; "
-                            f"use one of {', '.join(STANDARD_COLUMNS)}")
+            raise DataError("columns.unknown_target", pair=pair, target=target, columns=", ".join(STANDARD_COLUMNS))
         if target in mapping.values():
-            raise DataError(f"column mapping '{pair}': another column is already mapped to '{target}'")
+            raise DataError("columns.duplicate_target", pair=pair, target=target)
         mapping[source] = target
     return mapping
 
@@ -92,8 +111,7 @@ def detect_format(rows: list[dict[str, Any]]) -> str:
             return name
     expected = "; ".join(f"{name}: {', '.join(req)}" for name, req in FORMAT_KEYS.items())
     found = ", ".join(sorted(map(str, keys))) or "(none)"
-    raise UnknownColumnsError(f"unknown columns: {found}. Expected one of these column sets — {expected} — or map "
-                              "yours with a column mapping such as question=instruction, answer=output", row=1)
+    raise UnknownColumnsError("data.unknown_columns", row=1, found=found, expected=expected)
 
 
 def convert(rows: list[dict[str, Any]], fmt: str = "auto") -> ConversionResult:
@@ -101,32 +119,32 @@ def convert(rows: list[dict[str, Any]], fmt: str = "auto") -> ConversionResult:
     if fmt == "auto":
         fmt = detect_format(rows)
     if fmt not in CONVERTERS:
-        raise DataError(f"unknown dataset format '{fmt}'; choose one of {', '.join(FORMATS)}")
+        raise DataError("data.unknown_format", format=fmt, formats=", ".join(FORMATS))
     converter = CONVERTERS[fmt]
     result = ConversionResult(format=fmt, conversations=[])
     for index, row in enumerate(rows, start=1):
         try:
             result.conversations.append(_check(converter(row)))
         except RowError as exc:
-            result.problems.append(f"row {index}: {exc}")
+            result.problems.append(RowProblem(index, exc.message))
     if not result.conversations:
-        first = result.problems[0] if result.problems else ""
-        raise DataError(f"no usable rows for format '{fmt}' ({len(result.problems)} rows rejected; first: {first})")
+        raise DataError("data.no_usable_rows", format=fmt, rejected=len(result.problems),
+                        first=result.problems[0].as_message())
     return result
 
 
 def _text(row: dict[str, Any], key: str, required: bool = True) -> str:
     if key not in row:
         if required:
-            raise RowError(f"missing field '{key}'")
+            raise RowError("row.missing_field", field=key)
         return ""
     value = row[key]
     if value is None:
         if required:
-            raise RowError(f"field '{key}' is empty (null)")
+            raise RowError("row.null_field", field=key)
         return ""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise RowError(f"field '{key}' must be text, got {type(value).__name__}")
+        raise RowError("row.field_not_text", field=key, got=type(value).__name__)
     return str(value)
 
 
@@ -134,11 +152,11 @@ def _pairs(row: dict[str, Any], key: str) -> list[dict[str, str]]:
     """ChatGLM / alpaca `history`: [[question, answer], ...] -> messages."""
     history = row.get(key) or []
     if not isinstance(history, list):
-        raise RowError(f"field '{key}' must be a list of [question, answer] pairs")
+        raise RowError("row.history_not_list", field=key)
     messages = []
     for turn in history:
         if not (isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
-            raise RowError(f"field '{key}' must be a list of [question, answer] pairs of text")
+            raise RowError("row.history_not_pairs", field=key)
         messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
     return messages
 
@@ -168,22 +186,23 @@ def _message_list(row: dict[str, Any], key: str, role_key: str, content_key: str
                   roles: dict[str, str] | None) -> Conversation:
     turns = row.get(key)
     if not isinstance(turns, list) or not turns:
-        raise RowError(f"field '{key}' must be a non-empty list of messages")
+        raise RowError("row.messages_not_list", field=key)
     system = _text(row, "system", required=False)
     messages: list[dict[str, str]] = []
     for number, turn in enumerate(turns, start=1):
         if not isinstance(turn, dict):
-            raise RowError(f"message {number} must be an object with '{role_key}' and '{content_key}'")
+            raise RowError("row.message_not_object", number=number, role_key=role_key, content_key=content_key)
         raw_role = turn.get(role_key)
         role = roles.get(str(raw_role).lower()) if roles else raw_role
         if role not in ("system", "user", "assistant"):
-            raise RowError(f"message {number} has unknown {role_key} {raw_role!r}")
+            raise RowError("row.message_unknown_role", number=number, role_key=role_key, role=repr(raw_role))
         content = turn.get(content_key)
         if not isinstance(content, str):
-            raise RowError(f"message {number} '{content_key}' must be text, got {type(content).__name__}")
+            raise RowError("row.message_content_not_text", number=number, content_key=content_key,
+                           got=type(content).__name__)
         if role == "system":
             if messages:
-                raise RowError(f"message {number}: a system message may only come first")
+                raise RowError("row.system_not_first", number=number)
             system = content
         else:
             messages.append({"role": role, "content": content})
@@ -194,15 +213,15 @@ def _check(conversation: Conversation) -> Conversation:
     """Conversations must alternate user/assistant, start with the user and end with the assistant."""
     messages = conversation.messages
     if not messages:
-        raise RowError("no messages")
-    for number, message in enumerate(messages, start=1):
+        raise RowError("row.no_messages")
+    for number, turn in enumerate(messages, start=1):
         expected = "user" if number % 2 else "assistant"
-        if message["role"] != expected:
-            raise RowError(f"message {number} should be from the {expected}, not the {message['role']}")
+        if turn["role"] != expected:
+            raise RowError("row.wrong_order", number=number, expected=expected, got=turn["role"])
     if messages[-1]["role"] != "assistant":
-        raise RowError("the conversation ends with a user turn: there is no answer to learn")
+        raise RowError("row.ends_with_user")
     if not messages[-1]["content"].strip():
-        raise RowError("the last answer is empty")
+        raise RowError("row.empty_answer")
     return conversation
 
 

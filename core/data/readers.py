@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from core.errors import DataError
+
 SUPPORTED_EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet")
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "datasets"
 DEMO_DATASETS = {
@@ -16,26 +18,15 @@ DEMO_DATASETS = {
 }
 
 
-class DataError(ValueError):
-    """A problem with a data file, phrased for the user: which file, which row, what is wrong."""
-
-    def __init__(self, message: str, path: str | Path | None = None, row: int | None = None):
-        self.path = str(path) if path is not None else None
-        self.row = row
-        where = Path(self.path).name if self.path else ""
-        if row is not None:
-            where = f"{where} row {row}" if where else f"row {row}"
-        super().__init__(f"{where}: {message}" if where else message)
-
-
 def resolve_dataset(name_or_path: str) -> Path:
     """A demo dataset's name ('identity') or a file path -> an existing file path."""
     if name_or_path in DEMO_DATASETS:
         return DEMO_DATASETS[name_or_path]
     path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        raise DataError("data.is_directory", full_path=str(path.resolve()))
     if not path.is_file():
-        demos = ", ".join(DEMO_DATASETS)
-        raise DataError(f"dataset not found (not a file, and not a demo dataset: {demos})", path)
+        raise DataError("data.not_found", path, demos=", ".join(DEMO_DATASETS))
     return path
 
 
@@ -44,19 +35,19 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_EXTENSIONS:
-        raise DataError(f"unsupported file type '{suffix or '(none)'}'; use {', '.join(SUPPORTED_EXTENSIONS)}", path)
+        raise DataError("data.unsupported_type", path, suffix=suffix or "(none)", supported=", ".join(SUPPORTED_EXTENSIONS))
     raw = path.read_bytes()
     if not raw.strip():
-        raise DataError("the file is empty", path)
+        raise DataError("data.file_empty", path)
     if raw[:4] == b"PAR1" and suffix != ".parquet":
-        raise DataError(f"this is a parquet file named '{suffix}': rename it to .parquet", path)
+        raise DataError("data.parquet_misnamed", path, suffix=suffix)
     reader = {".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet}[suffix]
     rows = reader(path, raw)
     if not rows:
-        raise DataError("the file holds no rows", path)
+        raise DataError("data.no_rows", path)
     for index, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
-            raise DataError(f"expected an object with named fields, got {type(row).__name__}", path, index)
+            raise DataError("data.row_not_object", path, index, got=type(row).__name__)
     return rows
 
 
@@ -67,7 +58,7 @@ def _decode(path: Path, raw: bytes) -> str:
             return raw.decode(encoding)
         except UnicodeDecodeError:
             continue
-    raise DataError("cannot decode the text: save it as UTF-8", path)
+    raise DataError("data.not_utf8", path)
 
 
 def _read_json(path: Path, raw: bytes) -> list[Any]:
@@ -78,13 +69,14 @@ def _read_json(path: Path, raw: bytes) -> list[Any]:
         # A .json file with one object per line is common: accept it as JSONL.
         if exc.msg == "Extra data" and text.lstrip().startswith("{"):
             return _read_jsonl(path, raw)
-        raise DataError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", path) from None
+        raise DataError("data.invalid_json", path, line=exc.lineno, column=exc.colno, detail=exc.msg) from None
     if isinstance(data, dict):
         lists = [key for key, value in data.items() if isinstance(value, list)]
-        hint = f" (did you mean the list under '{lists[0]}'?)" if lists else ""
-        raise DataError(f"expected a JSON list of rows, got an object{hint}", path)
+        if lists:
+            raise DataError("data.json_object_with_list", path, key=lists[0])
+        raise DataError("data.json_not_list", path, got="object")
     if not isinstance(data, list):
-        raise DataError(f"expected a JSON list of rows, got {type(data).__name__}", path)
+        raise DataError("data.json_not_list", path, got=type(data).__name__)
     return data
 
 
@@ -96,7 +88,7 @@ def _read_jsonl(path: Path, raw: bytes) -> list[Any]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            raise DataError(f"invalid JSON on line {number}: {exc.msg}", path) from None
+            raise DataError("data.invalid_jsonl", path, line=number, detail=exc.msg) from None
     return rows
 
 
@@ -108,7 +100,7 @@ def _read_csv(path: Path, raw: bytes) -> list[dict[str, Any]]:
     try:
         frame = pd.read_csv(io.StringIO(_decode(path, raw)), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"invalid CSV: {exc}", path) from None
+        raise DataError("data.invalid_csv", path, detail=str(exc).strip()) from None
     return frame.to_dict(orient="records")
 
 
@@ -117,8 +109,8 @@ def _read_parquet(path: Path, raw: bytes) -> list[dict[str, Any]]:
 
     try:
         frame = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several unrelated types for a broken file
-        raise DataError(f"cannot read parquet: {exc}", path) from None
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several unrelated types for a broken file
+        raise DataError("data.invalid_parquet", path, detail=str(exc).strip()) from None
     return [_plain(row) for row in frame.to_dict(orient="records")]
 
 

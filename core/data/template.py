@@ -29,6 +29,9 @@ class Template:
     end_token: str = "<|endoftext|>"
     prompt_newline: bool = True  # the generation prompt ends with "<|assistant|>\n" (else the model writes it)
     rounds: bool = False  # ChatGLM2's text rounds instead of role tokens
+    # How a rendered string joins role token and text, so that tokenizing it whole gives the ids that encoding
+    # segment by segment gives: SentencePiece (chatglm3) writes the dummy prefix of each text as a space.
+    text_joiner: str = "\n"
 
     def role_token(self, role: str) -> str:
         return f"<|{role}|>"
@@ -37,7 +40,7 @@ class Template:
 TEMPLATES: dict[str, Template] = {
     "glm4": Template("glm4", prefix=("[gMASK]", "<sop>")),
     "chatglm3": Template("chatglm3", prefix=("[gMASK]", "sop"), stop_tokens=("</s>", "<|user|>", "<|observation|>"),
-                         end_token="</s>", prompt_newline=False),
+                         end_token="</s>", prompt_newline=False, text_joiner="\n "),
     "chatglm2": Template("chatglm2", prefix=("[gMASK]", "sop"), stop_tokens=("</s>",), end_token="</s>",
                          rounds=True),
 }
@@ -46,8 +49,26 @@ AUTO = "auto"
 
 def get_template(name: str) -> Template:
     if name not in TEMPLATES:
-        raise ValueError(f"unknown template '{name}'; choose one of {AUTO}, {', '.join(TEMPLATES)}")
+        from core.errors import config_error
+
+        raise config_error("template", "config.auto_or_one_of", value=name, show_value=True,
+                           choices=", ".join(TEMPLATES))
     return TEMPLATES[name]
+
+
+def chat_template_jinja(name: str) -> str:
+    """The template as Jinja, saved with tokenizers we write (the demo model, converted checkpoints) for users of
+    `apply_chat_template`. Generated from the one `Template` definition; a test checks the two agree token for
+    token."""
+    template = get_template(name)
+    prefix = "".join(template.prefix)
+    if template.rounds:
+        return (prefix + "{% set n = namespace(i=0) %}{% for m in messages %}{% if m['role'] == 'user' %}"
+                "{% set n.i = n.i + 1 %}[Round {{ n.i }}]\n\n问：{{ m['content'] }}\n\n答：{% elif m['role'] == "
+                "'assistant' %}{{ m['content'] }}\n\n{% endif %}{% endfor %}")
+    header = "<|assistant|>" + ("\n" if template.prompt_newline else "")
+    return (prefix + "{% for m in messages %}<|{{ m['role'] }}|>" + template.text_joiner + "{{ m['content'] }}"
+            "{% endfor %}{% if add_generation_prompt %}" + header + "{% endif %}")
 
 
 def detect_template(tokenizer) -> str:
@@ -57,8 +78,9 @@ def detect_template(tokenizer) -> str:
         return "glm4"
     if "sop" in vocab:
         return "chatglm3" if "<|user|>" in vocab else "chatglm2"
-    raise ValueError("cannot tell the chat template from this tokenizer (no [gMASK]/sop tokens): "
-                     f"set template to one of {', '.join(TEMPLATES)}")
+    from core.errors import ModelError
+
+    raise ModelError("model.template_unknown", templates=", ".join(TEMPLATES))
 
 
 def resolve_template(name: str, tokenizer) -> str:
@@ -79,8 +101,9 @@ class TemplateEncoder:
         if token not in self._ids:
             token_id = self.tokenizer.convert_tokens_to_ids(token)
             if token_id is None or token_id == self.tokenizer.unk_token_id:
-                raise ValueError(f"the tokenizer has no special token {token} needed by template "
-                                 f"'{self.template.name}': is this a GLM tokenizer?")
+                from core.errors import ModelError
+
+                raise ModelError("model.template_token_missing", token=token, template=self.template.name)
             self._ids[token] = token_id
         return self._ids[token]
 

@@ -6,6 +6,7 @@ The last assistant turn of each conversation is the label; everything before it 
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -16,8 +17,8 @@ from core.chat.engine import StopOnEvent
 from core.data.dataset import load_conversations
 from core.data.template import IGNORE_INDEX, TemplateEncoder
 from core.evaluation.metrics import average, score
+from core.files import write_json_atomic, write_text_atomic
 from core.models.trained import load_trained
-from core.runs import write_json_atomic, write_jsonl_atomic
 
 EVAL_DIR = "eval"
 
@@ -88,5 +89,6 @@ def evaluate_run(run_dir: str | Path, dataset: str, fmt: str = "auto", settings:
         folder = run_dir / EVAL_DIR
         folder.mkdir(exist_ok=True)
         write_json_atomic(folder / "metrics.json", metrics)
-        write_jsonl_atomic(folder / "predictions.jsonl", predictions)
+        write_text_atomic(folder / "predictions.jsonl",
+                          "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
     return EvalResult(metrics, predictions)

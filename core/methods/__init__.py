@@ -1,20 +1,37 @@
-"""Fine-tuning methods: one small module each, one registry.
+"""The fine-tuning methods: one module each (core/methods/<name>.py defining METHOD), found by themselves.
 
-A method decides how the model is loaded (`model_kwargs`, e.g. 4-bit), which parameters train (`prepare`) and
-what a finished run leaves behind (`save`): LoRA/QLoRA/P-tuning v2 a PEFT adapter folder, full and freeze a
-complete model folder.
+Adding a method is adding its module (plus its locale strings): the config, the validation, the memory
+estimate, the runner, the chat/eval loaders and the train tab all read what they need from its `Method`.
 """
 
 from __future__ import annotations
 
-from core.methods import distill, freeze, full, lora, ptuning_v2, qlora
+import importlib
+import pkgutil
+
 from core.methods.base import Method
 
-METHODS: dict[str, Method] = {m.name: m for m in (lora.METHOD, qlora.METHOD, freeze.METHOD, full.METHOD,
-                                                  ptuning_v2.METHOD, distill.METHOD)}
+# The order the train tab offers them in; a method found but not listed here comes after these.
+PREFERRED_ORDER = ("lora", "qlora", "freeze", "full", "ptuning_v2", "distill")
+
+
+def _discover() -> dict[str, Method]:
+    found: dict[str, Method] = {}
+    for module in pkgutil.iter_modules(__path__):
+        method = getattr(importlib.import_module(f"{__name__}.{module.name}"), "METHOD", None)
+        if isinstance(method, Method):
+            found[method.name] = method
+    rank = {name: index for index, name in enumerate(PREFERRED_ORDER)}
+    return dict(sorted(found.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0])))
+
+
+METHODS: dict[str, Method] = _discover()
 
 
 def get_method(name: str) -> Method:
     if name not in METHODS:
-        raise ValueError(f"finetuning_type: unknown method '{name}'; choose one of {', '.join(METHODS)}")
+        from core.errors import config_error
+
+        raise config_error("finetuning_type", "config.one_of", value=name, show_value=True,
+                           choices=", ".join(METHODS))
     return METHODS[name]

@@ -5,7 +5,7 @@
 - The student is `student_model`: "auto" builds a smaller native copy of the teacher's architecture (every
   other decoder layer, initialised from the teacher's, as DistilBERT does), or a local model folder.
 - logits mode (teacher and student share a tokenizer): loss = alpha * T^2 * KL(teacher_T || student_T) on the
-  answer tokens + (1 - alpha) * cross-entropy, with T = distill_temperature.
+  answer tokens + (1 - alpha) * cross-entropy, with T = distill_temperature (core/training/distillation.py).
 - sequence mode (different tokenizers): the teacher writes the answers (greedy), and the student is fine-tuned
   on them with plain cross-entropy.
 The student trains fully and the run leaves it in model/.
@@ -14,49 +14,59 @@ The student trains fully and the run leaves it in model/.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from dataclasses import dataclass
 
-import torch
-
-from core.methods.base import Method, save_model_and_tokenizer
-from core.training.checkpointing import CheckpointingTrainer
+from core.methods.base import MODEL, Field, Method, train_every_parameter
 
 log = logging.getLogger("glm_workbench")
+DISTILL_MODES = ("auto", "logits", "sequence")
 
 
-def prepare(model, config):
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
-    return model
+@dataclass
+class DistillOptions:
+    teacher_adapter: str = ""  # the teacher is model_name_or_path with this adapter (or run) merged in
+    student_model: str = "auto"  # "auto" (the teacher's every other layer) or a local model folder
+    distill_alpha: float = 0.5  # weight of the KL term against cross-entropy
+    distill_temperature: float = 2.0
+    distill_mode: str = "auto"  # auto: logits with a shared tokenizer, else sequence (teacher-written answers)
 
 
-METHOD = Method(name="distill", output_dir="model", prepare=prepare, save=save_model_and_tokenizer)
+FIELDS = (Field("teacher_adapter", "text"), Field("student_model", "text"), Field("distill_alpha"),
+          Field("distill_temperature"), Field("distill_mode", "choice", DISTILL_MODES))
+
+
+def check(config, check) -> None:
+    check(0 <= config.distill_alpha <= 1, "distill_alpha", "config.fraction_closed")
+    check(config.distill_temperature > 0, "distill_temperature", "config.greater_than", limit=0)
+    check(config.distill_mode in DISTILL_MODES, "distill_mode", "config.one_of", choices=", ".join(DISTILL_MODES))
 
 
 def load_teacher(config, device: str):
     """The teacher in eval mode, its adapter merged in, and its tokenizer."""
-    from core.models.loader import load_model, load_tokenizer, pick_dtype, resolve_model_path
+    from core.models.loader import load_model, load_tokenizer, pick_dtype, prepare_model
+    from core.runs import adapter_folder
 
-    path = resolve_model_path(config.model_name_or_path, config.trust_remote_code)
+    path = prepare_model(config.model_name_or_path, config.trust_remote_code)
     teacher = load_model(path, dtype=pick_dtype(config.precision, device), device=device)
     if config.teacher_adapter:
         from peft import PeftModel
 
-        adapter = Path(config.teacher_adapter)
-        adapter = adapter / "adapter" if (adapter / "adapter" / "adapter_config.json").is_file() else adapter
+        adapter = adapter_folder(config.teacher_adapter) or config.teacher_adapter
         teacher = PeftModel.from_pretrained(teacher, str(adapter)).merge_and_unload()
     teacher.requires_grad_(False)
-    return teacher.eval(), load_tokenizer(path, config.trust_remote_code), path
+    return teacher.eval(), load_tokenizer(path, config.trust_remote_code)
 
 
 def build_student(teacher, config, device: str):
     """A smaller student: `student_model` loaded, or "auto": the teacher's every other layer."""
     import copy
 
-    from core.models.loader import load_model, load_tokenizer, resolve_model_path
+    import torch
+
+    from core.models.loader import load_model, load_tokenizer, prepare_model
 
     if config.student_model != "auto":
-        path = resolve_model_path(config.student_model)
+        path = prepare_model(config.student_model)
         return load_model(path, dtype=torch.float32, device=device), load_tokenizer(path)
     student_config = copy.deepcopy(teacher.config)
     keep = list(range(0, teacher.config.num_hidden_layers, 2))
@@ -84,6 +94,8 @@ def shares_vocabulary(teacher_tokenizer, student_tokenizer) -> bool:
 
 def teacher_answers(teacher, tokenizer, template: str, conversations, max_new_tokens: int = 256):
     """Sequence-level distillation data: each conversation's last answer rewritten by the teacher (greedy)."""
+    import torch
+
     from core.data.formats import Conversation
     from core.data.template import TemplateEncoder
 
@@ -103,23 +115,63 @@ def teacher_answers(teacher, tokenizer, template: str, conversations, max_new_to
     return rewritten
 
 
-class DistillationTrainer(CheckpointingTrainer):
-    """Trainer whose loss mixes KL to the teacher's softened distribution with the usual cross-entropy."""
+def load_training(session):
+    """Teacher, student and data; the teacher stays on the session for the trainer (logits mode)."""
+    from core.data.dataset import load_conversations, tokenize_conversations
+    from core.data.template import resolve_template
+    from core.errors import config_error
+    from core.methods.base import count_parameters
+    from core.models.loader import pick_device
+    from core.runs import update_status
 
-    def __init__(self, *args, teacher=None, alpha: float = 0.5, temperature: float = 2.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.teacher, self.alpha, self.temperature = teacher, alpha, temperature
+    config, device = session.config, pick_device()
+    teacher, teacher_tokenizer = load_teacher(config, device)
+    student, student_tokenizer = build_student(teacher, config, device)
+    shared = shares_vocabulary(teacher_tokenizer, student_tokenizer)
+    mode = config.distill_mode if config.distill_mode != "auto" else ("logits" if shared else "sequence")
+    if mode == "logits" and not shared:
+        raise config_error("distill_mode", "config.distill_needs_shared_tokenizer")
+    tokenizer = student_tokenizer or teacher_tokenizer
+    tokenizer.padding_side = "right"
+    loaded = load_conversations(config.dataset, config.dataset_format, config.columns)
+    conversations = loaded.conversations[:config.max_samples] if config.max_samples else loaded.conversations
+    if mode == "sequence":
+        conversations = teacher_answers(teacher, teacher_tokenizer,
+                                        resolve_template(config.template, teacher_tokenizer), conversations)
+        log.info("distill: the teacher wrote %d answers", len(conversations))
+    template = resolve_template(config.template, tokenizer)
+    data = tokenize_conversations(conversations, tokenizer, template, config.cutoff_len, config.val_size,
+                                  config.seed, config.dataset)
+    data.format, data.problems = loaded.format, list(loaded.result.problems) + data.problems
+    session.teacher = teacher if mode == "logits" else None
+    trainable, total = count_parameters(student)
+    log.info("distill (%s): student %s parameters, teacher %s", mode, f"{total:,}", f"{teacher.num_parameters():,}")
+    update_status(session.run_dir, template=template, trainable_params=trainable, total_params=total,
+                  train_samples=len(data.train), eval_samples=len(data.eval), distill_mode=mode)
+    return tokenizer, data, student
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)
-        cross_entropy = outputs.loss
-        with torch.no_grad():
-            teacher_logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
-        labels = inputs["labels"][:, 1:]
-        mask = labels != -100
-        student = outputs.logits[:, :-1][mask] / self.temperature
-        teacher = teacher_logits[:, :-1][mask].to(student.dtype) / self.temperature
-        kl = torch.nn.functional.kl_div(torch.log_softmax(student, -1), torch.log_softmax(teacher, -1),
-                                        log_target=True, reduction="batchmean") * self.temperature ** 2
-        loss = self.alpha * kl + (1 - self.alpha) * cross_entropy
-        return (loss, outputs) if return_outputs else loss
+
+def trainer(session):
+    """With logits to learn from, the trainer mixes KL to the teacher into the loss; else plain SFT."""
+    if session.teacher is None:
+        return None
+    from core.training.distillation import DistillationTrainer
+
+    config = session.config
+    return DistillationTrainer, dict(teacher=session.teacher, alpha=config.distill_alpha,
+                                     temperature=config.distill_temperature)
+
+
+def trainable_params(shape, config) -> int:
+    """The "auto" student: every other layer of the teacher, trained fully."""
+    return shape.total_params - (shape.layers // 2) * shape.layer_params
+
+
+def student_and_teacher_weights(shape, config, compute_bytes: int, trainable: int) -> float:
+    """The fp32 student that trains, plus the frozen teacher in the compute dtype."""
+    return 4 * trainable + compute_bytes * shape.total_params
+
+
+METHOD = Method(name="distill", output_dir=MODEL, prepare=train_every_parameter, trainable_params=trainable_params,
+                options=DistillOptions, fields=FIELDS, check=check, load_training=load_training, trainer=trainer,
+                weight_bytes=student_and_teacher_weights, learning_rates=(1e-3, 5e-5))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from core.methods.base import Method, save_model_and_tokenizer
+from core.methods.base import MODEL, Method, train_every_parameter
+from core.methods.freeze import fp32_weights
 
 
-def prepare(model, config):
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
-    return model
+def trainable_params(shape, config) -> int:
+    return shape.total_params
 
 
-METHOD = Method(name="full", output_dir="model", prepare=prepare, save=save_model_and_tokenizer)
+METHOD = Method(name="full", output_dir=MODEL, prepare=train_every_parameter, trainable_params=trainable_params,
+                weight_bytes=fp32_weights, learning_rates=(1e-3, 1e-5))

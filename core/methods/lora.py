@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
-from core.methods.base import Method, save_model_and_tokenizer
+from dataclasses import dataclass
+
+from core.methods.base import ADAPTER, Field, Method
 
 # Linear layers of a GLM / GLM-4 decoder block, as named by transformers' native classes.
 GLM_LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj")
+
+
+@dataclass
+class LoraOptions:
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0  # 0: peft skips the dropout layer entirely (the fast path)
+    lora_target: str = "all"  # "all" (every linear layer of the blocks) or e.g. "q_proj,v_proj"
+    use_dora: bool = False
+    use_rslora: bool = False
+
+
+FIELDS = (Field("lora_rank", "int"), Field("lora_alpha", "int"), Field("lora_dropout"), Field("lora_target", "text"),
+          Field("use_dora", "bool"), Field("use_rslora", "bool"))
+KEYS = tuple(field.key for field in FIELDS)
+
+
+def check(config, check) -> None:
+    check(config.lora_rank >= 1, "lora_rank", "config.at_least", limit=1)
+    check(config.lora_alpha > 0, "lora_alpha", "config.greater_than", limit=0)
+    check(0 <= config.lora_dropout < 1, "lora_dropout", "config.fraction_open")
+    check(bool(config.lora_target.strip()), "lora_target", "config.lora_target")
 
 
 def target_modules(spec: str) -> str | list[str]:
@@ -33,12 +57,23 @@ def load_for_more_training(model, config):
 def prepare(model, config):
     from peft import get_peft_model
 
+    from core.errors import config_error
+
     if config.adapter_name_or_path:
         return load_for_more_training(model, config)
     try:
         return get_peft_model(model, lora_config(config))
     except ValueError as exc:
-        raise ValueError(f"lora_target: {exc}. The GLM layers are {', '.join(GLM_LINEAR_MODULES)}") from None
+        raise config_error("lora_target", "config.lora_target_unknown", detail=str(exc),
+                           modules=", ".join(GLM_LINEAR_MODULES)) from None
 
 
-METHOD = Method(name="lora", output_dir="adapter", prepare=prepare, save=save_model_and_tokenizer)
+def trainable_params(shape, config) -> int:
+    wanted = None if config.lora_target.strip() == "all" else {name.strip() for name in config.lora_target.split(",")}
+    per_layer = sum(config.lora_rank * (i + o) for name, (i, o) in shape.linear_shapes.items()
+                    if wanted is None or name in wanted)
+    return per_layer * shape.layers
+
+
+METHOD = Method(name="lora", output_dir=ADAPTER, prepare=prepare, trainable_params=trainable_params,
+                options=LoraOptions, fields=FIELDS, check=check, learning_rates=(2e-3, 2e-4))

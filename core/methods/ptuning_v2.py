@@ -12,9 +12,39 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.methods.base import Method, save_model_and_tokenizer
+from core.methods.base import ADAPTER, Field, Method
 
 PREFIX_WEIGHTS_KEY = "prompt_embeddings"
+
+
+@dataclass
+class PrefixOptions:
+    pre_seq_len: int = 16  # the prefix's length in virtual tokens
+    prefix_projection: bool = False  # reparameterise the prefix through an MLP while training
+
+
+FIELDS = (Field("pre_seq_len", "int"), Field("prefix_projection", "bool"))
+
+
+def check(config, check) -> None:
+    check(config.pre_seq_len >= 1, "pre_seq_len", "config.at_least", limit=1)
+
+
+def trainable_params(shape, config) -> int:
+    token_width = shape.kv_heads * shape.head_dim  # one layer's key (or value) width
+    prefix_width = shape.layers * 2 * token_width
+    if config.prefix_projection:  # peft's PrefixEncoder: embedding, then a two-layer MLP (hidden = model's)
+        return (config.pre_seq_len * token_width + (token_width + 1) * shape.hidden
+                + (shape.hidden + 1) * prefix_width)
+    return config.pre_seq_len * prefix_width
+
+
+def attention_scores_bytes(shape, config, compute_bytes: int) -> float:
+    """A prefix cache means an explicit attention mask: attention runs unfused and keeps its probabilities
+    (two tensors of batch*heads*cutoff*(cutoff+prefix) per layer that gradients pass)."""
+    scores = config.per_device_train_batch_size * shape.heads * config.cutoff_len * (
+        config.cutoff_len + config.pre_seq_len)
+    return 2 * compute_bytes * scores * (1 if config.gradient_checkpointing else shape.layers)
 
 
 def prepare(model, config):
@@ -41,20 +71,22 @@ def is_prefix_adapter(folder: str | Path) -> bool:
 class PrefixAdapter:
     """A saved P-tuning v2 prefix, ready to be given to any generate/forward call of its base model."""
 
-    embeddings: "object"  # tensor [num_virtual_tokens, num_layers * 2 * kv_heads * head_dim]
+    embeddings: object  # tensor [num_virtual_tokens, num_layers * 2 * kv_heads * head_dim]
     num_layers: int
     kv_heads: int
     head_dim: int
 
     @classmethod
-    def load(cls, folder: str | Path) -> "PrefixAdapter":
+    def load(cls, folder: str | Path) -> PrefixAdapter:
         from peft import PeftConfig
         from safetensors.torch import load_file
 
         peft_config = PeftConfig.from_pretrained(str(folder))
         weights = load_file(str(Path(folder) / "adapter_model.safetensors"))
         if PREFIX_WEIGHTS_KEY not in weights:
-            raise ValueError(f"{folder}: no prefix weights ('{PREFIX_WEIGHTS_KEY}') in adapter_model.safetensors")
+            from core.errors import ModelError
+
+            raise ModelError("model.no_prefix_weights", folder=str(folder), key=PREFIX_WEIGHTS_KEY)
         heads = peft_config.num_attention_heads
         return cls(weights[PREFIX_WEIGHTS_KEY], peft_config.num_layers, heads, peft_config.token_dim // heads)
 
@@ -84,4 +116,6 @@ class PrefixAdapter:
                 "cache": self.cache(model, input_ids.shape[0])}
 
 
-METHOD = Method(name="ptuning_v2", output_dir="adapter", prepare=prepare, save=save_model_and_tokenizer)
+METHOD = Method(name="ptuning_v2", output_dir=ADAPTER, prepare=prepare, trainable_params=trainable_params,
+                options=PrefixOptions, fields=FIELDS, check=check, extra_activation_bytes=attention_scores_bytes,
+                learning_rates=(1e-2, 2e-2))

@@ -5,8 +5,34 @@ The adapter it saves is a plain PEFT LoRA adapter: it also loads onto the full-p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from core.methods import lora
-from core.methods.base import Method, save_model_and_tokenizer
+from core.methods.base import ADAPTER, Field, Method
+
+QUANTIZATION_TYPES = ("nf4", "fp4")
+COMPUTE_DTYPES = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class QuantizationOptions:
+    quantization_bit: int = 4  # 4 or 8
+    quantization_type: str = "nf4"  # 4-bit: nf4 or fp4
+    double_quantization: bool = True
+    quantization_compute_dtype: str = "auto"
+
+
+FIELDS = (Field("quantization_bit", "choice", (4, 8)), Field("quantization_type", "choice", QUANTIZATION_TYPES),
+          Field("double_quantization", "bool"), Field("quantization_compute_dtype", "choice", COMPUTE_DTYPES))
+
+
+def check(config, check) -> None:
+    lora.check(config, check)
+    check(config.quantization_bit in (4, 8), "quantization_bit", "config.four_or_eight")
+    check(config.quantization_type in QUANTIZATION_TYPES, "quantization_type", "config.one_of",
+          choices=", ".join(QUANTIZATION_TYPES))
+    check(config.quantization_compute_dtype in COMPUTE_DTYPES, "quantization_compute_dtype", "config.one_of",
+          choices=", ".join(COMPUTE_DTYPES))
 
 
 def compute_dtype(name: str):
@@ -38,5 +64,14 @@ def prepare(model, config):
     return lora.prepare(model, config)
 
 
-METHOD = Method(name="qlora", output_dir="adapter", prepare=prepare, save=save_model_and_tokenizer,
-                model_kwargs=model_kwargs)
+def weight_bytes(shape, config, compute_bytes: int, trainable: int) -> float:
+    """The quantized linear layers at 4.5 bits (nf4/fp4 + block scales) or 8; what is not quantized (embeddings,
+    lm_head, norms) is upcast to fp32 by prepare_model_for_kbit_training; the LoRA weights in fp32."""
+    linear = shape.layers * shape.layer_linear_params
+    bits = 4.5 if config.quantization_bit == 4 else 8
+    return linear * bits / 8 + (shape.total_params - linear) * 4 + trainable * 4
+
+
+METHOD = Method(name="qlora", output_dir=ADAPTER, prepare=prepare, trainable_params=lora.trainable_params,
+                options=QuantizationOptions, uses=lora.KEYS, fields=FIELDS, check=check, model_kwargs=model_kwargs,
+                weight_bytes=weight_bytes, learning_rates=(2e-3, 2e-4))

@@ -26,6 +26,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.data.template import chat_template_jinja
+from core.errors import ModelError
+
 log = logging.getLogger("glm_workbench")
 
 CHATGLM_SPECIALS = ["[MASK]", "[gMASK]", "[sMASK]", "sop", "eop"]
@@ -34,20 +37,7 @@ GLM4_SPECIALS = ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop
 GLM4_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 VARIANT_TEMPLATE = {"chatglm2": "chatglm2", "chatglm3": "chatglm3", "glm4-chat": "glm4"}
-# Chat templates saved with the converted tokenizer, for users of `apply_chat_template`.
-JINJA = {
-    "glm4": ("[gMASK]<sop>{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{% endfor %}"
-             "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"),
-    "chatglm3": ("[gMASK]sop{% for m in messages %}<|{{ m['role'] }}|>\n {{ m['content'] }}{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>{% endif %}"),
-    "chatglm2": ("[gMASK]sop{% set n = namespace(i=0) %}{% for m in messages %}{% if m['role'] == 'user' %}"
-                 "{% set n.i = n.i + 1 %}[Round {{ n.i }}]\n\n问：{{ m['content'] }}\n\n答：{% elif m['role'] == "
-                 "'assistant' %}{{ m['content'] }}\n\n{% endif %}{% endfor %}"),
-}
-
-
-class ConversionError(ValueError):
-    """A checkpoint that cannot be converted, phrased for the user."""
+CONVERTED_KIND = "converted-model"  # the marker of a finished conversion (core/files.py)
 
 
 @dataclass
@@ -149,7 +139,7 @@ def load_thudm_weights(folder: str | Path) -> dict:
     state: dict = {}
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
     if not files:
-        raise ConversionError(f"{folder}: no *.safetensors or pytorch_model*.bin weights found")
+        raise ModelError("model.no_weights", folder=str(folder))
     for file in files:
         part = load_file(str(file)) if file.suffix == ".safetensors" else torch.load(file, map_location="cpu",
                                                                                     weights_only=True)
@@ -212,37 +202,35 @@ def convert_tokenizer(folder: str | Path, variant: str):
 
     path = Path(folder) / "tokenizer.model"
     if not path.is_file():
-        raise ConversionError(f"{folder}: no tokenizer.model")
+        raise ModelError("model.no_tokenizer_model", folder=str(folder))
     template = VARIANT_TEMPLATE[variant]
     if variant == "glm4-chat":
         core = TikTokenConverter(vocab_file=str(path), pattern=GLM4_PATTERN).converted()
         core.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in GLM4_SPECIALS])
         return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                       padding_side="left", chat_template=JINJA[template],
+                                       padding_side="left", chat_template=chat_template_jinja(template),
                                        additional_special_tokens=GLM4_SPECIALS[1:])
     core = sentencepiece_to_fast(path)
     specials = CHATGLM_SPECIALS + (ROLE_TOKENS if variant == "chatglm3" else [])
     core.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in specials])
     return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="<unk>", padding_side="left", chat_template=JINJA[template],
+                                   pad_token="<unk>", padding_side="left", chat_template=chat_template_jinja(template),
                                    additional_special_tokens=specials)
 
 
-def convert_chatglm(source: str | Path, target: str | Path) -> ConversionReport:
-    """Convert a THUDM checkpoint folder into a native model folder (written atomically)."""
+def convert_chatglm(source: str | Path, target: str | Path, overwrite: bool = False) -> ConversionReport:
+    """Convert a THUDM checkpoint folder into a native model folder, written into a staging folder renamed into
+    place. A non-empty target is refused; with `overwrite`, only an earlier conversion of ours is replaced."""
     from transformers import GlmForCausalLM
 
-    from core.runs import atomic_dir
+    from core.files import TargetNotFreeError, refusal, staged_dir
 
     source, target = Path(source), Path(target)
     config = read_config(source)
     if config.get("model_type") != "chatglm":
-        raise ConversionError(f"{source}: not a THUDM ChatGLM checkpoint (model_type is "
-                              f"{config.get('model_type')!r})")
+        raise ModelError("model.not_thudm", folder=str(source), model_type=repr(config.get("model_type")))
     if is_chatglm_v1(config):
-        raise ConversionError(f"{source}: ChatGLM-6B (v1) uses 2D positions and GeLU, which the native GLM class "
-                              "cannot express; load it with trust_remote_code enabled instead (it runs the "
-                              "checkpoint's own code)")
+        raise ModelError("model.chatglm_v1_not_convertible", folder=str(source))
     variant = detect_variant(source, config)
     rope, rope_note = rope_parameters(source, config, variant)
     tokenizer = convert_tokenizer(source, variant)
@@ -258,10 +246,13 @@ def convert_chatglm(source: str | Path, target: str | Path) -> ConversionReport:
     model.to(dtype)
     target.parent.mkdir(parents=True, exist_ok=True)
     report = ConversionReport(str(source), str(target), variant, VARIANT_TEMPLATE[variant], rope_note)
-    with atomic_dir(target) as folder:
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        (folder / "glm_workbench_conversion.json").write_text(json.dumps(report.__dict__, indent=2))
+    try:
+        with staged_dir(target, kind=CONVERTED_KIND, replace="ours" if overwrite else "never") as folder:
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            (folder / "glm_workbench_conversion.json").write_text(json.dumps(report.__dict__, indent=2))
+    except TargetNotFreeError as exc:
+        raise refusal(exc) from None
     log.info("%s", report)
     return report
 
@@ -277,8 +268,28 @@ def conversion_target(source: str | Path) -> Path:
 
 
 def ensure_converted(source: str | Path) -> Path:
+    """The converted copy of `source`, converting it first if needed: once, under a file lock, so that two
+    processes (or two threads) asking at once convert it once and never remove each other's work."""
+    import fcntl
+
+    from core.files import output_kind
+
     target = conversion_target(source)
-    if not (target / "config.json").is_file():
-        log.info("converting THUDM checkpoint %s to the native GLM format (once) ...", source)
-        convert_chatglm(source, target)
+    if output_kind(target) == CONVERTED_KIND:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if output_kind(target) != CONVERTED_KIND:
+            log.info("converting THUDM checkpoint %s to the native GLM format (once) ...", source)
+            convert_chatglm(source, target)
     return target
+
+
+def shape_config(folder: str | Path):
+    """The native config of a THUDM checkpoint, from its config.json alone (for the memory estimate)."""
+    config = read_config(folder)
+    variant = detect_variant(folder, config)
+    rope, _ = rope_parameters(folder, config, variant)
+    ids = {"<|endoftext|>": 0, "<|user|>": 0, "<|observation|>": 0}
+    return native_config(config, rope, ids, variant)

@@ -9,23 +9,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from core.data.template import chat_template_jinja
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 RECIPE_VERSION = 1
 DEMO_NAME = "demo"
 MARKER_FILE = "glm_workbench_demo.json"
+DEMO_KIND = "demo-model"  # the staging marker (core/files.py) of a finished build
 
 SPECIAL_TOKENS = ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>",
                   "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]
 STOP_TOKENS = ["<|endoftext|>", "<|user|>", "<|observation|>"]
-# The same layout as GLM-4's own template; core.data.template builds identical ids segment by segment.
-CHAT_TEMPLATE = (
-    "[gMASK]<sop>{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
 ARCHITECTURE = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                     num_key_value_heads=2, head_dim=64, max_position_embeddings=4096, rms_norm_eps=1e-5,
                     initializer_range=0.1)
@@ -46,11 +42,18 @@ def is_demo_model(path: str | Path) -> bool:
 
 
 def ensure_demo_model(target: str | Path | None = None) -> Path:
-    """Return the demo model's folder, building it first if it is not there yet."""
+    """Return the demo model's folder, building it first if it is not there yet (once, under a file lock, so
+    two processes starting together build it once)."""
+    import fcntl
+
     target = Path(target) if target else default_demo_dir()
     if is_demo_model(target):
         return target
-    build_demo_model(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not is_demo_model(target):
+            build_demo_model(target, overwrite=True)
     return target
 
 
@@ -75,14 +78,15 @@ def build_tokenizer():
     core.train_from_iterator(_tokenizer_texts(), trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>", padding_side="right",
-        additional_special_tokens=SPECIAL_TOKENS[1:], chat_template=CHAT_TEMPLATE, model_max_length=4096,
+        additional_special_tokens=SPECIAL_TOKENS[1:], chat_template=chat_template_jinja("glm4"), model_max_length=4096,
     )
 
 
-def build_demo_model(target: str | Path) -> Path:
-    """Build the tokenizer and the random-weight GLM-4 into `target` (atomically: temp folder, then rename)."""
+def build_demo_model(target: str | Path, overwrite: bool = False) -> Path:
+    """Build the tokenizer and the random-weight GLM-4 into `target`: a staging folder renamed into place. A
+    target that is not empty is refused, except (with `overwrite`) an earlier demo model of ours."""
     import torch
-    from transformers import Glm4Config, Glm4ForCausalLM, GenerationConfig
+    from transformers import GenerationConfig, Glm4Config, Glm4ForCausalLM
 
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -98,16 +102,15 @@ def build_demo_model(target: str | Path) -> Path:
         torch.random.set_rng_state(generator_state)
     model.generation_config = GenerationConfig(eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
                                                do_sample=False, max_new_tokens=64)
-    staging = Path(tempfile.mkdtemp(prefix=".demo-build-", dir=target.parent))
+    from core.files import TargetNotFreeError, refusal, staged_dir
+
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        marker = {"recipe_version": RECIPE_VERSION, "parameters": model.num_parameters(),
-                  "note": "Tiny GLM-4 with random weights, for trying the workflow. Not a real language model."}
-        (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2), encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with staged_dir(target, kind=DEMO_KIND, replace="ours" if overwrite else "never") as staging:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            marker = {"recipe_version": RECIPE_VERSION, "parameters": model.num_parameters(),
+                      "note": "Tiny GLM-4 with random weights, for trying the workflow. Not a real language model."}
+            (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2), encoding="utf-8")
+    except TargetNotFreeError as exc:
+        raise refusal(exc) from None
     return target

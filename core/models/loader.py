@@ -1,46 +1,104 @@
-"""Load a GLM model and its tokenizer from 'demo', a local folder or a hub id, on the best device available."""
+"""Load a GLM model and its tokenizer from 'demo', a local folder or a hub id, on the best device available.
+
+Two steps, kept apart: `locate_model` says where a reference points and what it is, reading at most a
+config.json (the form's previews and the memory estimate use only this); `prepare_model` makes it loadable,
+building the demo model or converting a THUDM checkpoint once, which writes to disk.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
-from core.models.demo import DEMO_NAME, ensure_demo_model
-
+from core.errors import ModelError
+from core.models.demo import DEMO_NAME, default_demo_dir, ensure_demo_model
 
 log = logging.getLogger("glm_workbench")
 
 
-class ModelError(ValueError):
-    """A model that cannot be used, phrased for the user."""
+@dataclass(frozen=True)
+class ModelLocation:
+    """Where a model reference points and what it is, found without writing anything.
+
+    kind: "demo" (the embedded demo model's folder), "folder" (a native model folder), "thudm" (a THUDM
+    remote-code checkpoint that is converted before loading) or "hub" (an id passed on to transformers).
+    """
+
+    reference: str
+    kind: str
+    path: str
+    variant: str = ""  # for "thudm": chatglm2, chatglm3 or glm4-chat
+
+    @property
+    def config_dict(self) -> dict:
+        from core.models import chatglm
+
+        return chatglm.read_config(self.path) if self.kind != "hub" else {}
 
 
-def resolve_model_path(name_or_path: str, trust_remote_code: bool = False) -> str:
-    """'demo' -> the built demo folder; a THUDM ChatGLM2/3 / glm-4-9b-chat folder -> its native conversion
-    (made once); another existing folder -> itself; 'org/name' -> passed on as a hub id."""
+def locate_model(name_or_path: str, trust_remote_code: bool = False) -> ModelLocation:
+    """Pure and cheap: which model a reference names (reads at most config.json). Refuses what cannot be used:
+    a missing folder, a file, a folder without config.json, ChatGLM-6B v1 without trust_remote_code."""
     from core.models import chatglm
 
     name_or_path = (name_or_path or "").strip()
     if name_or_path in ("", DEMO_NAME):
-        return str(ensure_demo_model())
+        return ModelLocation(DEMO_NAME, "demo", str(default_demo_dir()))
     check_model_reference(name_or_path)
     path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        if chatglm.is_chatglm_checkpoint(path):
-            if chatglm.is_chatglm_v1(chatglm.read_config(path)):
-                if trust_remote_code:
-                    log.warning("%s: ChatGLM-6B (v1) runs its own remote code (trust_remote_code is on)", path)
-                    return str(path)
-                raise ModelError(f"{path}: ChatGLM-6B (v1) is a different architecture (2D positions, GeLU) with "
-                                 "no native transformers class; it only runs through its own code: enable "
-                                 "trust_remote_code if you trust this checkpoint")
-            try:
-                return str(chatglm.ensure_converted(path))
-            except (chatglm.ConversionError, KeyError) as exc:
-                raise ModelError(f"{path}: cannot convert this ChatGLM checkpoint: {exc}") from None
-        return str(path)
-    return name_or_path  # a hub id
+    if not path.is_dir():
+        return ModelLocation(name_or_path, "hub", name_or_path)
+    config = chatglm.read_config(path)
+    if config.get("model_type") != "chatglm":
+        return ModelLocation(name_or_path, "folder", str(path))
+    if chatglm.is_chatglm_v1(config):
+        if trust_remote_code:
+            return ModelLocation(name_or_path, "folder", str(path))
+        raise ModelError("model.chatglm_v1_needs_remote_code", folder=str(path))
+    return ModelLocation(name_or_path, "thudm", str(path), chatglm.detect_variant(path, config))
+
+
+def prepare_model(name_or_path: str, trust_remote_code: bool = False) -> str:
+    """The folder (or hub id) to load, made ready first: the demo model built, a THUDM ChatGLM2/3 /
+    glm-4-9b-chat checkpoint converted once into the workbench home (under a lock, into a staging folder)."""
+    from core.models import chatglm
+
+    location = locate_model(name_or_path, trust_remote_code)
+    if location.kind == "demo":
+        return str(ensure_demo_model())
+    if location.kind == "thudm":
+        if trust_remote_code:
+            log.warning("%s: trust_remote_code is ignored: this checkpoint is converted to the native GLM class",
+                        location.path)
+        return str(chatglm.ensure_converted(location.path))
+    return location.path
+
+
+@lru_cache(maxsize=16)
+def reading_tokenizer(location: ModelLocation):
+    """The tokenizer for previews (sample render, length histogram): a THUDM checkpoint's is converted in
+    memory, so a preview never writes a conversion to disk."""
+    from core.models import chatglm
+
+    if location.kind == "thudm":
+        return chatglm.convert_tokenizer(location.path, location.variant)
+    path = str(ensure_demo_model()) if location.kind == "demo" else location.path
+    return load_tokenizer(path)
+
+
+def model_config(location: ModelLocation):
+    """The model's transformers config, read from its config.json alone (the memory estimate)."""
+    from transformers import AutoConfig
+
+    from core.models import chatglm
+
+    if location.kind == "thudm":
+        return chatglm.shape_config(location.path)
+    path = str(ensure_demo_model()) if location.kind == "demo" else location.path
+    return AutoConfig.from_pretrained(path)
 
 
 def check_model_reference(name_or_path: str) -> None:
@@ -52,11 +110,11 @@ def check_model_reference(name_or_path: str) -> None:
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelError(f"{path}: no config.json in this folder: is it a model folder?")
+            raise ModelError("model.no_config_json", folder=str(path))
     elif path.exists():
-        raise ModelError(f"{path}: a model must be a folder, not a file")
+        raise ModelError("model.is_file", folder=str(path))
     elif not (name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~"))):
-        raise ModelError(f"{name_or_path}: model folder not found")
+        raise ModelError("model.not_found", folder=name_or_path)
 
 
 def pick_device() -> str:
@@ -82,7 +140,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: cannot load the tokenizer: {exc}") from None
+        raise ModelError("model.tokenizer_failed", folder=str(path), detail=str(exc).splitlines()[0]) from None
 
 
 def load_model(path: str, dtype=None, device: str | None = None, quantization_config=None,
@@ -97,7 +155,7 @@ def load_model(path: str, dtype=None, device: str | None = None, quantization_co
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: cannot load the model: {exc}") from None
+        raise ModelError("model.load_failed", folder=str(path), detail=str(exc).splitlines()[0]) from None
     return (model if quantization_config is not None else model.to(device)).eval()
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from core.config import RunConfig, load_yaml
 from core.methods import get_method
-from core.methods.ptuning_v2 import PrefixAdapter
-from core.models.loader import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path
+from core.methods.ptuning_v2 import PrefixAdapter, is_prefix_adapter
+from core.models.loader import load_model, load_tokenizer, pick_device, pick_dtype, prepare_model
 from core.runs import ADAPTER_DIR, CONFIG_FILE, MODEL_DIR
 
 
@@ -44,15 +44,15 @@ def load_trained(run_dir: str | Path) -> TrainedModel:
     config = load_yaml(run_dir / CONFIG_FILE)
     method = get_method(config.finetuning_type)
     device = pick_device()
-    if method.output_dir == MODEL_DIR:
+    if method.trains_base:
         folder = str(run_dir / MODEL_DIR)
         return TrainedModel(load_model(folder, dtype=pick_dtype(config.precision, device)), load_tokenizer(folder),
                             config)
-    base_path = resolve_model_path(config.model_name_or_path, config.trust_remote_code)
+    base_path = prepare_model(config.model_name_or_path, config.trust_remote_code)
     base = load_model(base_path, dtype=pick_dtype(config.precision, device), trust_remote_code=config.trust_remote_code,
                       **method.model_kwargs(config))
     adapter = run_dir / ADAPTER_DIR
-    if method.name == "ptuning_v2":
+    if is_prefix_adapter(adapter):
         return TrainedModel(base, load_tokenizer(base_path, config.trust_remote_code), config,
                             PrefixAdapter.load(adapter))
     from peft import PeftModel

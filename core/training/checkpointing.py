@@ -2,20 +2,29 @@
 
 transformers' Trainer writes `checkpoint-N/` in place, file by file: a process killed mid-save (SIGKILL, a
 full disk) leaves a folder that looks like the newest checkpoint but cannot be loaded. This Trainer writes each
-checkpoint into `checkpoints/.partial/` and renames it into place only when every file is written, so
-`get_last_checkpoint` only ever sees complete ones.
+checkpoint into a fresh `checkpoints/.partial-*/` folder and renames it into place only when every file is
+written, so `get_last_checkpoint` only ever sees complete ones. A save that fails (a full disk) removes its
+staging folder at once; one cut short by a kill is removed when the run resumes.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-STAGING = ".partial"
+STAGING_PREFIX = ".partial"
+
+
+def remove_partial_checkpoints(root: Path) -> None:
+    """Staging folders of saves that never finished (the process was killed): never loadable, only in the way."""
+    if root.is_dir():
+        for staging in root.glob(f"{STAGING_PREFIX}*"):
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 class CheckpointingTrainer(Trainer):
@@ -26,8 +35,8 @@ class CheckpointingTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial) -> None:
         final_root = Path(super()._get_output_dir(trial))
-        staging_root = final_root / STAGING
-        shutil.rmtree(staging_root, ignore_errors=True)
+        final_root.mkdir(parents=True, exist_ok=True)
+        staging_root = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}-", dir=final_root))
         self._staging_root = str(staging_root)
         try:
             super()._save_checkpoint(model, trial)
@@ -39,11 +48,11 @@ class CheckpointingTrainer(Trainer):
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         if self.args.should_save:
             target = final_root / name
-            if target.exists():
+            if target.exists():  # the same step saved again after a resume: this run's own, older copy
                 shutil.rmtree(target)
             os.replace(staging_root / name, target)
-            shutil.rmtree(staging_root, ignore_errors=True)
             self._rotate(final_root)
+        shutil.rmtree(staging_root, ignore_errors=True)
 
     def _rotate(self, root: Path) -> None:
         """Keep the newest save_total_limit checkpoints."""

@@ -7,12 +7,15 @@ For FSDP and DeepSpeed ZeRO, `accelerate_config` writes a config for `accelerate
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+from core.i18n import message
+from core.ownership import RunLock
 from core.runs import LOG_FILE, STOP_FILE, read_status, update_status
 
 
@@ -22,12 +25,15 @@ def torchrun_command(run_dir: str | Path, nproc: int, resume: bool = False) -> l
     return command + (["--resume"] if resume else [])
 
 
-def run_distributed(run_dir: str | Path, nproc: int, resume: bool = False,
+def run_distributed(run_dir: str | Path, nproc: int, lock: RunLock, resume: bool = False,
                     stop_event: threading.Event | None = None) -> dict:
-    """Run the workers to the end; an abort request becomes the STOP file every rank checks."""
+    """Run the workers to the end; an abort request becomes the STOP file every rank checks. This process owns
+    the run (`lock`) for its workers: they are told so and do not take the lock themselves."""
     run_dir = Path(run_dir)
+    environment = {**os.environ, **lock.worker_environment()}
     with open(run_dir / f"{LOG_FILE}.workers", "a", encoding="utf-8") as output:
-        process = subprocess.Popen(torchrun_command(run_dir, nproc, resume), stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(torchrun_command(run_dir, nproc, resume), stdout=output, stderr=subprocess.STDOUT,
+                                   env=environment)
         while process.poll() is None:
             if stop_event is not None and stop_event.is_set():
                 (run_dir / STOP_FILE).touch()
@@ -35,9 +41,9 @@ def run_distributed(run_dir: str | Path, nproc: int, resume: bool = False,
     status = read_status(run_dir)
     if process.returncode != 0 and status.get("state") not in ("finished", "aborted", "failed"):
         tail = (run_dir / f"{LOG_FILE}.workers").read_text(encoding="utf-8", errors="replace").splitlines()[-5:]
-        status = update_status(run_dir, state="failed", finished=time.time(),
-                               error=f"the {nproc} training processes exited with code {process.returncode}: "
-                                     + " | ".join(tail))
+        problem = message("run.workers_failed", processes=nproc, code=process.returncode, tail=" | ".join(tail))
+        status = update_status(run_dir, last_resort=True, state="failed", finished=time.time(), error=str(problem),
+                               error_message=problem.to_json())
     return status
 
 
@@ -47,7 +53,9 @@ ACCELERATE_KINDS = ("fsdp", "zero2", "zero3")
 def accelerate_config(kind: str, num_processes: int, num_machines: int = 1, mixed_precision: str = "bf16") -> dict:
     """An `accelerate launch --config_file` config for FSDP or DeepSpeed ZeRO-2/3."""
     if kind not in ACCELERATE_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(ACCELERATE_KINDS)}")
+        from core.errors import config_error
+
+        raise config_error("--kind", "config.one_of", value=kind, show_value=True, choices=", ".join(ACCELERATE_KINDS))
     base = {"compute_environment": "LOCAL_MACHINE", "machine_rank": 0, "main_training_function": "main",
             "mixed_precision": mixed_precision, "num_machines": num_machines, "num_processes": num_processes,
             "rdzv_backend": "static", "same_network": True, "use_cpu": False}

@@ -6,39 +6,53 @@ everything a UI needs to show is written into the run folder as it happens.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from core.config import RunConfig, save_yaml
-from core.data.dataset import tokenize_dataset
-from core.data.template import resolve_template
+from core.config import RunConfig
+from core.data.dataset import TokenizedData, tokenize_dataset
+from core.data.template import IGNORE_INDEX, resolve_template
+from core.errors import WorkbenchError
+from core.files import is_disk_full, staged_dir
+from core.i18n import Message, message
 from core.methods import get_method
-from core.methods.base import count_parameters
-from core.models.loader import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path
-from core.runs import (CONFIG_FILE, LOG_FILE, STOP_FILE, atomic_dir, is_main_process, read_metrics, update_status,
-                       write_metrics)
+from core.methods.base import count_parameters, save_model_and_tokenizer
+from core.models.loader import load_model, load_tokenizer, pick_device, pick_dtype, prepare_model
+from core.ownership import RunLock, launched_by_owner
+from core.runs import (
+    CHECKPOINTS_DIR,
+    LOG_FILE,
+    SKIPPED_ROWS_FILE,
+    STOP_FILE,
+    is_main_process,
+    keep_metrics_until,
+    newest_checkpoint,
+    read_metrics,
+    update_status,
+)
 from core.training.callbacks import LossProgressBar, RunFolderCallback, StopCallback
-from core.training.checkpointing import CheckpointingTrainer
+from core.training.checkpointing import CheckpointingTrainer, remove_partial_checkpoints
 
 log = logging.getLogger("glm_workbench")
+SKIPPED_SHOWN = 3  # row problems named in the status line and the terminal; all of them go to skipped_rows.txt
 
 
-def prepare_run_folder(config: RunConfig, run_dir: Path) -> None:
-    """Write config.yaml and a 'queued' status before any heavy work, so the run is visible at once."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_yaml(config, run_dir / CONFIG_FILE)
-    update_status(run_dir, state="queued", created=time.time(), method=config.finetuning_type,
-                  model=config.model_name_or_path, dataset=config.dataset, step=0, max_steps=0)
+class RunLogHandler(logging.FileHandler):
+    """log.txt. A write that fails (a full disk) is dropped quietly instead of printing a traceback: the next
+    status or metrics write meets the same full disk and ends the run with a plain message."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        pass
 
 
 def _log_to_file(run_dir: Path) -> logging.Handler:
     if not is_main_process():
         return logging.NullHandler()
-    handler = logging.FileHandler(run_dir / LOG_FILE, encoding="utf-8")
+    handler = RunLogHandler(run_dir / LOG_FILE, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     for name in ("glm_workbench", "transformers"):
         logging.getLogger(name).addHandler(handler)
@@ -95,16 +109,23 @@ def _training_arguments(config: RunConfig, run_dir: Path, has_eval: bool, show_p
 
 class TrainingSession:
     """One run's lifecycle. After `run()`, `model` and `tokenizer` hold the trained model (tests compare it
-    with what a fresh process loads back from the run folder)."""
+    with what a fresh process loads back from the run folder).
+
+    The caller normally owns the run folder already (`lock`, from core.training.lifecycle); called without one
+    (a test, a worker started by hand), the session creates or claims the run itself and owns it while it runs.
+    `notify` receives plain sentences for a person watching (the CLI prints them)."""
 
     def __init__(self, config: RunConfig, run_dir: str | Path, stop_event: threading.Event | None = None,
-                 show_progress: bool = False, resume: bool = False, callbacks: list | None = None):
+                 show_progress: bool = False, resume: bool = False, callbacks: list | None = None,
+                 lock: RunLock | None = None, notify: Callable[[Message], None] | None = None):
         self.config = config
         self.run_dir = Path(run_dir)
         self.stop_event = stop_event or threading.Event()
         self.show_progress = show_progress
         self.resume = resume
         self.extra_callbacks = list(callbacks or [])
+        self.lock = lock
+        self.notify = notify or (lambda note: None)
         self.model = None
         self.teacher = None  # distillation only: the model the student learns from
         self.tokenizer = None
@@ -112,74 +133,70 @@ class TrainingSession:
     def run(self) -> dict:
         """Train, writing everything into the run folder. Returns the final status; never raises for training
         errors: they end as state 'failed' with a plain message."""
-        if not (self.run_dir / CONFIG_FILE).is_file():
-            prepare_run_folder(self.config, self.run_dir)
+        owned_here = self._own_run()
         handler = _log_to_file(self.run_dir)
         try:
             return self._train()
         except Exception as exc:  # noqa: BLE001 - every failure must end as a readable status, not a dead thread
             log.exception("training failed")
-            return update_status(self.run_dir, state="failed", error=explain_error(exc), finished=time.time())
+            return self._fail(explain_error(exc, self.run_dir))
         finally:
             for name in ("glm_workbench", "transformers"):
                 logging.getLogger(name).removeHandler(handler)
             handler.close()
+            if owned_here:
+                self.lock.release()
+
+    def _own_run(self) -> bool:
+        """Take the run folder unless the caller (or this worker's launcher) owns it; True if taken here."""
+        if self.lock is not None or not is_main_process() or launched_by_owner(self.run_dir):
+            return False
+        from core.runs import CONFIG_FILE, STATUS_FILE
+        from core.training.lifecycle import claim_for_resume, claim_prepared, create_run
+
+        if self.resume:
+            self.lock = claim_for_resume(self.run_dir).lock
+        elif (self.run_dir / CONFIG_FILE).is_file() and not (self.run_dir / STATUS_FILE).is_file():
+            self.lock = claim_prepared(self.run_dir).lock  # prepared by hand for workers started by hand
+        else:
+            self.lock = create_run(self.run_dir.parent, self.config.replace(output_dir=str(self.run_dir))).lock
+        return True
+
+    def _fail(self, problem: Message) -> dict:
+        fields = dict(state="failed", error=str(problem), error_message=problem.to_json(), finished=time.time())
+        try:
+            return update_status(self.run_dir, last_resort=True, **fields)
+        except OSError:
+            # Not even the status fits on the disk. Once this process lets go of the run, readers show it as
+            # interrupted, and Resume continues it from the last complete checkpoint.
+            return fields
 
     def _checkpoint_to_resume(self) -> str | None:
         """On resume: the newest complete checkpoint; metrics logged after it are dropped (they will be
-        logged again), so the chart shows one continuous run."""
+        logged again) and the resume is recorded, so the chart shows one continuous run. Without any
+        checkpoint the run trains again from step 0."""
         if not self.resume:
             return None
-        from transformers.trainer_utils import get_last_checkpoint
-
-        folder = self.run_dir / "checkpoints"
-        checkpoint = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+        if is_main_process():
+            remove_partial_checkpoints(self.run_dir / CHECKPOINTS_DIR)  # a save the previous owner never finished
+        checkpoint = newest_checkpoint(self.run_dir)
+        step = int(checkpoint.name.split("-")[-1]) if checkpoint is not None else 0
+        keep_metrics_until(self.run_dir, step)
         if checkpoint is None:
-            raise ValueError(f"{self.run_dir.name}: no checkpoint to resume from (abort saves one; or set save_steps)")
-        step = int(Path(checkpoint).name.split("-")[-1])
-        keep = [m for m in read_metrics(self.run_dir) if m.get("step", 0) <= step]
-        write_metrics(self.run_dir, keep)
-        log.info("resuming %s from %s", self.run_dir.name, Path(checkpoint).name)
-        return checkpoint
-
-    def _load_distillation(self):
-        """Teacher, student and data for distillation (see core/methods/distill.py)."""
-        from core.data.dataset import load_conversations, tokenize_conversations
-        from core.methods import distill
-
-        config, device = self.config, pick_device()
-        teacher, teacher_tokenizer, _ = distill.load_teacher(config, device)
-        student, student_tokenizer = distill.build_student(teacher, config, device)
-        shared = distill.shares_vocabulary(teacher_tokenizer, student_tokenizer)
-        mode = config.distill_mode if config.distill_mode != "auto" else ("logits" if shared else "sequence")
-        if mode == "logits" and not shared:
-            raise ValueError("distill_mode: logit distillation needs teacher and student to share a tokenizer; "
-                             "use sequence (the teacher writes the answers)")
-        tokenizer = student_tokenizer or teacher_tokenizer
-        tokenizer.padding_side = "right"
-        conversations = load_conversations(config.dataset, config.dataset_format, config.columns).conversations
-        if config.max_samples:
-            conversations = conversations[:config.max_samples]
-        if mode == "sequence":
-            conversations = distill.teacher_answers(teacher, teacher_tokenizer,
-                                                    resolve_template(config.template, teacher_tokenizer), conversations)
-            log.info("distill: the teacher wrote %d answers", len(conversations))
-        template = resolve_template(config.template, tokenizer)
-        data = tokenize_conversations(conversations, tokenizer, template, config.cutoff_len, config.val_size,
-                                      config.seed, config.dataset)
-        self.teacher = teacher if mode == "logits" else None
-        trainable, total = count_parameters(student)
-        log.info("distill (%s): student %s parameters, teacher %s", mode, f"{total:,}", f"{teacher.num_parameters():,}")
-        update_status(self.run_dir, template=template, trainable_params=trainable, total_params=total,
-                      train_samples=len(data.train), eval_samples=len(data.eval), distill_mode=mode)
-        return tokenizer, data, student
+            log.info("resuming %s: no checkpoint was saved, so training starts again from step 0", self.run_dir.name)
+            self.notify(message("run.resume_from_start", run=self.run_dir.name))
+            return None
+        log.info("resuming %s from %s", self.run_dir.name, checkpoint.name)
+        return str(checkpoint)
 
     def _load(self, method):
         """Tokenizer, data and the method-prepared model."""
+        if method.load_training is not None:
+            tokenizer, data, model = method.load_training(self)
+            self._report_skipped(data)
+            return tokenizer, data, model
         config, run_dir = self.config, self.run_dir
-        if method.name == "distill":
-            return self._load_distillation()
-        model_path = resolve_model_path(config.model_name_or_path, config.trust_remote_code)
+        model_path = prepare_model(config.model_name_or_path, config.trust_remote_code)
         log.info("loading model %s", model_path)
         tokenizer = load_tokenizer(model_path, config.trust_remote_code)
         tokenizer.padding_side = "right"  # positions must start at 0 for every training sample
@@ -188,16 +205,14 @@ class TrainingSession:
                                 config.val_size, config.max_samples, config.seed, config.columns)
         log.info("data: format %s, template %s, %d train / %d eval samples, %d truncated at cutoff_len=%d",
                  data.format, template, len(data.train), len(data.eval), data.truncated, config.cutoff_len)
-        for problem in data.problems[:20]:
-            log.warning("skipped %s", problem)
         if config.eval_dataset:
             data.eval = tokenize_dataset(config.eval_dataset, tokenizer, template, config.cutoff_len,
                                          config.dataset_format, columns=config.columns).train
             log.info("validation: %d samples from %s", len(data.eval), config.eval_dataset)
+        self._report_skipped(data)
         device = pick_device()
         # Weights that train are kept in fp32 (mixed precision autocasts); frozen bases load in the GPU's dtype.
-        trains_base = method.output_dir == "model"
-        dtype = pick_dtype("fp32" if trains_base else config.precision, device)
+        dtype = pick_dtype("fp32" if method.trains_base else config.precision, device)
         model = load_model(model_path, dtype=dtype, device=device, trust_remote_code=config.trust_remote_code,
                            **method.model_kwargs(config))
         model = method.prepare(model, config)
@@ -205,9 +220,46 @@ class TrainingSession:
         log.info("method %s: %s of %s parameters train (%.2f%%)", method.name, f"{trainable:,}", f"{total:,}",
                  100 * trainable / max(total, 1))
         update_status(run_dir, template=template, trainable_params=trainable, total_params=total,
-                      train_samples=len(data.train),
-                      eval_samples=len(data.eval), data_format=data.format, data_problems=len(data.problems))
+                      train_samples=len(data.train), eval_samples=len(data.eval), data_format=data.format)
         return tokenizer, data, model
+
+    def _report_skipped(self, data: TokenizedData) -> None:
+        """Rows the data left out: all of them in skipped_rows.txt, the count and the first few in status.json
+        (the page's progress line) and, through `notify`, on the terminal."""
+        problems = data.problems
+        if not problems:
+            update_status(self.run_dir, data_problems=0, skipped_rows=None)
+            return
+        for problem in problems[:20]:
+            log.warning("skipped %s", problem)
+        if is_main_process():
+            from core.files import write_text_atomic
+
+            write_text_atomic(self.run_dir / SKIPPED_ROWS_FILE, "".join(f"{p}\n" for p in problems))
+        total = len(problems) + len(data.train) + len(data.eval)
+        note = message("data.rows_skipped", skipped=len(problems), total=total,
+                       first=[p.as_message() for p in problems[:SKIPPED_SHOWN]],
+                       file=str(self.run_dir / SKIPPED_ROWS_FILE))
+        update_status(self.run_dir, data_problems=len(problems), skipped_rows=note.to_json())
+        self.notify(note)
+
+    def _trainer(self, method, tokenizer, data, model, callbacks):
+        trainer_class, extra = CheckpointingTrainer, {}
+        if method.trainer is not None:
+            trainer_class, extra = method.trainer(self) or (trainer_class, extra)
+        args = _training_arguments(self.config, self.run_dir, bool(data.eval), self.show_progress)
+        if method.optimizer is not None:
+            extra["optimizers"] = (method.optimizer(model, args, self.config), None)
+        return trainer_class(
+            **extra,
+            model=model,
+            args=args,
+            train_dataset=data.train,
+            eval_dataset=data.eval or None,
+            data_collator=make_collator(tokenizer, self.config.packing),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
 
     def _train(self) -> dict:
         from transformers import EarlyStoppingCallback, set_seed
@@ -217,7 +269,7 @@ class TrainingSession:
         checkpoint = self._checkpoint_to_resume()
         if is_main_process():
             (run_dir / STOP_FILE).unlink(missing_ok=True)  # an old abort request must not stop this start
-        update_status(run_dir, state="running", started=time.time(), error=None)
+        update_status(run_dir, state="running", started=time.time(), error=None, error_message=None)
         set_seed(config.seed)
         method = get_method(config.finetuning_type)
         tokenizer, data, model = self._load(method)
@@ -225,22 +277,7 @@ class TrainingSession:
         callbacks = [RunFolderCallback(run_dir), *self.extra_callbacks, stopper]
         if config.early_stopping_patience:
             callbacks.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
-        trainer_class, extra = CheckpointingTrainer, {}
-        if self.teacher is not None:
-            from core.methods.distill import DistillationTrainer
-
-            trainer_class = DistillationTrainer
-            extra = dict(teacher=self.teacher, alpha=config.distill_alpha, temperature=config.distill_temperature)
-        trainer = trainer_class(
-            **extra,
-            model=model,
-            args=_training_arguments(config, run_dir, bool(data.eval), self.show_progress),
-            train_dataset=data.train,
-            eval_dataset=data.eval or None,
-            data_collator=make_collator(tokenizer, config.packing),
-            processing_class=tokenizer,
-            callbacks=callbacks,
-        )
+        trainer = self._trainer(method, tokenizer, data, model, callbacks)
         # Metrics go to metrics.jsonl; the terminal gets a progress bar with the loss, not a dict per step.
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
@@ -249,8 +286,9 @@ class TrainingSession:
         trainer.train(resume_from_checkpoint=checkpoint)
         aborted = stopper.stopped
         if is_main_process():
-            with atomic_dir(run_dir / method.output_dir) as folder:
-                method.save(trainer.model, tokenizer, folder)
+            # The run's own output: replacing an earlier one (an abort, then Resume) is ours to do.
+            with staged_dir(run_dir / method.output_dir, replace="owned") as folder:
+                (method.save or save_model_and_tokenizer)(trainer.model, tokenizer, folder)
         self.model, self.tokenizer = trainer.model, tokenizer
         losses = [m["loss"] for m in read_metrics(run_dir) if m.get("loss") is not None]
         final = dict(state="aborted" if aborted else "finished", finished=time.time(),
@@ -258,7 +296,6 @@ class TrainingSession:
                      step=trainer.state.global_step)
         log.info("run %s: %s after %d steps", run_dir.name, final["state"], trainer.state.global_step)
         return update_status(run_dir, **final)
-
 
 
 def make_collator(tokenizer, packing: bool):
@@ -269,25 +306,25 @@ def make_collator(tokenizer, packing: bool):
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
     if packing:
-        flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+        flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
         return lambda samples: flatten([{"input_ids": s["input_ids"], "labels": s["labels"]} for s in samples])
-    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
 
 
-def explain_error(exc: BaseException) -> str:
-    """A plain-words message: out-of-memory and a full disk get concrete suggestions."""
+def explain_error(exc: BaseException, where: str | Path | None = None) -> Message:
+    """A plain-words message for a failed run: out of memory and a full disk come with what to change; our own
+    errors say themselves; anything else is an unexpected error whose traceback is in log.txt."""
     text = str(exc).strip() or type(exc).__name__
     first_line = text.splitlines()[0]
     lowered = text.lower()
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in lowered \
             or "can't allocate memory" in lowered:
-        return ("Out of memory. Try: a smaller per_device_train_batch_size (raise gradient_accumulation_steps "
-                "to keep the effective batch), a smaller cutoff_len, gradient checkpointing, LoRA or QLoRA "
-                f"instead of full fine-tuning. Details: {first_line}")
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "no space left on device" in lowered \
-            or "failed writing file" in lowered or "file write failed" in lowered:  # torch.save's own words
-        where = f" while writing {exc.filename}" if isinstance(exc, OSError) and exc.filename else ""
-        return (f"Disk full{where}. Free space on the disk that holds the workspace, or keep fewer checkpoints "
-                "(save_total_limit) or save less often (save_steps); the last complete checkpoint is intact, so "
-                f"Resume continues from it. Details: {first_line}")
-    return text
+        return message("run.out_of_memory", detail=first_line)
+    if is_disk_full(exc, where):
+        filename = getattr(exc, "filename", None)
+        if filename:
+            return message("run.disk_full_while_writing", file=str(filename), detail=first_line)
+        return message("run.disk_full", detail=first_line)
+    if isinstance(exc, WorkbenchError):
+        return exc.message
+    return message("run.unexpected_error", kind=type(exc).__name__, detail=first_line[:300])

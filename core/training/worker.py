@@ -1,7 +1,8 @@
 """One process of a multi-process run: `torchrun --nproc_per_node N -m core.training.worker RUN_DIR [--resume]`.
 
 Every rank reads RUN_DIR/config.yaml and trains through the same TrainingSession; transformers' Trainer sees the
-torchrun environment and wraps the model in DDP. Only rank 0 writes the run folder.
+torchrun environment and wraps the model in DDP. Only rank 0 writes the run folder. Started by the workbench,
+the launcher owns the run for its workers; started by hand (several machines), rank 0 takes the run itself.
 """
 
 from __future__ import annotations
@@ -15,13 +16,20 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from core.config import load_yaml
+    from core.errors import WorkbenchError
+    from core.i18n import default_language
+    from core.runs import CONFIG_FILE
     from core.training.runner import TrainingSession
 
     argv = sys.argv[1:] if argv is None else argv
     run_dir = Path(argv[0])
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))  # the cores, shared out
-    status = TrainingSession(load_yaml(run_dir / "config.yaml"), run_dir, resume="--resume" in argv).run()
+    try:
+        status = TrainingSession(load_yaml(run_dir / CONFIG_FILE), run_dir, resume="--resume" in argv).run()
+    except WorkbenchError as exc:  # the run is another process's, or cannot resume
+        print(f"error: {exc.render(default_language())}", file=sys.stderr)
+        return 2
     return 0 if status.get("state") in ("finished", "aborted") else 1
 
 

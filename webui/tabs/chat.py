@@ -7,11 +7,7 @@ from typing import Any
 import gradio as gr
 
 from core.chat.engine import GenerationSettings
-from core.data.readers import DataError
-from core.models.loader import ModelError
 from webui.context import UIContext
-
-USER_ERRORS = (DataError, ModelError, ValueError, OSError)
 
 
 def plain_messages(history: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -29,9 +25,10 @@ def create_chat_tab(ctx: UIContext) -> dict:
     t = ctx.t
     none_choice = (t("adapter_none"), "")
     with gr.Row():
-        model = gr.Dropdown(ctx.wb.model_choices(), value="demo", label=t("chat_model"), info=t("chat_model_info"),
+        # Runs are listed when the tab opens: nothing of the workspace is in the page before login.
+        model = gr.Dropdown(["demo"], value="demo", label=t("chat_model"), info=t("chat_model_info"),
                             allow_custom_value=True, scale=2, elem_id="chat-model")
-        adapter = gr.Dropdown([none_choice, *ctx.wb.adapter_choices()], value="", label=t("chat_adapter"),
+        adapter = gr.Dropdown([none_choice], value="", label=t("chat_adapter"),
                               info=t("chat_adapter_info"), allow_custom_value=True, scale=3,
                               elem_id="chat-adapter")
         refresh = gr.Button(t("refresh"), scale=0, min_width=100, elem_id="chat-refresh")
@@ -70,19 +67,16 @@ def create_chat_tab(ctx: UIContext) -> dict:
             for reply in ctx.wb.chat_stream(messages, model_, adapter_ or None, system_, settings):
                 shown[-1]["content"] = reply
                 yield shown, "", ""
-        except USER_ERRORS as exc:
+        except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
             yield plain_messages(history), text, ctx.error(exc)
 
     with gr.Accordion(t("compare_title"), open=False):
         compare_prompt = gr.Textbox(label=t("compare_prompt"), elem_id="compare-prompt")
         columns = []
         with gr.Row():
-            adapters_now = ctx.wb.adapter_choices()
             for number in range(3):
                 with gr.Column():
-                    # Column 2 starts on the newest adapter, so one click compares it with the base.
-                    first = adapters_now[0] if number == 1 and adapters_now else ""
-                    choice = gr.Dropdown([none_choice, *adapters_now], value=first,
+                    choice = gr.Dropdown([none_choice], value="",
                                          label=t("compare_column", n=number + 1), allow_custom_value=True,
                                          elem_id=f"compare-choice-{number + 1}")
                     answer = gr.Markdown(elem_id=f"compare-answer-{number + 1}")
@@ -102,9 +96,9 @@ def create_chat_tab(ctx: UIContext) -> dict:
             return t("api_stopped")
         try:
             url = ctx.wb.start_api(model_ or "demo", port=int(port), api_key=key or None)
-        except (RuntimeError, *USER_ERRORS) as exc:
+        except Exception as exc:  # noqa: BLE001
             return ctx.error(exc)
-        return "✅ " + t("api_running", url=url, base=model_ or "demo")
+        return t("api_running", url=url, base=model_ or "demo")
 
     serve.change(toggle_api, [serve, model, api_port, api_key], api_notice, api_name="serve_api")
 
@@ -120,7 +114,7 @@ def create_chat_tab(ctx: UIContext) -> dict:
                                                 system_, settings):
                     answers[index] = reply
                     yield answers
-            except USER_ERRORS as exc:
+            except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
                 answers[index] = ctx.error(exc)
                 yield answers
 

@@ -11,13 +11,13 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from core.data.formats import FORMATS, UnknownColumnsError
-from core.data.readers import DataError
+from core.data.formats import FORMATS
+from core.data.readers import DEMO_DATASETS
+from core.errors import UnknownColumnsError
 from webui.charts import length_histogram
 from webui.context import UIContext
 
 PAGE_SIZE = 20
-USER_ERRORS = (DataError, OSError)
 
 
 def _cell(value: Any) -> str:
@@ -37,17 +37,19 @@ def rows_page(rows: list[dict[str, Any]], page: int) -> pd.DataFrame:
 
 def dataset_options(ctx: UIContext) -> list[tuple[str, str]]:
     """(shown name, value) pairs: uploads by file name, not by their path on the server."""
-    return [(Path(choice).name, choice) for choice in ctx.wb.dataset_choices()]
+    return ctx.wb.dataset_choices()
 
 
 def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
     t = ctx.t
     with gr.Row():
-        dataset = gr.Dropdown(dataset_options(ctx), value="identity", label=t("dataset_label"),
-                              info=t("dataset_info"), allow_custom_value=True, scale=3, elem_id="data-dataset")
-        fmt = gr.Dropdown(["auto", *FORMATS], value="auto", label=t("format_label"), info=t("format_info"), scale=1)
+        # The demo sets only: uploads are added when the page opens (nothing of the workspace before login).
+        dataset = gr.Dropdown([(name, name) for name in DEMO_DATASETS], value="identity", label=t.label("dataset"),
+                              info=t("field_dataset_info"), allow_custom_value=True, scale=3, elem_id="data-dataset")
+        fmt = gr.Dropdown(["auto", *FORMATS], value="auto", label=t.label("dataset_format"),
+                          info=t("field_dataset_format_info"), scale=1)
         page = gr.Number(1, label=t("page_label"), minimum=1, precision=0, scale=1)
-    columns = gr.Textbox("", label=t("columns_label"), info=t("columns_info"),
+    columns = gr.Textbox("", label=t.label("columns"), info=t("field_columns_info"),
                          placeholder="question=instruction, answer=output", elem_id="data-columns")
     # No file_types filter: our own check names the file and the supported types in the page, not a toast.
     upload = gr.File(label=t("upload_label"), type="filepath", height=120, elem_id="data-upload")
@@ -65,7 +67,7 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
             used, pieces = ctx.wb.render_sample(name, format_name, model, template, int(number or 1) - 1,
                                                 columns=mapping)
         except Exception as exc:  # noqa: BLE001 - the preview above already names data problems
-            return "", f"<div class='gw-error'>{html.escape(t.message(str(exc)))}</div>"
+            return "", f"<div class='gw-error'>{html.escape(t.message(exc))}</div>"
         spans = "".join(f"<span class='{'gw-loss' if trains else 'gw-prompt'}'>{html.escape(text)}</span>"
                         for text, trains in pieces)
         return t("sample_legend", template=used), f"<pre class='gw-sample'>{spans}</pre>"
@@ -73,7 +75,7 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
     def preview(name: str, format_name: str, page_number: float, mapping: str = ""):
         try:
             loaded = ctx.wb.preview_dataset(name, format_name, mapping)
-        except USER_ERRORS as exc:
+        except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
             return ctx.error(exc), pd.DataFrame(), gr.update()
         pages = max(1, math.ceil(len(loaded.rows) / PAGE_SIZE))
         page_number = min(max(int(page_number or 1), 1), pages)
@@ -81,25 +83,24 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
                  usable=len(loaded.conversations)) + f" · {page_number}/{pages}"
         problems = loaded.result.problems
         if problems:
-            text += "\n\n⚠️ " + t("data_problems", count=len(problems)) + "\n" + \
+            text += "\n\n" + t("data_problems", count=len(problems)) + "\n" + \
                 "\n".join(f"- {t.message(p)}" for p in problems[:20])
         return text, rows_page(loaded.rows, page_number), page_number
 
     def on_upload(file_path: str | None, format_name: str, mapping: str = ""):
-        """Keep the file in the workspace, select it, and show its preview (or what is wrong with it)."""
+        """Check the file where it was uploaded; keep it in the workspace (and select it) only if it can be used,
+        or if only its column names need mapping."""
         if not file_path:
             return gr.update(), gr.update(), gr.update(), gr.update()
-        saved = None
         try:
-            saved = ctx.wb.save_upload(file_path)
-            ctx.wb.preview_dataset(saved, format_name, mapping)
+            ctx.wb.preview_dataset(file_path, format_name, mapping)
         except UnknownColumnsError as exc:
             # The rows read fine: keep the file selected so a column mapping can be typed in and applied.
+            saved = ctx.wb.add_upload(file_path)
             return gr.update(choices=dataset_options(ctx), value=saved), ctx.error(exc), pd.DataFrame(), gr.update()
-        except USER_ERRORS as exc:
-            if saved:
-                ctx.wb.discard_upload(saved)  # a file that cannot be used must not become the selected dataset
+        except Exception as exc:  # noqa: BLE001 - a file that cannot be used never becomes the selected dataset
             return gr.update(), ctx.error(exc), pd.DataFrame(), gr.update()
+        saved = ctx.wb.add_upload(file_path)
         return gr.update(choices=dataset_options(ctx), value=saved), *preview(saved, format_name, 1, mapping)
 
     # `.input` fires on the user's own changes only, so an upload that selects its file does not preview twice.
@@ -118,6 +119,11 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
             return gr.skip()
         return length_histogram(counts, int(cutoff_len or 0), t)
 
-    return {"dataset": dataset, "format": fmt, "columns": columns, "summary": summary, "table": table, "preview": preview_io,
+    def refresh(current: str | None):
+        options = dataset_options(ctx)
+        values = [value for _, value in options]
+        return gr.update(choices=options, value=current if current in values else "identity")
+
+    return {"refresh": (refresh, dataset, dataset), "dataset": dataset, "format": fmt, "columns": columns, "summary": summary, "table": table, "preview": preview_io,
             "lengths": lengths, "histogram": histogram,
             "render": render, "sample_index": sample_index, "rendered": [legend, rendered]}

@@ -5,9 +5,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from core.data.readers import DataError
 from core.evaluation.evaluate import EvalSettings
-from core.models.loader import ModelError
 from webui.context import UIContext
 
 
@@ -15,10 +13,9 @@ def create_evaluate_tab(ctx: UIContext) -> dict:
     t = ctx.t
     gr.Markdown(t("eval_info"))
     with gr.Row():
-        runs_now = ctx.wb.runs_with_results()
-        run = gr.Dropdown(runs_now, value=runs_now[0] if runs_now else None, label=t("eval_run"),
-                          allow_custom_value=True, scale=3)
-        dataset = gr.Dropdown(ctx.wb.dataset_choices(), value="identity", label=t("eval_dataset"),
+        # Runs and uploads are listed when the tab opens: nothing of the workspace is in the page before login.
+        run = gr.Dropdown([], value=None, label=t("eval_run"), allow_custom_value=True, scale=3)
+        dataset = gr.Dropdown([("identity", "identity")], value="identity", label=t("eval_data_label"),
                               allow_custom_value=True, scale=3)
         max_samples = gr.Number(20, label=t("eval_max_samples"), precision=0, minimum=0, scale=1)
     with gr.Row():
@@ -37,7 +34,7 @@ def create_evaluate_tab(ctx: UIContext) -> dict:
                                 temperature=float(temperature_))
         try:
             result = ctx.wb.evaluate(run_name or "", dataset_name, settings=settings)
-        except (DataError, ModelError, ValueError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
             return ctx.error(exc), pd.DataFrame(), pd.DataFrame()
         shown = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         note = t("eval_stopped", done=result.metrics["samples"], total=result.metrics["planned"]) \
@@ -45,7 +42,7 @@ def create_evaluate_tab(ctx: UIContext) -> dict:
         return note, pd.DataFrame([shown]), pd.DataFrame(result.predictions)
 
     def abort_evaluation():
-        return "⏹ " + t("eval_aborting") if ctx.wb.abort_evaluation() else t("eval_nothing_running")
+        return t("eval_aborting") if ctx.wb.abort_evaluation() else t("eval_nothing_running")
 
     def refresh(current: str | None):
         runs = ctx.wb.runs_with_results()

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from core.data.readers import DataError
-from core.export import MERGE_DTYPES, ExportError
+from core.export import MERGE_DTYPES
 from webui.context import UIContext
 
 
@@ -16,15 +15,18 @@ def create_export_tab(ctx: UIContext) -> dict:
     gr.Markdown(t("export_info"))
     with gr.Row():
         # Runs appear while the page is open: accept any name; the workbench checks it is a run of this workspace.
-        run = gr.Dropdown(ctx.wb.runs_with_results(), label=t("export_run"), allow_custom_value=True, scale=4, elem_id="export-run")
+        # Filled when the tab opens: nothing of the workspace is in the page before login.
+        run = gr.Dropdown([], label=t("export_run"), allow_custom_value=True, scale=4, elem_id="export-run")
         refresh = gr.Button(t("refresh"), scale=0, min_width=100)
     download = gr.DownloadButton(t("export_download"), variant="primary", elem_id="export-download")
     notice = gr.Markdown(elem_id="export-notice")
     with gr.Accordion(t("export_merge_title"), open=False):
         with gr.Row():
-            merge_dir = gr.Textbox(str(ctx.wb.exports / "merged"), label=t("export_merge_dir"), scale=3)
+            merge_dir = gr.Textbox("", label=t("export_merge_dir"), info=t("export_merge_dir_info"), scale=3,
+                                   elem_id="export-merge-dir")
             merge_dtype = gr.Dropdown(list(MERGE_DTYPES), value="auto", label=t("export_merge_dtype"), scale=1)
             shard_size = gr.Textbox("2GB", label=t("export_merge_shard"), scale=1)
+            overwrite = gr.Checkbox(False, label=t("export_overwrite"), info=t("export_overwrite_info"), scale=1)
         merge = gr.Button(t("export_merge"))
         merge_notice = gr.Markdown()
 
@@ -34,22 +36,24 @@ def create_export_tab(ctx: UIContext) -> dict:
             return None, ""
         try:
             path = ctx.wb.export_zip(name)
-        except (ExportError, DataError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
             return None, ctx.error(exc)
         return path, t("export_ready", file=Path(path).name)
 
-    def refresh_runs():
+    def refresh_runs(folder: str):
         runs = ctx.wb.runs_with_results()
-        return gr.update(choices=runs, value=runs[0] if runs else None), "" if runs else t("export_none")
+        suggestion = folder or str(ctx.wb.exports / "merged")
+        return (gr.update(choices=runs, value=runs[0] if runs else None), "" if runs else t("export_none"),
+                suggestion)
 
-    def merge_run(name: str | None, folder: str, dtype: str, shard: str):
+    def merge_run(name: str | None, folder: str, dtype: str, shard: str, replace: bool):
         try:
-            path = ctx.wb.merge_run(name or "", folder, dtype, shard)
-        except (ExportError, DataError, OSError, ValueError) as exc:
+            path = ctx.wb.merge_run(name or "", folder, dtype, shard, overwrite=bool(replace))
+        except Exception as exc:  # noqa: BLE001
             return ctx.error(exc)
-        return "✅ " + t("export_merged", path=path)
+        return t("export_merged", path=path)
 
     run.change(prepare, run, [download, notice], api_name="export_zip")
-    merge.click(merge_run, [run, merge_dir, merge_dtype, shard_size], merge_notice, api_name="merge_run")
-    refresh.click(refresh_runs, None, [run, notice], api_name=False)
-    return {"run": run, "refresh": (refresh_runs, None, [run, notice])}
+    merge.click(merge_run, [run, merge_dir, merge_dtype, shard_size, overwrite], merge_notice, api_name="merge_run")
+    refresh.click(refresh_runs, merge_dir, [run, notice, merge_dir], api_name=False)
+    return {"run": run, "refresh": (refresh_runs, merge_dir, [run, notice, merge_dir])}

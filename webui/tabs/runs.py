@@ -5,30 +5,36 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from core.data.readers import DataError
 from webui.charts import overlay_figure
 from webui.context import UIContext
+from webui.formatting import format_duration, format_loss
+
+COLUMNS = ("run", "state", "method", "model", "dataset", "steps", "final_loss", "best_eval_loss", "duration", "error")
 
 
 def runs_frame(ctx: UIContext) -> pd.DataFrame:
     """The runs table in the page's language: translated headers and states (method names stay config keys)."""
     t = ctx.t
-    rows = [{**row, "state": t.get(f"state_{row['state']}", row["state"]), "error": t.message(row["error"])}
-            for row in ctx.wb.runs_table()]
-    frame = pd.DataFrame(rows)
+    rows = [{"run": row["run"], "state": t.state(row["state"]), "method": row["method"], "model": row["model"],
+             "dataset": row["dataset"], "steps": f"{row['step']}/{row['max_steps']}",
+             "final_loss": format_loss(row["final_loss"]), "best_eval_loss": format_loss(row["best_eval_loss"]),
+             "duration": format_duration(row["seconds"]),
+             "error": ctx.status_error(row) if row["error"] else ""} for row in ctx.wb.runs_table()]
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
     return frame.rename(columns={c: t.get(f"runs_col_{c}", c) for c in frame.columns})
 
 
 def create_runs_tab(ctx: UIContext) -> dict:
     t = ctx.t
     refresh_button = gr.Button(t("refresh"), size="sm")
-    table = gr.Dataframe(runs_frame(ctx), interactive=False, wrap=True, max_height=360)
-    names = [run.name for run in ctx.wb.runs()]
-    selected = gr.CheckboxGroup(names, value=names[:2], label=t("runs_select"))
+    # Filled from the workspace when the tab opens: nothing of it is in the page before login.
+    table = gr.Dataframe(pd.DataFrame(columns=[t.get(f"runs_col_{c}", c) for c in COLUMNS]), interactive=False,
+                         wrap=True, max_height=360)
+    selected = gr.CheckboxGroup([], value=[], label=t("runs_select"))
     chart = gr.Plot(show_label=False)
     with gr.Row():
-        victim = gr.Dropdown(names, value=names[0] if names else None, label=t("runs_one"), allow_custom_value=True,
-                             scale=3, elem_id="runs-one")
+        victim = gr.Dropdown([], value=None, label=t("runs_one"), allow_custom_value=True, scale=3,
+                             elem_id="runs-one")
         open_chat = gr.Button(t("runs_open_chat"), scale=1, elem_id="runs-open-chat")
         open_eval = gr.Button(t("runs_open_eval"), scale=1, elem_id="runs-open-eval")
         delete = gr.Button(t("runs_delete"), variant="stop", scale=1)
@@ -38,8 +44,8 @@ def create_runs_tab(ctx: UIContext) -> dict:
     def compare(chosen: list[str]):
         try:
             return overlay_figure(ctx.wb.run_metrics(chosen or []), t)
-        except DataError as exc:
-            gr.Warning(t.message(str(exc)))
+        except Exception as exc:  # noqa: BLE001 - a run deleted meanwhile, say
+            gr.Warning(t.message(exc))
             return gr.skip()
 
     def refresh():
@@ -50,14 +56,14 @@ def create_runs_tab(ctx: UIContext) -> dict:
     def ask(name: str):
         if not name:
             return gr.update(visible=False), ""
-        return gr.update(visible=True), "⚠️ " + t("runs_delete_ask", run=name)
+        return gr.update(visible=True), t("runs_delete_ask", run=name)
 
     def remove(name: str):
         try:
             ctx.wb.delete_run(name)
-        except DataError as exc:
+        except Exception as exc:  # noqa: BLE001
             return (*refresh(), ctx.error(exc))
-        return (*refresh(), "🗑 " + t("runs_deleted", run=name))
+        return (*refresh(), t("runs_deleted", run=name))
 
     refresh_button.click(refresh, None, [table, selected, victim, confirm], api_name="refresh_runs")
     selected.change(compare, selected, chart, api_name="compare_runs")

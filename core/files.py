@@ -1,0 +1,150 @@
+"""How the workbench writes to disk, so that it never loses or clobbers anything (docs/DESIGN.md, "What the
+workbench promises about your files").
+
+- A file is written under a temporary name beside it and renamed into place: readers never see half of it.
+- A folder (a model, an adapter, a merge, a conversion) is written into a fresh staging folder beside its
+  target, with a unique name, and renamed into place when complete. A target that exists and is not empty is
+  never deleted: the caller is refused with a message, unless the folder carries our own marker saying it is
+  a finished output of ours of the same kind (`replace_ours`).
+- A full disk is recognised however the library phrases it, and what was half-written is removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+OUTPUT_MARKER = ".glm_workbench_output.json"  # in folders we wrote: what they are (merge, conversion, ...)
+LOW_DISK_BYTES = 1 << 20  # below this much free space, a failed write is taken to be a full disk
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write under a unique temporary name, then rename: readers never see a half-written file. A write that
+    fails (a full disk) leaves no temporary file behind."""
+    path = Path(path)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=1))
+
+
+def rewrite_in_place(path: Path, text: str) -> None:
+    """Last resort when the disk is full: overwrite a small file's own blocks (truncating first frees them),
+    so a run's final status can still be written when no temporary copy fits."""
+    with open(path, "r+" if path.exists() else "w", encoding="utf-8") as stream:
+        stream.truncate(0)
+        stream.write(text)
+
+
+def is_disk_full(exc: BaseException, where: str | Path | None = None) -> bool:
+    """Whether `exc` means the disk is full: ENOSPC, or the phrases libraries use for it (torch.save says
+    'unexpected pos' or 'file write failed'), or any write error while the disk has no room left."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc).lower()
+    if any(phrase in text for phrase in ("no space left on device", "failed writing file", "file write failed",
+                                         "disk quota exceeded", "unexpected pos")):
+        return True
+    if where is not None and isinstance(exc, (OSError, RuntimeError)):
+        return free_bytes(where) < LOW_DISK_BYTES
+    return False
+
+
+def free_bytes(where: str | Path) -> int:
+    path = Path(where)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 1 << 62
+
+
+def is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def output_kind(path: Path) -> str | None:
+    """The kind recorded in a folder's marker (one we wrote and finished), or None."""
+    try:
+        return json.loads((Path(path) / OUTPUT_MARKER).read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+class TargetNotFreeError(Exception):
+    """The target exists and holds something we may not replace; `reason` is 'file' or 'not_empty'."""
+
+    def __init__(self, target: Path, reason: str):
+        super().__init__(f"{target}: {reason}")
+        self.target, self.reason = target, reason
+
+
+def refusal(exc: TargetNotFreeError):
+    """The user's message for a target we may not write (a file, or a folder that is not empty and not ours),
+    saying what to do instead; `--overwrite` is offered only where it could apply."""
+    from core.errors import RunStateError
+
+    if exc.reason == "file":
+        return RunStateError("files.target_is_file", folder=str(exc.target))
+    return RunStateError("files.target_not_empty", folder=str(exc.target))
+
+
+@contextmanager
+def staged_dir(target: Path, kind: str | None = None, replace: str = "never") -> Iterator[Path]:
+    """Yield a fresh staging folder beside `target`; when the block ends without error, rename it to `target`.
+
+    `target` may be absent or an empty folder. Anything else is refused (TargetNotFreeError) unless `replace` allows
+    it: "ours" replaces a finished folder of ours whose marker has the same `kind` (an earlier merge into the
+    same folder, with --overwrite), "owned" replaces whatever is there (only for a folder inside a run this
+    process owns: the run's own adapter on resume). The old folder is removed only after the new one is
+    complete. On any error the staging folder is removed and `target` is untouched. With `kind`, the finished
+    folder is marked as ours.
+    """
+    target = Path(target)
+    check_target_free(target, kind, replace)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        yield staging
+        if kind is not None:
+            (staging / OUTPUT_MARKER).write_text(json.dumps({"kind": kind}), encoding="utf-8")
+        check_target_free(target, kind, replace)  # nothing of someone else's appeared there meanwhile
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, retired / target.name)
+            os.replace(staging, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_target_free(target: Path, kind: str | None = None, replace: str = "never") -> None:
+    """Raise TargetNotFreeError unless `target` may be written (see staged_dir)."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if not target.is_dir() or target.is_symlink():
+        raise TargetNotFreeError(target, "file")
+    if is_empty_dir(target) or replace == "owned":
+        return
+    if replace == "ours" and kind is not None and output_kind(target) == kind:
+        return
+    raise TargetNotFreeError(target, "not_empty")
