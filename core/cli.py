@@ -30,7 +30,7 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from core.models.loader import configure_threads
-    from core.training.lifecycle import claim_for_resume, create_run
+    from core.training.lifecycle import check_inputs, claim_for_resume, create_run
     from core.training.runner import TrainingSession
 
     configure_threads()
@@ -43,6 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             config, notes = RunConfig.from_dict(parse_overrides(args.set)), []
         for note in notes:
             say(f"note: {note}")
+        check_inputs(config)
         claimed = create_run(args.workspace, config)
     run_dir, config = claimed.run_dir, claimed.config
     say(message("cli.run_folder", folder=str(run_dir)))

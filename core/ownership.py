@@ -79,7 +79,9 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self._handle: int | None = None
 
-    def acquire(self) -> RunLock:
+    def acquire(self, announce: bool = True) -> RunLock:
+        """Take the run, or raise RunStateError naming its owner. With `announce`, write who owns it now (a
+        caller that may still decline the run announces only once it keeps it)."""
         from core.errors import RunStateError
 
         path = self.run_dir / LOCK_FILE
@@ -95,14 +97,19 @@ class RunLock:
                     raise RunStateError("run.owned", run=self.run_dir.name, pid=owner.pid if owner else "?",
                                         host=owner.host if owner else "?") from None
                 time.sleep(0.05)
+        self._handle = handle
+        if announce:
+            self.announce()
+        return self
+
+    def announce(self) -> None:
+        """Write this process's pid, host and time into the held lock file (what refusals quote)."""
         record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
         try:
-            os.ftruncate(handle, 0)
-            os.pwrite(handle, record.encode(), 0)
+            os.ftruncate(self._handle, 0)
+            os.pwrite(self._handle, record.encode(), 0)
         except OSError:
             pass  # a full disk: the lock itself still holds; only the owner's name is missing from refusals
-        self._handle = handle
-        return self
 
     @property
     def held(self) -> bool:

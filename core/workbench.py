@@ -40,6 +40,7 @@ from core.runs import (
     read_status,
 )
 from core.training.job import JobManager
+from core.training.lifecycle import check_inputs
 
 BASE_MODEL_CHOICE = "demo"
 
@@ -140,11 +141,7 @@ class Workbench:
         """Start a run in the background; returns its name. Raises BusyError / ConfigError / DataError /
         RunStateError. The model reference and the dataset are checked first, so what cannot be used is refused
         before a run folder exists."""
-        config.validate()
-        check_model_reference(config.model_name_or_path)
-        load_conversations(config.dataset, config.dataset_format, config.columns)
-        if config.eval_dataset:
-            load_conversations(config.eval_dataset, config.dataset_format, config.columns)
+        check_inputs(config)
         return self.jobs.start(config).name
 
     def resume_training(self, run_name: str) -> str:

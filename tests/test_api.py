@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -37,6 +38,7 @@ def served(tmp_path_factory, demo_model_dir):
     engine.load_model("demo")
     adapters = {name: str(root / name / "adapter") for name, _ in runs}
     server = ApiServer(create_api(engine, "demo", lambda: adapters, api_key="sk-test"), port=free_port()).start()
+    server.engine = engine  # the tests look at what the engine is doing
     yield server, root
     server.stop()
 
@@ -110,3 +112,89 @@ def test_api_greedy_equals_cli_chat_greedy(served):
                           "你是谁？", "--greedy"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert via_api == cli.stdout.strip()
+
+
+# ---- no single request can sink the server -------------------------------------------------------------------------
+def post(server, body: bytes, headers: dict | None = None):
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{server.url}/chat/completions", data=body, method="POST",
+                                     headers={"Authorization": "Bearer sk-test", "Content-Type": "application/json",
+                                              **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_oversized_bodies_and_contexts_are_refused_before_any_work(served):
+    import http.client
+
+    server, _ = served
+    huge = json.dumps({"model": "demo", "messages": [{"role": "user", "content": "长" * 5_000_000}]},
+                      ensure_ascii=False).encode()
+    # Declared too large: refused from the headers, before the body is read.
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=60)
+    connection.putrequest("POST", "/v1/chat/completions")
+    for name, value in (("Authorization", "Bearer sk-test"), ("Content-Type", "application/json"),
+                        ("Content-Length", str(len(huge)))):
+        connection.putheader(name, value)
+    connection.endheaders(huge[:4096])
+    response = connection.getresponse()
+    assert response.status == 413 and json.loads(response.read())["error"]["code"] == "request_too_large"
+    connection.close()
+    # Sent in chunks with no declared length: refused once the limit is passed, not after the whole body.
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=60)
+    connection.request("POST", "/v1/chat/completions", body=iter([huge[:2 * 2**20 + 1024]]), encode_chunked=True,
+                       headers={"Authorization": "Bearer sk-test", "Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 413
+    connection.close()
+    api = client(server)
+    with pytest.raises(openai.BadRequestError) as too_long:
+        ask(api, "demo", "你好" * 10_000, max_tokens=16)  # far past the demo model's 4,096 positions
+    assert too_long.value.body["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as too_many:
+        ask(api, "demo", max_tokens=100_000_000)
+    assert too_many.value.body["code"] == "context_length_exceeded" and "4096" in too_many.value.body["message"]
+
+
+@pytest.mark.parametrize("body, param", [
+    (b"\xff\xfe{\"model\": \"demo\"}", None),
+    (json.dumps({"model": "demo", "messages": [{"role": "user", "content": "hi"}],
+                 "seed": 99999999999999999999999}).encode(), "seed"),
+    (json.dumps({"model": "demo", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+                 "temperature": "hot"}).encode(), "temperature"),
+    (json.dumps({"model": "demo", "messages": [{"role": "robot", "content": "hi"}]}).encode(), "messages[0].role"),
+    (b"[1, 2, 3]", None),
+])
+def test_every_bad_request_is_an_openai_error(served, body, param):
+    server, _ = served
+    status, text = post(server, body)
+    assert status == 400, text
+    error = json.loads(text)["error"]
+    assert error["type"] == "invalid_request_error" and error["message"] and error["param"] == param
+
+
+def test_a_client_that_goes_away_stops_its_generation(served):
+    import http.client
+
+    server, _ = served
+    engine = server.engine
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=60)
+    body = json.dumps({"model": "demo", "messages": [{"role": "user", "content": "写一篇很长的文章"}], "stream": True,
+                       "max_tokens": 3500, "temperature": 1.0, "seed": 1})
+    connection.request("POST", "/v1/chat/completions", body=body,
+                       headers={"Authorization": "Bearer sk-test", "Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200 and response.readline().startswith(b"data:")
+    response.readline()
+    connection.sock.close()  # the client goes away after the first chunk
+    deadline = time.time() + 120
+    while engine.busy:
+        assert time.time() < deadline, "the generation went on without a reader"
+        time.sleep(0.1)
+    assert 0 < engine.last_generated_tokens < 3500
+    assert ask(client(server), "identity").choices[0].message.content == IDENTITY_FIRST_ANSWER  # next one answered

@@ -74,6 +74,7 @@ class ChatEngine:
         self.peft = None  # PeftModel wrapping self.model once an adapter is loaded (LoRA layers sit in place)
         self._adapters: dict[str, LoadedAdapter] = {}
         self._loads = 0
+        self.last_generated_tokens = 0  # of the latest generation: shows that a cancelled one really stopped
         self._lock = threading.RLock()
 
     # ---- model and adapters -------------------------------------------------------------------------------
@@ -135,6 +136,14 @@ class ChatEngine:
 
     # ---- generation -----------------------------------------------------------------------------------------
     @property
+    def busy(self) -> bool:
+        """Whether a generation (or a model load) holds the engine now."""
+        if self._lock.acquire(blocking=False):
+            self._lock.release()
+            return False
+        return True
+
+    @property
     def context_length(self) -> int:
         """How many positions the loaded model has: prompt plus answer must fit."""
         config = self.model.config
@@ -184,12 +193,13 @@ class ChatEngine:
                     if prefix is not None:
                         inputs = prefix.generate_kwargs(self.model, input_ids, inputs["attention_mask"])
                     with torch.inference_mode(), context:
-                        self.model.generate(**inputs, max_new_tokens=min(settings.max_new_tokens, room),
+                        output = self.model.generate(**inputs, max_new_tokens=min(settings.max_new_tokens, room),
                                             streamer=streamer,
                                             eos_token_id=self.encoder.stop_token_ids,
                                             pad_token_id=self.tokenizer.pad_token_id,
                                             stopping_criteria=StoppingCriteriaList([StopOnEvent(cancelled)]),
-                                            **settings.generate_kwargs())
+                                                     **settings.generate_kwargs())
+                    self.last_generated_tokens = int(output.shape[1] - input_ids.shape[1])
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer below
                 errors.append(exc)
                 streamer.end()

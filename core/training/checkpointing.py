@@ -27,8 +27,27 @@ def remove_partial_checkpoints(root: Path) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def is_final(checkpoint: str | Path) -> bool:
+    """Whether a checkpoint was taken at the run's last step (its trainer_state says so)."""
+    import json
+
+    try:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return 0 < state.get("max_steps", 0) <= state.get("global_step", 0)
+
+
 class CheckpointingTrainer(Trainer):
     _staging_root: str | None = None
+
+    def restore_final(self, checkpoint: str) -> None:
+        """Load a checkpoint of the last step instead of training: every step is done, only the run's own
+        output (adapter or model) is missing. Resuming through train() would run one step past the end."""
+        from transformers.trainer_callback import TrainerState
+
+        self._load_from_checkpoint(checkpoint)
+        self.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
 
     def _get_output_dir(self, trial) -> str:
         return self._staging_root or super()._get_output_dir(trial)

@@ -42,6 +42,19 @@ class ClaimedRun:
     resume: bool = False
 
 
+def check_inputs(config: RunConfig) -> None:
+    """Refuse, before any run folder exists, what cannot be used: wrong settings, a model that is not there, a
+    dataset that cannot be read (its file, its format, its rows)."""
+    from core.data.dataset import load_conversations
+    from core.models.loader import check_model_reference
+
+    config.validate()
+    check_model_reference(config.model_name_or_path)
+    load_conversations(config.dataset, config.dataset_format, config.columns)
+    if config.eval_dataset:
+        load_conversations(config.eval_dataset, config.dataset_format, config.columns)
+
+
 def create_run(workspace: str | Path, config: RunConfig) -> ClaimedRun:
     config.validate()
     run_dir, created = _fresh_folder(workspace, config)
@@ -106,7 +119,7 @@ def claim_for_resume(run_dir: str | Path) -> ClaimedRun:
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise RunStateError("run.not_a_run", folder=str(run_dir))
-    lock = RunLock(run_dir).acquire()  # refused (naming the owner) while another process trains it
+    lock = RunLock(run_dir).acquire(announce=False)  # refused (naming the owner) while another process trains it
     try:
         state = read_status(run_dir).get("state", "unknown")
         if state in ACTIVE_STATES:
@@ -116,6 +129,7 @@ def claim_for_resume(run_dir: str | Path) -> ClaimedRun:
         if state not in RESUMABLE_STATES:
             raise RunStateError("run.not_resumable", run=run_dir.name, state=state)
         config = load_yaml(run_dir / CONFIG_FILE).validate()
+        lock.announce()
         # Until the session has loaded data and model, the page must not read the old end state.
         update_status(run_dir, state="queued", error=None, error_message=None)
     except BaseException:

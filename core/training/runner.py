@@ -35,7 +35,7 @@ from core.runs import (
     update_status,
 )
 from core.training.callbacks import LossProgressBar, RunFolderCallback, StopCallback
-from core.training.checkpointing import CheckpointingTrainer, remove_partial_checkpoints
+from core.training.checkpointing import CheckpointingTrainer, is_final, remove_partial_checkpoints
 
 log = logging.getLogger("glm_workbench")
 SKIPPED_SHOWN = 3  # row problems named in the status line and the terminal; all of them go to skipped_rows.txt
@@ -283,7 +283,11 @@ class TrainingSession:
         trainer.remove_callback(ProgressCallback)
         if self.show_progress:
             trainer.add_callback(LossProgressBar())
-        trainer.train(resume_from_checkpoint=checkpoint)
+        if checkpoint is not None and is_final(checkpoint):
+            log.info("every step was trained before %s stopped: saving its result", run_dir.name)
+            trainer.restore_final(checkpoint)
+        else:
+            trainer.train(resume_from_checkpoint=checkpoint)
         aborted = stopper.stopped
         if is_main_process():
             # The run's own output: replacing an earlier one (an abort, then Resume) is ours to do.
