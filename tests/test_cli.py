@@ -55,8 +55,8 @@ def test_bad_dataset_gives_a_plain_message(tmp_path, demo_model_dir, content, na
     (tmp_path / name).write_text(content, encoding="utf-8")
     result = cli("train", "examples/lora_identity.yaml", "--workspace", str(tmp_path / "ws"), "--set",
                  f"dataset={tmp_path / name}")
-    assert result.returncode == 1
-    assert message in result.stderr
+    assert result.returncode == 2  # refused before any run folder exists: nothing to clean up, nothing to resume
+    assert message in result.stderr and not (tmp_path / "ws" / "runs").exists()
     assert "Traceback" not in result.stderr
 
 
