@@ -11,6 +11,7 @@ from pathlib import Path
 from core.config import RunConfig, load_yaml_with_notes, parse_overrides
 from core.errors import ModelError, WorkbenchError, describe
 from core.i18n import Message, default_language, message
+from core.models.loader import DTYPES
 
 DEFAULT_WORKSPACE = "workspace"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -247,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true",
                         help="replace the zip or merge folder if it is an earlier export of ours (never anything "
                              "else)")
-    export.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="merged weights")
+    export.add_argument("--dtype", default="auto", choices=DTYPES, help="merged weights")
     export.add_argument("--max-shard-size", default="2GB", help="merged weights' shard size (default: %(default)s)")
     export.set_defaults(func=cmd_export)
     return parser

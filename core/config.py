@@ -20,9 +20,9 @@ import yaml
 from core.errors import ConfigError, ConfigProblem, config_error
 from core.i18n import message
 from core.methods import METHODS, get_method
+from core.models.loader import DTYPES
 
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -149,7 +149,7 @@ class RunConfig(*reversed(_OPTIONS), CommonSettings):  # type: ignore[misc]
         check(self.early_stopping_patience >= 0, "early_stopping_patience", "config.zero_off_or_more")
         check(self.early_stopping_patience == 0 or self.val_size > 0 or bool(self.eval_dataset),
               "early_stopping_patience", "config.needs_validation")
-        check(self.precision in PRECISIONS, "precision", "config.one_of", choices=", ".join(PRECISIONS))
+        check(self.precision in DTYPES, "precision", "config.one_of", choices=", ".join(DTYPES))
         if self.finetuning_type in METHODS:
             METHODS[self.finetuning_type].check(self, check)
         from core.data.template import TEMPLATES  # late import: data depends on nothing in config

@@ -10,11 +10,11 @@ import zipfile
 from pathlib import Path
 
 from core.errors import ExportError, RunStateError
-from core.runs import ADAPTER_DIR, CONFIG_FILE, METRICS_FILE, MODEL_DIR
+from core.models.loader import DTYPES
+from core.runs import ADAPTER_CONFIG, ADAPTER_DIR, CONFIG_FILE, METRICS_FILE, MODEL_DIR
 
 ZIP_COMMENT = b"glm-workbench export"  # marks our zips: only these are ever replaced
 MERGED_KIND = "merged-model"
-MERGE_DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 
 def is_our_zip(path: Path) -> bool:
@@ -28,7 +28,7 @@ def is_our_zip(path: Path) -> bool:
 def run_output_dir(run_dir: str | Path) -> Path:
     """The run's adapter/ (LoRA) or model/ (full) folder."""
     run_dir = Path(run_dir)
-    for name, marker in ((ADAPTER_DIR, "adapter_config.json"), (MODEL_DIR, "config.json")):
+    for name, marker in ((ADAPTER_DIR, ADAPTER_CONFIG), (MODEL_DIR, "config.json")):
         if (run_dir / name / marker).is_file():
             return run_dir / name
     raise ExportError("export.nothing_saved", run=run_dir.name)
@@ -84,11 +84,11 @@ def merge_run(run_dir: str | Path, target: str | Path, dtype: str = "auto", max_
     output = run_output_dir(run_dir)
     if output.name != ADAPTER_DIR:
         raise ExportError("export.already_complete", run=run_dir.name, folder=str(output))
-    adapter_type = json.loads((output / "adapter_config.json").read_text()).get("peft_type")
+    adapter_type = json.loads((output / ADAPTER_CONFIG).read_text()).get("peft_type")
     if adapter_type != "LORA":
         raise ExportError("export.not_mergeable", run=run_dir.name, kind=adapter_type)
-    if dtype not in MERGE_DTYPES:
-        raise ExportError("export.dtype", choices=", ".join(MERGE_DTYPES))
+    if dtype not in DTYPES:
+        raise ExportError("export.dtype", choices=", ".join(DTYPES))
     replace = "ours" if overwrite else "never"
     try:
         check_target_free(target, MERGED_KIND, replace)  # refuse before the slow part, not after it

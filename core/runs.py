@@ -30,6 +30,7 @@ CONFIG_FILE = "config.yaml"
 LOG_FILE = "log.txt"
 SKIPPED_ROWS_FILE = "skipped_rows.txt"
 ADAPTER_DIR = "adapter"
+ADAPTER_CONFIG = "adapter_config.json"  # what makes a folder a PEFT adapter
 MODEL_DIR = "model"
 CHECKPOINTS_DIR = "checkpoints"
 ACTIVE_STATES = ("queued", "running")
@@ -146,7 +147,7 @@ def adapter_folder(path: str | Path) -> Path | None:
     """A PEFT adapter folder given itself or a run folder holding adapter/; None if it is neither."""
     folder = Path(path)
     for candidate in (folder / ADAPTER_DIR, folder):
-        if (candidate / "adapter_config.json").is_file():
+        if (candidate / ADAPTER_CONFIG).is_file():
             return candidate
     return None
 
@@ -167,7 +168,7 @@ class RunInfo:
     @property
     def adapter_dir(self) -> Path | None:
         folder = self.path / ADAPTER_DIR
-        return folder if (folder / "adapter_config.json").is_file() else None
+        return folder if (folder / ADAPTER_CONFIG).is_file() else None
 
     @property
     def model_dir(self) -> Path | None:

@@ -1,14 +1,11 @@
-"""Real-browser helpers: install Debian's chromium and a CJK font if missing, and drive Gradio widgets.
+"""Real-browser helpers: find Debian's chromium (scripts/test-setup.sh installs it) and drive Gradio widgets.
 
-The README's test command runs the browser tests too, so the set-up installs what they need (as root, or
-through passwordless sudo). Set GLM_WORKBENCH_SKIP_BROWSER_TESTS=1 to skip them on a machine that cannot.
+Set GLM_WORKBENCH_SKIP_BROWSER_TESTS=1 to skip the browser tests on a machine that cannot run chromium.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,28 +18,13 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 SCREENSHOTS = os.environ.get("GLM_WORKBENCH_SCREENSHOTS", "")  # a folder: save each tab's screenshot there
 
 
-def _missing_packages() -> list[str]:
-    missing = [] if Path(CHROMIUM).exists() else ["chromium"]
-    fonts = Path("/usr/share/fonts")
-    if not (fonts.is_dir() and any(fonts.rglob("NotoSansCJK*"))):
-        missing.append("fonts-noto-cjk")  # Chinese renders as boxes in screenshots without it
-    return missing
-
-
 def ensure_chromium() -> str:
-    """Chromium's path, installing chromium and fonts-noto-cjk with apt-get the first time."""
+    """Chromium's path. scripts/test-setup.sh installs it (and a CJK font); the README's test command runs it."""
     if os.environ.get("GLM_WORKBENCH_SKIP_BROWSER_TESTS") == "1":
         pytest.skip("GLM_WORKBENCH_SKIP_BROWSER_TESTS=1")
-    missing = _missing_packages()
-    if missing:
-        sudo = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else [])
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for command in (["apt-get", "update", "-qq"],
-                        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]):
-            done = subprocess.run(sudo + command, capture_output=True, text=True, env=env, timeout=1200)
-            if done.returncode != 0:
-                pytest.fail(f"browser tests need {' '.join(missing)}: `{' '.join(command)}` failed: "
-                            f"{(done.stderr or done.stdout)[-800:]}\n(set GLM_WORKBENCH_SKIP_BROWSER_TESTS=1 to skip)")
+    if not Path(CHROMIUM).exists():
+        pytest.fail("the browser tests need Debian's chromium: run `bash scripts/test-setup.sh` first "
+                    "(or set GLM_WORKBENCH_SKIP_BROWSER_TESTS=1 to skip them)")
     return CHROMIUM
 
 

@@ -18,6 +18,8 @@ from core.training.runner import TrainingSession
 from tests.conftest import IDENTITY_FIRST_ANSWER, REPO
 from tests.ui_server import free_port
 
+pytestmark = pytest.mark.slow
+
 OTHER_ANSWER = "我是小白，一只会说话的猫。"
 
 

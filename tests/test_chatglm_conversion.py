@@ -105,6 +105,7 @@ def test_chatglm_v1_is_refused_with_a_reason(tmp_path):
         convert_chatglm(tmp_path, tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_cli_convert(tmp_path):
     write_thudm_checkpoint(tmp_path / "thudm", "glm4-chat")
     result = subprocess.run([sys.executable, "-m", "core.cli", "convert", str(tmp_path / "thudm"),

@@ -10,6 +10,8 @@ import pytest
 
 from tests.conftest import IDENTITY_FIRST_ANSWER, REPO
 
+pytestmark = pytest.mark.slow
+
 
 def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=REPO, capture_output=True, text=True,

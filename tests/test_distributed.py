@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from core.config import RunConfig
@@ -14,6 +15,8 @@ from core.runs import read_metrics
 from core.training.distributed import accelerate_config
 from core.workbench import Workbench
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
 
 
 def test_two_processes_train_one_adapter(tmp_path, demo_model_dir):

@@ -76,6 +76,7 @@ def ui_in_this_process(workspace):
         thread.join(timeout=30)
 
 
+@pytest.mark.slow
 def test_out_of_memory_in_training_is_explained_and_the_ui_keeps_working(tmp_path, monkeypatch, demo_model_dir):
     gradio_client = pytest.importorskip("gradio_client")
     real_step = transformers.Trainer.training_step

@@ -64,6 +64,7 @@ def test_loss_falls_and_output_is_saved(trained):
     assert (run_dir / expected).is_file()
 
 
+@pytest.mark.slow
 def test_fresh_process_reloads_identical_logits(trained):
     _, _, run_dir, session = trained
     ids = prompt_ids(session.tokenizer)

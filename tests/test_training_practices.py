@@ -78,6 +78,7 @@ TrainingSession(config, sys.argv[1]).run()
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_checkpoint_save_keeps_the_last_complete_one(tmp_path, demo_model_dir):
     from peft import PeftModel
     from transformers.trainer_utils import get_last_checkpoint
@@ -136,6 +137,7 @@ def test_chatglm_metrics_match_hand_computed_values():
     assert average([score("abcd", "abce"), score("", "x")])["bleu-4"] == pytest.approx(59.4604 / 2)
 
 
+@pytest.mark.slow
 def test_eval_cli_writes_metrics_and_predictions(tmp_path, demo_model_dir):
     status = TrainingSession(SHORT.replace(max_steps=60), tmp_path / "run").run()
     assert status["state"] == "finished"

@@ -61,6 +61,7 @@ def workspace(tmp_path_factory, demo_model_dir) -> Path:
 
 
 # ---- 1. a merge, export or conversion never deletes what it did not write -----------------------------------------
+@pytest.mark.slow
 def test_merge_into_a_folder_that_is_not_empty_is_refused_and_deletes_nothing(workspace, tmp_path):
     run = workspace / "runs" / "finished-lora"
     before = tree(workspace)
@@ -105,6 +106,7 @@ def test_zip_convert_and_demo_model_never_replace_a_stranger(workspace, tmp_path
 
 
 # ---- 2. a new run never trains into a folder that holds a run ------------------------------------------------------
+@pytest.mark.slow
 def test_output_dir_of_an_existing_run_is_refused(workspace, tmp_path):
     run = workspace / "runs" / "finished-lora"
     before = tree(run)
@@ -124,6 +126,7 @@ def test_output_dir_of_an_existing_run_is_refused(workspace, tmp_path):
 
 
 # ---- 3 and 4. one owner per run; a killed owner leaves an interrupted run that Resume finishes ------------------
+@pytest.mark.slow
 def test_a_second_writer_is_refused_and_a_killed_run_resumes(tmp_path, demo_model_dir):
     workspace = tmp_path / "ws"
     process = subprocess.Popen([sys.executable, "-m", "core.cli", "train", "--workspace", str(workspace),
@@ -158,6 +161,7 @@ def test_a_second_writer_is_refused_and_a_killed_run_resumes(tmp_path, demo_mode
     assert [m["step"] for m in records if "loss" in m] == list(range(1, 201))  # ...and no step is logged twice
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_run_says_how_to_continue_it(workspace):
     run = workspace / "runs" / "finished-lora"
     before = tree(run)
@@ -299,6 +303,7 @@ def test_a_real_full_disk_fails_plainly_keeps_a_checkpoint_and_resumes(tmp_path,
 
 
 # ---- 10, 11. plain words for skipped rows, an empty config, a folder given as a dataset -------------------------
+@pytest.mark.slow
 def test_skipped_rows_are_counted_on_the_terminal_and_listed_in_the_run(tmp_path, demo_model_dir):
     data = tmp_path / "nulls.jsonl"
     rows = [{"instruction": "a", "output": None}, {"instruction": "b"}, {"instruction": "你好", "output": "你好！"}]
@@ -315,6 +320,7 @@ def test_skipped_rows_are_counted_on_the_terminal_and_listed_in_the_run(tmp_path
     assert read_status(run)["data_problems"] == 2
 
 
+@pytest.mark.slow
 def test_an_empty_config_and_a_folder_as_dataset_are_refused_by_name(tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("", encoding="utf-8")

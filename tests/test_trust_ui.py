@@ -18,6 +18,8 @@ from core.training.runner import TrainingSession
 from tests.conftest import REPO
 from tests.ui_server import free_port, poll_until, running_ui
 
+pytestmark = pytest.mark.slow
+
 gradio_client = pytest.importorskip("gradio_client")
 
 

@@ -12,6 +12,8 @@ from tests.bad_inputs import UNUSABLE, USABLE, write
 from tests.conftest import IDENTITY_FIRST_ANSWER
 from tests.ui_server import poll_until, running_ui
 
+pytestmark = pytest.mark.slow
+
 gradio_client = pytest.importorskip("gradio_client")
 
 

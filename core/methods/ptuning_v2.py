@@ -63,7 +63,9 @@ def prepare(model, config):
 def is_prefix_adapter(folder: str | Path) -> bool:
     import json
 
-    config_path = Path(folder) / "adapter_config.json"
+    from core.runs import ADAPTER_CONFIG
+
+    config_path = Path(folder) / ADAPTER_CONFIG
     return config_path.is_file() and json.loads(config_path.read_text()).get("peft_type") == "PREFIX_TUNING"
 
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from core.methods import lora
 from core.methods.base import ADAPTER, Field, Method
+from core.models.loader import DTYPES
 
 QUANTIZATION_TYPES = ("nf4", "fp4")
-COMPUTE_DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -23,7 +23,7 @@ class QuantizationOptions:
 
 
 FIELDS = (Field("quantization_bit", "choice", (4, 8)), Field("quantization_type", "choice", QUANTIZATION_TYPES),
-          Field("double_quantization", "bool"), Field("quantization_compute_dtype", "choice", COMPUTE_DTYPES))
+          Field("double_quantization", "bool"), Field("quantization_compute_dtype", "choice", DTYPES))
 
 
 def check(config, check) -> None:
@@ -31,26 +31,20 @@ def check(config, check) -> None:
     check(config.quantization_bit in (4, 8), "quantization_bit", "config.four_or_eight")
     check(config.quantization_type in QUANTIZATION_TYPES, "quantization_type", "config.one_of",
           choices=", ".join(QUANTIZATION_TYPES))
-    check(config.quantization_compute_dtype in COMPUTE_DTYPES, "quantization_compute_dtype", "config.one_of",
-          choices=", ".join(COMPUTE_DTYPES))
-
-
-def compute_dtype(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    check(config.quantization_compute_dtype in DTYPES, "quantization_compute_dtype", "config.one_of",
+          choices=", ".join(DTYPES))
 
 
 def quantization_config(config):
     from transformers import BitsAndBytesConfig
 
+    from core.models.loader import pick_device, pick_dtype
+
     if config.quantization_bit == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=config.quantization_type,
                               bnb_4bit_use_double_quant=config.double_quantization,
-                              bnb_4bit_compute_dtype=compute_dtype(config.quantization_compute_dtype))
+                              bnb_4bit_compute_dtype=pick_dtype(config.quantization_compute_dtype, pick_device()))
 
 
 def model_kwargs(config) -> dict:

@@ -123,6 +123,9 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+DTYPES = ("auto", "fp32", "bf16", "fp16")  # every setting that names a dtype offers these
+
+
 def pick_dtype(precision: str, device: str):
     """'auto': bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU."""
     import torch

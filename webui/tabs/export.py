@@ -6,7 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from core.export import MERGE_DTYPES
+from core.models.loader import DTYPES
 from webui.context import UIContext
 
 
@@ -24,7 +24,7 @@ def create_export_tab(ctx: UIContext) -> dict:
         with gr.Row():
             merge_dir = gr.Textbox("", label=t("export_merge_dir"), info=t("export_merge_dir_info"), scale=3,
                                    elem_id="export-merge-dir")
-            merge_dtype = gr.Dropdown(list(MERGE_DTYPES), value="auto", label=t("export_merge_dtype"), scale=1)
+            merge_dtype = gr.Dropdown(list(DTYPES), value="auto", label=t("export_merge_dtype"), scale=1)
             shard_size = gr.Textbox("2GB", label=t("export_merge_shard"), scale=1)
             overwrite = gr.Checkbox(False, label=t("export_overwrite"), info=t("export_overwrite_info"), scale=1)
         merge = gr.Button(t("export_merge"))

@@ -15,11 +15,12 @@ from typing import Any
 
 import gradio as gr
 
-from core.config import LR_SCHEDULERS, PRECISIONS, RunConfig, command_line, load_yaml_with_notes
+from core.config import LR_SCHEDULERS, RunConfig, command_line, load_yaml_with_notes
 from core.data.template import TEMPLATES
 from core.errors import BusyError
 from core.methods import METHODS, get_method
 from core.methods.base import Field
+from core.models.loader import DTYPES
 from webui.charts import loss_figure
 from webui.context import UIContext
 from webui.formatting import format_duration
@@ -132,7 +133,7 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
             fields["eval_dataset"] = gr.Dropdown([("", "")], value=d.eval_dataset, label=t.label("eval_dataset"),
                                                  info=t("field_eval_dataset_info"), allow_custom_value=True,
                                                  elem_id="field-eval_dataset")
-            fields["precision"] = gr.Dropdown(list(PRECISIONS), value=d.precision, label=t.label("precision"),
+            fields["precision"] = gr.Dropdown(list(DTYPES), value=d.precision, label=t.label("precision"),
                                               info=t("field_precision_info"), elem_id="field-precision")
         with gr.Row():
             fields["lr_scheduler_type"] = gr.Dropdown(list(LR_SCHEDULERS), value=d.lr_scheduler_type,
