@@ -107,12 +107,28 @@ def test_refuses_a_non_empty_target_and_leaves_it_alone(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "out"]  # no staging folder left behind
 
 
-def test_a_failed_conversion_leaves_nothing(tmp_path):
+def test_a_conversion_that_fails_midway_leaves_nothing(tmp_path, monkeypatch):
+    """The weights are written, then writing the tokenizer fails (say the disk fills): no target, no staging."""
+    from transformers import PreTrainedTokenizerFast
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedTokenizerFast, "save_pretrained", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        convert_chatglm_v1(CHECKPOINT, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_a_checkpoint_whose_files_disagree(tmp_path):
     source = tmp_path / "broken"
     shutil.copytree(CHECKPOINT, source)
     config = json.loads((source / "config.json").read_text())
     (source / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] + 64}))
     with pytest.raises(ConversionError, match="vocab_size"):
+        convert_chatglm_v1(source, tmp_path / "out")
+    (source / "config.json").write_text(json.dumps({**config, "gmask_token_id": 7}))
+    with pytest.raises(ConversionError, match="gmask_token_id is 7"):
         convert_chatglm_v1(source, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
 

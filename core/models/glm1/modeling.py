@@ -164,6 +164,9 @@ class Glm1Model(Glm1PreTrainedModel):
         if position_ids is None:
             position_ids = self._positions(input_ids, padding_mask, past_length)
         if attention_mask is None or attention_mask.dim() == 2:
+            if input_ids is None:
+                raise ValueError("GLM v1's prefix-LM mask comes from the token ids (<sop>): with inputs_embeds, pass "
+                                 "a boolean 4D attention_mask [batch, 1, seq, past + seq] (True = may attend)")
             mask = glm1_positions.attention_mask(input_ids, self.config, past_length, padding_mask, length,
                                                  inputs_embeds.device)
         else:

@@ -59,7 +59,7 @@ def position_ids(input_ids: torch.Tensor, config, padding_mask: torch.Tensor | N
     return out.to(input_ids.device)
 
 
-def attention_mask(input_ids: torch.Tensor | None, config, past_length: int, padding_mask: torch.Tensor | None,
+def attention_mask(input_ids: torch.Tensor, config, past_length: int, padding_mask: torch.Tensor | None,
                    query_length: int, device: torch.device) -> torch.Tensor:
     """Boolean [batch, 1, query, past + query] mask, True where a query may attend a key.
 
@@ -68,12 +68,9 @@ def attention_mask(input_ids: torch.Tensor | None, config, past_length: int, pad
     without `<sop>` is all prompt when nothing precedes it (THUDM's tokenizer does the same) and all generated
     part when it continues a cache. Every query sees itself, so a padding row is never empty (SDPA would give NaN).
     """
-    batch = input_ids.shape[0] if input_ids is not None else (padding_mask.shape[0] if padding_mask is not None else 1)
+    batch = input_ids.shape[0]
     contexts = []
     for i in range(batch):
-        if input_ids is None:
-            contexts.append(0 if past_length else query_length)
-            continue
         row = input_ids[i].tolist()
         start = _first_token(padding_mask[:, -query_length:] if padding_mask is not None else None, i)
         bos = config.bos_token_id
