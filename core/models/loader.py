@@ -151,6 +151,8 @@ def load_model(path: str, dtype=None, device: str | None = None, quantization_co
     """Load the causal LM in eval mode on `device` (default: GPU if present), optionally quantized."""
     from transformers import AutoModelForCausalLM
 
+    import core.models.glm1  # noqa: F401  registers the native ChatGLM-6B (v1) class ("glm1_workbench")
+
     device = device or pick_device()
     kwargs = {"dtype": dtype or pick_dtype("auto", device), "trust_remote_code": trust_remote_code}
     if quantization_config is not None:
