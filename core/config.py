@@ -63,6 +63,7 @@ class CommonSettings:
     nproc_per_node: int = 1  # >1: the run is launched with torchrun on this many processes (GPUs, or CPU cores)
     precision: str = "auto"
     gradient_checkpointing: bool = False
+    fused_loss: bool = True  # the loss from hidden states chunk by chunk: the [tokens x vocab] logits never exist
     # continued (incremental) training
     adapter_name_or_path: str = ""  # an adapter to keep training instead of a new one
     parent_run: str = ""  # the run this one continues, recorded for the lineage

@@ -13,7 +13,8 @@
   (hidden values) is kept per layer, plus one layer's full set while it is recomputed. Only layers that
   gradients flow through count (`Method.backprop_layers`), and a method may keep more
   (`Method.extra_activation_bytes`: a prefix cache makes attention run unfused and keep its probabilities).
-- logits: batch * cutoff_len * vocab, computed and upcast to fp32 for the loss, and its gradient: 8 bytes each.
+- logits: with the fused loss (the default) at most three chunks of fp32 logits exist at a time (about 128 MiB
+  each); without it, batch * cutoff_len * vocab, upcast to fp32 for the loss, and its gradient: 8 bytes each.
 - overhead: 0.75 GiB for the CUDA context and kernels, and 10% on top of the rest for allocator slack.
 
 It is an estimate for sizing (batch, cutoff, method) before renting a GPU, not an exact figure: bench/
@@ -115,7 +116,12 @@ def estimate_memory(shape: ModelShape, config: RunConfig, on_gpu: bool = True) -
     else:
         activations = tokens * layers * per_token_layer
     activations += method.extra_activation_bytes(shape, config, compute_bytes)
-    logits = tokens * shape.vocab * 8
+    if config.fused_loss:  # a few chunks of fp32 logits at a time (core/training/fused_loss.py)
+        from core.training.fused_loss import CHUNK_BUFFERS, default_chunk_size
+
+        logits = min(tokens, default_chunk_size(shape.vocab)) * shape.vocab * 4 * CHUNK_BUFFERS
+    else:
+        logits = tokens * shape.vocab * 8
     gradients = 4 * trainable
     optimizer = 8 * trainable
     subtotal = weights + gradients + optimizer + activations + logits

@@ -46,11 +46,14 @@ def test_formula_parts():
     from transformers import GlmConfig
 
     shape = ModelShape.from_config(GlmConfig(**GLM4_9B))
-    lora = estimate_memory(shape, RunConfig(finetuning_type="lora", cutoff_len=1024, per_device_train_batch_size=2))
+    lora = estimate_memory(shape, RunConfig(finetuning_type="lora", cutoff_len=1024, per_device_train_batch_size=2,
+                                            fused_loss=False))
     trainable = lora.trainable_params
     assert lora.weights == 2 * shape.total_params + 4 * trainable
     assert (lora.gradients, lora.optimizer) == (4 * trainable, 8 * trainable)
     assert lora.logits == 2 * 1024 * shape.vocab * 8
+    fused = estimate_memory(shape, RunConfig(finetuning_type="lora", cutoff_len=1024, per_device_train_batch_size=2))
+    assert fused.logits < lora.logits / 5 and fused.total < lora.total - 2 * 2**30  # no full fp32 logits
     checkpointed = estimate_memory(shape, RunConfig(finetuning_type="lora", cutoff_len=1024,
                                                     per_device_train_batch_size=2, gradient_checkpointing=True))
     assert checkpointed.activations < lora.activations / 10

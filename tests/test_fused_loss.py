@@ -204,7 +204,7 @@ def distillation_pair():
 
 @pytest.mark.parametrize("teacher_dtype", [torch.float32, torch.bfloat16])
 def test_distillation_equals_the_distillation_trainers_loss(teacher_dtype):
-    from core.methods.distill import DistillationTrainer
+    from core.training.distillation import DistillationTrainer
 
     student, teacher = distillation_pair()
     teacher.to(teacher_dtype)
@@ -357,7 +357,7 @@ def test_fused_distillation_trainer_accumulates_exactly(tmp_path):
     token counts weigh as they should. (The plain DistillationTrainer fails this: its per-batch mean is taken
     as already scaled for accumulation, so with 2 micro-batches it logs about twice the loss and its update
     is 2.3x as large here.)"""
-    from core.methods.distill import DistillationTrainer
+    from core.training.distillation import DistillationTrainer
 
     student, teacher = distillation_pair()
     samples = equal_length_samples(2)

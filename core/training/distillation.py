@@ -16,7 +16,10 @@ class DistillationTrainer(CheckpointingTrainer):
         self.teacher, self.alpha, self.temperature = teacher, alpha, temperature
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)
+        """With num_items_in_batch (gradient accumulation) both terms are sums over the answer tokens divided by
+        that count, as the model's own loss is: the Trainer then counts the loss as already scaled."""
+        extra = {"num_items_in_batch": num_items_in_batch} if num_items_in_batch is not None else {}
+        outputs = model(**inputs, **extra)
         cross_entropy = outputs.loss
         with torch.no_grad():
             teacher_logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
@@ -24,7 +27,9 @@ class DistillationTrainer(CheckpointingTrainer):
         mask = labels != IGNORE_INDEX
         student = outputs.logits[:, :-1][mask] / self.temperature
         teacher = teacher_logits[:, :-1][mask].to(student.dtype) / self.temperature
-        kl = torch.nn.functional.kl_div(torch.log_softmax(student, -1), torch.log_softmax(teacher, -1),
-                                        log_target=True, reduction="batchmean") * self.temperature ** 2
+        kl_sum = torch.nn.functional.kl_div(torch.log_softmax(student, -1), torch.log_softmax(teacher, -1),
+                                            log_target=True, reduction="sum")
+        tokens = num_items_in_batch if num_items_in_batch is not None else max(int(mask.sum()), 1)
+        kl = kl_sum / tokens * self.temperature ** 2
         loss = self.alpha * kl + (1 - self.alpha) * cross_entropy
         return (loss, outputs) if return_outputs else loss

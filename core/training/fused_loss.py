@@ -31,11 +31,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from core.data.template import IGNORE_INDEX
+
 log = logging.getLogger("glm_workbench")
 
-IGNORE_INDEX = -100
 # One chunk's fp32 logits: about 128 MiB. The biggest transient is three such buffers (distillation backward).
 CHUNK_LOGITS_BYTES = 128 * 2**20
+CHUNK_BUFFERS = 3  # chunks of logits alive at once at the worst moment (the memory estimate counts them)
 # The RunConfig key that turns this on (default True); see with_fused_loss.
 CONFIG_FLAG = "fused_loss"
 

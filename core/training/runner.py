@@ -247,6 +247,10 @@ class TrainingSession:
         trainer_class, extra = CheckpointingTrainer, {}
         if method.trainer is not None:
             trainer_class, extra = method.trainer(self) or (trainer_class, extra)
+        if self.config.fused_loss:
+            from core.training.fused_loss import with_fused_loss
+
+            trainer_class = with_fused_loss(trainer_class)
         args = _training_arguments(self.config, self.run_dir, bool(data.eval), self.show_progress)
         if method.optimizer is not None:
             extra["optimizers"] = (method.optimizer(model, args, self.config), None)

@@ -129,6 +129,7 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
             field("eval_steps", "int")
             field("early_stopping_patience", "int")
             field("packing", "bool")
+            field("fused_loss", "bool")
         with gr.Row():
             fields["eval_dataset"] = gr.Dropdown([("", "")], value=d.eval_dataset, label=t.label("eval_dataset"),
                                                  info=t("field_eval_dataset_info"), allow_custom_value=True,
