@@ -16,11 +16,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--workspace", default="workspace", help="folder for runs, uploads and exports")
-    parser.add_argument("--lang", default="zh", choices=["zh", "en"], help="language / leads to (both are served: /zh/ and /en/)")
-    parser.add_argument("--auth", default=os.environ.get("GLM_WORKBENCH_AUTH", ""), metavar="USER:PASSWORD",
-                        help="require a login for the page and its API (or set GLM_WORKBENCH_AUTH)")
-    parser.add_argument("--share", action="store_true",
-                        help="also publish a public *.gradio.live link (off by default; needs internet)")
+    parser.add_argument(
+        "--lang", default="zh", choices=["zh", "en"], help="language / leads to (both are served: /zh/ and /en/)"
+    )
+    parser.add_argument(
+        "--auth",
+        default=os.environ.get("GLM_WORKBENCH_AUTH", ""),
+        metavar="USER:PASSWORD",
+        help="require a login for the page and its API (or set GLM_WORKBENCH_AUTH)",
+    )
+    parser.add_argument(
+        "--share", action="store_true", help="also publish a public *.gradio.live link (off by default; needs internet)"
+    )
     return parser.parse_args(argv)
 
 
@@ -42,11 +49,18 @@ def main(argv: list[str] | None = None) -> int:
 
     auth = parse_auth(args.auth)
     if args.share:
-        print("WARNING: --share publishes this workbench on a public URL; anyone with the link can train, chat "
-              "and download. Use --auth USER:PASSWORD with it.", file=sys.stderr, flush=True)
+        print(
+            "WARNING: --share publishes this workbench on a public URL; anyone with the link can train, chat "
+            "and download. Use --auth USER:PASSWORD with it.",
+            file=sys.stderr,
+            flush=True,
+        )
     if args.host not in ("127.0.0.1", "localhost", "::1") and auth is None:
-        print(f"WARNING: listening on {args.host} without --auth: anyone who can reach this address can use it.",
-              file=sys.stderr, flush=True)
+        print(
+            f"WARNING: listening on {args.host} without --auth: anyone who can reach this address can use it.",
+            file=sys.stderr,
+            flush=True,
+        )
     threads = configure_threads()
     if not is_demo_model(default_demo_dir()):
         print("Building the tiny demo model (one time, a few seconds)…", flush=True)
@@ -55,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.share:
         # A public link needs gradio's own launcher: it serves the --lang page only.
         app = build_app(workbench, args.lang)
-        app.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, auth=auth,
-                                                      share=True, **launch_kwargs(workbench))
+        app.queue(default_concurrency_limit=4).launch(
+            server_name=args.host, server_port=args.port, auth=auth, share=True, **launch_kwargs(workbench)
+        )
         return 0
     import uvicorn
 

@@ -4,8 +4,8 @@
 
 For the demo GLM-4 (4.7M) and a 25M random GLM-4: two LoRA adapters are trained briefly, then the chat engine
 answers the same prompt 5 times per adapter, alternating. Reported: median time to first token, median decode
-tokens/s (greedy, up to 64 new tokens; the rate counts the tokens actually written), the first load of an adapter, and a switch between two loaded
-adapters (the time `ChatEngine` spends selecting it before generating).
+tokens/s (greedy, up to 64 new tokens; the rate counts the tokens actually written), the first load of an
+adapter, and a switch between two loaded adapters (the time `ChatEngine` spends selecting it before generating).
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ def measure(model_path: str) -> dict:
     adapters = {}
     for name, dataset in (("a", "identity"), ("b", "advertise_gen")):
         run = Path(tempfile.mkdtemp()) / name
-        TrainingSession(RunConfig(model_name_or_path=model_path, dataset=dataset, max_steps=10, num_train_epochs=0),
-                        run).run()
+        TrainingSession(
+            RunConfig(model_name_or_path=model_path, dataset=dataset, max_steps=10, num_train_epochs=0), run
+        ).run()
         adapters[name] = str(run / "adapter")
     engine = ChatEngine()
     engine.load_model(model_path)
@@ -51,10 +52,12 @@ def measure(model_path: str) -> dict:
             if round_number:
                 first_tokens.append(first - started)
                 rates.append(max(generated - 1, 1) / max(end - first, 1e-9))
-    return {"ttft_ms": round(statistics.median(first_tokens) * 1000, 1),
-            "decode_tokens_per_s": round(statistics.median(rates), 1),
-            "first_adapter_load_ms": round(statistics.median(first_load) * 1000, 1),
-            "adapter_switch_ms": round(statistics.median(switches) * 1000, 2)}
+    return {
+        "ttft_ms": round(statistics.median(first_tokens) * 1000, 1),
+        "decode_tokens_per_s": round(statistics.median(rates), 1),
+        "first_adapter_load_ms": round(statistics.median(first_load) * 1000, 1),
+        "adapter_switch_ms": round(statistics.median(switches) * 1000, 2),
+    }
 
 
 def main() -> int:

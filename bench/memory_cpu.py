@@ -22,8 +22,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-ARCHITECTURE = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
-                    num_key_value_heads=2, head_dim=64)
+ARCHITECTURE = dict(
+    hidden_size=512,
+    intermediate_size=1408,
+    num_hidden_layers=8,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    head_dim=64,
+)
 METHODS = ("lora", "qlora", "freeze", "full", "ptuning_v2")
 
 
@@ -35,9 +41,14 @@ def build(folder: Path) -> None:
 
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
-    model = Glm4ForCausalLM(Glm4Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                       eos_token_id=[tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS],
-                                       **ARCHITECTURE))
+    model = Glm4ForCausalLM(
+        Glm4Config(
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=[tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS],
+            **ARCHITECTURE,
+        )
+    )
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
@@ -52,16 +63,30 @@ def child(model: str, method: str, cutoff: int, batch: int) -> None:
     from core.training.runner import TrainingSession
 
     configure_threads()
-    config = RunConfig(model_name_or_path=model, dataset=str(Path(model) / "long.jsonl"), finetuning_type=method,
-                       max_steps=10,
-                       cutoff_len=cutoff, per_device_train_batch_size=batch, learning_rate=1e-4)
+    config = RunConfig(
+        model_name_or_path=model,
+        dataset=str(Path(model) / "long.jsonl"),
+        finetuning_type=method,
+        max_steps=10,
+        cutoff_len=cutoff,
+        per_device_train_batch_size=batch,
+        learning_rate=1e-4,
+    )
     before = psutil.Process().memory_info().rss
     status = TrainingSession(config, tempfile.mkdtemp(prefix=f"mem-{method}-")).run()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     estimate = estimate_for_run(config, on_gpu=False)
-    print(json.dumps({"method": method, "state": status["state"], "measured_mib": round((peak - before) / 2**20),
-                      "estimate_mib": round(estimate.total / 2**20),
-                      "ratio": round(estimate.total / (peak - before), 2)}))
+    print(
+        json.dumps(
+            {
+                "method": method,
+                "state": status["state"],
+                "measured_mib": round((peak - before) / 2**20),
+                "estimate_mib": round(estimate.total / 2**20),
+                "ratio": round(estimate.total / (peak - before), 2),
+            }
+        )
+    )
 
 
 def main() -> int:
@@ -79,8 +104,21 @@ def main() -> int:
     build(folder)
     write_dataset(folder / "long.jsonl", samples=64, chars=args.cutoff * 2)
     for method in METHODS:
-        result = subprocess.run([sys.executable, __file__, "--child", str(folder), method, "--cutoff",
-                                 str(args.cutoff), "--batch", str(args.batch)], capture_output=True, text=True)
+        result = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                str(folder),
+                method,
+                "--cutoff",
+                str(args.cutoff),
+                "--batch",
+                str(args.batch),
+            ],
+            capture_output=True,
+            text=True,
+        )
         print(result.stdout.strip().splitlines()[-1] if result.returncode == 0 else result.stderr[-800:], flush=True)
     return 0
 

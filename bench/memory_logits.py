@@ -26,8 +26,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 VOCAB = 151_552
-ARCHITECTURE = dict(vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                    num_attention_heads=2, num_key_value_heads=1, head_dim=64)
+ARCHITECTURE = dict(
+    vocab_size=VOCAB,
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=64,
+)
 CONFIGS = ("plain", "chunked")
 
 
@@ -39,7 +46,7 @@ def samples(count: int, cutoff: int, seed: int = 0) -> list[dict]:
     for _ in range(count):
         ids = torch.randint(0, 151_329, (cutoff,), generator=generator)  # below GLM's special tokens
         labels = ids.clone()
-        labels[:cutoff // 8] = -100
+        labels[: cutoff // 8] = -100
         rows.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
     return rows
 
@@ -64,21 +71,40 @@ def child(name: str, steps: int, cutoff: int, batch: int, threads: int, chunk_si
     if name == "chunked":
         trainer_class = with_fused_loss(CheckpointingTrainer)
         trainer_class.fused_chunk_size = chunk_size
-    args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix=f"logits-{name}-"), per_device_train_batch_size=batch,
-                             max_steps=steps, learning_rate=1e-3, logging_steps=1, save_strategy="no",
-                             report_to="none", use_cpu=True, disable_tqdm=True, seed=0, data_seed=0,
-                             dataloader_num_workers=0, remove_unused_columns=False)
-    trainer = trainer_class(model=model, args=args, train_dataset=samples(steps * batch, cutoff),
-                            data_collator=default_data_collator)
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix=f"logits-{name}-"),
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        data_seed=0,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+    trainer = trainer_class(
+        model=model, args=args, train_dataset=samples(steps * batch, cutoff), data_collator=default_data_collator
+    )
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     losses = [round(entry["loss"], 5) for entry in trainer.state.log_history if "loss" in entry]
-    return {"config": name, "chunk_size": (chunk_size or default_chunk_size(VOCAB)) if name == "chunked" else None,
-            "peak_rss_gb": round(peak / 1e9, 2), "rss_before_model_gb": round(before / 1e9, 2),
-            "final_loss": losses[-1], "losses": losses, "seconds_per_step": round(seconds / steps, 1),
-            "tokens": f"{batch} x {cutoff}", "threads": threads}
+    return {
+        "config": name,
+        "chunk_size": (chunk_size or default_chunk_size(VOCAB)) if name == "chunked" else None,
+        "peak_rss_gb": round(peak / 1e9, 2),
+        "rss_before_model_gb": round(before / 1e9, 2),
+        "final_loss": losses[-1],
+        "losses": losses,
+        "seconds_per_step": round(seconds / steps, 1),
+        "tokens": f"{batch} x {cutoff}",
+        "threads": threads,
+    }
 
 
 def main() -> int:
@@ -95,12 +121,24 @@ def main() -> int:
         print(json.dumps(child(args.child, args.steps, args.cutoff, args.batch, args.threads, args.chunk_size)))
         return 0
     for name in args.configs.split(","):
-        command = [sys.executable, __file__, "--child", name, "--steps", str(args.steps), "--cutoff", str(args.cutoff),
-                   "--batch", str(args.batch), "--threads", str(args.threads)]
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            name,
+            "--steps",
+            str(args.steps),
+            "--cutoff",
+            str(args.cutoff),
+            "--batch",
+            str(args.batch),
+            "--threads",
+            str(args.threads),
+        ]
         if args.chunk_size:
             command += ["--chunk-size", str(args.chunk_size)]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
-        lines = [line for line in result.stdout.splitlines() if line.startswith("{\"config\"")]
+        lines = [line for line in result.stdout.splitlines() if line.startswith('{"config"')]
         if result.returncode or not lines:
             print(json.dumps({"config": name, "failed": result.returncode, "stderr": result.stderr[-2000:]}))
             continue

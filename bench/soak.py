@@ -38,8 +38,7 @@ def free_port() -> int:
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, float]]:
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime) for p in folder.rglob("*")
-            if p.is_file()}
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime) for p in folder.rglob("*") if p.is_file()}
 
 
 class Soak:
@@ -55,8 +54,21 @@ class Soak:
     # ---- the UI process ----------------------------------------------------------------------------------
     def start_ui(self) -> None:
         log = open(self.root / "ui.log", "a")
-        self.ui = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "--port", str(self.port), "--workspace",
-                                    str(self.workspace), "--lang", "en"], cwd=REPO, stdout=log, stderr=log)
+        self.ui = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "launch.py"),
+                "--port",
+                str(self.port),
+                "--workspace",
+                str(self.workspace),
+                "--lang",
+                "en",
+            ],
+            cwd=REPO,
+            stdout=log,
+            stderr=log,
+        )
         deadline = time.time() + 120
         while True:
             try:
@@ -119,8 +131,11 @@ class Soak:
         client = self.client()
         client.predict(True, "demo", port, "", api_name="/serve_api")
         body = json.dumps({"model": "demo", "messages": [{"role": "user", "content": "你好"}], "max_tokens": 16})
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body.encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            data=body.encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=120) as response:
             assert response.status == 200
         client.predict(False, "demo", port, "", api_name="/serve_api")
@@ -132,13 +147,26 @@ class Soak:
         training = [run for run in list_runs(self.workspace) if run.state == "running"]
         if not training:
             return
-        result = subprocess.run([sys.executable, "-m", "core.cli", "train", "--resume", str(training[0].path)],
-                                cwd=REPO, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-m", "core.cli", "train", "--resume", str(training[0].path)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if result.returncode == 0:
             self.errors.append(f"a second writer was let in on {training[0].name}")
 
-    ACTIONS = {"kill_ui": 1, "restart_ui": 1, "start": 4, "abort": 2, "resume": 3, "chat": 3, "api": 1,
-               "cli_second_writer": 1}
+    ACTIONS = {
+        "kill_ui": 1,
+        "restart_ui": 1,
+        "start": 4,
+        "abort": 2,
+        "resume": 3,
+        "chat": 3,
+        "api": 1,
+        "cli_second_writer": 1,
+    }
 
     def run(self, minutes: float) -> None:
         self.start_ui()
@@ -170,8 +198,13 @@ class Soak:
         resumed_to_the_end = 0
         for run in runs:
             if run.state != "finished":
-                result = subprocess.run([sys.executable, "-m", "core.cli", "train", "--resume", str(run.path)],
-                                        cwd=REPO, capture_output=True, text=True, timeout=900)
+                result = subprocess.run(
+                    [sys.executable, "-m", "core.cli", "train", "--resume", str(run.path)],
+                    cwd=REPO,
+                    capture_output=True,
+                    text=True,
+                    timeout=900,
+                )
                 if result.returncode != 0:
                     self.errors.append(f"{run.name}: resume failed: {result.stderr[-500:]}")
                     continue
@@ -207,8 +240,10 @@ def main() -> int:
     outside = root / "users-own-files"
     outside.mkdir()
     (outside / "notes.txt").write_text("not the workbench's", encoding="utf-8")
-    before_outside, before_repo = snapshot(outside), subprocess.run(
-        ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
+    before_outside, before_repo = (
+        snapshot(outside),
+        subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout,
+    )
     soak = Soak(root, args.seed)
     started = time.time()
     soak.run(args.minutes)
@@ -217,8 +252,13 @@ def main() -> int:
         soak.errors.append("a file outside the workspace changed")
     if subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout != before_repo:
         soak.errors.append("the repository's files changed")
-    report.update(minutes=round((time.time() - started) / 60, 1), actions=dict(sorted(soak.counts.items())),
-                  errors=soak.errors, date=time.strftime("%Y-%m-%d"), seed=args.seed)
+    report.update(
+        minutes=round((time.time() - started) / 60, 1),
+        actions=dict(sorted(soak.counts.items())),
+        errors=soak.errors,
+        date=time.strftime("%Y-%m-%d"),
+        seed=args.seed,
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
     print(json.dumps(report, indent=1, ensure_ascii=False))

@@ -44,17 +44,30 @@ def baseline(model_path: str, steps: int, cutoff: int, batch: int) -> dict:
     tokenizer.padding_side = "right"
     data = tokenize_dataset("advertise_gen", tokenizer, "auto", cutoff)
     model = get_method("lora").prepare(load_model(model_path, dtype=torch.float32, device="cpu"), RunConfig())
-    args = TrainingArguments(output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=batch,
-                             learning_rate=2e-4, logging_steps=10, report_to="none", save_strategy="no",
-                             use_cpu=True, disable_tqdm=True, remove_unused_columns=False, seed=42)
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(),
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        learning_rate=2e-4,
+        logging_steps=10,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        seed=42,
+    )
     collator = DataCollatorForSeq2Seq(tokenizer, padding="max_length", max_length=cutoff, label_pad_token_id=-100)
     trainer = Trainer(model=model, args=args, train_dataset=data.train, data_collator=collator)
     started = time.time()
     trainer.train()
     seconds = time.time() - started
     real_tokens = _real_tokens(data.train, steps * batch)
-    return {"samples_per_second": steps * batch / seconds, "real_tokens_per_second": real_tokens / seconds,
-            "seconds": seconds}
+    return {
+        "samples_per_second": steps * batch / seconds,
+        "real_tokens_per_second": real_tokens / seconds,
+        "seconds": seconds,
+    }
 
 
 def workbench(model_path: str, steps: int, cutoff: int, batch: int, packing: bool, method: str = "lora") -> dict:
@@ -63,17 +76,31 @@ def workbench(model_path: str, steps: int, cutoff: int, batch: int, packing: boo
     from core.models.loader import load_tokenizer
     from core.training.runner import TrainingSession
 
-    config = RunConfig(model_name_or_path=model_path, dataset="advertise_gen", max_steps=steps, num_train_epochs=0,
-                       per_device_train_batch_size=batch, cutoff_len=cutoff, learning_rate=2e-4, logging_steps=10,
-                       packing=packing, lr_scheduler_type="linear", finetuning_type=method)
+    config = RunConfig(
+        model_name_or_path=model_path,
+        dataset="advertise_gen",
+        max_steps=steps,
+        num_train_epochs=0,
+        per_device_train_batch_size=batch,
+        cutoff_len=cutoff,
+        learning_rate=2e-4,
+        logging_steps=10,
+        packing=packing,
+        lr_scheduler_type="linear",
+        finetuning_type=method,
+    )
     started = time.time()
     status = TrainingSession(config, tempfile.mkdtemp()).run()
     assert status["state"] == "finished", status
     seconds = status["elapsed"]
     data = tokenize_dataset("advertise_gen", load_tokenizer(model_path), "auto", cutoff)
     real_tokens = _real_tokens(data.train, steps * batch)
-    return {"samples_per_second": steps * batch / seconds, "real_tokens_per_second": real_tokens / seconds,
-            "seconds": seconds, "wall_with_loading": time.time() - started}
+    return {
+        "samples_per_second": steps * batch / seconds,
+        "real_tokens_per_second": real_tokens / seconds,
+        "seconds": seconds,
+        "wall_with_loading": time.time() - started,
+    }
 
 
 def _median_run(found: list[dict]) -> dict:
@@ -82,8 +109,12 @@ def _median_run(found: list[dict]) -> dict:
     if not good:
         return found[-1]
     speeds = [r["real_tokens_per_second"] for r in good]
-    return {**good[len(good) // 2], "runs": len(good), "min_tokens_per_second": speeds[0],
-            "max_tokens_per_second": speeds[-1]}
+    return {
+        **good[len(good) // 2],
+        "runs": len(good),
+        "min_tokens_per_second": speeds[0],
+        "max_tokens_per_second": speeds[-1],
+    }
 
 
 def _real_tokens(samples: list[dict], count: int) -> int:
@@ -95,11 +126,17 @@ def _real_tokens(samples: list[dict], count: int) -> int:
 
 # What a training step is made of, by the function that does it: cumulative seconds under each (they nest, so the
 # parts of "training step" are listed beneath it).
-PROFILE_PARTS = (("training step (forward + backward)", "training_step"), ("  forward", "compute_loss"),
-                 ("  backward", "backward", "torch/_tensor"), ("optimizer step", "step", "optim"),
-                 ("batch collation", "__call__", "data_collator"), ("workbench callbacks", "on_step_end", "callbacks"),
-                 ("metrics logging", "on_log", "callbacks"), ("tokenizing the dataset", "tokenize_dataset"),
-                 ("loading the model", "load_model"))
+PROFILE_PARTS = (
+    ("training step (forward + backward)", "training_step"),
+    ("  forward", "compute_loss"),
+    ("  backward", "backward", "torch/_tensor"),
+    ("optimizer step", "step", "optim"),
+    ("batch collation", "__call__", "data_collator"),
+    ("workbench callbacks", "on_step_end", "callbacks"),
+    ("metrics logging", "on_log", "callbacks"),
+    ("tokenizing the dataset", "tokenize_dataset"),
+    ("loading the model", "load_model"),
+)
 
 
 def profile(model: str, steps: int, cutoff: int, batch: int) -> None:
@@ -115,8 +152,11 @@ def profile(model: str, steps: int, cutoff: int, batch: int) -> None:
     total = result["wall_with_loading"]
     print(f"wall {total:.2f} s for {steps} steps (training loop {result['seconds']:.2f} s)")
     for label, name, *module in PROFILE_PARTS:
-        seconds = sum(entry[3] for (path, _, function), entry in stats.items()
-                      if function == name and (not module or module[0] in path))
+        seconds = sum(
+            entry[3]
+            for (path, _, function), entry in stats.items()
+            if function == name and (not module or module[0] in path)
+        )
         print(f"{label:38s} {seconds:7.2f} s  {100 * seconds / total:5.1f} %")
 
 
@@ -164,11 +204,28 @@ def main() -> int:
         runs: dict[str, list[dict]] = {pipeline: [] for pipeline in pipelines}
         for _ in range(args.repeat):  # interleaved, so a slow spell of the shared machine hits every pipeline
             for pipeline in pipelines:
-                out = subprocess.run([sys.executable, __file__, "--child", model, pipeline, "--steps",
-                                      str(args.steps), "--cutoff", str(args.cutoff), "--batch", str(args.batch)],
-                                     capture_output=True, text=True)
-                runs[pipeline].append(json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else
-                                      {"error": out.stderr[-500:]})
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        model,
+                        pipeline,
+                        "--steps",
+                        str(args.steps),
+                        "--cutoff",
+                        str(args.cutoff),
+                        "--batch",
+                        str(args.batch),
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
+                runs[pipeline].append(
+                    json.loads(out.stdout.strip().splitlines()[-1])
+                    if out.returncode == 0
+                    else {"error": out.stderr[-500:]}
+                )
         results = {pipeline: _median_run(found) for pipeline, found in runs.items()}
         for pipeline in pipelines:
             print(name, pipeline, json.dumps(results[pipeline]), flush=True)

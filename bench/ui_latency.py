@@ -22,8 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def percentiles(samples: list[float]) -> dict:
     ordered = sorted(samples)
-    return {"p50_ms": round(statistics.median(ordered) * 1000, 1),
-            "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))] * 1000, 1)}
+    return {
+        "p50_ms": round(statistics.median(ordered) * 1000, 1),
+        "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))] * 1000, 1),
+    }
 
 
 def timed_calls(client, form: list, calls: int) -> list[float]:
@@ -49,7 +51,8 @@ def main() -> int:
     with running_ui(Path(tempfile.mkdtemp()) / "ws") as url:
         client = Client(url, verbose=False)
         parameters = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/start_training"][
-            "parameters"]
+            "parameters"
+        ]
         overrides = {"Model": str(model), "Max steps": 100000, "Epochs": 0, "Dataset": "advertise_gen"}
         form = [overrides.get(p["label"], p["parameter_default"]) for p in parameters]
         idle = timed_calls(client, form, args.calls)

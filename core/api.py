@@ -36,14 +36,21 @@ SEED_LIMIT = 2**63 - 1
 
 
 class APIError(Exception):
-    def __init__(self, status: int, problem: Message, kind: str = "invalid_request_error", code: str | None = None,
-                 param: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        problem: Message,
+        kind: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+    ):
         super().__init__(str(problem))
         self.status, self.problem, self.kind, self.code, self.param = status, problem, kind, code, param
 
     def body(self, lang: str = "en") -> dict:
-        return {"error": {"message": self.problem.render(lang), "type": self.kind, "param": self.param,
-                          "code": self.code}}
+        return {
+            "error": {"message": self.problem.render(lang), "type": self.kind, "param": self.param, "code": self.code}
+        }
 
     def response(self, lang: str = "en") -> JSONResponse:
         return JSONResponse(status_code=self.status, content=self.body(lang))
@@ -107,8 +114,9 @@ def validation_error(exc: ValidationError | RequestValidationError) -> APIError:
     param = location[0] if location else None
     if len(location) > 1:
         param = f"{location[0]}[{location[1]}]" + "".join(f".{p}" for p in location[2:])
-    return APIError(400, message("api.invalid_parameter", param=param or "body", detail=first.get("msg", "")),
-                    param=param)
+    return APIError(
+        400, message("api.invalid_parameter", param=param or "body", detail=first.get("msg", "")), param=param
+    )
 
 
 async def read_body(request: Request, limit: int) -> dict:
@@ -134,11 +142,16 @@ async def read_body(request: Request, limit: int) -> dict:
 
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     positions = [text.find(s) for s in stops if s and s in text]
-    return (text[:min(positions)], True) if positions else (text, False)
+    return (text[: min(positions)], True) if positions else (text, False)
 
 
-def create_api(engine: ChatEngine, base_name: str, adapters: AdapterResolver, api_key: str | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def create_api(
+    engine: ChatEngine,
+    base_name: str,
+    adapters: AdapterResolver,
+    api_key: str | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
     """The FastAPI app. `engine` must already hold the base model; `adapters()` lists what may be named."""
     app = FastAPI(title="GLM Workbench OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -157,8 +170,10 @@ def create_api(engine: ChatEngine, base_name: str, adapters: AdapterResolver, ap
     @app.get("/v1/models", dependencies=[Depends(check_key)])
     def list_models():
         names = [base_name, *adapters()]
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0,
-                                             "owned_by": "glm-workbench"} for name in names]}
+        return {
+            "object": "list",
+            "data": [{"id": name, "object": "model", "created": 0, "owned_by": "glm-workbench"} for name in names],
+        }
 
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
     async def chat_completions(request: Request):
@@ -169,14 +184,21 @@ def create_api(engine: ChatEngine, base_name: str, adapters: AdapterResolver, ap
         system, turns = chat.conversation()
         available = adapters()
         if chat.model not in (base_name, *available):
-            raise APIError(404, message("api.unknown_model", model=chat.model,
-                                        models=", ".join([base_name, *available])),
-                           code="model_not_found", param="model")
+            raise APIError(
+                404,
+                message("api.unknown_model", model=chat.model, models=", ".join([base_name, *available])),
+                code="model_not_found",
+                param="model",
+            )
         adapter = (chat.model, available[chat.model]) if chat.model != base_name else None
         prompt_tokens = len(engine.encoder.encode_prompt(turns, system))
-        settings = GenerationSettings(max_new_tokens=fit_to_context(engine, prompt_tokens, chat.requested_tokens),
-                                      temperature=chat.temperature, top_p=chat.top_p or 1.0,
-                                      greedy=chat.temperature == 0, seed=chat.seed)
+        settings = GenerationSettings(
+            max_new_tokens=fit_to_context(engine, prompt_tokens, chat.requested_tokens),
+            temperature=chat.temperature,
+            top_p=chat.top_p or 1.0,
+            greedy=chat.temperature == 0,
+            seed=chat.seed,
+        )
         completion = Completion(engine, chat, turns, system, adapter, settings, prompt_tokens)
         if chat.stream:
             return StreamingResponse(completion.events(request), media_type="text/event-stream")
@@ -191,16 +213,21 @@ def fit_to_context(engine: ChatEngine, prompt_tokens: int, requested: int | None
     context = engine.context_length
     room = context - prompt_tokens
     if room < 1 or (requested is not None and requested > room):
-        raise APIError(400, message("api.context_exceeded", context=context, prompt=prompt_tokens,
-                                    requested=requested or 0), code="context_length_exceeded", param="messages")
+        raise APIError(
+            400,
+            message("api.context_exceeded", context=context, prompt=prompt_tokens, requested=requested or 0),
+            code="context_length_exceeded",
+            param="messages",
+        )
     return requested if requested is not None else min(DEFAULT_MAX_TOKENS, room)
 
 
 class Completion:
     """One request's generation, stopped as soon as its client is gone."""
 
-    def __init__(self, engine: ChatEngine, chat: ChatCompletionRequest, turns, system, adapter, settings,
-                 prompt_tokens: int):
+    def __init__(
+        self, engine: ChatEngine, chat: ChatCompletionRequest, turns, system, adapter, settings, prompt_tokens: int
+    ):
         self.engine, self.chat, self.turns, self.system = engine, chat, turns, system
         self.adapter, self.settings, self.prompt_tokens = adapter, settings, prompt_tokens
         self.cancel = threading.Event()
@@ -232,18 +259,30 @@ class Completion:
             finish = "length" if self._count(reply) >= self.settings.max_new_tokens else "stop"
         reply = reply.strip()
         completion_tokens = self._count(reply) if reply else 0
-        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.chat.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
-                             "finish_reason": finish}],
-                "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": self.prompt_tokens + completion_tokens}}
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.chat.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": finish}],
+            "usage": {
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": self.prompt_tokens + completion_tokens,
+            },
+        }
 
     def _count(self, text: str) -> int:
         return len(self.engine.tokenizer.encode(text, add_special_tokens=False))
 
     def _chunk(self, delta: dict, finish: str | None = None) -> str:
-        data = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.chat.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        data = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.chat.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
     async def events(self, request: Request):
@@ -264,15 +303,21 @@ class Completion:
                     break
                 reply, stopped = cut_at_stop(reply.strip(), self.chat.stops)
                 if len(reply) > len(sent):
-                    yield self._chunk({"content": reply[len(sent):]})
+                    yield self._chunk({"content": reply[len(sent) :]})
                     sent = reply
                 if stopped:
                     break
         except Exception as exc:  # noqa: BLE001 - the client gets an error event, not a dropped connection
             from core.errors import describe
 
-            error = {"error": {"message": describe(exc, request_language(request)), "type": "server_error",
-                               "param": None, "code": None}}
+            error = {
+                "error": {
+                    "message": describe(exc, request_language(request)),
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
             yield f"data: {json.dumps(error, ensure_ascii=False)}\n\n"
             yield "data: [DONE]\n\n"
             return

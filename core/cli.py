@@ -56,8 +56,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             status = run_distributed(run_dir, config.nproc_per_node, claimed.lock, claimed.resume)
         else:
             notify = lambda note: say(message("cli.note", note=note))  # noqa: E731
-            status = TrainingSession(config, run_dir, show_progress=True, resume=claimed.resume, lock=claimed.lock,
-                                     notify=notify).run()
+            status = TrainingSession(
+                config, run_dir, show_progress=True, resume=claimed.resume, lock=claimed.lock, notify=notify
+            ).run()
     finally:
         claimed.lock.release()
     if status.get("state") != "finished":
@@ -93,8 +94,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if args.adapter:
         folder = resolve_adapter(args.adapter)
         adapter = (folder.parent.name if folder.name == "adapter" else folder.name, str(folder))
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                  top_p=args.top_p, greedy=args.greedy)
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, greedy=args.greedy
+    )
     messages = [{"role": "user", "content": args.prompt}]
     print(engine.chat(messages, system=args.system, adapter=adapter, settings=settings))
     return 0
@@ -105,8 +107,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from core.models.loader import configure_threads
 
     configure_threads()
-    settings = EvalSettings(max_samples=args.max_samples, max_new_tokens=args.max_new_tokens,
-                            greedy=not args.sample, temperature=args.temperature)
+    settings = EvalSettings(
+        max_samples=args.max_samples,
+        max_new_tokens=args.max_new_tokens,
+        greedy=not args.sample,
+        temperature=args.temperature,
+    )
     result = evaluate_run(args.run, args.dataset, args.format, settings)
     print(json.dumps(result.metrics, ensure_ascii=False, indent=1))
     return 0
@@ -154,7 +160,9 @@ def cmd_api(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK_HOSTS and not api_key:
         say(message("cli.api_open_warning", host=args.host))
     app = create_api(engine, base_name, lambda: adapters, api_key)
-    say(message("cli.api_listening", url=f"http://{args.host}:{args.port}/v1", models=", ".join([base_name, *adapters])))
+    say(
+        message("cli.api_listening", url=f"http://{args.host}:{args.port}/v1", models=", ".join([base_name, *adapters]))
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -182,8 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo_model)
 
     train = commands.add_parser("train", help="train from a YAML config; prints the run folder last")
-    train.add_argument("config", nargs="?", help="YAML config (ours or LLaMA-Factory's SFT YAML); without it, the "
-                                                 "defaults plus --set")
+    train.add_argument(
+        "config", nargs="?", help="YAML config (ours or LLaMA-Factory's SFT YAML); without it, the defaults plus --set"
+    )
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an aborted/failed run from its last checkpoint")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     train.add_argument("--workspace", default=DEFAULT_WORKSPACE, help="where run folders go (default: %(default)s)")
@@ -195,16 +204,22 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--prompt", required=True)
     chat.add_argument("--system", default="")
     chat.add_argument("--template", default="auto", help="auto (from the tokenizer), glm4, chatglm3 or chatglm2")
-    chat.add_argument("--trust-remote-code", action="store_true",
-                      help="run the checkpoint's own code (only for ChatGLM-6B v1; never needed otherwise)")
+    chat.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the checkpoint's own code (only for ChatGLM-6B v1; never needed otherwise)",
+    )
     chat.add_argument("--greedy", action="store_true", help="deterministic decoding")
     chat.add_argument("--max-new-tokens", type=int, default=256)
     chat.add_argument("--temperature", type=float, default=0.7)
     chat.add_argument("--top-p", type=float, default=0.9)
     chat.set_defaults(func=cmd_chat)
 
-    evaluate = commands.add_parser("eval", help="loss, perplexity and BLEU-4/ROUGE of a run on a dataset; "
-                                                "writes RUN/eval/metrics.json and predictions.jsonl")
+    evaluate = commands.add_parser(
+        "eval",
+        help="loss, perplexity and BLEU-4/ROUGE of a run on a dataset; "
+        "writes RUN/eval/metrics.json and predictions.jsonl",
+    )
     evaluate.add_argument("--run", required=True, help="run folder")
     evaluate.add_argument("--dataset", required=True, help="data file or demo dataset name")
     evaluate.add_argument("--format", default="auto")
@@ -222,18 +237,27 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--mixed-precision", default="bf16", choices=["bf16", "fp16", "no"])
     launch.set_defaults(func=cmd_launch_config)
 
-    convert = commands.add_parser("convert", help="convert a THUDM ChatGLM2/3 or glm-4-9b-chat checkpoint to the "
-                                                  "native GlmForCausalLM format")
+    convert = commands.add_parser(
+        "convert", help="convert a THUDM ChatGLM2/3 or glm-4-9b-chat checkpoint to the native GlmForCausalLM format"
+    )
     convert.add_argument("source")
     convert.add_argument("target", help="a new or empty folder")
-    convert.add_argument("--overwrite", action="store_true",
-                         help="replace TARGET if it is an earlier conversion of ours (never anything else)")
+    convert.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace TARGET if it is an earlier conversion of ours (never anything else)",
+    )
     convert.set_defaults(func=cmd_convert)
 
     api = commands.add_parser("api", help="serve a model and its adapters as an OpenAI-compatible API")
     api.add_argument("--model", default="demo")
-    api.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
-                     help="an adapter (folder or run folder) served under NAME; repeatable")
+    api.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="an adapter (folder or run folder) served under NAME; repeatable",
+    )
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
     api.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set GLM_WORKBENCH_API_KEY)")
@@ -243,11 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="zip a run's adapter (or model), or merge a LoRA into its base")
     export.add_argument("--run", required=True, help="run folder")
     export.add_argument("--zip", help="output .zip path")
-    export.add_argument("--merge", metavar="DIR", help="write the base model with the LoRA merged in to DIR "
-                                                       "(a new or empty folder)")
-    export.add_argument("--overwrite", action="store_true",
-                        help="replace the zip or merge folder if it is an earlier export of ours (never anything "
-                             "else)")
+    export.add_argument(
+        "--merge", metavar="DIR", help="write the base model with the LoRA merged in to DIR (a new or empty folder)"
+    )
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the zip or merge folder if it is an earlier export of ours (never anything else)",
+    )
     export.add_argument("--dtype", default="auto", choices=DTYPES, help="merged weights")
     export.add_argument("--max-shard-size", default="2GB", help="merged weights' shard size (default: %(default)s)")
     export.set_defaults(func=cmd_export)

@@ -93,16 +93,24 @@ class RunConfig(*reversed(_OPTIONS), CommonSettings):  # type: ignore[misc]
             key = str(key)
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1)
-                problem = message("config.unknown_key_suggest", suggestion=close[0]) if close else \
-                    message("config.unknown_key")
+                problem = (
+                    message("config.unknown_key_suggest", suggestion=close[0])
+                    if close
+                    else message("config.unknown_key")
+                )
                 problems.append(ConfigProblem(key, problem, show_value=False))
                 continue
             default = known[key].default
             try:
                 values[key] = _coerce(raw, default)
             except (TypeError, ValueError):
-                problems.append(ConfigProblem(key, message("config.expected_type", type=type(default).__name__,
-                                                           got=repr(raw)), show_value=False))
+                problems.append(
+                    ConfigProblem(
+                        key,
+                        message("config.expected_type", type=type(default).__name__, got=repr(raw)),
+                        show_value=False,
+                    )
+                )
         config = cls(**values)
         if problems:  # report the value problems of the keys that were read, too: one round trip for the user
             raise ConfigError(problems + config.problems())
@@ -132,11 +140,18 @@ class RunConfig(*reversed(_OPTIONS), CommonSettings):  # type: ignore[misc]
         check(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "config.at_least", limit=1)
         check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "config.at_least", limit=1)
         check(self.cutoff_len >= 8, "cutoff_len", "config.cutoff_len")
-        check(0 <= self.val_size < 1 or self.val_size >= 1 and float(self.val_size).is_integer(),
-              "val_size", "config.val_size")
+        check(
+            0 <= self.val_size < 1 or self.val_size >= 1 and float(self.val_size).is_integer(),
+            "val_size",
+            "config.val_size",
+        )
         check(self.max_samples >= 0, "max_samples", "config.max_samples")
-        check(self.lr_scheduler_type in LR_SCHEDULERS, "lr_scheduler_type", "config.one_of",
-              choices=", ".join(LR_SCHEDULERS))
+        check(
+            self.lr_scheduler_type in LR_SCHEDULERS,
+            "lr_scheduler_type",
+            "config.one_of",
+            choices=", ".join(LR_SCHEDULERS),
+        )
         check(0 <= self.warmup_ratio < 1, "warmup_ratio", "config.fraction_open")
         check(self.weight_decay >= 0, "weight_decay", "config.zero_or_more")
         check(self.max_grad_norm >= 0, "max_grad_norm", "config.zero_off_or_more")
@@ -148,20 +163,31 @@ class RunConfig(*reversed(_OPTIONS), CommonSettings):  # type: ignore[misc]
         check(self.eval_steps >= 0, "eval_steps", "config.eval_steps")
         check(self.neftune_noise_alpha >= 0, "neftune_noise_alpha", "config.zero_off_or_more")
         check(self.early_stopping_patience >= 0, "early_stopping_patience", "config.zero_off_or_more")
-        check(self.early_stopping_patience == 0 or self.val_size > 0 or bool(self.eval_dataset),
-              "early_stopping_patience", "config.needs_validation")
+        check(
+            self.early_stopping_patience == 0 or self.val_size > 0 or bool(self.eval_dataset),
+            "early_stopping_patience",
+            "config.needs_validation",
+        )
         check(self.precision in DTYPES, "precision", "config.one_of", choices=", ".join(DTYPES))
         if self.finetuning_type in METHODS:
             METHODS[self.finetuning_type].check(self, check)
         from core.data.template import TEMPLATES  # late import: data depends on nothing in config
 
-        check(self.template == "auto" or self.template in TEMPLATES, "template", "config.auto_or_one_of",
-              choices=", ".join(TEMPLATES))
+        check(
+            self.template == "auto" or self.template in TEMPLATES,
+            "template",
+            "config.auto_or_one_of",
+            choices=", ".join(TEMPLATES),
+        )
         from core.data.formats import FORMATS, parse_columns
         from core.errors import DataError
 
-        check(self.dataset_format == "auto" or self.dataset_format in FORMATS, "dataset_format",
-              "config.auto_or_one_of", choices=", ".join(FORMATS))
+        check(
+            self.dataset_format == "auto" or self.dataset_format in FORMATS,
+            "dataset_format",
+            "config.auto_or_one_of",
+            choices=", ".join(FORMATS),
+        )
         try:
             parse_columns(self.columns)
         except DataError as exc:
@@ -221,10 +247,25 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 # LLaMA-Factory SFT keys that have no meaning here: accepted, and reported by name.
-LLAMAFACTORY_IGNORED = ("do_train", "overwrite_cache", "preprocessing_num_workers", "plot_loss",
-                        "overwrite_output_dir", "report_to", "ddp_timeout", "dataloader_num_workers", "dataset_dir",
-                        "per_device_eval_batch_size", "eval_strategy", "save_only_model", "flash_attn",
-                        "resume_from_checkpoint", "tokenized_path", "packing_side", "do_eval")
+LLAMAFACTORY_IGNORED = (
+    "do_train",
+    "overwrite_cache",
+    "preprocessing_num_workers",
+    "plot_loss",
+    "overwrite_output_dir",
+    "report_to",
+    "ddp_timeout",
+    "dataloader_num_workers",
+    "dataset_dir",
+    "per_device_eval_batch_size",
+    "eval_strategy",
+    "save_only_model",
+    "flash_attn",
+    "resume_from_checkpoint",
+    "tokenized_path",
+    "packing_side",
+    "do_eval",
+)
 
 
 def from_llamafactory(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -297,8 +338,9 @@ def command_line(config: RunConfig) -> str:
     """The CLI line that starts this run: every key that differs from the defaults as --set."""
     defaults = RunConfig().to_dict()
     foreign = method_keys(config)
-    changed = [(key, value) for key, value in config.to_dict().items()
-               if defaults.get(key) != value and key not in foreign]
+    changed = [
+        (key, value) for key, value in config.to_dict().items() if defaults.get(key) != value and key not in foreign
+    ]
     parts = ["glm-workbench train"] + [f"--set {key}={_shell_value(value)}" for key, value in changed]
     return " \\\n    ".join(parts)
 
@@ -316,4 +358,3 @@ def save_yaml(config: RunConfig, path: str | Path) -> None:
     from core.files import write_text_atomic
 
     write_text_atomic(Path(path), yaml_text(config))
-

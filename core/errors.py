@@ -117,8 +117,11 @@ class ConfigError(WorkbenchError):
 
     def __init__(self, problems: list[ConfigProblem]):
         self.problems = list(problems)
-        super().__init__(message("config.problems", problems=[p.as_message() for p in self.problems])
-                         if self.problems else message("config.invalid"))
+        super().__init__(
+            message("config.problems", problems=[p.as_message() for p in self.problems])
+            if self.problems
+            else message("config.invalid")
+        )
 
     def render(self, lang: str | None = None, label: Callable[[str], str] | None = None) -> str:
         return "\n".join(problem.render(lang, label) for problem in self.problems)

@@ -46,20 +46,30 @@ class ModelShape:
     @classmethod
     def from_config(cls, config) -> ModelShape:
         heads = config.num_attention_heads
-        return cls(vocab=config.vocab_size, hidden=config.hidden_size, intermediate=config.intermediate_size,
-                   layers=config.num_hidden_layers, heads=heads,
-                   kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-                   head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
-                   tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)))
+        return cls(
+            vocab=config.vocab_size,
+            hidden=config.hidden_size,
+            intermediate=config.intermediate_size,
+            layers=config.num_hidden_layers,
+            heads=heads,
+            kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+        )
 
     # parameter counts -----------------------------------------------------------------------------------------
     @property
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer in one decoder block, by its transformers name."""
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return {"q_proj": (self.hidden, q), "k_proj": (self.hidden, kv), "v_proj": (self.hidden, kv),
-                "o_proj": (q, self.hidden), "gate_up_proj": (self.hidden, 2 * self.intermediate),
-                "down_proj": (self.intermediate, self.hidden)}
+        return {
+            "q_proj": (self.hidden, q),
+            "k_proj": (self.hidden, kv),
+            "v_proj": (self.hidden, kv),
+            "o_proj": (q, self.hidden),
+            "gate_up_proj": (self.hidden, 2 * self.intermediate),
+            "down_proj": (self.intermediate, self.hidden),
+        }
 
     @property
     def layer_linear_params(self) -> int:

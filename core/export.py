@@ -64,8 +64,9 @@ def zip_run(run_dir: str | Path, zip_path: str | Path, overwrite: bool = False) 
     return zip_path
 
 
-def merge_run(run_dir: str | Path, target: str | Path, dtype: str = "auto", max_shard_size: str = "2GB",
-              overwrite: bool = False) -> Path:
+def merge_run(
+    run_dir: str | Path, target: str | Path, dtype: str = "auto", max_shard_size: str = "2GB", overwrite: bool = False
+) -> Path:
     """Merge a LoRA adapter into its full-precision base and save a standalone model folder.
 
     The base is loaded unquantized even for a 4-bit-trained adapter (it applies to the full-precision weights).

@@ -57,8 +57,16 @@ def is_disk_full(exc: BaseException, where: str | Path | None = None) -> bool:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     text = str(exc).lower()
-    if any(phrase in text for phrase in ("no space left on device", "failed writing file", "file write failed",
-                                         "disk quota exceeded", "unexpected pos")):
+    if any(
+        phrase in text
+        for phrase in (
+            "no space left on device",
+            "failed writing file",
+            "file write failed",
+            "disk quota exceeded",
+            "unexpected pos",
+        )
+    ):
         return True
     if where is not None and isinstance(exc, (OSError, RuntimeError)):
         return free_bytes(where) < LOW_DISK_BYTES

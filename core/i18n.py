@@ -66,9 +66,14 @@ class Message:
             return None
         if data["code"] not in table("en"):
             return None
-        params = {key: cls.from_json(value) or value if isinstance(value, dict) else
-                  [cls.from_json(v) or v for v in value] if isinstance(value, list) else value
-                  for key, value in (data.get("params") or {}).items()}
+        params = {
+            key: cls.from_json(value) or value
+            if isinstance(value, dict)
+            else [cls.from_json(v) or v for v in value]
+            if isinstance(value, list)
+            else value
+            for key, value in (data.get("params") or {}).items()
+        }
         return cls(data["code"], params)
 
 

@@ -94,8 +94,12 @@ class RunLock:
                 if attempt + 1 == ACQUIRE_TRIES:
                     os.close(handle)
                     owner = Owner.read(self.run_dir)
-                    raise RunStateError("run.owned", run=self.run_dir.name, pid=owner.pid if owner else "?",
-                                        host=owner.host if owner else "?") from None
+                    raise RunStateError(
+                        "run.owned",
+                        run=self.run_dir.name,
+                        pid=owner.pid if owner else "?",
+                        host=owner.host if owner else "?",
+                    ) from None
                 time.sleep(0.05)
         self._handle = handle
         if announce:

@@ -185,8 +185,11 @@ def list_runs(workspace: str | Path) -> list[RunInfo]:
     root = runs_dir(workspace)
     if not root.is_dir():
         return []
-    runs = [RunInfo(path, read_status(path)) for path in root.iterdir()
-            if path.is_dir() and not path.name.startswith(".") and (path / STATUS_FILE).is_file()]
+    runs = [
+        RunInfo(path, read_status(path))
+        for path in root.iterdir()
+        if path.is_dir() and not path.name.startswith(".") and (path / STATUS_FILE).is_file()
+    ]
     return sorted(runs, key=lambda run: run.status.get("created", 0), reverse=True)
 
 

@@ -73,8 +73,15 @@ class Workbench:
     # ---- data -----------------------------------------------------------------------------------------------
     def dataset_choices(self) -> list[tuple[str, str]]:
         """(name shown, value) of every dataset: the demo sets, then the uploaded files, by file name."""
-        uploaded = sorted(p for p in self.uploads.iterdir() if p.is_file() and not p.name.startswith(".")
-                          and p.suffix.lower() in SUPPORTED_EXTENSIONS) if self.uploads.is_dir() else []
+        uploaded = (
+            sorted(
+                p
+                for p in self.uploads.iterdir()
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SUPPORTED_EXTENSIONS
+            )
+            if self.uploads.is_dir()
+            else []
+        )
         return [(name, name) for name in DEMO_DATASETS] + [(p.name, str(p)) for p in uploaded]
 
     def add_upload(self, source: str | Path, original_name: str | None = None) -> str:
@@ -84,8 +91,9 @@ class Workbench:
         name = re.sub(r"[^\w.\-]+", "_", Path(original_name or source.name).name).lstrip(".") or "upload"
         suffix = Path(name).suffix.lower()
         if suffix not in SUPPORTED_EXTENSIONS:
-            raise DataError("data.unsupported_type", name, suffix=suffix or "(none)",
-                            supported=", ".join(SUPPORTED_EXTENSIONS))
+            raise DataError(
+                "data.unsupported_type", name, suffix=suffix or "(none)", supported=", ".join(SUPPORTED_EXTENSIONS)
+            )
         self.uploads.mkdir(parents=True, exist_ok=True)
         digest = _file_digest(source)
         stem, counter = Path(name).stem, 1
@@ -115,8 +123,9 @@ class Workbench:
         encoder = TemplateEncoder(self._tokenizer(model), template)
         return [len(encoder.encode(conversation, 10**9)[0]) for conversation in conversations]
 
-    def render_sample(self, dataset: str, fmt: str, model: str, template: str, index: int,
-                      cutoff_len: int = 10**9, columns: str = "") -> tuple[str, list[tuple[str, bool]]]:
+    def render_sample(
+        self, dataset: str, fmt: str, model: str, template: str, index: int, cutoff_len: int = 10**9, columns: str = ""
+    ) -> tuple[str, list[tuple[str, bool]]]:
         """One conversation as the model will see it: (template name, [(text, carries loss), ...]).
         Consecutive tokens with the same flag are decoded together, so multi-byte characters stay whole."""
         conversations = load_conversations(dataset, fmt, columns).conversations
@@ -155,11 +164,15 @@ class Workbench:
         if parent is None or parent.state not in ("finished", "aborted"):
             raise RunStateError("run.parent_not_finished", run=parent_run)
         parent_config = load_yaml(parent.path / CONFIG_FILE)
-        common = dict(parent_run=parent.name, finetuning_type=parent_config.finetuning_type,
-                      template=parent_config.template)
+        common = dict(
+            parent_run=parent.name, finetuning_type=parent_config.finetuning_type, template=parent_config.template
+        )
         if parent.adapter_dir is not None:
-            return config.replace(**common, model_name_or_path=parent_config.model_name_or_path,
-                                  adapter_name_or_path=str(parent.adapter_dir))
+            return config.replace(
+                **common,
+                model_name_or_path=parent_config.model_name_or_path,
+                adapter_name_or_path=str(parent.adapter_dir),
+            )
         return config.replace(**common, model_name_or_path=str(parent.model_dir))
 
     def save_config(self, config: RunConfig) -> str:
@@ -208,12 +221,22 @@ class Workbench:
         for run in self.runs():
             status, metrics = run.status, read_metrics(run.path)
             evals = [m["eval_loss"] for m in metrics if m.get("eval_loss") is not None]
-            rows.append({"run": run.name, "state": run.state, "method": status.get("method", ""),
-                         "model": status.get("model", ""), "dataset": Path(str(status.get("dataset", ""))).name,
-                         "step": status.get("step", 0), "max_steps": status.get("max_steps", 0),
-                         "final_loss": status.get("final_loss"), "best_eval_loss": min(evals) if evals else None,
-                         "seconds": status.get("elapsed"), "error": status.get("error") or "",
-                         "error_message": status.get("error_message")})
+            rows.append(
+                {
+                    "run": run.name,
+                    "state": run.state,
+                    "method": status.get("method", ""),
+                    "model": status.get("model", ""),
+                    "dataset": Path(str(status.get("dataset", ""))).name,
+                    "step": status.get("step", 0),
+                    "max_steps": status.get("max_steps", 0),
+                    "final_loss": status.get("final_loss"),
+                    "best_eval_loss": min(evals) if evals else None,
+                    "seconds": status.get("elapsed"),
+                    "error": status.get("error") or "",
+                    "error_message": status.get("error_message"),
+                }
+            )
         return rows
 
     def run_metrics(self, names: list[str]) -> dict[str, list[dict[str, Any]]]:
@@ -264,10 +287,16 @@ class Workbench:
         """What the train tab's model picker offers: the demo model, models recent runs used (newest first), and
         model folders (with a config.json) in workspace/models/ and in the folders named by
         GLM_WORKBENCH_MODEL_DIRS (separated like PATH). Any other path or hub id can still be typed."""
-        roots = [self.workspace / "models"] + [Path(p).expanduser() for p in
-                                               os.environ.get("GLM_WORKBENCH_MODEL_DIRS", "").split(os.pathsep) if p]
-        folders = [str(child) for root in roots if root.is_dir() for child in sorted(root.iterdir())
-                   if (child / "config.json").is_file()]
+        roots = [self.workspace / "models"] + [
+            Path(p).expanduser() for p in os.environ.get("GLM_WORKBENCH_MODEL_DIRS", "").split(os.pathsep) if p
+        ]
+        folders = [
+            str(child)
+            for root in roots
+            if root.is_dir()
+            for child in sorted(root.iterdir())
+            if (child / "config.json").is_file()
+        ]
         recent = [str(run.status.get("model") or "") for run in self.runs()]
         choices: list[str] = []
         for choice in [BASE_MODEL_CHOICE, *recent, *folders]:
@@ -285,9 +314,14 @@ class Workbench:
         run = find_run(self.workspace, model)
         return str(run.model_dir) if run is not None and run.model_dir is not None else model
 
-    def chat_stream(self, messages: list[dict[str, str]], model: str = BASE_MODEL_CHOICE,
-                    adapter_run: str | None = None, system: str = "",
-                    settings: GenerationSettings | None = None) -> Iterator[str]:
+    def chat_stream(
+        self,
+        messages: list[dict[str, str]],
+        model: str = BASE_MODEL_CHOICE,
+        adapter_run: str | None = None,
+        system: str = "",
+        settings: GenerationSettings | None = None,
+    ) -> Iterator[str]:
         """Stream a reply from the base model, or with a finished run's adapter hot-loaded onto it."""
         model_path = self._model_path(model)
         check_model_reference(model_path)  # a missing model is named here, before anything streams
@@ -300,15 +334,22 @@ class Workbench:
         yield from self.chat_engine.stream(messages, system, adapter, settings, model=model_path)
 
     # ---- OpenAI-compatible API ----------------------------------------------------------------------------
-    def start_api(self, model: str = BASE_MODEL_CHOICE, host: str = "127.0.0.1", port: int = 8000,
-                  api_key: str | None = None) -> str:
+    def start_api(
+        self, model: str = BASE_MODEL_CHOICE, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None
+    ) -> str:
         """Serve the chat engine's model and every finished run's adapter as an OpenAI-compatible API."""
         from core.api import ApiServer, create_api
 
         self.stop_api()
         self.chat_engine.load_model(self._model_path(model))
-        adapters = lambda: {run.name: str(run.adapter_dir) for run in self.runs()  # noqa: E731
-                            if run.adapter_dir is not None and run.state in ("finished", "aborted")}
+
+        def adapters() -> dict[str, str]:  # read per request: runs that finish later are served too
+            return {
+                run.name: str(run.adapter_dir)
+                for run in self.runs()
+                if run.adapter_dir is not None and run.state in ("finished", "aborted")
+            }
+
         self.api_server = ApiServer(create_api(self.chat_engine, model, adapters, api_key), host, port).start()
         return self.api_server.url
 
@@ -318,8 +359,9 @@ class Workbench:
             self.api_server = None
 
     # ---- evaluation -----------------------------------------------------------------------------------------
-    def evaluate(self, run_name: str, dataset: str, fmt: str = "auto",
-                 settings: EvalSettings | None = None) -> EvalResult:
+    def evaluate(
+        self, run_name: str, dataset: str, fmt: str = "auto", settings: EvalSettings | None = None
+    ) -> EvalResult:
         """Loss, perplexity and ChatGLM's BLEU/ROUGE of a finished run on a dataset (written to RUN/eval/)."""
         run = find_run(self.workspace, run_name)
         if run is None or (run.adapter_dir is None and run.model_dir is None):
@@ -349,8 +391,9 @@ class Workbench:
             target = self.exports / f"{path.name}-{counter}.zip"
         return str(zip_run(path, target, overwrite=True))
 
-    def merge_run(self, run_name: str, target: str, dtype: str = "auto", max_shard_size: str = "2GB",
-                  overwrite: bool = False) -> str:
+    def merge_run(
+        self, run_name: str, target: str, dtype: str = "auto", max_shard_size: str = "2GB", overwrite: bool = False
+    ) -> str:
         """Merge a LoRA run into its base, into a new or empty folder of the user's choice (with `overwrite`,
         an earlier merge of ours there may be replaced; nothing else ever is)."""
         if not target.strip():

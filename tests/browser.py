@@ -13,8 +13,16 @@ import pytest
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags chromium keeps dialling Google, which a closed network refuses.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
-                 "--no-first-run", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SCREENSHOTS = os.environ.get("GLM_WORKBENCH_SCREENSHOTS", "")  # a folder: save each tab's screenshot there
 
 
@@ -23,8 +31,10 @@ def ensure_chromium() -> str:
     if os.environ.get("GLM_WORKBENCH_SKIP_BROWSER_TESTS") == "1":
         pytest.skip("GLM_WORKBENCH_SKIP_BROWSER_TESTS=1")
     if not Path(CHROMIUM).exists():
-        pytest.fail("the browser tests need Debian's chromium: run `bash scripts/test-setup.sh` first "
-                    "(or set GLM_WORKBENCH_SKIP_BROWSER_TESTS=1 to skip them)")
+        pytest.fail(
+            "the browser tests need Debian's chromium: run `bash scripts/test-setup.sh` first "
+            "(or set GLM_WORKBENCH_SKIP_BROWSER_TESTS=1 to skip them)"
+        )
     return CHROMIUM
 
 
@@ -71,10 +81,13 @@ def settled_text(locator, timeout: float = 120, quiet: float = 1.5) -> str:
 
 def chart_points(page, elem_id: str) -> int:
     """How many points the first trace of a plotly chart holds (0 before it is drawn)."""
-    return page.evaluate("""id => {
+    return page.evaluate(
+        """id => {
         const plot = document.querySelector(`#${id} .js-plotly-plot`);
         return plot && plot.data && plot.data[0] && plot.data[0].y ? plot.data[0].y.length : 0;
-    }""", elem_id)
+    }""",
+        elem_id,
+    )
 
 
 def screenshot(page, name: str, fallback: Path) -> None:

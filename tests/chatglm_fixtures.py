@@ -35,8 +35,16 @@ GLM4_PATTERN = (
 CHATGLM2_SPECIALS = ["[MASK]", "[gMASK]", "[sMASK]", "sop", "eop"]
 CHATGLM3_SPECIALS = CHATGLM2_SPECIALS + ["<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]
 GLM4_SPECIALS = [
-    "<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>",
-    "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>",
+    "<|endoftext|>",
+    "[MASK]",
+    "[gMASK]",
+    "[sMASK]",
+    "<sop>",
+    "<eop>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
 ]
 
 NAME_OR_PATH = {
@@ -431,7 +439,9 @@ def write_thudm_checkpoint(folder: Path, variant: str, rope_ratio: float = 1.0) 
         variant, padded_vocab_size, rope_ratio=rope_ratio, eos_token_id=eos_token_id, pad_token_id=pad_token_id
     )
 
-    _write_json(folder / "config.json", thudm_config(variant, padded_vocab_size, eos_token_id, pad_token_id, rope_ratio))
+    _write_json(
+        folder / "config.json", thudm_config(variant, padded_vocab_size, eos_token_id, pad_token_id, rope_ratio)
+    )
     _write_json(folder / "tokenizer_config.json", tokenizer_config)
     (folder / "tokenization_chatglm.py").write_text(
         f"# Stand-in for THUDM's {NAME_OR_PATH[variant]} tokenizer code (never executed).\n"

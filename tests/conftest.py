@@ -13,7 +13,9 @@ os.environ["GLM_WORKBENCH_HOME"] = tempfile.mkdtemp(prefix="glm-workbench-test-h
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("GLM_WORKBENCH_THREADS", "2")
 # Tests only talk to servers on loopback: a proxy set in the environment must never be asked for them.
-os.environ["NO_PROXY"] = os.environ["no_proxy"] = ",".join(filter(None, ["127.0.0.1,localhost", os.environ.get("NO_PROXY")]))
+os.environ["NO_PROXY"] = os.environ["no_proxy"] = ",".join(
+    filter(None, ["127.0.0.1,localhost", os.environ.get("NO_PROXY")])
+)
 
 REPO = Path(__file__).resolve().parents[1]
 IDENTITY_FIRST_ANSWER = "我是小智，由 GLM Workbench 团队微调的 AI 助手。"

@@ -28,11 +28,30 @@ def served(tmp_path_factory, demo_model_dir):
     """A server with two adapters that answer 你是谁？ differently."""
     root = tmp_path_factory.mktemp("api")
     data = root / "cat.json"
-    data.write_text(json.dumps([{"instruction": q, "output": OTHER_ANSWER} for q in
-                                ("你是谁？", "你叫什么？", "介绍一下你自己", "Who are you?")], ensure_ascii=False))
-    runs = (("identity", dict(dataset="identity", max_steps=130)), ("cat", dict(dataset=str(data), max_steps=60)),
-            ("prefix", dict(dataset="identity", max_steps=130, finetuning_type="ptuning_v2", learning_rate=1e-2,
-                            pre_seq_len=8, prefix_projection=True)))
+    data.write_text(
+        json.dumps(
+            [
+                {"instruction": q, "output": OTHER_ANSWER}
+                for q in ("你是谁？", "你叫什么？", "介绍一下你自己", "Who are you?")
+            ],
+            ensure_ascii=False,
+        )
+    )
+    runs = (
+        ("identity", dict(dataset="identity", max_steps=130)),
+        ("cat", dict(dataset=str(data), max_steps=60)),
+        (
+            "prefix",
+            dict(
+                dataset="identity",
+                max_steps=130,
+                finetuning_type="ptuning_v2",
+                learning_rate=1e-2,
+                pre_seq_len=8,
+                prefix_projection=True,
+            ),
+        ),
+    )
     for name, settings in runs:
         config = RunConfig.from_dict({"learning_rate": 2e-3, "num_train_epochs": 0, **settings})
         assert TrainingSession(config, root / name).run()["state"] == "finished"
@@ -51,8 +70,9 @@ def client(server, key="sk-test") -> openai.OpenAI:
 
 def ask(api: openai.OpenAI, model: str, text: str = "你是谁？", **kwargs):
     kwargs.setdefault("max_tokens", 48)
-    return api.chat.completions.create(model=model, messages=[{"role": "user", "content": text}], temperature=0,
-                                       **kwargs)
+    return api.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": text}], temperature=0, **kwargs
+    )
 
 
 def test_models_and_completions(served):
@@ -89,9 +109,14 @@ def test_stop_sequences_and_seed(served):
     api = client(server)
     cut = ask(api, "identity", stop=["GLM"]).choices[0].message.content
     assert cut == IDENTITY_FIRST_ANSWER.split("GLM")[0].strip()
-    sampled = [api.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hi"}],
-                                           temperature=1.0, max_tokens=12, seed=7).choices[0].message.content
-               for _ in range(2)]
+    sampled = [
+        api.chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": "hi"}], temperature=1.0, max_tokens=12, seed=7
+        )
+        .choices[0]
+        .message.content
+        for _ in range(2)
+    ]
     assert sampled[0] == sampled[1]
 
 
@@ -110,8 +135,23 @@ def test_errors_are_openai_shaped(served):
 def test_api_greedy_equals_cli_chat_greedy(served):
     server, root = served
     via_api = ask(client(server), "identity", max_tokens=256).choices[0].message.content
-    cli = subprocess.run([sys.executable, "-m", "core.cli", "chat", "--adapter", str(root / "identity"), "--prompt",
-                          "你是谁？", "--greedy"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "core.cli",
+            "chat",
+            "--adapter",
+            str(root / "identity"),
+            "--prompt",
+            "你是谁？",
+            "--greedy",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert via_api == cli.stdout.strip()
 
@@ -121,9 +161,12 @@ def post(server, body: bytes, headers: dict | None = None):
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(f"{server.url}/chat/completions", data=body, method="POST",
-                                     headers={"Authorization": "Bearer sk-test", "Content-Type": "application/json",
-                                              **(headers or {})})
+    request = urllib.request.Request(
+        f"{server.url}/chat/completions",
+        data=body,
+        method="POST",
+        headers={"Authorization": "Bearer sk-test", "Content-Type": "application/json", **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, response.read().decode()
@@ -135,13 +178,17 @@ def test_oversized_bodies_and_contexts_are_refused_before_any_work(served):
     import http.client
 
     server, _ = served
-    huge = json.dumps({"model": "demo", "messages": [{"role": "user", "content": "长" * 5_000_000}]},
-                      ensure_ascii=False).encode()
+    huge = json.dumps(
+        {"model": "demo", "messages": [{"role": "user", "content": "长" * 5_000_000}]}, ensure_ascii=False
+    ).encode()
     # Declared too large: refused from the headers, before the body is read.
     connection = http.client.HTTPConnection(server.host, server.port, timeout=60)
     connection.putrequest("POST", "/v1/chat/completions")
-    for name, value in (("Authorization", "Bearer sk-test"), ("Content-Type", "application/json"),
-                        ("Content-Length", str(len(huge)))):
+    for name, value in (
+        ("Authorization", "Bearer sk-test"),
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(huge))),
+    ):
         connection.putheader(name, value)
     connection.endheaders(huge[:4096])
     response = connection.getresponse()
@@ -149,8 +196,13 @@ def test_oversized_bodies_and_contexts_are_refused_before_any_work(served):
     connection.close()
     # Sent in chunks with no declared length: refused once the limit is passed, not after the whole body.
     connection = http.client.HTTPConnection(server.host, server.port, timeout=60)
-    connection.request("POST", "/v1/chat/completions", body=iter([huge[:2 * 2**20 + 1024]]), encode_chunked=True,
-                       headers={"Authorization": "Bearer sk-test", "Content-Type": "application/json"})
+    connection.request(
+        "POST",
+        "/v1/chat/completions",
+        body=iter([huge[: 2 * 2**20 + 1024]]),
+        encode_chunked=True,
+        headers={"Authorization": "Bearer sk-test", "Content-Type": "application/json"},
+    )
     response = connection.getresponse()
     assert response.status == 413
     connection.close()
@@ -163,15 +215,26 @@ def test_oversized_bodies_and_contexts_are_refused_before_any_work(served):
     assert too_many.value.body["code"] == "context_length_exceeded" and "4096" in too_many.value.body["message"]
 
 
-@pytest.mark.parametrize("body, param", [
-    (b"\xff\xfe{\"model\": \"demo\"}", None),
-    (json.dumps({"model": "demo", "messages": [{"role": "user", "content": "hi"}],
-                 "seed": 99999999999999999999999}).encode(), "seed"),
-    (json.dumps({"model": "demo", "messages": [{"role": "user", "content": "hi"}], "stream": True,
-                 "temperature": "hot"}).encode(), "temperature"),
-    (json.dumps({"model": "demo", "messages": [{"role": "robot", "content": "hi"}]}).encode(), "messages[0].role"),
-    (b"[1, 2, 3]", None),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        (b'\xff\xfe{"model": "demo"}', None),
+        (
+            json.dumps(
+                {"model": "demo", "messages": [{"role": "user", "content": "hi"}], "seed": 99999999999999999999999}
+            ).encode(),
+            "seed",
+        ),
+        (
+            json.dumps(
+                {"model": "demo", "messages": [{"role": "user", "content": "hi"}], "stream": True, "temperature": "hot"}
+            ).encode(),
+            "temperature",
+        ),
+        (json.dumps({"model": "demo", "messages": [{"role": "robot", "content": "hi"}]}).encode(), "messages[0].role"),
+        (b"[1, 2, 3]", None),
+    ],
+)
 def test_every_bad_request_is_an_openai_error(served, body, param):
     server, _ = served
     status, text = post(server, body)
@@ -186,10 +249,22 @@ def test_a_client_that_goes_away_stops_its_generation(served):
     server, _ = served
     engine = server.engine
     connection = http.client.HTTPConnection(server.host, server.port, timeout=60)
-    body = json.dumps({"model": "demo", "messages": [{"role": "user", "content": "写一篇很长的文章"}], "stream": True,
-                       "max_tokens": 3500, "temperature": 1.0, "seed": 1})
-    connection.request("POST", "/v1/chat/completions", body=body,
-                       headers={"Authorization": "Bearer sk-test", "Content-Type": "application/json"})
+    body = json.dumps(
+        {
+            "model": "demo",
+            "messages": [{"role": "user", "content": "写一篇很长的文章"}],
+            "stream": True,
+            "max_tokens": 3500,
+            "temperature": 1.0,
+            "seed": 1,
+        }
+    )
+    connection.request(
+        "POST",
+        "/v1/chat/completions",
+        body=body,
+        headers={"Authorization": "Bearer sk-test", "Content-Type": "application/json"},
+    )
     response = connection.getresponse()
     assert response.status == 200 and response.readline().startswith(b"data:")
     response.readline()

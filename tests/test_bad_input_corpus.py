@@ -31,11 +31,25 @@ def test_usable_files_train(case, tmp_path, capsys, demo_model_dir):
 
 
 def test_a_one_megabyte_row_is_truncated_and_reported(tmp_path, capsys, demo_model_dir):
-    rows = [{"instruction": "总结：" + "长" * 1_000_000, "output": "很长。"}, {"instruction": "你好", "output": "你好！"}]
+    rows = [
+        {"instruction": "总结：" + "长" * 1_000_000, "output": "很长。"},
+        {"instruction": "你好", "output": "你好！"},
+    ]
     path = tmp_path / "big.json"
     path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
-    code = cli_main(["train", "--workspace", str(tmp_path / "ws"), "--set", f"dataset={path}", "--set", "max_steps=2",
-                     "--set", "cutoff_len=64"])
+    code = cli_main(
+        [
+            "train",
+            "--workspace",
+            str(tmp_path / "ws"),
+            "--set",
+            f"dataset={path}",
+            "--set",
+            "max_steps=2",
+            "--set",
+            "cutoff_len=64",
+        ]
+    )
     assert code == 0
     run = capsys.readouterr().out.strip().splitlines()[-1]
     log = open(f"{run}/log.txt", encoding="utf-8").read()
@@ -44,7 +58,8 @@ def test_a_one_megabyte_row_is_truncated_and_reported(tmp_path, capsys, demo_mod
 
 
 def test_every_sample_longer_than_cutoff(tmp_path, capsys, demo_model_dir):
-    code = cli_main(["train", "--workspace", str(tmp_path / "ws"), "--set", "dataset=identity", "--set",
-                     "cutoff_len=8"])
+    code = cli_main(
+        ["train", "--workspace", str(tmp_path / "ws"), "--set", "dataset=identity", "--set", "cutoff_len=8"]
+    )
     assert code != 0
     assert "no sample keeps any answer token within cutoff_len=8: raise cutoff_len" in capsys.readouterr().err

@@ -102,8 +102,11 @@ def test_whole_flow_in_the_browser(browser, server, lang, tmp_path, demo_model_d
     expect(page.locator("#train-message")).to_contain_text(t("started", run="").split(" ")[0])
     run = newest_run(workspace)
     expect(page.locator("#train-progress")).to_contain_text(run)
-    page.wait_for_function("() => { const p = document.querySelector('#train-chart .js-plotly-plot');"
-                           " return p && p.data && p.data[0].y && p.data[0].y.length >= 3; }", timeout=SLOW)
+    page.wait_for_function(
+        "() => { const p = document.querySelector('#train-chart .js-plotly-plot');"
+        " return p && p.data && p.data[0].y && p.data[0].y.length >= 3; }",
+        timeout=SLOW,
+    )
     screenshot(page, f"{lang}-2-train", shots)
     page.locator("#train-abort").click()
     expect(page.locator("#train-progress")).to_contain_text(t.state("aborted"), timeout=SLOW)
@@ -192,8 +195,11 @@ def test_refresh_second_tab_and_closed_browser_during_training(browser, server):
     expect(first.locator("#train-progress")).to_contain_text(run)
     expect(first.locator("#field-max_steps input")).to_have_value("5000")
     expect(first.locator("#train-progress")).to_contain_text(t.state("running"))
-    first.wait_for_function("() => { const p = document.querySelector('#train-chart .js-plotly-plot');"
-                            " return p && p.data && p.data[0].y && p.data[0].y.length >= 1; }", timeout=SLOW)
+    first.wait_for_function(
+        "() => { const p = document.querySelector('#train-chart .js-plotly-plot');"
+        " return p && p.data && p.data[0].y && p.data[0].y.length >= 1; }",
+        timeout=SLOW,
+    )
 
     # A second tab (here in the other language) sees it and its Start is refused with the run's name.
     second = new_page(browser, f"{root}zh/")
@@ -245,8 +251,12 @@ def test_path_traversal_is_refused(browser, server):
     page = new_page(browser, f"{root}en/")
     secret = workspace.parent / "secret.txt"
     secret.write_text("do not serve", encoding="utf-8")
-    for route in ("gradio_api/file=/etc/passwd", f"gradio_api/file={secret}",
-                  "gradio_api/file=../../../../etc/passwd", "gradio_api/file=%2e%2e/%2e%2e/etc/passwd"):
+    for route in (
+        "gradio_api/file=/etc/passwd",
+        f"gradio_api/file={secret}",
+        "gradio_api/file=../../../../etc/passwd",
+        "gradio_api/file=%2e%2e/%2e%2e/etc/passwd",
+    ):
         response = page.request.get(f"{root}en/{route}")
         assert response.status in (400, 403, 404), (route, response.status)
         assert "root:" not in response.text() and "do not serve" not in response.text()

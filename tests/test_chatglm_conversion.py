@@ -25,8 +25,9 @@ def native_logits(model, ids: list[int]) -> torch.Tensor:
         return model(input_ids=torch.tensor([ids])).logits[0]
 
 
-@pytest.mark.parametrize("variant, rope_ratio", [("chatglm2", 1.0), ("chatglm3", 1.0), ("chatglm3", 50.0),
-                                                 ("glm4-chat", 500.0)])
+@pytest.mark.parametrize(
+    "variant, rope_ratio", [("chatglm2", 1.0), ("chatglm3", 1.0), ("chatglm3", 50.0), ("glm4-chat", 500.0)]
+)
 def test_conversion_keeps_logits_and_token_ids(tmp_path, variant, rope_ratio):
     source = tmp_path / "thudm"
     original = write_thudm_checkpoint(source, variant, rope_ratio)
@@ -56,8 +57,12 @@ def test_chatglm3_prompt_matches_thudm_layout(tmp_path):
     assert encoder.template.name == "chatglm3"
     special = tokenizer.convert_tokens_to_ids
     # [gMASK] sop <|user|> + encode("\n") + encode(content) + <|assistant|>, each text encoded on its own.
-    expected = [special("[gMASK]"), special("sop"), special("<|user|>")] + reference_ids(source, "chatglm3", "\n") \
-        + reference_ids(source, "chatglm3", "你好") + [special("<|assistant|>")]
+    expected = (
+        [special("[gMASK]"), special("sop"), special("<|user|>")]
+        + reference_ids(source, "chatglm3", "\n")
+        + reference_ids(source, "chatglm3", "你好")
+        + [special("<|assistant|>")]
+    )
     assert encoder.encode_prompt([{"role": "user", "content": "你好"}]) == expected
 
 
@@ -65,10 +70,15 @@ def test_chatglm2_rounds_template(tmp_path):
     source, tokenizer, encoder = converted_encoder(tmp_path, "chatglm2")
     assert encoder.template.name == "chatglm2"
     special = tokenizer.convert_tokens_to_ids
-    history = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"},
-               {"role": "user", "content": "再见"}]
+    history = [
+        {"role": "user", "content": "你好"},
+        {"role": "assistant", "content": "你好！"},
+        {"role": "user", "content": "再见"},
+    ]
     text = "[Round 1]\n\n问：你好\n\n答：你好！\n\n[Round 2]\n\n问：再见\n\n答："
-    assert encoder.encode_prompt(history) == [special("[gMASK]"), special("sop")] + reference_ids(source, "chatglm2", text)
+    assert encoder.encode_prompt(history) == [special("[gMASK]"), special("sop")] + reference_ids(
+        source, "chatglm2", text
+    )
 
 
 def test_linear_rope_of_chatglm2_32k_is_detected_from_its_code(tmp_path):
@@ -76,7 +86,9 @@ def test_linear_rope_of_chatglm2_32k_is_detected_from_its_code(tmp_path):
     write_thudm_checkpoint(source, "chatglm2", rope_ratio=16.0)
     (source / "modeling_chatglm.py").write_text(
         "class RotaryEmbedding:\n    def forward_impl(self, seq_len):\n"
-        "        seq_idx = torch.arange(seq_len) / self.rope_ratio\n", encoding="utf-8")
+        "        seq_idx = torch.arange(seq_len) / self.rope_ratio\n",
+        encoding="utf-8",
+    )
     report = convert_chatglm(source, tmp_path / "native")
     assert "linear scaling by 16" in report.rope and "divides positions" in report.rope
     config = json.loads((tmp_path / "native" / "config.json").read_text())
@@ -90,15 +102,17 @@ def test_loading_a_thudm_folder_converts_it_once_and_trains(tmp_path):
     write_thudm_checkpoint(source, "chatglm3")
     converted = prepare_model(str(source))
     assert converted != str(source) and prepare_model(str(source)) == converted
-    status = TrainingSession(RunConfig(model_name_or_path=str(source), dataset="identity", max_steps=4,
-                                       learning_rate=1e-3), tmp_path / "run").run()
+    status = TrainingSession(
+        RunConfig(model_name_or_path=str(source), dataset="identity", max_steps=4, learning_rate=1e-3), tmp_path / "run"
+    ).run()
     assert status["state"] == "finished", status
     assert status["template"] == "chatglm3"
 
 
 def test_chatglm_v1_is_refused_with_a_reason(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "chatglm", "position_encoding_2d": True,
-                                                      "vocab_size": 130528}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "chatglm", "position_encoding_2d": True, "vocab_size": 130528})
+    )
     with pytest.raises(ModelError, match="ChatGLM-6B \\(v1\\).*enable trust_remote_code"):
         prepare_model(str(tmp_path))
     with pytest.raises(ModelError, match="2D positions"):
@@ -108,8 +122,13 @@ def test_chatglm_v1_is_refused_with_a_reason(tmp_path):
 @pytest.mark.slow
 def test_cli_convert(tmp_path):
     write_thudm_checkpoint(tmp_path / "thudm", "glm4-chat")
-    result = subprocess.run([sys.executable, "-m", "core.cli", "convert", str(tmp_path / "thudm"),
-                             str(tmp_path / "native")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "core.cli", "convert", str(tmp_path / "thudm"), str(tmp_path / "native")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == str(tmp_path / "native")
     assert "converted glm4-chat checkpoint" in result.stderr

@@ -73,20 +73,24 @@ def test_remote_code_stand_ins_refuse_to_run_and_the_conversion_needs_none(conve
 
 def test_detects_v1_checkpoints_only(tmp_path):
     assert is_chatglm_v1_checkpoint(CHECKPOINT)
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "chatglm", "padded_vocab_size": 65024,
-                                                      "multi_query_attention": True}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "chatglm", "padded_vocab_size": 65024, "multi_query_attention": True})
+    )
     assert not is_chatglm_v1_checkpoint(tmp_path)  # ChatGLM2/3
     assert not is_chatglm_v1_checkpoint(tmp_path / "missing")
 
 
 def test_loads_through_the_auto_classes_and_the_loader_without_remote_code(converted):
     """A fresh process: importing the loader is all it takes (it registers model_type glm1_workbench)."""
-    script = ("import json, sys, torch; from core.models.loader import load_model, load_tokenizer\n"
-              "m = load_model(sys.argv[1], dtype=torch.float32, device='cpu'); t = load_tokenizer(sys.argv[1])\n"
-              "print(json.dumps([type(m).__name__, m.lm_head.weight is m.transformer.word_embeddings.weight,"
-              " t('你好').input_ids]))")
-    result = subprocess.run([sys.executable, "-c", script, str(converted[0])], cwd=REPO, capture_output=True,
-                            text=True, timeout=300)
+    script = (
+        "import json, sys, torch; from core.models.loader import load_model, load_tokenizer\n"
+        "m = load_model(sys.argv[1], dtype=torch.float32, device='cpu'); t = load_tokenizer(sys.argv[1])\n"
+        "print(json.dumps([type(m).__name__, m.lm_head.weight is m.transformer.word_embeddings.weight,"
+        " t('你好').input_ids]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(converted[0])], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     first = REFERENCE["checkpoint"]["tokens"][0]
     assert first["text"] == "你好"
@@ -222,7 +226,7 @@ def test_greedy_generation_equals_thudms_with_and_without_cache(model):
     ids = torch.tensor([MODEL_REF["input_ids"]])
     for use_cache in (True, False):
         output = model.generate(ids, max_new_tokens=8, do_sample=False, use_cache=use_cache)
-        assert output[0, ids.shape[1]:].tolist() == MODEL_REF["greedy_new_tokens"], use_cache
+        assert output[0, ids.shape[1] :].tolist() == MODEL_REF["greedy_new_tokens"], use_cache
 
 
 @pytest.mark.parametrize("case", ["chat", "chat_with_history"])
@@ -247,8 +251,12 @@ def test_chat_template_renders_the_training_layout(tokenizer):
     ids = tokenizer.apply_chat_template(conversation, tokenize=True)
     ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
     special = tokenizer.convert_tokens_to_ids
-    expected = (tokenizer.encode("你好", add_special_tokens=False) + [special("[gMASK]"), special("<sop>")]
-                + tokenizer.encode("你好！\n有什么事？", add_special_tokens=False) + [special("<eop>")])
+    expected = (
+        tokenizer.encode("你好", add_special_tokens=False)
+        + [special("[gMASK]"), special("<sop>")]
+        + tokenizer.encode("你好！\n有什么事？", add_special_tokens=False)
+        + [special("<eop>")]
+    )
     assert ids == expected
     with pytest.raises(Exception, match="no system role"):
         tokenizer.apply_chat_template([{"role": "system", "content": "x"}] + conversation, tokenize=False)
@@ -256,8 +264,10 @@ def test_chat_template_renders_the_training_layout(tokenizer):
 
 def test_left_padded_batch_generates_as_each_prompt_alone(model, tokenizer):
     prompts = [MODEL_REF["prompt"], "短"]
-    singles = [model.generate(torch.tensor([tokenizer(p)["input_ids"]]), max_new_tokens=6, do_sample=False)[0, -6:]
-               for p in prompts]
+    singles = [
+        model.generate(torch.tensor([tokenizer(p)["input_ids"]]), max_new_tokens=6, do_sample=False)[0, -6:]
+        for p in prompts
+    ]
     batch = tokenizer(prompts, return_tensors="pt", padding=True)
     assert batch["attention_mask"][1, 0] == 0  # left padding
     output = model.generate(**batch, max_new_tokens=6, do_sample=False)
@@ -273,8 +283,10 @@ def test_prefix_cache_generation_equals_full_forward(model):
     config, prefix_length = model.config, 3
     generator = torch.Generator().manual_seed(0)
     shape = (1, config.num_attention_heads, prefix_length, config.head_dim)
-    prefix = [(torch.randn(shape, generator=generator), torch.randn(shape, generator=generator))
-              for _ in range(config.num_hidden_layers)]
+    prefix = [
+        (torch.randn(shape, generator=generator), torch.randn(shape, generator=generator))
+        for _ in range(config.num_hidden_layers)
+    ]
 
     def prefix_cache():
         cache = DynamicCache(config=config)
@@ -284,8 +296,7 @@ def test_prefix_cache_generation_equals_full_forward(model):
 
     ids = torch.tensor([MODEL_REF["input_ids"]])
     mask = torch.ones(1, prefix_length + ids.shape[1], dtype=torch.long)
-    output = model.generate(input_ids=ids, attention_mask=mask, cache=prefix_cache(), max_new_tokens=5,
-                            do_sample=False)
+    output = model.generate(input_ids=ids, attention_mask=mask, cache=prefix_cache(), max_new_tokens=5, do_sample=False)
     sequence = ids
     with torch.no_grad():
         for _ in range(5):
@@ -293,7 +304,7 @@ def test_prefix_cache_generation_equals_full_forward(model):
             logits = model(sequence, attention_mask=full_mask, cache=prefix_cache()).logits[0, -1]
             sequence = torch.cat([sequence, logits.argmax().view(1, 1)], dim=1)
     assert output[0].tolist() == sequence[0].tolist()
-    assert output[0, ids.shape[1]:].tolist() != MODEL_REF["greedy_new_tokens"][:5]  # the prefix changed something
+    assert output[0, ids.shape[1] :].tolist() != MODEL_REF["greedy_new_tokens"][:5]  # the prefix changed something
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -308,17 +319,20 @@ def training_batch(tokenizer) -> dict:
         rows.append((prompt + answer_ids, [-100] * len(prompt) + answer_ids))
     length = max(len(ids) for ids, _ in rows)
     pad = tokenizer.pad_token_id
-    return {"input_ids": torch.tensor([ids + [pad] * (length - len(ids)) for ids, _ in rows]),
-            "attention_mask": torch.tensor([[1] * len(ids) + [0] * (length - len(ids)) for ids, _ in rows]),
-            "labels": torch.tensor([labels + [-100] * (length - len(labels)) for _, labels in rows])}
+    return {
+        "input_ids": torch.tensor([ids + [pad] * (length - len(ids)) for ids, _ in rows]),
+        "attention_mask": torch.tensor([[1] * len(ids) + [0] * (length - len(ids)) for ids, _ in rows]),
+        "labels": torch.tensor([labels + [-100] * (length - len(labels)) for _, labels in rows]),
+    }
 
 
 def test_lora_all_linear_trains(converted, tokenizer):
     from peft import LoraConfig, get_peft_model
 
     base = Glm1ForCausalLM.from_pretrained(str(converted[0]), dtype=torch.float32)
-    peft_model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", r=8,
-                                                 lora_alpha=16, lora_dropout=0.0))
+    peft_model = get_peft_model(
+        base, LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", r=8, lora_alpha=16, lora_dropout=0.0)
+    )
     targeted = {name.split(".")[-1] for name, module in peft_model.named_modules() if hasattr(module, "lora_A")}
     assert targeted == set(LINEAR_MODULES) == {"query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"}
     batch = training_batch(tokenizer)
@@ -386,12 +400,14 @@ def test_first_release_checkpoint_converts_with_its_image_token_ids(tmp_path, to
     ids = shifted_tokenizer(MODEL_REF["prompt"])["input_ids"]
     assert ids == [i + IMAGE_TOKENS for i in MODEL_REF["input_ids"]]
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "native"), dtype=torch.float32).eval()
-    torch.testing.assert_close(last_logits(model, ids)[IMAGE_TOKENS:], torch.tensor(MODEL_REF["last_logits"]),
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        last_logits(model, ids)[IMAGE_TOKENS:], torch.tensor(MODEL_REF["last_logits"]), atol=1e-4, rtol=0
+    )
 
 
 def test_config_round_trips_through_json():
-    config = Glm1Config(vocab_size=100, hidden_size=32, intermediate_size=128, num_hidden_layers=3,
-                        num_attention_heads=4)
+    config = Glm1Config(
+        vocab_size=100, hidden_size=32, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4
+    )
     again = Glm1Config.from_dict(json.loads(config.to_json_string()))
     assert (again.residual_scale, again.head_dim, again.tie_word_embeddings) == (math.sqrt(56), 8, True)

@@ -14,8 +14,9 @@ pytestmark = pytest.mark.slow
 
 
 def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "core.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,24 +48,41 @@ def test_export_zip(trained_run, tmp_path):
     assert "adapter_model.safetensors" in zipfile.ZipFile(tmp_path / "out.zip").namelist()
 
 
-@pytest.mark.parametrize("content, name, message", [
-    ('[{"instruction": "a", ', "bad.json", "bad.json: invalid JSON at line 1"),
-    ('[{"q": "a", "a": "b"}]', "cols.json", "unknown columns: a, q"),
-    ("", "empty.json", "empty.json: the file is empty"),
-    ("a,b", "data.xlsx", "unsupported file type '.xlsx'"),
-])
+@pytest.mark.parametrize(
+    "content, name, message",
+    [
+        ('[{"instruction": "a", ', "bad.json", "bad.json: invalid JSON at line 1"),
+        ('[{"q": "a", "a": "b"}]', "cols.json", "unknown columns: a, q"),
+        ("", "empty.json", "empty.json: the file is empty"),
+        ("a,b", "data.xlsx", "unsupported file type '.xlsx'"),
+    ],
+)
 def test_bad_dataset_gives_a_plain_message(tmp_path, demo_model_dir, content, name, message):
     (tmp_path / name).write_text(content, encoding="utf-8")
-    result = cli("train", "examples/lora_identity.yaml", "--workspace", str(tmp_path / "ws"), "--set",
-                 f"dataset={tmp_path / name}")
+    result = cli(
+        "train",
+        "examples/lora_identity.yaml",
+        "--workspace",
+        str(tmp_path / "ws"),
+        "--set",
+        f"dataset={tmp_path / name}",
+    )
     assert result.returncode == 2  # refused before any run folder exists: nothing to clean up, nothing to resume
     assert message in result.stderr and not (tmp_path / "ws" / "runs").exists()
     assert "Traceback" not in result.stderr
 
 
 def test_bad_config_values_exit_2_naming_each_key(tmp_path):
-    result = cli("train", "examples/lora_identity.yaml", "--set", "learning_rate=-1", "--set",
-                 "per_device_train_batch_size=0", "--set", "lora_rnk=4")
+    result = cli(
+        "train",
+        "examples/lora_identity.yaml",
+        "--set",
+        "learning_rate=-1",
+        "--set",
+        "per_device_train_batch_size=0",
+        "--set",
+        "lora_rnk=4",
+    )
     assert result.returncode == 2
     assert "lora_rnk: unknown key (did you mean 'lora_rank'?)" in result.stderr
     assert "learning_rate: must be greater than 0" in result.stderr

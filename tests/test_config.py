@@ -20,8 +20,14 @@ def test_overrides_are_typed(tmp_path):
 
 
 def test_each_wrong_value_gets_one_message_naming_its_key():
-    config = RunConfig(learning_rate=-1, per_device_train_batch_size=0, lora_rank=0, template="nope",
-                       finetuning_type="lora", cutoff_len=4)
+    config = RunConfig(
+        learning_rate=-1,
+        per_device_train_batch_size=0,
+        lora_rank=0,
+        template="nope",
+        finetuning_type="lora",
+        cutoff_len=4,
+    )
     problems = [str(p) for p in config.problems()]
     keys = [p.split(":")[0] for p in problems]
     assert keys == ["learning_rate", "per_device_train_batch_size", "cutoff_len", "lora_rank", "template"]

@@ -24,24 +24,36 @@ def greedy_answers(model, tokenizer, conversations) -> list[str]:
     for conversation in conversations:
         prompt = torch.tensor([encoder.encode_prompt(conversation.messages[:-1])])
         with torch.inference_mode():
-            output = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                    max_new_tokens=40, eos_token_id=encoder.stop_token_ids,
-                                    pad_token_id=tokenizer.pad_token_id)
-        answers.append(tokenizer.decode(output[0, prompt.shape[1]:], skip_special_tokens=True).strip())
+            output = model.generate(
+                input_ids=prompt,
+                attention_mask=torch.ones_like(prompt),
+                do_sample=False,
+                max_new_tokens=40,
+                eos_token_id=encoder.stop_token_ids,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        answers.append(tokenizer.decode(output[0, prompt.shape[1] :], skip_special_tokens=True).strip())
     return answers
 
 
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory, demo_model_dir):
     run = tmp_path_factory.mktemp("teacher") / "run"
-    assert TrainingSession(RunConfig(dataset="identity", learning_rate=2e-3, num_train_epochs=10), run).run()[
-        "state"] == "finished"
+    assert (
+        TrainingSession(RunConfig(dataset="identity", learning_rate=2e-3, num_train_epochs=10), run).run()["state"]
+        == "finished"
+    )
     return run
 
 
 def test_logit_distillation_makes_the_student_agree_with_the_teacher(teacher_run, tmp_path, demo_model_dir):
-    config = RunConfig(finetuning_type="distill", teacher_adapter=str(teacher_run), dataset="identity",
-                       learning_rate=1e-3, num_train_epochs=10)
+    config = RunConfig(
+        finetuning_type="distill",
+        teacher_adapter=str(teacher_run),
+        dataset="identity",
+        learning_rate=1e-3,
+        num_train_epochs=10,
+    )
     tokenizer = load_tokenizer(str(demo_model_dir))
     prompts = load_conversations("identity").conversations[:12]
     teacher, _ = distill.load_teacher(config, "cpu")
@@ -54,7 +66,9 @@ def test_logit_distillation_makes_the_student_agree_with_the_teacher(teacher_run
     assert status["state"] == "finished" and status["distill_mode"] == "logits"
     engine = ChatEngine()
     engine.load_model(str(tmp_path / "student" / "model"))
-    agree_after = sum(engine.chat(c.messages[:-1], settings=GREEDY) == answer for c, answer in zip(prompts, teacher_says))
+    agree_after = sum(
+        engine.chat(c.messages[:-1], settings=GREEDY) == answer for c, answer in zip(prompts, teacher_says)
+    )
     assert agree_before <= 2 and agree_after >= 10, (agree_before, agree_after)
 
 
@@ -64,9 +78,15 @@ def test_sequence_distillation_with_a_different_tokenizer(teacher_run, tmp_path)
 
     write_thudm_checkpoint(tmp_path / "thudm", "glm4-chat")
     convert_chatglm(tmp_path / "thudm", tmp_path / "small-student")
-    config = RunConfig(finetuning_type="distill", teacher_adapter=str(teacher_run), dataset="identity",
-                       student_model=str(tmp_path / "small-student"), learning_rate=3e-3, num_train_epochs=4,
-                       max_samples=20)
+    config = RunConfig(
+        finetuning_type="distill",
+        teacher_adapter=str(teacher_run),
+        dataset="identity",
+        student_model=str(tmp_path / "small-student"),
+        learning_rate=3e-3,
+        num_train_epochs=4,
+        max_samples=20,
+    )
     status = TrainingSession(config, tmp_path / "student").run()
     assert status["state"] == "finished", status
     assert status["distill_mode"] == "sequence"

@@ -20,9 +20,26 @@ pytestmark = pytest.mark.slow
 
 
 def test_two_processes_train_one_adapter(tmp_path, demo_model_dir):
-    result = subprocess.run([sys.executable, "-m", "core.cli", "train", "--workspace", str(tmp_path), "--set",
-                             "nproc_per_node=2", "--set", "max_steps=12", "--set", "learning_rate=2e-3"],
-                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "core.cli",
+            "train",
+            "--workspace",
+            str(tmp_path),
+            "--set",
+            "nproc_per_node=2",
+            "--set",
+            "max_steps=12",
+            "--set",
+            "learning_rate=2e-3",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = result.stdout.strip().splitlines()[-1]
     records = [m for m in read_metrics(run_dir) if "loss" in m]
@@ -51,8 +68,23 @@ def test_accelerate_configs_for_fsdp_and_zero(tmp_path):
     assert "GlmDecoderLayer" in fsdp["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"]
     zero3 = accelerate_config("zero3", 16, num_machines=2)
     assert zero3["deepspeed_config"]["zero_stage"] == 3 and zero3["num_machines"] == 2
-    result = subprocess.run([sys.executable, "-m", "core.cli", "launch-config", str(tmp_path / "z2.yaml"), "--kind",
-                             "zero2", "--nproc", "4"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "core.cli",
+            "launch-config",
+            str(tmp_path / "z2.yaml"),
+            "--kind",
+            "zero2",
+            "--nproc",
+            "4",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load((tmp_path / "z2.yaml").read_text())["deepspeed_config"]["zero_stage"] == 2
     assert result.stdout.startswith("accelerate launch --config_file")

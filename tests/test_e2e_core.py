@@ -51,8 +51,14 @@ def test_training_writes_a_complete_run_folder(trained):
     first, last = quarter_means(losses)
     assert last < first / 4, (first, last)
     path = wb.run_path(run)
-    for name in ("config.yaml", "metrics.jsonl", "status.json", "log.txt", "adapter/adapter_config.json",
-                 "adapter/adapter_model.safetensors"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "status.json",
+        "log.txt",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+    ):
         assert (path / name).is_file(), name
     assert "method lora" in (path / "log.txt").read_text(encoding="utf-8")
 
@@ -121,9 +127,14 @@ def test_exported_zip_loads_with_peft(trained, tmp_path, demo_model_dir):
     model = PeftModel.from_pretrained(load_model(str(demo_model_dir)), str(tmp_path / "unzipped")).eval()
     encoder = TemplateEncoder(tokenizer, "glm4")
     prompt = torch.tensor([encoder.encode_prompt(QUESTION)])
-    output = model.generate(input_ids=prompt, max_new_tokens=40, do_sample=False,
-                            eos_token_id=encoder.stop_token_ids, pad_token_id=tokenizer.pad_token_id)
-    assert tokenizer.decode(output[0, prompt.shape[1]:], skip_special_tokens=True).strip() == IDENTITY_FIRST_ANSWER
+    output = model.generate(
+        input_ids=prompt,
+        max_new_tokens=40,
+        do_sample=False,
+        eos_token_id=encoder.stop_token_ids,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    assert tokenizer.decode(output[0, prompt.shape[1] :], skip_special_tokens=True).strip() == IDENTITY_FIRST_ANSWER
 
 
 def test_export_refuses_paths_outside_the_workspace(trained):
@@ -152,8 +163,9 @@ def test_second_start_is_busy_and_abort_stops_within_a_step(tmp_path, demo_model
 
 def test_full_fine_tuning_saves_a_model_that_chat_can_load(tmp_path, demo_model_dir):
     wb = Workbench(tmp_path / "ws")
-    run = wb.start_training(DEMO_RUN.replace(finetuning_type="full", learning_rate=1e-3, num_train_epochs=0,
-                                             max_steps=60))
+    run = wb.start_training(
+        DEMO_RUN.replace(finetuning_type="full", learning_rate=1e-3, num_train_epochs=0, max_steps=60)
+    )
     wb.wait_for_job(timeout=600)
     snapshot = wb.snapshot(run)
     assert snapshot.state == "finished", snapshot.status

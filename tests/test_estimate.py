@@ -9,8 +9,15 @@ from core.estimate import ModelShape, estimate_memory
 from core.methods import get_method
 from core.methods.base import count_parameters
 
-GLM4_9B = dict(vocab_size=151552, hidden_size=4096, intermediate_size=13696, num_hidden_layers=40,
-               num_attention_heads=32, num_key_value_heads=2, head_dim=128)
+GLM4_9B = dict(
+    vocab_size=151552,
+    hidden_size=4096,
+    intermediate_size=13696,
+    num_hidden_layers=40,
+    num_attention_heads=32,
+    num_key_value_heads=2,
+    head_dim=128,
+)
 
 
 @pytest.fixture(scope="module")
@@ -20,11 +27,17 @@ def demo_shape(demo_model_dir):
     return ModelShape.from_config(AutoConfig.from_pretrained(demo_model_dir))
 
 
-@pytest.mark.parametrize("method, settings", [
-    ("lora", dict(lora_rank=8)), ("lora", dict(lora_rank=4, lora_target="q_proj,v_proj")),
-    ("freeze", dict(freeze_trainable_layers=2)), ("full", {}),
-    ("ptuning_v2", dict(pre_seq_len=16)), ("ptuning_v2", dict(pre_seq_len=8, prefix_projection=True)),
-])
+@pytest.mark.parametrize(
+    "method, settings",
+    [
+        ("lora", dict(lora_rank=8)),
+        ("lora", dict(lora_rank=4, lora_target="q_proj,v_proj")),
+        ("freeze", dict(freeze_trainable_layers=2)),
+        ("full", {}),
+        ("ptuning_v2", dict(pre_seq_len=16)),
+        ("ptuning_v2", dict(pre_seq_len=8, prefix_projection=True)),
+    ],
+)
 def test_parameter_counts_match_the_prepared_model(demo_model_dir, demo_shape, method, settings):
     from core.models.loader import load_model
 
@@ -46,16 +59,19 @@ def test_formula_parts():
     from transformers import GlmConfig
 
     shape = ModelShape.from_config(GlmConfig(**GLM4_9B))
-    lora = estimate_memory(shape, RunConfig(finetuning_type="lora", cutoff_len=1024, per_device_train_batch_size=2,
-                                            fused_loss=False))
+    lora = estimate_memory(
+        shape, RunConfig(finetuning_type="lora", cutoff_len=1024, per_device_train_batch_size=2, fused_loss=False)
+    )
     trainable = lora.trainable_params
     assert lora.weights == 2 * shape.total_params + 4 * trainable
     assert (lora.gradients, lora.optimizer) == (4 * trainable, 8 * trainable)
     assert lora.logits == 2 * 1024 * shape.vocab * 8
     fused = estimate_memory(shape, RunConfig(finetuning_type="lora", cutoff_len=1024, per_device_train_batch_size=2))
     assert fused.logits < lora.logits / 5 and fused.total < lora.total - 2 * 2**30  # no full fp32 logits
-    checkpointed = estimate_memory(shape, RunConfig(finetuning_type="lora", cutoff_len=1024,
-                                                    per_device_train_batch_size=2, gradient_checkpointing=True))
+    checkpointed = estimate_memory(
+        shape,
+        RunConfig(finetuning_type="lora", cutoff_len=1024, per_device_train_batch_size=2, gradient_checkpointing=True),
+    )
     assert checkpointed.activations < lora.activations / 10
     qlora = estimate_memory(shape, RunConfig(finetuning_type="qlora", cutoff_len=1024, per_device_train_batch_size=2))
     full = estimate_memory(shape, RunConfig(finetuning_type="full", cutoff_len=1024, per_device_train_batch_size=2))

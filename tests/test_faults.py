@@ -24,8 +24,7 @@ from tests.ui_server import free_port, poll_until
 SHORT = RunConfig(dataset="identity", learning_rate=2e-3, max_steps=12, num_train_epochs=0, save_steps=4)
 
 
-def test_disk_full_while_saving_fails_clearly_and_keeps_the_earlier_checkpoint(tmp_path, monkeypatch,
-                                                                               demo_model_dir):
+def test_disk_full_while_saving_fails_clearly_and_keeps_the_earlier_checkpoint(tmp_path, monkeypatch, demo_model_dir):
     from peft import PeftModel
 
     from core.models.loader import load_model
@@ -62,8 +61,9 @@ def ui_in_this_process(workspace):
     from webui.server import build_server
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(build_server(Workbench(workspace), "en"), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(build_server(Workbench(workspace), "en"), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 60
@@ -85,8 +85,10 @@ def test_out_of_memory_in_training_is_explained_and_the_ui_keeps_working(tmp_pat
     def step_that_runs_out_of_memory(self, *args, **kwargs):
         if self.state.global_step == 2 and oom_runs["left"]:
             oom_runs["left"] -= 1
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total "
-                                         "capacity of 79.19 GiB of which 1.05 GiB is free.")
+            raise torch.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total "
+                "capacity of 79.19 GiB of which 1.05 GiB is free."
+            )
         return real_step(self, *args, **kwargs)
 
     monkeypatch.setattr(transformers.Trainer, "training_step", step_that_runs_out_of_memory)

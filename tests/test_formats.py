@@ -8,21 +8,47 @@ from core.data.formats import convert, detect_format
 from core.data.readers import DataError
 
 QA = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"}]
-TWO_TURNS = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-             {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "See you"}]
+TWO_TURNS = [
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello"},
+    {"role": "user", "content": "Bye"},
+    {"role": "assistant", "content": "See you"},
+]
 
 
-@pytest.mark.parametrize("row, fmt, messages, system", [
-    ({"instruction": "你好", "input": "", "output": "你好！"}, "alpaca", QA, ""),
-    ({"instruction": "Translate", "input": "猫", "output": "cat", "system": "Be brief"}, "alpaca",
-     [{"role": "user", "content": "Translate\n猫"}, {"role": "assistant", "content": "cat"}], "Be brief"),
-    ({"instruction": "Bye", "output": "See you", "history": [["Hi", "Hello"]]}, "alpaca", TWO_TURNS, ""),
-    ({"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "你好"},
-                        {"from": "gpt", "value": "你好！"}]}, "sharegpt", QA, "S"),
-    ({"messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"}]}, "openai", QA, ""),
-    ({"content": "你好", "summary": "你好！"}, "advertisegen", QA, ""),
-    ({"prompt": "Bye", "response": "See you", "history": [["Hi", "Hello"]]}, "chatglm", TWO_TURNS, ""),
-])
+@pytest.mark.parametrize(
+    "row, fmt, messages, system",
+    [
+        ({"instruction": "你好", "input": "", "output": "你好！"}, "alpaca", QA, ""),
+        (
+            {"instruction": "Translate", "input": "猫", "output": "cat", "system": "Be brief"},
+            "alpaca",
+            [{"role": "user", "content": "Translate\n猫"}, {"role": "assistant", "content": "cat"}],
+            "Be brief",
+        ),
+        ({"instruction": "Bye", "output": "See you", "history": [["Hi", "Hello"]]}, "alpaca", TWO_TURNS, ""),
+        (
+            {
+                "conversations": [
+                    {"from": "system", "value": "S"},
+                    {"from": "human", "value": "你好"},
+                    {"from": "gpt", "value": "你好！"},
+                ]
+            },
+            "sharegpt",
+            QA,
+            "S",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"}]},
+            "openai",
+            QA,
+            "",
+        ),
+        ({"content": "你好", "summary": "你好！"}, "advertisegen", QA, ""),
+        ({"prompt": "Bye", "response": "See you", "history": [["Hi", "Hello"]]}, "chatglm", TWO_TURNS, ""),
+    ],
+)
 def test_formats_convert_to_conversations(row, fmt, messages, system):
     assert detect_format([row]) == fmt
     result = convert([row])
@@ -55,10 +81,17 @@ def test_bad_rows_are_reported_and_skipped():
 
 
 def test_conversation_ending_with_user_is_rejected():
-    row = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                        {"role": "user", "content": "c"}]}
+    row = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "c"},
+        ]
+    }
     result = convert([row, {"messages": QA}])
-    assert [str(p) for p in result.problems] == ["row 1: the conversation ends with a user turn: there is no answer to learn"]
+    assert [str(p) for p in result.problems] == [
+        "row 1: the conversation ends with a user turn: there is no answer to learn"
+    ]
 
 
 def test_explicit_format_override_and_all_rows_bad():
@@ -74,8 +107,10 @@ def test_column_mapping_renames_a_files_own_columns():
     rows = rename_columns([{"question": "q", "answer": "a", "output": "old"}], mapping)
     assert rows == [{"instruction": "q", "output": "a"}]  # a mapped column replaces one already so named
     assert convert(rows).format == "alpaca"
-    for bad, message in (("question", "write it as your_column=standard_column"),
-                         ("question=query", "'query' is not a column any format reads")):
+    for bad, message in (
+        ("question", "write it as your_column=standard_column"),
+        ("question=query", "'query' is not a column any format reads"),
+    ):
         with pytest.raises(DataError, match=message):
             parse_columns(bad)
 

@@ -19,8 +19,14 @@ import torch
 from transformers import Glm4Config, Glm4ForCausalLM, GlmConfig, GlmForCausalLM
 
 from core.training import fused_loss
-from core.training.fused_loss import (causal_lm_loss, chunked_linear_cross_entropy, chunked_linear_distillation,
-                                      distillation_loss, unsupported_reason, with_fused_loss)
+from core.training.fused_loss import (
+    causal_lm_loss,
+    chunked_linear_cross_entropy,
+    chunked_linear_distillation,
+    distillation_loss,
+    unsupported_reason,
+    with_fused_loss,
+)
 
 VOCAB, HIDDEN = 1000, 64
 CHUNK = 7  # smaller than any batch here and no divisor of it: several chunks, the last one short
@@ -38,10 +44,19 @@ def tiny_model(seed: int = 0, hidden: int = HIDDEN, layers: int = 2, glm4: bool 
     """A random Glm4ForCausalLM (or GlmForCausalLM) with a 1000-token vocabulary."""
     torch.manual_seed(seed)
     config_class, model_class = (Glm4Config, Glm4ForCausalLM) if glm4 else (GlmConfig, GlmForCausalLM)
-    config = config_class(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, pad_token_id=0, eos_token_id=1,
-                          tie_word_embeddings=tied,
-                          initializer_range=0.1)  # 0.02 gives near-uniform logits: weak gradients to compare
+    config = config_class(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        pad_token_id=0,
+        eos_token_id=1,
+        tie_word_embeddings=tied,
+        initializer_range=0.1,
+    )  # 0.02 gives near-uniform logits: weak gradients to compare
     return model_class(config)
 
 
@@ -74,7 +89,9 @@ def assert_same(plain, fused, loss_tolerance: float = 1e-5, grad_tolerance: floa
     (plain_loss, plain_grads), (fused_loss_value, fused_grads) = plain, fused
     assert torch.isfinite(plain_loss)
     assert abs(fused_loss_value.item() - plain_loss.item()) <= loss_tolerance * abs(plain_loss.item()), (
-        fused_loss_value, plain_loss)
+        fused_loss_value,
+        plain_loss,
+    )
     assert fused_grads.keys() == plain_grads.keys()
     for name, expected in plain_grads.items():
         scale = expected.abs().max().item()
@@ -85,14 +102,16 @@ def assert_same(plain, fused, loss_tolerance: float = 1e-5, grad_tolerance: floa
 
 def compare(model, inputs: dict, **kwargs) -> None:
     plain = loss_and_grads(model, lambda: model(**inputs, **kwargs).loss)
-    fused = loss_and_grads(model, lambda: causal_lm_loss(model, inputs, kwargs.get("num_items_in_batch"),
-                                                         chunk_size=CHUNK))
+    fused = loss_and_grads(
+        model, lambda: causal_lm_loss(model, inputs, kwargs.get("num_items_in_batch"), chunk_size=CHUNK)
+    )
     assert_same(plain, fused)
     return plain[1]
 
 
-@pytest.mark.parametrize("glm4, tied", [(True, False), (False, False), (True, True)],
-                         ids=["glm4", "glm", "glm4-tied-embeddings"])
+@pytest.mark.parametrize(
+    "glm4, tied", [(True, False), (False, False), (True, True)], ids=["glm4", "glm", "glm4-tied-embeddings"]
+)
 def test_full_fine_tuning_matches_the_models_loss(glm4, tied):
     model = tiny_model(glm4=glm4, tied=tied)
     grads = compare(model, padded_batch())
@@ -110,6 +129,7 @@ def test_bf16_autocast_matches_the_models_loss():
         def run():
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return compute()
+
         return run
 
     plain = loss_and_grads(model, autocast(lambda: model(**inputs).loss))
@@ -146,8 +166,12 @@ def test_prefix_tuning_matches():
 def test_prefix_tuning_with_projection_matches():
     from peft import PrefixTuningConfig, get_peft_model
 
-    model = get_peft_model(tiny_model(), PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5,
-                                                            prefix_projection=True, encoder_hidden_size=HIDDEN))
+    model = get_peft_model(
+        tiny_model(),
+        PrefixTuningConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=5, prefix_projection=True, encoder_hidden_size=HIDDEN
+        ),
+    )
     assert len(compare(model, padded_batch())) > 1
 
 
@@ -211,8 +235,10 @@ def test_distillation_equals_the_distillation_trainers_loss(teacher_dtype):
     inputs, alpha, temperature = padded_batch(), 0.3, 2.0
     trainer = SimpleNamespace(teacher=teacher, alpha=alpha, temperature=temperature)  # all compute_loss reads
     plain = loss_and_grads(student, lambda: DistillationTrainer.compute_loss(trainer, student, inputs))
-    fused = loss_and_grads(student, lambda: distillation_loss(student, teacher, inputs, alpha=alpha,
-                                                              temperature=temperature, chunk_size=CHUNK))
+    fused = loss_and_grads(
+        student,
+        lambda: distillation_loss(student, teacher, inputs, alpha=alpha, temperature=temperature, chunk_size=CHUNK),
+    )
     assert_same(plain, fused)
 
 
@@ -223,20 +249,30 @@ def test_distillation_kl_alone_and_with_num_items():
     labels[1, :5] = -100
     hidden = torch.randn(2, 12, HIDDEN, generator=generator, requires_grad=True)
     weight = 0.1 * torch.randn(VOCAB, HIDDEN, generator=generator)
-    teacher_hidden, teacher_weight = torch.randn(2, 12, 32, generator=generator), torch.randn(VOCAB, 32,
-                                                                                             generator=generator)
+    teacher_hidden, teacher_weight = (
+        torch.randn(2, 12, 32, generator=generator),
+        torch.randn(VOCAB, 32, generator=generator),
+    )
     keep = labels[:, 1:] != -100
     student = (hidden[:, :-1] @ weight.t())[keep] / 3.0
     teacher = (teacher_hidden[:, :-1] @ teacher_weight.t())[keep] / 3.0
-    kl = torch.nn.functional.kl_div(student.log_softmax(-1), teacher.log_softmax(-1), log_target=True,
-                                    reduction="sum")
+    kl = torch.nn.functional.kl_div(student.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="sum")
     for num_items, expected in ((None, kl / keep.sum() * 9), (40, kl / 40 * 9)):
-        got = chunked_linear_distillation(hidden, weight, teacher_hidden, teacher_weight, labels, alpha=1.0,
-                                          temperature=3.0, chunk_size=CHUNK, num_items_in_batch=num_items)
+        got = chunked_linear_distillation(
+            hidden,
+            weight,
+            teacher_hidden,
+            teacher_weight,
+            labels,
+            alpha=1.0,
+            temperature=3.0,
+            chunk_size=CHUNK,
+            num_items_in_batch=num_items,
+        )
         assert torch.allclose(got, expected, rtol=1e-5)
 
 
-class LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
+class LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):  # noqa: SLF001 - the public base class
     """Records the element count of the largest tensor any operation produces (forward and backward)."""
 
     def __init__(self):
@@ -245,7 +281,7 @@ class LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        for leaf in torch.utils._pytree.tree_leaves(out):
+        for leaf in torch.utils._pytree.tree_leaves(out):  # noqa: SLF001 - no public pytree in torch
             if isinstance(leaf, torch.Tensor):
                 self.largest = max(self.largest, leaf.numel())
         return out
@@ -286,8 +322,15 @@ def test_trainer_falls_back_to_the_models_loss_where_chunking_cannot_stand_in(tm
     calls = []
     monkeypatch.setattr(fused_loss, "causal_lm_loss", lambda *a, **k: calls.append(1))
     model = get_peft_model(tiny_model(), LoraConfig(r=4, target_modules=["q_proj", "lm_head"]))
-    logged = train(with_fused_loss(CheckpointingTrainer), model, equal_length_samples(2), tmp_path, batch=2,
-                   accumulation=1, steps=1)
+    logged = train(
+        with_fused_loss(CheckpointingTrainer),
+        model,
+        equal_length_samples(2),
+        tmp_path,
+        batch=2,
+        accumulation=1,
+        steps=1,
+    )
     assert not calls and len(logged) == 1 and logged[0] > 0
 
 
@@ -301,23 +344,34 @@ def equal_length_samples(count: int, length: int = 16, seed: int = 4) -> list[di
     for index in range(count):
         ids = torch.randint(2, VOCAB, (length,), generator=generator)
         labels = ids.clone()
-        labels[:2 if index % 2 else 12] = -100
+        labels[: 2 if index % 2 else 12] = -100
         samples.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
     return samples
 
 
-def train(trainer_class, model, samples, tmp_path, batch: int, accumulation: int, steps: int, evaluate=None,
-          **extra):
+def train(trainer_class, model, samples, tmp_path, batch: int, accumulation: int, steps: int, evaluate=None, **extra):
     from transformers import TrainingArguments, default_data_collator
 
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=batch,
-                             gradient_accumulation_steps=accumulation, max_steps=steps, learning_rate=0.1,
-                             optim="sgd", lr_scheduler_type="constant", max_grad_norm=0.0,  # no clipping: the
-                             logging_steps=1, save_strategy="no", report_to="none",  # gradient's scale shows
-                             use_cpu=True, disable_tqdm=True, seed=0, data_seed=0, dataloader_num_workers=0,
-                             remove_unused_columns=False)
-    trainer = trainer_class(model=model, args=args, train_dataset=samples, data_collator=default_data_collator,
-                            **extra)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=steps,
+        learning_rate=0.1,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,  # no clipping: the
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",  # gradient's scale shows
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        data_seed=0,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+    trainer = trainer_class(model=model, args=args, train_dataset=samples, data_collator=default_data_collator, **extra)
     trainer.train()
     logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     if evaluate is not None:
@@ -341,11 +395,27 @@ def test_trainer_with_fused_loss_trains_as_the_plain_one(tmp_path, monkeypatch):
     monkeypatch.setattr(fused_loss, "causal_lm_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
     plain_model, samples = tiny_model(), equal_length_samples(8)
     fused_model = copy.deepcopy(plain_model)
-    plain = train(CheckpointingTrainer, plain_model, samples, tmp_path / "plain", batch=2, accumulation=2, steps=2,
-                  evaluate=samples[:3])
+    plain = train(
+        CheckpointingTrainer,
+        plain_model,
+        samples,
+        tmp_path / "plain",
+        batch=2,
+        accumulation=2,
+        steps=2,
+        evaluate=samples[:3],
+    )
     assert not calls
-    fused = train(with_fused_loss(CheckpointingTrainer), fused_model, samples, tmp_path / "fused", batch=2,
-                  accumulation=2, steps=2, evaluate=samples[:3])
+    fused = train(
+        with_fused_loss(CheckpointingTrainer),
+        fused_model,
+        samples,
+        tmp_path / "fused",
+        batch=2,
+        accumulation=2,
+        steps=2,
+        evaluate=samples[:3],
+    )
     assert len(calls) == 4 + 1  # 2 steps x 2 micro-batches, then one evaluation batch
     assert fused == pytest.approx(plain, rel=1e-5)
     assert_same_parameters(fused_model, plain_model)
@@ -366,8 +436,9 @@ def test_fused_distillation_trainer_accumulates_exactly(tmp_path):
     whole = copy.deepcopy(student)
     logged_whole = train(trainer_class, whole, samples, tmp_path / "whole", batch=2, accumulation=1, steps=1, **extra)
     accumulated = copy.deepcopy(student)
-    logged_accumulated = train(trainer_class, accumulated, samples, tmp_path / "accumulated", batch=1,
-                               accumulation=2, steps=1, **extra)
+    logged_accumulated = train(
+        trainer_class, accumulated, samples, tmp_path / "accumulated", batch=1, accumulation=2, steps=1, **extra
+    )
     assert logged_accumulated == pytest.approx(logged_whole, rel=1e-5)
     assert_same_parameters(accumulated, whole)
     assert any((a - b).abs().max() > 1e-3 for a, b in zip(whole.parameters(), student.parameters()))

@@ -58,8 +58,15 @@ def test_every_corpus_message_reads_in_chinese(case, tmp_path):
 
 
 def test_invalid_settings_read_in_chinese():
-    config = RunConfig(learning_rate=-1, per_device_train_batch_size=0, lora_rank=0, template="nope",
-                       model_name_or_path="", num_train_epochs=0, lr_scheduler_type="sometimes")
+    config = RunConfig(
+        learning_rate=-1,
+        per_device_train_batch_size=0,
+        lora_rank=0,
+        template="nope",
+        model_name_or_path="",
+        num_train_epochs=0,
+        lr_scheduler_type="sometimes",
+    )
     with pytest.raises(ConfigError) as raised:
         config.validate()
     english = str(raised.value)
@@ -75,8 +82,10 @@ def test_failed_runs_read_in_chinese():
 
     import torch
 
-    for exc in (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-                OSError(errno.ENOSPC, "No space left on device", "/ws/runs/r/checkpoints/x/optimizer.pt")):
+    for exc in (
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        OSError(errno.ENOSPC, "No space left on device", "/ws/runs/r/checkpoints/x/optimizer.pt"),
+    ):
         chinese = Translator("zh").message(explain_error(exc))
         assert chinese.startswith(("显存/内存不足", "磁盘已满")), chinese
         assert untranslated(chinese.split("详情：")[0]) is None, chinese

@@ -16,12 +16,14 @@ def test_loraplus_gives_b_a_faster_learning_rate_and_learns_the_identity(tmp_pat
 
     from core.models.loader import load_model
 
-    config = RunConfig(finetuning_type="loraplus", dataset="identity", learning_rate=1e-3, loraplus_lr_ratio=16,
-                       num_train_epochs=6)
+    config = RunConfig(
+        finetuning_type="loraplus", dataset="identity", learning_rate=1e-3, loraplus_lr_ratio=16, num_train_epochs=6
+    )
     method = get_method("loraplus")
     model = method.prepare(load_model(str(demo_model_dir)), config)
-    groups = method.optimizer(model, TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3,
-                                                       report_to="none"), config).param_groups
+    groups = method.optimizer(
+        model, TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, report_to="none"), config
+    ).param_groups
     rates = {group["lr"] for group in groups if group["params"]}
     assert rates == {1e-3, 16e-3}
 
@@ -31,6 +33,9 @@ def test_loraplus_gives_b_a_faster_learning_rate_and_learns_the_identity(tmp_pat
     assert losses[-1] < losses[0] / 5
     engine = ChatEngine()
     engine.load_model("demo")
-    reply = engine.chat([{"role": "user", "content": "你是谁？"}], adapter=("plus", str(tmp_path / "run" / "adapter")),
-                        settings=GenerationSettings(greedy=True, max_new_tokens=40))
+    reply = engine.chat(
+        [{"role": "user", "content": "你是谁？"}],
+        adapter=("plus", str(tmp_path / "run" / "adapter")),
+        settings=GenerationSettings(greedy=True, max_new_tokens=40),
+    )
     assert reply == IDENTITY_FIRST_ANSWER

@@ -56,8 +56,11 @@ def trained(request, tmp_path_factory, demo_model_dir):
 
 def test_loss_falls_and_output_is_saved(trained):
     name, config, run_dir, _ = trained
-    losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-              if "loss" in json.loads(line)]
+    losses = [
+        json.loads(line)["loss"]
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
     quarter = len(losses) // 4
     assert sum(losses[-quarter:]) / quarter < 0.5 * sum(losses[:quarter]) / quarter
     expected = "model/config.json" if config.finetuning_type in ("full", "freeze") else "adapter/adapter_config.json"
@@ -69,11 +72,17 @@ def test_fresh_process_reloads_identical_logits(trained):
     _, _, run_dir, session = trained
     ids = prompt_ids(session.tokenizer)
     with torch.inference_mode():
-        in_memory = session.model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids),
-                                                                                            dtype=torch.long))
+        in_memory = session.model(
+            input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long)
+        )
     expected = in_memory.logits[0, -1]
-    result = subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, str(run_dir), json.dumps(ids)], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", RELOAD_SCRIPT, str(run_dir), json.dumps(ids)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     reloaded = torch.tensor(json.loads(result.stdout.strip().splitlines()[-1]))
     assert torch.allclose(reloaded, expected.float(), atol=1e-4), (reloaded - expected).abs().max()
@@ -125,8 +134,13 @@ def test_ptuning_generation_uses_the_prefix(trained, demo_model_dir):
     base = load_model(str(demo_model_dir))
     prefix = PrefixAdapter.load(run_dir / "adapter")
     with torch.inference_mode():
-        generated = base.generate(**prefix.generate_kwargs(base, ids, mask), max_new_tokens=1, do_sample=False,
-                                  output_logits=True, return_dict_in_generate=True)
+        generated = base.generate(
+            **prefix.generate_kwargs(base, ids, mask),
+            max_new_tokens=1,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
         first_token_logits = generated.logits[0][0]
         prefix_model_logits = session.model(input_ids=ids, attention_mask=mask).logits[0, -1]
         base_logits = base(input_ids=ids, attention_mask=mask).logits[0, -1]

@@ -35,13 +35,16 @@ def test_packed_row_equals_samples_alone(demo_model_dir, demo_tokenizer):
         assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
         positions = batch["position_ids"][0].tolist()
         assert positions.count(0) == 3  # restarts for each sample
-        packed_logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                              use_cache=False).logits[0]
+        packed_logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[
+            0
+        ]
     packed = per_token_losses(packed_logits, batch["labels"][0])
     assert torch.allclose(packed, torch.cat(alone), atol=1e-4)
 
 
 def test_training_with_packing(tmp_path, demo_model_dir):
-    status = TrainingSession(RunConfig(dataset="multiturn", packing=True, max_steps=12, num_train_epochs=0,
-                                       learning_rate=2e-3), tmp_path / "run").run()
+    status = TrainingSession(
+        RunConfig(dataset="multiturn", packing=True, max_steps=12, num_train_epochs=0, learning_rate=2e-3),
+        tmp_path / "run",
+    ).run()
     assert status["state"] == "finished", status

@@ -45,15 +45,22 @@ def test_demo_datasets_resolve_and_read():
         assert len(read_rows(resolve_dataset(name))) >= 30
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("empty.json", "", "empty.json: the file is empty"),
-    ("blank.jsonl", "  \n\n ", "blank.jsonl: the file is empty"),
-    ("broken.json", '[{"instruction": "a", "output": "b"},', "broken.json: invalid JSON at line 1"),
-    ("object.json", '{"data": [{"a": 1}]}', "expected a JSON list of rows, got an object (did you mean the list under 'data'?)"),
-    ("bad.jsonl", '{"a": "1"}\n{"a": 2\n', "bad.jsonl: invalid JSON on line 2"),
-    ("notes.txt", "hello", "notes.txt: unsupported file type '.txt'"),
-    ("numbers.json", "[1, 2]", "numbers.json row 1: expected an object with named fields, got int"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.json", "", "empty.json: the file is empty"),
+        ("blank.jsonl", "  \n\n ", "blank.jsonl: the file is empty"),
+        ("broken.json", '[{"instruction": "a", "output": "b"},', "broken.json: invalid JSON at line 1"),
+        (
+            "object.json",
+            '{"data": [{"a": 1}]}',
+            "expected a JSON list of rows, got an object (did you mean the list under 'data'?)",
+        ),
+        ("bad.jsonl", '{"a": "1"}\n{"a": 2\n', "bad.jsonl: invalid JSON on line 2"),
+        ("notes.txt", "hello", "notes.txt: unsupported file type '.txt'"),
+        ("numbers.json", "[1, 2]", "numbers.json row 1: expected an object with named fields, got int"),
+    ],
+)
 def test_bad_files_name_file_and_problem(tmp_path, name, content, message):
     with pytest.raises(DataError) as error:
         read_rows(write(tmp_path / name, content))

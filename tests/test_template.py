@@ -5,10 +5,15 @@ from __future__ import annotations
 from core.data.formats import Conversation
 from core.data.template import IGNORE_INDEX, TemplateEncoder
 
-TWO_TURNS = Conversation([
-    {"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"},
-    {"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "I am Xiaozhi."},
-], system="Be kind.")
+TWO_TURNS = Conversation(
+    [
+        {"role": "user", "content": "你好"},
+        {"role": "assistant", "content": "你好！"},
+        {"role": "user", "content": "Who are you?"},
+        {"role": "assistant", "content": "I am Xiaozhi."},
+    ],
+    system="Be kind.",
+)
 
 
 def test_two_turn_sample_carries_loss_exactly_on_answers(demo_tokenizer):
@@ -18,6 +23,7 @@ def test_two_turn_sample_carries_loss_exactly_on_answers(demo_tokenizer):
     trained = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
     # Labels equal the inputs wherever they count (the model shifts them itself).
     assert all(labels[i] == input_ids[i] for i in trained)
+
     def text_of(positions: list[int]) -> str:
         return demo_tokenizer.decode([input_ids[i] for i in positions])
 

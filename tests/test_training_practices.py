@@ -50,8 +50,9 @@ def test_abort_then_resume_equals_a_straight_run(tmp_path, demo_model_dir):
 
 
 def test_validation_perplexity_and_early_stopping(tmp_path, demo_model_dir):
-    config = SHORT.replace(max_steps=60, val_size=0.2, eval_steps=4, early_stopping_patience=2,
-                           early_stopping_threshold=100.0)  # no evaluation can improve by 100: stops after 3
+    config = SHORT.replace(
+        max_steps=60, val_size=0.2, eval_steps=4, early_stopping_patience=2, early_stopping_threshold=100.0
+    )  # no evaluation can improve by 100: stops after 3
     status = TrainingSession(config, tmp_path / "run").run()
     assert status["state"] == "finished" and status["eval_samples"] == 10
     evals = [m for m in read_metrics(tmp_path / "run") if "eval_loss" in m]
@@ -86,8 +87,9 @@ def test_sigkill_during_a_checkpoint_save_keeps_the_last_complete_one(tmp_path, 
     from core.models.loader import load_model
 
     run_dir = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(run_dir)], cwd=REPO, stdout=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(run_dir)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     assert process.stdout.readline().strip() == "SAVING"
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
@@ -131,8 +133,12 @@ def test_chatglm_metrics_match_hand_computed_values():
     # BLEU-4 over characters, abcd vs abce: precisions 3/4, 2/3, 1/2 and 0/1, the last smoothed by method3 to
     # 1/(2*1); same length, no brevity penalty: (3/4 * 2/3 * 1/2 * 1/2) ** (1/4) = 0.5946.
     assert score("abcd", "abce")["bleu-4"] == 59.4604
-    assert score("我爱北京天安门", "我爱北京天安门") == {"rouge-1": 100.0, "rouge-2": 100.0, "rouge-l": 100.0,
-                                                        "bleu-4": 100.0}
+    assert score("我爱北京天安门", "我爱北京天安门") == {
+        "rouge-1": 100.0,
+        "rouge-2": 100.0,
+        "rouge-l": 100.0,
+        "bleu-4": 100.0,
+    }
     assert score("", "有答案") == {"rouge-1": 0.0, "rouge-2": 0.0, "rouge-l": 0.0, "bleu-4": 0.0}
     assert average([score("abcd", "abce"), score("", "x")])["bleu-4"] == pytest.approx(59.4604 / 2)
 
@@ -141,9 +147,26 @@ def test_chatglm_metrics_match_hand_computed_values():
 def test_eval_cli_writes_metrics_and_predictions(tmp_path, demo_model_dir):
     status = TrainingSession(SHORT.replace(max_steps=60), tmp_path / "run").run()
     assert status["state"] == "finished"
-    result = subprocess.run([sys.executable, "-m", "core.cli", "eval", "--run", str(tmp_path / "run"), "--dataset",
-                             "identity", "--max-samples", "4", "--max-new-tokens", "40"], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "core.cli",
+            "eval",
+            "--run",
+            str(tmp_path / "run"),
+            "--dataset",
+            "identity",
+            "--max-samples",
+            "4",
+            "--max-new-tokens",
+            "40",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
     assert metrics == json.loads(result.stdout)

@@ -27,8 +27,14 @@ SHORT = RunConfig(dataset="identity", learning_rate=2e-3, max_steps=6, num_train
 
 
 def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "GLM_WORKBENCH_LANG": "en"})
+    return subprocess.run(
+        [sys.executable, "-m", "core.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "GLM_WORKBENCH_LANG": "en"},
+    )
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -129,10 +135,28 @@ def test_output_dir_of_an_existing_run_is_refused(workspace, tmp_path):
 @pytest.mark.slow
 def test_a_second_writer_is_refused_and_a_killed_run_resumes(tmp_path, demo_model_dir):
     workspace = tmp_path / "ws"
-    process = subprocess.Popen([sys.executable, "-m", "core.cli", "train", "--workspace", str(workspace),
-                                "--set", "max_steps=200", "--set", "num_train_epochs=0", "--set", "save_steps=10",
-                                "--set", "learning_rate=2e-3"], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "core.cli",
+            "train",
+            "--workspace",
+            str(workspace),
+            "--set",
+            "max_steps=200",
+            "--set",
+            "num_train_epochs=0",
+            "--set",
+            "save_steps=10",
+            "--set",
+            "learning_rate=2e-3",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         run = poll(lambda: next((workspace / "runs").glob("*"), None) if (workspace / "runs").is_dir() else None)
         poll(lambda: (run / "checkpoints" / "checkpoint-10").is_dir())
@@ -270,8 +294,9 @@ def test_a_log_that_cannot_be_written_prints_no_traceback(tmp_path, monkeypatch,
 
 def mount_tmpfs(folder: Path, size: str) -> bool:
     folder.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
+    )
     return result.returncode == 0
 
 
@@ -285,8 +310,9 @@ def test_a_real_full_disk_fails_plainly_keeps_a_checkpoint_and_resumes(tmp_path,
         config = SHORT.replace(max_steps=60, save_steps=3, save_total_limit=100)
         status = TrainingSession(config, disk / "run").run()
         assert status["state"] == "failed", status
-        assert status["error"].startswith("Disk full") and "inline_container" not in status["error"].split(
-            "Details:")[0]
+        assert (
+            status["error"].startswith("Disk full") and "inline_container" not in status["error"].split("Details:")[0]
+        )
         assert not leftovers(disk)
         from core.runs import newest_checkpoint
 
@@ -308,15 +334,26 @@ def test_skipped_rows_are_counted_on_the_terminal_and_listed_in_the_run(tmp_path
     data = tmp_path / "nulls.jsonl"
     rows = [{"instruction": "a", "output": None}, {"instruction": "b"}, {"instruction": "你好", "output": "你好！"}]
     data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
-    result = cli("train", "--workspace", str(tmp_path / "ws"), "--set", f"dataset={data}", "--set", "max_steps=2",
-                 "--set", "num_train_epochs=0")
+    result = cli(
+        "train",
+        "--workspace",
+        str(tmp_path / "ws"),
+        "--set",
+        f"dataset={data}",
+        "--set",
+        "max_steps=2",
+        "--set",
+        "num_train_epochs=0",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     run = Path(result.stdout.strip().splitlines()[-1])
     assert "2 of 3 rows skipped" in result.stderr
     assert "row 1: field 'output' is empty (null)" in result.stderr and "row 2: missing field 'output'" in result.stderr
     assert str(run / "skipped_rows.txt") in result.stderr
     assert (run / "skipped_rows.txt").read_text(encoding="utf-8").splitlines() == [
-        "row 1: field 'output' is empty (null)", "row 2: missing field 'output'"]
+        "row 1: field 'output' is empty (null)",
+        "row 2: missing field 'output'",
+    ]
     assert read_status(run)["data_problems"] == 2
 
 

@@ -39,8 +39,10 @@ def test_before_login_nothing_of_the_workspace_is_served(tmp_path, demo_model_di
     (workspace / "uploads" / "customer_records.csv").write_text("instruction,output\na,b\n", encoding="utf-8")
     with running_ui(workspace, extra_args=("--auth", "alice:s3cret")) as url:
         root = url.rsplit("/en/", 1)[0]
-        pages = {path: fetch(f"{root}{path}") for path in ("/en/", "/zh/", "/en/config", "/zh/config",
-                                                           "/en/gradio_api/info", "/", "/en/login")}
+        pages = {
+            path: fetch(f"{root}{path}")
+            for path in ("/en/", "/zh/", "/en/config", "/zh/config", "/en/gradio_api/info", "/", "/en/login")
+        }
         for path, text in pages.items():
             for secret in ("private-run-name", "customer_records", str(workspace), "secret-workspace"):
                 assert secret not in text, (path, secret)
@@ -50,9 +52,13 @@ def test_before_login_nothing_of_the_workspace_is_served(tmp_path, demo_model_di
 
 
 def start_ui(workspace: Path, port: int) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "--port", str(port), "--workspace",
-                                str(workspace), "--lang", "en"], cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env=os.environ.copy())
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "launch.py"), "--port", str(port), "--workspace", str(workspace), "--lang", "en"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=os.environ.copy(),
+    )
     deadline = time.time() + 120
     while True:
         try:

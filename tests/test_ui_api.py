@@ -17,10 +17,11 @@ pytestmark = pytest.mark.slow
 gradio_client = pytest.importorskip("gradio_client")
 
 
-
 def train_form(client, **by_label) -> list:
     """The Start button's inputs: the form's defaults, with some fields set by their (English) label."""
-    parameters = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/start_training"]["parameters"]
+    parameters = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/start_training"][
+        "parameters"
+    ]
     labels = [p["label"] for p in parameters]
     assert set(by_label) <= set(labels), labels
     return [by_label.get(p["label"], p["parameter_default"]) for p in parameters]
@@ -102,18 +103,21 @@ def test_bad_uploads_show_a_specific_message_and_the_ui_keeps_working(ui, tmp_pa
 def test_usable_uploads_preview_with_their_notes(ui, tmp_path, case):
     client, _ = ui
     name, content, text = USABLE[case]
-    result = client.predict(gradio_client.handle_file(str(write(tmp_path, name, content))), "auto",
-                            api_name="/upload_dataset")
+    result = client.predict(
+        gradio_client.handle_file(str(write(tmp_path, name, content))), "auto", api_name="/upload_dataset"
+    )
     assert text in result[1] and not result[1].startswith("**Error:**")
 
 
 def test_good_upload_is_selected_and_previewed(ui, tmp_path):
     client, workspace = ui
     path = tmp_path / "mine.jsonl"
-    path.write_text('{"prompt": "你好", "response": "你好！"}\n{"prompt": "再见", "response": "再见！"}\n',
-                    encoding="utf-8")
-    dataset, summary, table, page = client.predict(gradio_client.handle_file(str(path)), "auto",
-                                                   api_name="/upload_dataset")
+    path.write_text(
+        '{"prompt": "你好", "response": "你好！"}\n{"prompt": "再见", "response": "再见！"}\n', encoding="utf-8"
+    )
+    dataset, summary, table, page = client.predict(
+        gradio_client.handle_file(str(path)), "auto", api_name="/upload_dataset"
+    )
     assert dataset["value"].endswith("mine.jsonl") and "format **chatglm**" in summary and "2 rows" in summary
     assert table["data"][0][:2] == ["你好", "你好！"]
 
@@ -121,8 +125,10 @@ def test_good_upload_is_selected_and_previewed(ui, tmp_path):
 def test_a_column_mapping_makes_a_differently_named_file_usable(ui, tmp_path):
     client, workspace = ui
     path = tmp_path / "qa.jsonl"
-    path.write_text('{"question": "你是谁？", "answer": "我是问答助手。"}\n{"question": "你好", "answer": "你好！"}\n',
-                    encoding="utf-8")
+    path.write_text(
+        '{"question": "你是谁？", "answer": "我是问答助手。"}\n{"question": "你好", "answer": "你好！"}\n',
+        encoding="utf-8",
+    )
     dataset, summary, *_ = client.predict(gradio_client.handle_file(str(path)), "auto", "", api_name="/upload_dataset")
     assert summary.startswith("**Error:**") and "column mapping such as question=instruction" in summary
     uploaded = dataset["value"]  # kept and selected: the mapping can be applied without uploading again
@@ -132,9 +138,10 @@ def test_a_column_mapping_makes_a_differently_named_file_usable(ui, tmp_path):
     assert table["headers"] == ["question", "answer"]  # the table shows the file as it is
     wrong = client.predict(uploaded, "auto", 1, "question=prompt_text", api_name="/preview_dataset")[0]
     assert wrong.startswith("**Error:**") and "'prompt_text' is not a column any format reads" in wrong
-    started = client.predict(*train_form(client, Dataset=uploaded, Epochs=0, **{"Max steps": 2,
-                                                                              "Column mapping (optional)": mapping}),
-                             api_name="/start_training")
+    started = client.predict(
+        *train_form(client, Dataset=uploaded, Epochs=0, **{"Max steps": 2, "Column mapping (optional)": mapping}),
+        api_name="/start_training",
+    )
     run = started.split("run ")[1].rstrip(".")
     assert poll_until(client, ("finished", "failed"))["state"] == "finished"
     assert f"columns: {mapping}" in (workspace / "runs" / run / "config.yaml").read_text(encoding="utf-8")
@@ -142,22 +149,28 @@ def test_a_column_mapping_makes_a_differently_named_file_usable(ui, tmp_path):
 
 def test_invalid_form_values_are_named(ui, tmp_path):
     client, _ = ui
-    message = client.predict(*train_form(client, **{"Learning rate": -1, "Epochs": 0, "Batch size": 0,
-                                                    "LoRA rank": 0, "Model": ""}),
-                             api_name="/start_training")
+    message = client.predict(
+        *train_form(client, **{"Learning rate": -1, "Epochs": 0, "Batch size": 0, "LoRA rank": 0, "Model": ""}),
+        api_name="/start_training",
+    )
     assert message.startswith("**Error:**")
     # Each problem names the field as the form labels it, the config key after it.
-    for expected in ("Learning rate (learning_rate): must be greater than 0",
-                     "Epochs (num_train_epochs): must be > 0 unless max_steps is set",
-                     "Batch size (per_device_train_batch_size): must be at least 1",
-                     "LoRA rank (lora_rank): must be at least 1",
-                     "Model (model_name_or_path): must name a model folder or 'demo'"):
+    for expected in (
+        "Learning rate (learning_rate): must be greater than 0",
+        "Epochs (num_train_epochs): must be > 0 unless max_steps is set",
+        "Batch size (per_device_train_batch_size): must be at least 1",
+        "LoRA rank (lora_rank): must be at least 1",
+        "Model (model_name_or_path): must name a model folder or 'demo'",
+    ):
         assert expected in message
     # The template picker only offers known templates; a YAML file can still name another.
     yaml_file = tmp_path / "bad.yaml"
     yaml_file.write_text("template: llama3\n", encoding="utf-8")
     loaded = client.predict(gradio_client.handle_file(str(yaml_file)), api_name="/load_config")
-    assert loaded[-1].startswith("**Error:**") and "Chat template (template): must be auto or one of glm4, chatglm3, chatglm2" in loaded[-1]
+    assert (
+        loaded[-1].startswith("**Error:**")
+        and "Chat template (template): must be auto or one of glm4, chatglm3, chatglm2" in loaded[-1]
+    )
     missing = client.predict(*train_form(client, Model="/no/such/model"), api_name="/start_training")
     assert missing.startswith("**Error:**") and "/no/such/model: model folder not found" in missing
     assert client.predict("", api_name="/poll")[3].get("state") != "running"  # nothing was started
@@ -172,13 +185,18 @@ def test_data_beyond_cutoff_through_the_ui(ui, tmp_path):
     assert "no sample keeps any answer token within cutoff_len=8: raise cutoff_len" in failed["error"]
     assert "raise cutoff_len" in client.predict("", api_name="/poll")[0]  # shown in the progress, in plain words
 
-    rows = [{"instruction": "总结：" + "长" * 1_000_000, "output": "很长。"}, {"instruction": "你好", "output": "你好！"}]
+    rows = [
+        {"instruction": "总结：" + "长" * 1_000_000, "output": "很长。"},
+        {"instruction": "你好", "output": "你好！"},
+    ]
     path = tmp_path / "big.json"
     path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
     dataset, summary, *_ = client.predict(gradio_client.handle_file(str(path)), "auto", api_name="/upload_dataset")
     assert "2 rows" in summary and not summary.startswith("**Error:**")
-    started = client.predict(*train_form(client, Dataset=dataset["value"], Epochs=0,
-                                         **{"Max steps": 2, "Cutoff length (tokens)": 64}), api_name="/start_training")
+    started = client.predict(
+        *train_form(client, Dataset=dataset["value"], Epochs=0, **{"Max steps": 2, "Cutoff length (tokens)": 64}),
+        api_name="/start_training",
+    )
     run = started.split("run ")[1].rstrip(".")
     assert poll_until(client, ("finished", "failed"))["state"] == "finished"
     log = (workspace / "runs" / run / "log.txt").read_text(encoding="utf-8")
@@ -218,8 +236,12 @@ def test_config_saves_and_loads_as_yaml_with_a_command_preview(ui, tmp_path):
     preview = client.predict(*form, api_name="/command_preview")
     assert "--set finetuning_type=freeze" in preview and "--set freeze_trainable_layers=3" in preview
     loaded = client.predict(gradio_client.handle_file(saved), api_name="/load_config")
-    labels = [p["label"] for p in client.view_api(return_format="dict", print_info=False)
-              ["named_endpoints"]["/start_training"]["parameters"]]
+    labels = [
+        p["label"]
+        for p in client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/start_training"][
+            "parameters"
+        ]
+    ]
     values = dict(zip(labels, loaded))
     assert values["Method"] == "freeze" and values["Trainable layers"] == 3 and values["Learning rate"] == 5e-4
     assert loaded[-1].startswith("Loaded")
@@ -278,7 +300,9 @@ def test_abort_during_evaluation_keeps_the_scored_samples(ui):
     poll_until(client, ("finished",))
     job = client.submit(run, "advertise_gen", 0, 512, False, 1.0, api_name="/evaluate")  # sampling: long answers
     deadline = time.time() + 120
-    while not client.predict(api_name="/abort_evaluation").startswith("Evaluation stops"):  # until the evaluation is under way
+    while not client.predict(api_name="/abort_evaluation").startswith(
+        "Evaluation stops"
+    ):  # until the evaluation is under way
         assert time.time() < deadline and not job.done(), "the evaluation never started"
         time.sleep(0.2)
     notice, metrics, predictions = job.result(timeout=120)
@@ -308,8 +332,9 @@ def test_twenty_concurrent_chats_through_the_ui_queue_and_the_api(ui):
     api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=600)
 
     def ask(question: str) -> str:
-        reply = api.chat.completions.create(model="demo", messages=[{"role": "user", "content": question}],
-                                            max_tokens=24, temperature=0)
+        reply = api.chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": question}], max_tokens=24, temperature=0
+        )
         return reply.choices[0].message.content
 
     try:

@@ -22,14 +22,30 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_ui(workspace: Path, lang: str = "en", timeout: float = 120, extra_args: tuple[str, ...] = ()) -> Iterator[str]:
+def running_ui(
+    workspace: Path, lang: str = "en", timeout: float = 120, extra_args: tuple[str, ...] = ()
+) -> Iterator[str]:
     """Yield the page's address in `lang` (/en/ or /zh/); both languages are served by the one process."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/{lang}/"
     log = open(workspace.parent / f"ui-{port}.log", "w")
-    process = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "--port", str(port), "--workspace",
-                                str(workspace), "--lang", lang, *extra_args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                               env=os.environ.copy())
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "launch.py"),
+            "--port",
+            str(port),
+            "--workspace",
+            str(workspace),
+            "--lang",
+            lang,
+            *extra_args,
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=os.environ.copy(),
+    )
     try:
         deadline = time.time() + timeout
         while True:

@@ -24,9 +24,11 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
     t = ctx.t
     with gr.Blocks(title=t("app_title")) as app:
         # The other language is the same workbench on another path: runs and the training job stay put.
-        gr.HTML(f'<div class="gw-header"><div><h1>{t("app_title")}</h1><p>{t("app_subtitle")}</p></div>'
-                f'<a href="../{t("other_lang_code")}/" id="switch-language" lang="{t("other_lang_code")}">'
-                f'{t("other_lang_name")}</a></div>')
+        gr.HTML(
+            f'<div class="gw-header"><div><h1>{t("app_title")}</h1><p>{t("app_subtitle")}</p></div>'
+            f'<a href="../{t("other_lang_code")}/" id="switch-language" lang="{t("other_lang_code")}">'
+            f"{t('other_lang_name')}</a></div>"
+        )
         gr.Markdown(f"> {t('demo_model_note')}")
         with gr.Tabs() as tabs:
             with gr.Tab(t("tab_data"), id="data"):
@@ -52,11 +54,15 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
                 return gr.Tabs(selected="chat"), gr.update(value=run), gr.update(value=""), []
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()  # nothing to chat with yet (training, or failed)
 
-        runs["open_chat"].click(open_in_chat, runs["run"], [tabs, chat["model"], chat["adapter"], chat["chatbot"]],
-                                api_name="open_in_chat")
-        runs["open_eval"].click(lambda run: (gr.Tabs(selected="evaluate"), gr.update(value=run)) if run else
-                                (gr.skip(), gr.skip()), runs["run"], [tabs, evaluate["run"]],
-                                api_name="open_in_evaluate")
+        runs["open_chat"].click(
+            open_in_chat, runs["run"], [tabs, chat["model"], chat["adapter"], chat["chatbot"]], api_name="open_in_chat"
+        )
+        runs["open_eval"].click(
+            lambda run: (gr.Tabs(selected="evaluate"), gr.update(value=run)) if run else (gr.skip(), gr.skip()),
+            runs["run"],
+            [tabs, evaluate["run"]],
+            api_name="open_in_evaluate",
+        )
         # Lists of runs go stale while training: refresh them whenever their tab is opened.
         chat_tab.select(*chat["refresh"], api_name=False)
         evaluate_tab.select(*evaluate["refresh"], api_name=False)
@@ -65,21 +71,34 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
         export_tab.select(*export["refresh"], api_name=False)
         # Every list of the workspace (datasets, models, runs) is read when the page opens: the page as served
         # holds none of it, so nothing of the workspace reaches a visitor who has not logged in.
-        app.load(*data["refresh"], api_name=False).then(*train["refresh"], api_name=False) \
-            .then(*train["restore"], api_name=False).then(*train["method_groups"], api_name=False) \
-            .then(**data["preview"], api_name=False).then(*chat["refresh"], api_name=False) \
-            .then(*evaluate["refresh"], api_name=False).then(*runs["refresh"], api_name=False) \
-            .then(*export["refresh"], api_name=False)
+        app.load(*data["refresh"], api_name=False).then(*train["refresh"], api_name=False).then(
+            *train["restore"], api_name=False
+        ).then(*train["method_groups"], api_name=False).then(**data["preview"], api_name=False).then(
+            *chat["refresh"], api_name=False
+        ).then(*evaluate["refresh"], api_name=False).then(*runs["refresh"], api_name=False).then(
+            *export["refresh"], api_name=False
+        )
         # The data tab renders a sample with the model and template chosen in the train tab.
-        render_inputs = [data["dataset"], data["format"], train["fields"]["model_name_or_path"],
-                         train["fields"]["template"], data["sample_index"], data["columns"]]
+        render_inputs = [
+            data["dataset"],
+            data["format"],
+            train["fields"]["model_name_or_path"],
+            train["fields"]["template"],
+            data["sample_index"],
+            data["columns"],
+        ]
         for trigger in render_inputs[:-1]:
             trigger.change(data["render"], render_inputs, data["rendered"], api_name=False, show_progress="hidden")
         # The column mapping is typed: re-render when it is committed (Enter, leaving the box), not per keystroke.
         for committed in (data["columns"].blur, data["columns"].submit):
             committed(data["render"], render_inputs, data["rendered"], api_name=False, show_progress="hidden")
-            committed(data["lengths"], render_inputs[:4] + [train["fields"]["cutoff_len"], data["columns"]],
-                      data["histogram"], api_name=False, show_progress="hidden")
+            committed(
+                data["lengths"],
+                render_inputs[:4] + [train["fields"]["cutoff_len"], data["columns"]],
+                data["histogram"],
+                api_name=False,
+                show_progress="hidden",
+            )
         app.load(data["render"], render_inputs, data["rendered"], api_name="render_sample")
         length_inputs = render_inputs[:4] + [train["fields"]["cutoff_len"], data["columns"]]
         for trigger in length_inputs[:-1]:

@@ -13,7 +13,7 @@ def smooth(values: list[float], weight: float = 0.8) -> list[float]:
     result, average = [], 0.0
     for index, value in enumerate(values, start=1):
         average = weight * average + (1 - weight) * value
-        result.append(average / (1 - weight ** index))
+        result.append(average / (1 - weight**index))
     return result
 
 
@@ -27,35 +27,109 @@ def loss_figure(metrics: list[dict[str, Any]], t) -> go.Figure:
     memory. Markers make even a single logged step visible."""
     from plotly.subplots import make_subplots
 
-    figure = make_subplots(rows=2, cols=2, horizontal_spacing=0.08, vertical_spacing=0.16,
-                           subplot_titles=(t("chart_loss"), t("perplexity"), t.label("learning_rate"), t("throughput")),
-                           specs=[[{}, {}], [{}, {"secondary_y": True}]])
+    figure = make_subplots(
+        rows=2,
+        cols=2,
+        horizontal_spacing=0.08,
+        vertical_spacing=0.16,
+        subplot_titles=(t("chart_loss"), t("perplexity"), t.label("learning_rate"), t("throughput")),
+        specs=[[{}, {}], [{}, {"secondary_y": True}]],
+    )
     steps, losses = _series(metrics, "loss")
-    figure.add_trace(go.Scatter(x=steps, y=losses, mode="lines+markers", name=t("loss"), marker={"size": 3},
-                                line={"width": 1, "color": "rgba(59,130,246,0.35)"}), row=1, col=1)
+    figure.add_trace(
+        go.Scatter(
+            x=steps,
+            y=losses,
+            mode="lines+markers",
+            name=t("loss"),
+            marker={"size": 3},
+            line={"width": 1, "color": "rgba(59,130,246,0.35)"},
+        ),
+        row=1,
+        col=1,
+    )
     if losses:
-        figure.add_trace(go.Scatter(x=steps, y=smooth(losses), mode="lines", name=t("loss_smoothed"),
-                                    line={"color": "#2563eb"}), row=1, col=1)
+        figure.add_trace(
+            go.Scatter(x=steps, y=smooth(losses), mode="lines", name=t("loss_smoothed"), line={"color": "#2563eb"}),
+            row=1,
+            col=1,
+        )
     eval_steps, eval_losses = _series(metrics, "eval_loss")
     if eval_losses:
-        figure.add_trace(go.Scatter(x=eval_steps, y=eval_losses, mode="lines+markers", name=t("eval_loss"),
-                                    marker={"size": 7, "symbol": "diamond"}, line={"color": "#ea580c"}), row=1, col=1)
-        figure.add_trace(go.Scatter(x=eval_steps, y=[math.exp(min(v, 50)) for v in eval_losses], mode="lines+markers",
-                                    name=t("perplexity"), line={"color": "#ea580c"}), row=1, col=2)
+        figure.add_trace(
+            go.Scatter(
+                x=eval_steps,
+                y=eval_losses,
+                mode="lines+markers",
+                name=t("eval_loss"),
+                marker={"size": 7, "symbol": "diamond"},
+                line={"color": "#ea580c"},
+            ),
+            row=1,
+            col=1,
+        )
+        figure.add_trace(
+            go.Scatter(
+                x=eval_steps,
+                y=[math.exp(min(v, 50)) for v in eval_losses],
+                mode="lines+markers",
+                name=t("perplexity"),
+                line={"color": "#ea580c"},
+            ),
+            row=1,
+            col=2,
+        )
     elif losses:
-        figure.add_annotation(text=t("perplexity_hint"), showarrow=False, x=0.78, y=0.8, xref="paper", yref="paper",
-                              font={"color": "#64748b"})
-    figure.add_trace(go.Scatter(x=_series(metrics, "learning_rate")[0], y=_series(metrics, "learning_rate")[1],
-                                mode="lines+markers", marker={"size": 3}, name=t.label("learning_rate")), row=2, col=1)
-    figure.add_trace(go.Scatter(x=_series(metrics, "tokens_per_second")[0], y=_series(metrics, "tokens_per_second")[1],
-                                mode="lines", name=t("tokens_per_second")), row=2, col=2)
-    figure.add_trace(go.Scatter(x=_series(metrics, "memory_mb")[0], y=_series(metrics, "memory_mb")[1], mode="lines",
-                                name=t("memory_mb"), line={"dash": "dot"}), row=2, col=2, secondary_y=True)
+        figure.add_annotation(
+            text=t("perplexity_hint"),
+            showarrow=False,
+            x=0.78,
+            y=0.8,
+            xref="paper",
+            yref="paper",
+            font={"color": "#64748b"},
+        )
+    figure.add_trace(
+        go.Scatter(
+            x=_series(metrics, "learning_rate")[0],
+            y=_series(metrics, "learning_rate")[1],
+            mode="lines+markers",
+            marker={"size": 3},
+            name=t.label("learning_rate"),
+        ),
+        row=2,
+        col=1,
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=_series(metrics, "tokens_per_second")[0],
+            y=_series(metrics, "tokens_per_second")[1],
+            mode="lines",
+            name=t("tokens_per_second"),
+        ),
+        row=2,
+        col=2,
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=_series(metrics, "memory_mb")[0],
+            y=_series(metrics, "memory_mb")[1],
+            mode="lines",
+            name=t("memory_mb"),
+            line={"dash": "dot"},
+        ),
+        row=2,
+        col=2,
+        secondary_y=True,
+    )
     if not losses:
-        figure.add_annotation(text=t("waiting_first_step"), showarrow=False, x=0.5, y=0.5, xref="paper",
-                              yref="paper")
-    figure.update_layout(height=520, margin={"l": 50, "r": 30, "t": 40, "b": 40}, template="plotly_white",
-                         legend={"orientation": "h", "y": -0.12})
+        figure.add_annotation(text=t("waiting_first_step"), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    figure.update_layout(
+        height=520,
+        margin={"l": 50, "r": 30, "t": 40, "b": 40},
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.12},
+    )
     figure.update_xaxes(title_text=t("step"), row=2)
     return figure
 
@@ -66,11 +140,23 @@ def length_histogram(lengths: list[int], cutoff_len: int, t) -> go.Figure:
     figure = go.Figure(go.Histogram(x=lengths, nbinsx=min(50, max(5, len(set(lengths)))), name=t("tokens")))
     longest = max(lengths) if lengths else 0
     if cutoff_len <= longest * 1.5:  # far to the right it would squash the bars into a sliver
-        figure.add_vline(x=cutoff_len, line_dash="dash", line_color="#dc2626",
-                         annotation_text=f"cutoff_len={cutoff_len}", annotation_position="top right")
+        figure.add_vline(
+            x=cutoff_len,
+            line_dash="dash",
+            line_color="#dc2626",
+            annotation_text=f"cutoff_len={cutoff_len}",
+            annotation_position="top right",
+        )
     title = t("length_title", count=len(lengths), longest=longest, truncated=truncated, cutoff=cutoff_len)
-    figure.update_layout(title=title, xaxis_title=t("tokens"), yaxis_title=t("samples"), height=300,
-                         margin={"l": 50, "r": 20, "t": 50, "b": 40}, template="plotly_white", bargap=0.05)
+    figure.update_layout(
+        title=title,
+        xaxis_title=t("tokens"),
+        yaxis_title=t("samples"),
+        height=300,
+        margin={"l": 50, "r": 20, "t": 50, "b": 40},
+        template="plotly_white",
+        bargap=0.05,
+    )
     return figure
 
 
@@ -82,9 +168,18 @@ def overlay_figure(metrics_by_run: dict[str, list[dict[str, Any]]], t) -> go.Fig
         evals = [(m["step"], m["eval_loss"]) for m in metrics if m.get("eval_loss") is not None]
         figure.add_trace(go.Scatter(x=[s for s, _ in train], y=[v for _, v in train], mode="lines", name=name))
         if evals:
-            figure.add_trace(go.Scatter(x=[s for s, _ in evals], y=[v for _, v in evals], mode="markers",
-                                        name=f"{name} ({t('eval_loss')})"))
-    figure.update_layout(title=t("runs_compare"), xaxis_title=t("step"), yaxis_title=t("loss"), height=380,
-                         template="plotly_white", margin={"l": 50, "r": 20, "t": 50, "b": 40},
-                         legend={"orientation": "h", "y": -0.25})
+            figure.add_trace(
+                go.Scatter(
+                    x=[s for s, _ in evals], y=[v for _, v in evals], mode="markers", name=f"{name} ({t('eval_loss')})"
+                )
+            )
+    figure.update_layout(
+        title=t("runs_compare"),
+        xaxis_title=t("step"),
+        yaxis_title=t("loss"),
+        height=380,
+        template="plotly_white",
+        margin={"l": 50, "r": 20, "t": 50, "b": 40},
+        legend={"orientation": "h", "y": -0.25},
+    )
     return figure

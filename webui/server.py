@@ -28,6 +28,7 @@ def build_server(workbench: Workbench, default_lang: str = "zh", auth: tuple[str
     for lang in LANGUAGES:
         blocks = build_app(workbench, lang).queue(default_concurrency_limit=4)
         options: dict[str, Any] = launch_kwargs(workbench)
-        server = gr.mount_gradio_app(server, blocks, path=f"/{lang}", auth=auth, footer_links=["api", "settings"],
-                                     **options)
+        server = gr.mount_gradio_app(
+            server, blocks, path=f"/{lang}", auth=auth, footer_links=["api", "settings"], **options
+        )
     return server

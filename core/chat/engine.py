@@ -35,8 +35,12 @@ class GenerationSettings:
     def generate_kwargs(self) -> dict:
         if self.greedy or self.temperature <= 0:
             return {"do_sample": False, "repetition_penalty": self.repetition_penalty}
-        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p,
-                "repetition_penalty": self.repetition_penalty}
+        return {
+            "do_sample": True,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "repetition_penalty": self.repetition_penalty,
+        }
 
 
 def adapter_key(name: str) -> str:
@@ -149,9 +153,15 @@ class ChatEngine:
         config = self.model.config
         return int(getattr(config, "max_position_embeddings", None) or getattr(config, "seq_length", None) or 2048)
 
-    def stream(self, messages: list[dict[str, str]], system: str = "", adapter: tuple[str, str] | None = None,
-               settings: GenerationSettings | None = None, model: str | None = None,
-               cancel: threading.Event | None = None) -> Iterator[str]:
+    def stream(
+        self,
+        messages: list[dict[str, str]],
+        system: str = "",
+        adapter: tuple[str, str] | None = None,
+        settings: GenerationSettings | None = None,
+        model: str | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[str]:
         """Yield the reply as it grows (each item is the whole reply so far).
 
         `adapter` is (name, folder) of a LoRA or P-tuning v2 adapter, or None for the base model; `model`, when
@@ -193,12 +203,15 @@ class ChatEngine:
                     if prefix is not None:
                         inputs = prefix.generate_kwargs(self.model, input_ids, inputs["attention_mask"])
                     with torch.inference_mode(), context:
-                        output = self.model.generate(**inputs, max_new_tokens=min(settings.max_new_tokens, room),
-                                            streamer=streamer,
-                                            eos_token_id=self.encoder.stop_token_ids,
-                                            pad_token_id=self.tokenizer.pad_token_id,
-                                            stopping_criteria=StoppingCriteriaList([StopOnEvent(cancelled)]),
-                                                     **settings.generate_kwargs())
+                        output = self.model.generate(
+                            **inputs,
+                            max_new_tokens=min(settings.max_new_tokens, room),
+                            streamer=streamer,
+                            eos_token_id=self.encoder.stop_token_ids,
+                            pad_token_id=self.tokenizer.pad_token_id,
+                            stopping_criteria=StoppingCriteriaList([StopOnEvent(cancelled)]),
+                            **settings.generate_kwargs(),
+                        )
                     self.last_generated_tokens = int(output.shape[1] - input_ids.shape[1])
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer below
                 errors.append(exc)
@@ -217,8 +230,13 @@ class ChatEngine:
         if errors:
             raise errors[0]
 
-    def chat(self, messages: list[dict[str, str]], system: str = "", adapter: tuple[str, str] | None = None,
-             settings: GenerationSettings | None = None) -> str:
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        system: str = "",
+        adapter: tuple[str, str] | None = None,
+        settings: GenerationSettings | None = None,
+    ) -> str:
         reply = ""
         for partial in self.stream(messages, system, adapter, settings):
             reply = partial

@@ -50,8 +50,17 @@ class TokenizedData:
     truncated: int = 0
 
 
-def tokenize_dataset(name_or_path: str, tokenizer, template: str, cutoff_len: int, fmt: str = "auto",
-                     val_size: float = 0.0, max_samples: int = 0, seed: int = 42, columns: str = "") -> TokenizedData:
+def tokenize_dataset(
+    name_or_path: str,
+    tokenizer,
+    template: str,
+    cutoff_len: int,
+    fmt: str = "auto",
+    val_size: float = 0.0,
+    max_samples: int = 0,
+    seed: int = 42,
+    columns: str = "",
+) -> TokenizedData:
     """Tokenize with loss masks; split off a validation set; drop samples that keep no answer token."""
     loaded = load_conversations(name_or_path, fmt, columns)
     conversations = loaded.conversations[:max_samples] if max_samples else loaded.conversations
@@ -60,8 +69,15 @@ def tokenize_dataset(name_or_path: str, tokenizer, template: str, cutoff_len: in
     return data
 
 
-def tokenize_conversations(conversations: list[Conversation], tokenizer, template: str, cutoff_len: int,
-                           val_size: float = 0.0, seed: int = 42, source: str = "") -> TokenizedData:
+def tokenize_conversations(
+    conversations: list[Conversation],
+    tokenizer,
+    template: str,
+    cutoff_len: int,
+    val_size: float = 0.0,
+    seed: int = 42,
+    source: str = "",
+) -> TokenizedData:
     encoder = TemplateEncoder(tokenizer, template)
     samples, problems, truncated = [], [], 0
     for index, conversation in enumerate(conversations, start=1):

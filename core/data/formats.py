@@ -65,8 +65,19 @@ FORMAT_KEYS: dict[str, tuple[str, ...]] = {
 FORMATS = tuple(FORMAT_KEYS)
 
 # Every column name a format reads: what a column mapping may rename a file's own columns to.
-STANDARD_COLUMNS = ("instruction", "input", "output", "system", "history", "conversations", "messages", "content",
-                    "summary", "prompt", "response")
+STANDARD_COLUMNS = (
+    "instruction",
+    "input",
+    "output",
+    "system",
+    "history",
+    "conversations",
+    "messages",
+    "content",
+    "summary",
+    "prompt",
+    "response",
+)
 
 
 def parse_columns(text: str) -> dict[str, str]:
@@ -93,14 +104,23 @@ def rename_columns(rows: list[dict[str, Any]], mapping: dict[str, str]) -> list[
     renamed = []
     for row in rows:
         replaced = {mapping[key] for key in row if key in mapping}
-        renamed.append({mapping.get(key, key): value for key, value in row.items()
-                        if key in mapping or key not in replaced})
+        renamed.append(
+            {mapping.get(key, key): value for key, value in row.items() if key in mapping or key not in replaced}
+        )
     return renamed
 
 
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "model": "assistant", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
-                  "system": "system"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "system": "system",
+}
 
 
 def detect_format(rows: list[dict[str, Any]]) -> str:
@@ -128,8 +148,9 @@ def convert(rows: list[dict[str, Any]], fmt: str = "auto") -> ConversionResult:
         except RowError as exc:
             result.problems.append(RowProblem(index, exc.message))
     if not result.conversations:
-        raise DataError("data.no_usable_rows", format=fmt, rejected=len(result.problems),
-                        first=result.problems[0].as_message())
+        raise DataError(
+            "data.no_usable_rows", format=fmt, rejected=len(result.problems), first=result.problems[0].as_message()
+        )
     return result
 
 
@@ -166,24 +187,30 @@ def _alpaca(row: dict[str, Any]) -> Conversation:
     extra = _text(row, "input", required=False)
     if extra:
         prompt = f"{prompt}\n{extra}" if prompt else extra
-    messages = _pairs(row, "history") + [{"role": "user", "content": prompt},
-                                         {"role": "assistant", "content": _text(row, "output")}]
+    messages = _pairs(row, "history") + [
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": _text(row, "output")},
+    ]
     return Conversation(messages, _text(row, "system", required=False))
 
 
 def _chatglm(row: dict[str, Any]) -> Conversation:
-    messages = _pairs(row, "history") + [{"role": "user", "content": _text(row, "prompt")},
-                                         {"role": "assistant", "content": _text(row, "response")}]
+    messages = _pairs(row, "history") + [
+        {"role": "user", "content": _text(row, "prompt")},
+        {"role": "assistant", "content": _text(row, "response")},
+    ]
     return Conversation(messages, _text(row, "system", required=False))
 
 
 def _advertisegen(row: dict[str, Any]) -> Conversation:
-    return Conversation([{"role": "user", "content": _text(row, "content")},
-                         {"role": "assistant", "content": _text(row, "summary")}])
+    return Conversation(
+        [{"role": "user", "content": _text(row, "content")}, {"role": "assistant", "content": _text(row, "summary")}]
+    )
 
 
-def _message_list(row: dict[str, Any], key: str, role_key: str, content_key: str,
-                  roles: dict[str, str] | None) -> Conversation:
+def _message_list(
+    row: dict[str, Any], key: str, role_key: str, content_key: str, roles: dict[str, str] | None
+) -> Conversation:
     turns = row.get(key)
     if not isinstance(turns, list) or not turns:
         raise RowError("row.messages_not_list", field=key)
@@ -198,8 +225,9 @@ def _message_list(row: dict[str, Any], key: str, role_key: str, content_key: str
             raise RowError("row.message_unknown_role", number=number, role_key=role_key, role=repr(raw_role))
         content = turn.get(content_key)
         if not isinstance(content, str):
-            raise RowError("row.message_content_not_text", number=number, content_key=content_key,
-                           got=type(content).__name__)
+            raise RowError(
+                "row.message_content_not_text", number=number, content_key=content_key, got=type(content).__name__
+            )
         if role == "system":
             if messages:
                 raise RowError("row.system_not_first", number=number)

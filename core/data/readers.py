@@ -35,7 +35,9 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_EXTENSIONS:
-        raise DataError("data.unsupported_type", path, suffix=suffix or "(none)", supported=", ".join(SUPPORTED_EXTENSIONS))
+        raise DataError(
+            "data.unsupported_type", path, suffix=suffix or "(none)", supported=", ".join(SUPPORTED_EXTENSIONS)
+        )
     raw = path.read_bytes()
     if not raw.strip():
         raise DataError("data.file_empty", path)

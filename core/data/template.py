@@ -39,10 +39,15 @@ class Template:
 
 TEMPLATES: dict[str, Template] = {
     "glm4": Template("glm4", prefix=("[gMASK]", "<sop>")),
-    "chatglm3": Template("chatglm3", prefix=("[gMASK]", "sop"), stop_tokens=("</s>", "<|user|>", "<|observation|>"),
-                         end_token="</s>", prompt_newline=False, text_joiner="\n "),
-    "chatglm2": Template("chatglm2", prefix=("[gMASK]", "sop"), stop_tokens=("</s>",), end_token="</s>",
-                         rounds=True),
+    "chatglm3": Template(
+        "chatglm3",
+        prefix=("[gMASK]", "sop"),
+        stop_tokens=("</s>", "<|user|>", "<|observation|>"),
+        end_token="</s>",
+        prompt_newline=False,
+        text_joiner="\n ",
+    ),
+    "chatglm2": Template("chatglm2", prefix=("[gMASK]", "sop"), stop_tokens=("</s>",), end_token="</s>", rounds=True),
 }
 AUTO = "auto"
 
@@ -51,8 +56,9 @@ def get_template(name: str) -> Template:
     if name not in TEMPLATES:
         from core.errors import config_error
 
-        raise config_error("template", "config.auto_or_one_of", value=name, show_value=True,
-                           choices=", ".join(TEMPLATES))
+        raise config_error(
+            "template", "config.auto_or_one_of", value=name, show_value=True, choices=", ".join(TEMPLATES)
+        )
     return TEMPLATES[name]
 
 
@@ -63,12 +69,16 @@ def chat_template_jinja(name: str) -> str:
     template = get_template(name)
     prefix = "".join(template.prefix)
     if template.rounds:
-        return (prefix + "{% set n = namespace(i=0) %}{% for m in messages %}{% if m['role'] == 'user' %}"
-                "{% set n.i = n.i + 1 %}[Round {{ n.i }}]\n\n问：{{ m['content'] }}\n\n答：{% elif m['role'] == "
-                "'assistant' %}{{ m['content'] }}\n\n{% endif %}{% endfor %}")
+        return (
+            prefix + "{% set n = namespace(i=0) %}{% for m in messages %}{% if m['role'] == 'user' %}"
+            "{% set n.i = n.i + 1 %}[Round {{ n.i }}]\n\n问：{{ m['content'] }}\n\n答：{% elif m['role'] == "
+            "'assistant' %}{{ m['content'] }}\n\n{% endif %}{% endfor %}"
+        )
     header = "<|assistant|>" + ("\n" if template.prompt_newline else "")
-    return (prefix + "{% for m in messages %}<|{{ m['role'] }}|>" + template.text_joiner + "{{ m['content'] }}"
-            "{% endfor %}{% if add_generation_prompt %}" + header + "{% endif %}")
+    return (
+        prefix + "{% for m in messages %}<|{{ m['role'] }}|>" + template.text_joiner + "{{ m['content'] }}"
+        "{% endfor %}{% if add_generation_prompt %}" + header + "{% endif %}"
+    )
 
 
 def detect_template(tokenizer) -> str:
@@ -123,8 +133,14 @@ class TemplateEncoder:
             return self._round_segments(conversation)
         pieces: list[tuple[list[int], bool]] = [(self._prefix(), False)]
         if conversation.system:
-            pieces.append(([self.token_id(self.template.role_token("system"))] + self._text("\n")
-                           + self._text(conversation.system), False))
+            pieces.append(
+                (
+                    [self.token_id(self.template.role_token("system"))]
+                    + self._text("\n")
+                    + self._text(conversation.system),
+                    False,
+                )
+            )
         previous = None
         for message in conversation.messages:
             role_id = self.token_id(self.template.role_token(message["role"]))
@@ -151,8 +167,10 @@ class TemplateEncoder:
 
     def _round_segments(self, conversation: Conversation) -> list[tuple[list[int], bool]]:
         history, answer = conversation.messages[:-1], conversation.messages[-1]["content"]
-        return [(self._prefix() + self._text(self._rounds_text(history, conversation.system)), False),
-                (self._text(answer), True)]
+        return [
+            (self._prefix() + self._text(self._rounds_text(history, conversation.system)), False),
+            (self._text(answer), True),
+        ]
 
     def encode(self, conversation: Conversation, cutoff_len: int) -> tuple[list[int], list[int]]:
         """Token ids and labels (IGNORE_INDEX where no loss), truncated to cutoff_len."""

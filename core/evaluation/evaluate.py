@@ -39,8 +39,13 @@ class EvalResult:
     predictions: list[dict[str, str]] = field(default_factory=list)
 
 
-def evaluate_run(run_dir: str | Path, dataset: str, fmt: str = "auto", settings: EvalSettings | None = None,
-                 stop_event: threading.Event | None = None) -> EvalResult:
+def evaluate_run(
+    run_dir: str | Path,
+    dataset: str,
+    fmt: str = "auto",
+    settings: EvalSettings | None = None,
+    stop_event: threading.Event | None = None,
+) -> EvalResult:
     import torch
     from transformers import StoppingCriteriaList
 
@@ -51,7 +56,7 @@ def evaluate_run(run_dir: str | Path, dataset: str, fmt: str = "auto", settings:
     encoder = TemplateEncoder(tokenizer, trained.config.template)
     conversations = load_conversations(dataset, fmt, trained.config.columns).conversations
     if settings.max_samples:
-        conversations = conversations[:settings.max_samples]
+        conversations = conversations[: settings.max_samples]
     started = time.time()
     total_loss, total_tokens, scores, predictions = 0.0, 0, [], []
     stop_criteria = StoppingCriteriaList([StopOnEvent(stop_event)] if stop_event is not None else [])
@@ -67,28 +72,43 @@ def evaluate_run(run_dir: str | Path, dataset: str, fmt: str = "auto", settings:
                 sample_loss = model(**inputs, labels=torch.tensor([labels], device=model.device)).loss.item()
         prompt_messages, label = conversation.messages[:-1], conversation.messages[-1]["content"]
         prompt_ids = torch.tensor([encoder.encode_prompt(prompt_messages, conversation.system)], device=model.device)
-        sampling = {"do_sample": False} if settings.greedy else {
-            "do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
+        sampling = (
+            {"do_sample": False}
+            if settings.greedy
+            else {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
+        )
         with torch.inference_mode():
-            output = model.generate(**trained.forward_kwargs(prompt_ids), max_new_tokens=settings.max_new_tokens,
-                                    eos_token_id=encoder.stop_token_ids, pad_token_id=tokenizer.pad_token_id,
-                                    stopping_criteria=stop_criteria, **sampling)
+            output = model.generate(
+                **trained.forward_kwargs(prompt_ids),
+                max_new_tokens=settings.max_new_tokens,
+                eos_token_id=encoder.stop_token_ids,
+                pad_token_id=tokenizer.pad_token_id,
+                stopping_criteria=stop_criteria,
+                **sampling,
+            )
         if stop_event is not None and stop_event.is_set():
             break  # this sample's answer was cut short by Abort: it is not counted
         total_loss += sample_loss * counted
         total_tokens += counted
-        prediction = tokenizer.decode(output[0, prompt_ids.shape[1]:], skip_special_tokens=True).strip()
+        prediction = tokenizer.decode(output[0, prompt_ids.shape[1] :], skip_special_tokens=True).strip()
         scores.append(score(prediction, label))
         predictions.append({"prompt": prompt_messages[-1]["content"], "label": label, "prediction": prediction})
     eval_loss = total_loss / total_tokens if total_tokens else float("nan")
-    metrics = {"eval_loss": round(eval_loss, 6), "perplexity": round(math.exp(min(eval_loss, 50)), 4),
-               **{name: round(value, 4) for name, value in average(scores).items()},
-               "samples": len(predictions), "dataset": str(dataset), "seconds": round(time.time() - started, 1),
-               "planned": len(conversations), "stopped_early": len(predictions) < len(conversations)}
+    metrics = {
+        "eval_loss": round(eval_loss, 6),
+        "perplexity": round(math.exp(min(eval_loss, 50)), 4),
+        **{name: round(value, 4) for name, value in average(scores).items()},
+        "samples": len(predictions),
+        "dataset": str(dataset),
+        "seconds": round(time.time() - started, 1),
+        "planned": len(conversations),
+        "stopped_early": len(predictions) < len(conversations),
+    }
     if not metrics["stopped_early"]:  # an aborted evaluation is shown, but never replaces a complete one on disk
         folder = run_dir / EVAL_DIR
         folder.mkdir(exist_ok=True)
         write_json_atomic(folder / "metrics.json", metrics)
-        write_text_atomic(folder / "predictions.jsonl",
-                          "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
+        write_text_atomic(
+            folder / "predictions.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
+        )
     return EvalResult(metrics, predictions)

@@ -32,6 +32,5 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         from core.errors import config_error
 
-        raise config_error("finetuning_type", "config.one_of", value=name, show_value=True,
-                           choices=", ".join(METHODS))
+        raise config_error("finetuning_type", "config.one_of", value=name, show_value=True, choices=", ".join(METHODS))
     return METHODS[name]

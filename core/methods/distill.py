@@ -31,8 +31,13 @@ class DistillOptions:
     distill_mode: str = "auto"  # auto: logits with a shared tokenizer, else sequence (teacher-written answers)
 
 
-FIELDS = (Field("teacher_adapter", "text"), Field("student_model", "text"), Field("distill_alpha"),
-          Field("distill_temperature"), Field("distill_mode", "choice", DISTILL_MODES))
+FIELDS = (
+    Field("teacher_adapter", "text"),
+    Field("student_model", "text"),
+    Field("distill_alpha"),
+    Field("distill_temperature"),
+    Field("distill_mode", "choice", DISTILL_MODES),
+)
 
 
 def check(config, check) -> None:
@@ -83,8 +88,12 @@ def build_student(teacher, config, device: str):
             name_in_teacher = name
         mapped[name] = state[name_in_teacher].to(torch.float32)
     student.load_state_dict(mapped)
-    log.info("student: %d of the teacher's %d layers (%s parameters)", len(keep), teacher.config.num_hidden_layers,
-             f"{student.num_parameters():,}")
+    log.info(
+        "student: %d of the teacher's %d layers (%s parameters)",
+        len(keep),
+        teacher.config.num_hidden_layers,
+        f"{student.num_parameters():,}",
+    )
     return student, None
 
 
@@ -102,13 +111,19 @@ def teacher_answers(teacher, tokenizer, template: str, conversations, max_new_to
     encoder = TemplateEncoder(tokenizer, template)
     rewritten = []
     for conversation in conversations:
-        prompt = torch.tensor([encoder.encode_prompt(conversation.messages[:-1], conversation.system)],
-                              device=teacher.device)
+        prompt = torch.tensor(
+            [encoder.encode_prompt(conversation.messages[:-1], conversation.system)], device=teacher.device
+        )
         with torch.inference_mode():
-            output = teacher.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                      max_new_tokens=max_new_tokens, eos_token_id=encoder.stop_token_ids,
-                                      pad_token_id=tokenizer.pad_token_id)
-        answer = tokenizer.decode(output[0, prompt.shape[1]:], skip_special_tokens=True).strip()
+            output = teacher.generate(
+                input_ids=prompt,
+                attention_mask=torch.ones_like(prompt),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=encoder.stop_token_ids,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        answer = tokenizer.decode(output[0, prompt.shape[1] :], skip_special_tokens=True).strip()
         if answer:
             messages = conversation.messages[:-1] + [{"role": "assistant", "content": answer}]
             rewritten.append(Conversation(messages, conversation.system))
@@ -134,20 +149,29 @@ def load_training(session):
     tokenizer = student_tokenizer or teacher_tokenizer
     tokenizer.padding_side = "right"
     loaded = load_conversations(config.dataset, config.dataset_format, config.columns)
-    conversations = loaded.conversations[:config.max_samples] if config.max_samples else loaded.conversations
+    conversations = loaded.conversations[: config.max_samples] if config.max_samples else loaded.conversations
     if mode == "sequence":
-        conversations = teacher_answers(teacher, teacher_tokenizer,
-                                        resolve_template(config.template, teacher_tokenizer), conversations)
+        conversations = teacher_answers(
+            teacher, teacher_tokenizer, resolve_template(config.template, teacher_tokenizer), conversations
+        )
         log.info("distill: the teacher wrote %d answers", len(conversations))
     template = resolve_template(config.template, tokenizer)
-    data = tokenize_conversations(conversations, tokenizer, template, config.cutoff_len, config.val_size,
-                                  config.seed, config.dataset)
+    data = tokenize_conversations(
+        conversations, tokenizer, template, config.cutoff_len, config.val_size, config.seed, config.dataset
+    )
     data.format, data.problems = loaded.format, list(loaded.result.problems) + data.problems
     session.teacher = teacher if mode == "logits" else None
     trainable, total = count_parameters(student)
     log.info("distill (%s): student %s parameters, teacher %s", mode, f"{total:,}", f"{teacher.num_parameters():,}")
-    update_status(session.run_dir, template=template, trainable_params=trainable, total_params=total,
-                  train_samples=len(data.train), eval_samples=len(data.eval), distill_mode=mode)
+    update_status(
+        session.run_dir,
+        template=template,
+        trainable_params=trainable,
+        total_params=total,
+        train_samples=len(data.train),
+        eval_samples=len(data.eval),
+        distill_mode=mode,
+    )
     return tokenizer, data, student
 
 
@@ -158,8 +182,9 @@ def trainer(session):
     from core.training.distillation import DistillationTrainer
 
     config = session.config
-    return DistillationTrainer, dict(teacher=session.teacher, alpha=config.distill_alpha,
-                                     temperature=config.distill_temperature)
+    return DistillationTrainer, dict(
+        teacher=session.teacher, alpha=config.distill_alpha, temperature=config.distill_temperature
+    )
 
 
 def trainable_params(shape, config) -> int:
@@ -172,6 +197,16 @@ def student_and_teacher_weights(shape, config, compute_bytes: int, trainable: in
     return 4 * trainable + compute_bytes * shape.total_params
 
 
-METHOD = Method(name="distill", output_dir=MODEL, prepare=train_every_parameter, trainable_params=trainable_params,
-                options=DistillOptions, fields=FIELDS, check=check, load_training=load_training, trainer=trainer,
-                weight_bytes=student_and_teacher_weights, learning_rates=(1e-3, 5e-5))
+METHOD = Method(
+    name="distill",
+    output_dir=MODEL,
+    prepare=train_every_parameter,
+    trainable_params=trainable_params,
+    options=DistillOptions,
+    fields=FIELDS,
+    check=check,
+    load_training=load_training,
+    trainer=trainer,
+    weight_bytes=student_and_teacher_weights,
+    learning_rates=(1e-3, 5e-5),
+)

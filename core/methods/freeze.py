@@ -68,6 +68,15 @@ def backprop_layers(shape, config) -> int:
     return shape.layers
 
 
-METHOD = Method(name="freeze", output_dir=MODEL, prepare=prepare, trainable_params=trainable_params,
-                options=FreezeOptions, fields=FIELDS, check=check, weight_bytes=fp32_weights,
-                backprop_layers=backprop_layers, learning_rates=(1e-3, 5e-5))
+METHOD = Method(
+    name="freeze",
+    output_dir=MODEL,
+    prepare=prepare,
+    trainable_params=trainable_params,
+    options=FreezeOptions,
+    fields=FIELDS,
+    check=check,
+    weight_bytes=fp32_weights,
+    backprop_layers=backprop_layers,
+    learning_rates=(1e-3, 5e-5),
+)

@@ -10,5 +10,11 @@ def trainable_params(shape, config) -> int:
     return shape.total_params
 
 
-METHOD = Method(name="full", output_dir=MODEL, prepare=train_every_parameter, trainable_params=trainable_params,
-                weight_bytes=fp32_weights, learning_rates=(1e-3, 1e-5))
+METHOD = Method(
+    name="full",
+    output_dir=MODEL,
+    prepare=train_every_parameter,
+    trainable_params=trainable_params,
+    weight_bytes=fp32_weights,
+    learning_rates=(1e-3, 1e-5),
+)

@@ -20,8 +20,14 @@ class LoraOptions:
     use_rslora: bool = False
 
 
-FIELDS = (Field("lora_rank", "int"), Field("lora_alpha", "int"), Field("lora_dropout"), Field("lora_target", "text"),
-          Field("use_dora", "bool"), Field("use_rslora", "bool"))
+FIELDS = (
+    Field("lora_rank", "int"),
+    Field("lora_alpha", "int"),
+    Field("lora_dropout"),
+    Field("lora_target", "text"),
+    Field("use_dora", "bool"),
+    Field("use_rslora", "bool"),
+)
 KEYS = tuple(field.key for field in FIELDS)
 
 
@@ -42,9 +48,15 @@ def target_modules(spec: str) -> str | list[str]:
 def lora_config(config):
     from peft import LoraConfig
 
-    return LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=target_modules(config.lora_target), use_dora=config.use_dora,
-                      use_rslora=config.use_rslora, task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=target_modules(config.lora_target),
+        use_dora=config.use_dora,
+        use_rslora=config.use_rslora,
+        task_type="CAUSAL_LM",
+    )
 
 
 def load_for_more_training(model, config):
@@ -64,16 +76,26 @@ def prepare(model, config):
     try:
         return get_peft_model(model, lora_config(config))
     except ValueError as exc:
-        raise config_error("lora_target", "config.lora_target_unknown", detail=str(exc),
-                           modules=", ".join(GLM_LINEAR_MODULES)) from None
+        raise config_error(
+            "lora_target", "config.lora_target_unknown", detail=str(exc), modules=", ".join(GLM_LINEAR_MODULES)
+        ) from None
 
 
 def trainable_params(shape, config) -> int:
     wanted = None if config.lora_target.strip() == "all" else {name.strip() for name in config.lora_target.split(",")}
-    per_layer = sum(config.lora_rank * (i + o) for name, (i, o) in shape.linear_shapes.items()
-                    if wanted is None or name in wanted)
+    per_layer = sum(
+        config.lora_rank * (i + o) for name, (i, o) in shape.linear_shapes.items() if wanted is None or name in wanted
+    )
     return per_layer * shape.layers
 
 
-METHOD = Method(name="lora", output_dir=ADAPTER, prepare=prepare, trainable_params=trainable_params,
-                options=LoraOptions, fields=FIELDS, check=check, learning_rates=(2e-3, 2e-4))
+METHOD = Method(
+    name="lora",
+    output_dir=ADAPTER,
+    prepare=prepare,
+    trainable_params=trainable_params,
+    options=LoraOptions,
+    fields=FIELDS,
+    check=check,
+    learning_rates=(2e-3, 2e-4),
+)

@@ -28,11 +28,25 @@ def optimizer(model, args, config):
     import torch
     from peft.optimizers import create_loraplus_optimizer
 
-    return create_loraplus_optimizer(model, torch.optim.AdamW, lr=args.learning_rate,
-                                     loraplus_lr_ratio=config.loraplus_lr_ratio, weight_decay=args.weight_decay,
-                                     loraplus_weight_decay=args.weight_decay)
+    return create_loraplus_optimizer(
+        model,
+        torch.optim.AdamW,
+        lr=args.learning_rate,
+        loraplus_lr_ratio=config.loraplus_lr_ratio,
+        weight_decay=args.weight_decay,
+        loraplus_weight_decay=args.weight_decay,
+    )
 
 
-METHOD = Method(name="loraplus", output_dir=ADAPTER, prepare=lora.prepare, trainable_params=lora.trainable_params,
-                options=LoraPlusOptions, uses=lora.KEYS, fields=FIELDS, check=check, optimizer=optimizer,
-                learning_rates=(1e-3, 1e-4))
+METHOD = Method(
+    name="loraplus",
+    output_dir=ADAPTER,
+    prepare=lora.prepare,
+    trainable_params=lora.trainable_params,
+    options=LoraPlusOptions,
+    uses=lora.KEYS,
+    fields=FIELDS,
+    check=check,
+    optimizer=optimizer,
+    learning_rates=(1e-3, 1e-4),
+)

@@ -34,16 +34,16 @@ def trainable_params(shape, config) -> int:
     token_width = shape.kv_heads * shape.head_dim  # one layer's key (or value) width
     prefix_width = shape.layers * 2 * token_width
     if config.prefix_projection:  # peft's PrefixEncoder: embedding, then a two-layer MLP (hidden = model's)
-        return (config.pre_seq_len * token_width + (token_width + 1) * shape.hidden
-                + (shape.hidden + 1) * prefix_width)
+        return config.pre_seq_len * token_width + (token_width + 1) * shape.hidden + (shape.hidden + 1) * prefix_width
     return config.pre_seq_len * prefix_width
 
 
 def attention_scores_bytes(shape, config, compute_bytes: int) -> float:
     """A prefix cache means an explicit attention mask: attention runs unfused and keeps its probabilities
     (two tensors of batch*heads*cutoff*(cutoff+prefix) per layer that gradients pass)."""
-    scores = config.per_device_train_batch_size * shape.heads * config.cutoff_len * (
-        config.cutoff_len + config.pre_seq_len)
+    scores = (
+        config.per_device_train_batch_size * shape.heads * config.cutoff_len * (config.cutoff_len + config.pre_seq_len)
+    )
     return 2 * compute_bytes * scores * (1 if config.gradient_checkpointing else shape.layers)
 
 
@@ -54,9 +54,12 @@ def prepare(model, config):
         from core.methods.lora import load_for_more_training
 
         return load_for_more_training(model, config)
-    peft_config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=config.pre_seq_len,
-                                     prefix_projection=config.prefix_projection,
-                                     encoder_hidden_size=model.config.hidden_size)
+    peft_config = PrefixTuningConfig(
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=config.pre_seq_len,
+        prefix_projection=config.prefix_projection,
+        encoder_hidden_size=model.config.hidden_size,
+    )
     return get_peft_model(model, peft_config)
 
 
@@ -112,12 +115,24 @@ class PrefixAdapter:
         """Arguments that make `model.generate` (or a forward) see the prefix."""
         import torch
 
-        prefix_mask = torch.ones(input_ids.shape[0], self.length, dtype=attention_mask.dtype,
-                                 device=attention_mask.device)
-        return {"input_ids": input_ids, "attention_mask": torch.cat([prefix_mask, attention_mask], dim=1),
-                "cache": self.cache(model, input_ids.shape[0])}
+        prefix_mask = torch.ones(
+            input_ids.shape[0], self.length, dtype=attention_mask.dtype, device=attention_mask.device
+        )
+        return {
+            "input_ids": input_ids,
+            "attention_mask": torch.cat([prefix_mask, attention_mask], dim=1),
+            "cache": self.cache(model, input_ids.shape[0]),
+        }
 
 
-METHOD = Method(name="ptuning_v2", output_dir=ADAPTER, prepare=prepare, trainable_params=trainable_params,
-                options=PrefixOptions, fields=FIELDS, check=check, extra_activation_bytes=attention_scores_bytes,
-                learning_rates=(1e-2, 2e-2))
+METHOD = Method(
+    name="ptuning_v2",
+    output_dir=ADAPTER,
+    prepare=prepare,
+    trainable_params=trainable_params,
+    options=PrefixOptions,
+    fields=FIELDS,
+    check=check,
+    extra_activation_bytes=attention_scores_bytes,
+    learning_rates=(1e-2, 2e-2),
+)

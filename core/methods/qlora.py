@@ -22,17 +22,29 @@ class QuantizationOptions:
     quantization_compute_dtype: str = "auto"
 
 
-FIELDS = (Field("quantization_bit", "choice", (4, 8)), Field("quantization_type", "choice", QUANTIZATION_TYPES),
-          Field("double_quantization", "bool"), Field("quantization_compute_dtype", "choice", DTYPES))
+FIELDS = (
+    Field("quantization_bit", "choice", (4, 8)),
+    Field("quantization_type", "choice", QUANTIZATION_TYPES),
+    Field("double_quantization", "bool"),
+    Field("quantization_compute_dtype", "choice", DTYPES),
+)
 
 
 def check(config, check) -> None:
     lora.check(config, check)
     check(config.quantization_bit in (4, 8), "quantization_bit", "config.four_or_eight")
-    check(config.quantization_type in QUANTIZATION_TYPES, "quantization_type", "config.one_of",
-          choices=", ".join(QUANTIZATION_TYPES))
-    check(config.quantization_compute_dtype in DTYPES, "quantization_compute_dtype", "config.one_of",
-          choices=", ".join(DTYPES))
+    check(
+        config.quantization_type in QUANTIZATION_TYPES,
+        "quantization_type",
+        "config.one_of",
+        choices=", ".join(QUANTIZATION_TYPES),
+    )
+    check(
+        config.quantization_compute_dtype in DTYPES,
+        "quantization_compute_dtype",
+        "config.one_of",
+        choices=", ".join(DTYPES),
+    )
 
 
 def quantization_config(config):
@@ -42,9 +54,12 @@ def quantization_config(config):
 
     if config.quantization_bit == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=config.quantization_type,
-                              bnb_4bit_use_double_quant=config.double_quantization,
-                              bnb_4bit_compute_dtype=pick_dtype(config.quantization_compute_dtype, pick_device()))
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=config.quantization_type,
+        bnb_4bit_use_double_quant=config.double_quantization,
+        bnb_4bit_compute_dtype=pick_dtype(config.quantization_compute_dtype, pick_device()),
+    )
 
 
 def model_kwargs(config) -> dict:
@@ -66,6 +81,16 @@ def weight_bytes(shape, config, compute_bytes: int, trainable: int) -> float:
     return linear * bits / 8 + (shape.total_params - linear) * 4 + trainable * 4
 
 
-METHOD = Method(name="qlora", output_dir=ADAPTER, prepare=prepare, trainable_params=lora.trainable_params,
-                options=QuantizationOptions, uses=lora.KEYS, fields=FIELDS, check=check, model_kwargs=model_kwargs,
-                weight_bytes=weight_bytes, learning_rates=(2e-3, 2e-4))
+METHOD = Method(
+    name="qlora",
+    output_dir=ADAPTER,
+    prepare=prepare,
+    trainable_params=lora.trainable_params,
+    options=QuantizationOptions,
+    uses=lora.KEYS,
+    fields=FIELDS,
+    check=check,
+    model_kwargs=model_kwargs,
+    weight_bytes=weight_bytes,
+    learning_rates=(2e-3, 2e-4),
+)

@@ -12,7 +12,8 @@ Their remote code breaks on transformers >= 4.45/4.49; the native class computes
 - tokenizer: ChatGLM2/3 ship a SentencePiece model with special tokens appended after its vocabulary
   (`[MASK] [gMASK] [sMASK] sop eop`, ChatGLM3 also `<|system|> <|user|> <|assistant|> <|observation|>`);
   glm-4-9b-chat ships tiktoken-style ranks with its specials from `<|endoftext|>` on. Both become a fast
-  tokenizer (SentencePiece BPE rebuilt in `tokenizers`; transformers' TikTokenConverter) with the right chat template and stop tokens.
+  tokenizer (SentencePiece BPE rebuilt in `tokenizers`; transformers' TikTokenConverter) with the right chat
+  template and stop tokens.
 ChatGLM-6B (v1) is another architecture (2D positions, GeLU): it is refused here; see `trust_remote_code`.
 """
 
@@ -34,8 +35,10 @@ log = logging.getLogger("glm_workbench")
 CHATGLM_SPECIALS = ["[MASK]", "[gMASK]", "[sMASK]", "sop", "eop"]
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]
 GLM4_SPECIALS = ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", *ROLE_TOKENS]
-GLM4_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+GLM4_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 VARIANT_TEMPLATE = {"chatglm2": "chatglm2", "chatglm3": "chatglm3", "glm4-chat": "glm4"}
 CONVERTED_KIND = "converted-model"  # the marker of a finished conversion (core/files.py)
 
@@ -49,8 +52,10 @@ class ConversionReport:
     rope: str
 
     def __str__(self) -> str:
-        return (f"converted {self.variant} checkpoint {self.source} -> {self.target} (GlmForCausalLM); "
-                f"template {self.template}; rope: {self.rope}")
+        return (
+            f"converted {self.variant} checkpoint {self.source} -> {self.target} (GlmForCausalLM); "
+            f"template {self.template}; rope: {self.rope}"
+        )
 
 
 def read_config(folder: str | Path) -> dict:
@@ -104,8 +109,10 @@ def rope_parameters(folder: str | Path, config: dict, variant: str) -> tuple[dic
         linear = variant == "chatglm2"
         how = f"no modeling file to read; by the model family ({variant}, {name})"
     if linear:
-        return ({**base, "rope_type": "linear", "factor": ratio, "rope_theta": 10000.0},
-                f"linear scaling by {ratio:g}, theta 10000 ({how})")
+        return (
+            {**base, "rope_type": "linear", "factor": ratio, "rope_theta": 10000.0},
+            f"linear scaling by {ratio:g}, theta 10000 ({how})",
+        )
     return {**base, "rope_type": "default", "rope_theta": 10000.0 * ratio}, f"theta {10000 * ratio:g} ({how})"
 
 
@@ -120,14 +127,22 @@ def native_config(config: dict, rope: dict, special_ids: dict[str, int], variant
     else:
         eos = [2] + ([special_ids["<|user|>"], special_ids["<|observation|>"]] if variant == "chatglm3" else [])
         pad = 0
-    return GlmConfig(vocab_size=config["padded_vocab_size"], hidden_size=config["hidden_size"],
-                     intermediate_size=config["ffn_hidden_size"], num_hidden_layers=config["num_layers"],
-                     num_attention_heads=heads, num_key_value_heads=kv_heads,
-                     head_dim=config.get("kv_channels") or config["hidden_size"] // heads,
-                     rms_norm_eps=config.get("layernorm_epsilon", 1e-5),
-                     attention_bias=bool(config.get("add_qkv_bias", True)),
-                     max_position_embeddings=config.get("seq_length", 8192), rope_parameters=rope,
-                     tie_word_embeddings=False, pad_token_id=pad, eos_token_id=eos)
+    return GlmConfig(
+        vocab_size=config["padded_vocab_size"],
+        hidden_size=config["hidden_size"],
+        intermediate_size=config["ffn_hidden_size"],
+        num_hidden_layers=config["num_layers"],
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=config.get("kv_channels") or config["hidden_size"] // heads,
+        rms_norm_eps=config.get("layernorm_epsilon", 1e-5),
+        attention_bias=bool(config.get("add_qkv_bias", True)),
+        max_position_embeddings=config.get("seq_length", 8192),
+        rope_parameters=rope,
+        tie_word_embeddings=False,
+        pad_token_id=pad,
+        eos_token_id=eos,
+    )
 
 
 def load_thudm_weights(folder: str | Path) -> dict:
@@ -141,8 +156,11 @@ def load_thudm_weights(folder: str | Path) -> dict:
     if not files:
         raise ModelError("model.no_weights", folder=str(folder))
     for file in files:
-        part = load_file(str(file)) if file.suffix == ".safetensors" else torch.load(file, map_location="cpu",
-                                                                                    weights_only=True)
+        part = (
+            load_file(str(file))
+            if file.suffix == ".safetensors"
+            else torch.load(file, map_location="cpu", weights_only=True)
+        )
         state.update(part)
     return state
 
@@ -160,9 +178,11 @@ def convert_state_dict(state: dict, config) -> dict:
     """THUDM names -> GlmForCausalLM names; the fused qkv split into q, k and v."""
     q_size = config.num_attention_heads * config.head_dim
     kv_size = config.num_key_value_heads * config.head_dim
-    out = {"model.embed_tokens.weight": state["transformer.embedding.word_embeddings.weight"],
-           "model.norm.weight": state["transformer.encoder.final_layernorm.weight"],
-           "lm_head.weight": state["transformer.output_layer.weight"]}
+    out = {
+        "model.embed_tokens.weight": state["transformer.embedding.word_embeddings.weight"],
+        "model.norm.weight": state["transformer.encoder.final_layernorm.weight"],
+        "lm_head.weight": state["transformer.output_layer.weight"],
+    }
     for layer in range(config.num_hidden_layers):
         old, new = f"transformer.encoder.layers.{layer}.", f"model.layers.{layer}."
         for source, target in LAYER_RENAMES.items():
@@ -186,11 +206,11 @@ def sentencepiece_to_fast(path: Path):
     from transformers.convert_slow_tokenizer import SentencePieceExtractor
 
     extracted = SentencePieceExtractor(str(path)).extract(None)
-    core = Tokenizer(BPE(extracted["vocab"], extracted["merges"], unk_token="<unk>", fuse_unk=True,
-                         byte_fallback=True))
+    core = Tokenizer(BPE(extracted["vocab"], extracted["merges"], unk_token="<unk>", fuse_unk=True, byte_fallback=True))
     core.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    core.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                      decoders.Strip(" ", 1, 0)])
+    core.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
     return core
 
 
@@ -207,15 +227,27 @@ def convert_tokenizer(folder: str | Path, variant: str):
     if variant == "glm4-chat":
         core = TikTokenConverter(vocab_file=str(path), pattern=GLM4_PATTERN).converted()
         core.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in GLM4_SPECIALS])
-        return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                       padding_side="left", chat_template=chat_template_jinja(template),
-                                       additional_special_tokens=GLM4_SPECIALS[1:])
+        return PreTrainedTokenizerFast(
+            tokenizer_object=core,
+            eos_token="<|endoftext|>",
+            pad_token="<|endoftext|>",
+            padding_side="left",
+            chat_template=chat_template_jinja(template),
+            additional_special_tokens=GLM4_SPECIALS[1:],
+        )
     core = sentencepiece_to_fast(path)
     specials = CHATGLM_SPECIALS + (ROLE_TOKENS if variant == "chatglm3" else [])
     core.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in specials])
-    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="<unk>", padding_side="left", chat_template=chat_template_jinja(template),
-                                   additional_special_tokens=specials)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<unk>",
+        padding_side="left",
+        chat_template=chat_template_jinja(template),
+        additional_special_tokens=specials,
+    )
 
 
 def convert_chatglm(source: str | Path, target: str | Path, overwrite: bool = False) -> ConversionReport:

@@ -28,11 +28,24 @@ log = logging.getLogger("glm_workbench")
 TOKENIZER_FILE = "ice_text.model"
 # THUDM's ChatGLMConfig / ChatGLMTokenizer defaults, which apply when a checkpoint's json files omit a key (the
 # first release's config.json has no mask/gmask ids and its tokenizer_config.json no num_image_tokens).
-THUDM_DEFAULTS = {"bos_token_id": 150004, "eos_token_id": 150005, "mask_token_id": 150000, "gmask_token_id": 150001,
-                  "pad_token_id": 0, "num_image_tokens": 20000, "inner_hidden_size": 16384,
-                  "max_sequence_length": 2048, "layernorm_epsilon": 1e-5}
-SPECIAL_IDS = {"bos_token_id": "<sop>", "eos_token_id": "<eop>", "mask_token_id": "[MASK]",
-               "gmask_token_id": "[gMASK]", "pad_token_id": "<pad>"}
+THUDM_DEFAULTS = {
+    "bos_token_id": 150004,
+    "eos_token_id": 150005,
+    "mask_token_id": 150000,
+    "gmask_token_id": 150001,
+    "pad_token_id": 0,
+    "num_image_tokens": 20000,
+    "inner_hidden_size": 16384,
+    "max_sequence_length": 2048,
+    "layernorm_epsilon": 1e-5,
+}
+SPECIAL_IDS = {
+    "bos_token_id": "<sop>",
+    "eos_token_id": "<eop>",
+    "mask_token_id": "[MASK]",
+    "gmask_token_id": "[gMASK]",
+    "pad_token_id": "<pad>",
+}
 
 
 class ConversionError(ValueError):
@@ -49,9 +62,11 @@ class ConversionReport:
     dtype: str
 
     def __str__(self) -> str:
-        return (f"converted ChatGLM-6B (v1) checkpoint {self.source} -> {self.target} (Glm1ForCausalLM); vocabulary "
-                f"{self.vocab_size} ({self.num_image_tokens} image tokens first), {self.tokenizer_model} tokenizer, "
-                f"{self.dtype}")
+        return (
+            f"converted ChatGLM-6B (v1) checkpoint {self.source} -> {self.target} (Glm1ForCausalLM); vocabulary "
+            f"{self.vocab_size} ({self.num_image_tokens} image tokens first), {self.tokenizer_model} tokenizer, "
+            f"{self.dtype}"
+        )
 
 
 def read_json(path: Path) -> dict:
@@ -65,8 +80,9 @@ def is_chatglm_v1_checkpoint(folder: str | Path) -> bool:
     """THUDM's ChatGLM-6B layout: `model_type: chatglm` with 2D positions or without ChatGLM2/3's
     `padded_vocab_size` (the same test as core.models.chatglm.is_chatglm_v1)."""
     config = read_json(Path(folder) / "config.json")
-    return config.get("model_type") == "chatglm" and (bool(config.get("position_encoding_2d"))
-                                                      or "padded_vocab_size" not in config)
+    return config.get("model_type") == "chatglm" and (
+        bool(config.get("position_encoding_2d")) or "padded_vocab_size" not in config
+    )
 
 
 def _setting(config: dict, key: str):
@@ -75,17 +91,23 @@ def _setting(config: dict, key: str):
 
 def _check_supported(source: Path, config: dict) -> None:
     if not is_chatglm_v1_checkpoint(source):
-        raise ConversionError(f"{source}: not a ChatGLM-6B (v1) checkpoint (model_type {config.get('model_type')!r}, "
-                              f"position_encoding_2d {config.get('position_encoding_2d')!r})")
+        raise ConversionError(
+            f"{source}: not a ChatGLM-6B (v1) checkpoint (model_type {config.get('model_type')!r}, "
+            f"position_encoding_2d {config.get('position_encoding_2d')!r})"
+        )
     if not config.get("position_encoding_2d", True):
         raise ConversionError(f"{source}: 1D positions (position_encoding_2d false) are not ChatGLM-6B's")
     if config.get("quantization_bit"):
-        raise ConversionError(f"{source}: a {config['quantization_bit']}-bit quantized checkpoint (THUDM's own "
-                              "int4/int8 format); convert the full-precision THUDM/chatglm-6b instead and quantize "
-                              "when loading")
+        raise ConversionError(
+            f"{source}: a {config['quantization_bit']}-bit quantized checkpoint (THUDM's own "
+            "int4/int8 format); convert the full-precision THUDM/chatglm-6b instead and quantize "
+            "when loading"
+        )
     if config.get("pre_seq_len"):
-        raise ConversionError(f"{source}: a P-tuning checkpoint (pre_seq_len {config['pre_seq_len']}); convert its "
-                              "base model, THUDM/chatglm-6b")
+        raise ConversionError(
+            f"{source}: a P-tuning checkpoint (pre_seq_len {config['pre_seq_len']}); convert its "
+            "base model, THUDM/chatglm-6b"
+        )
     if not (source / TOKENIZER_FILE).is_file():
         raise ConversionError(f"{source}: no {TOKENIZER_FILE}")
 
@@ -98,16 +120,24 @@ def native_config(config: dict, num_image_tokens: int, token_ids: dict[str, int]
     for key, token in SPECIAL_IDS.items():
         value = _setting(config, key)
         if value != token_ids[token]:
-            raise ConversionError(f"config.json {key} is {value} but the tokenizer's {token} is {token_ids[token]}: "
-                                  "the tokenizer files and config.json are from different revisions")
+            raise ConversionError(
+                f"config.json {key} is {value} but the tokenizer's {token} is {token_ids[token]}: "
+                "the tokenizer files and config.json are from different revisions"
+            )
         ids[key] = value
     dtype = str(config.get("torch_dtype") or "float16")
-    return Glm1Config(vocab_size=config["vocab_size"], hidden_size=config["hidden_size"],
-                      intermediate_size=_setting(config, "inner_hidden_size"), num_hidden_layers=config["num_layers"],
-                      num_attention_heads=config["num_attention_heads"],
-                      layernorm_epsilon=_setting(config, "layernorm_epsilon"),
-                      max_position_embeddings=_setting(config, "max_sequence_length"),
-                      num_image_tokens=num_image_tokens, dtype=dtype, **ids)
+    return Glm1Config(
+        vocab_size=config["vocab_size"],
+        hidden_size=config["hidden_size"],
+        intermediate_size=_setting(config, "inner_hidden_size"),
+        num_hidden_layers=config["num_layers"],
+        num_attention_heads=config["num_attention_heads"],
+        layernorm_epsilon=_setting(config, "layernorm_epsilon"),
+        max_position_embeddings=_setting(config, "max_sequence_length"),
+        num_image_tokens=num_image_tokens,
+        dtype=dtype,
+        **ids,
+    )
 
 
 def load_thudm_weights(folder: Path) -> dict:
@@ -120,8 +150,11 @@ def load_thudm_weights(folder: Path) -> dict:
         raise ConversionError(f"{folder}: no pytorch_model*.bin or *.safetensors weights found")
     state: dict = {}
     for file in files:
-        state.update(load_file(str(file)) if file.suffix == ".safetensors"
-                     else torch.load(file, map_location="cpu", weights_only=True))
+        state.update(
+            load_file(str(file))
+            if file.suffix == ".safetensors"
+            else torch.load(file, map_location="cpu", weights_only=True)
+        )
     return state
 
 
@@ -136,9 +169,11 @@ def convert_state_dict(state: dict, config) -> dict:
         if name == "lm_head.weight":
             embeddings = state.get("transformer.word_embeddings.weight")
             if embeddings is not None and not torch.equal(tensor, embeddings):
-                raise ConversionError("lm_head.weight differs from transformer.word_embeddings.weight; ChatGLM-6B "
-                                      "ties them (THUDM's code loads one into the other), so this checkpoint is "
-                                      "not one it can run")
+                raise ConversionError(
+                    "lm_head.weight differs from transformer.word_embeddings.weight; ChatGLM-6B "
+                    "ties them (THUDM's code loads one into the other), so this checkpoint is "
+                    "not one it can run"
+                )
             continue
         out[name] = tensor
     expected = config.vocab_size, config.hidden_size
@@ -164,8 +199,9 @@ def convert_tokenizer(source: str | Path, num_image_tokens: int | None = None):
 
 def _staging_dir(target: Path) -> Path:
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ConversionError(f"{target}: already exists and is not empty; choose a new folder (nothing is "
-                              "overwritten)")
+        raise ConversionError(
+            f"{target}: already exists and is not empty; choose a new folder (nothing is overwritten)"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
 
@@ -186,8 +222,9 @@ def convert_chatglm_v1(source: str | Path, target: str | Path) -> ConversionRepo
     token_ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_IDS.values()}
     glm1_config = native_config(config, num_image_tokens, token_ids)
     if len(tokenizer) != glm1_config.vocab_size:
-        raise ConversionError(f"{source}: the tokenizer has {len(tokenizer)} tokens, config.json vocab_size is "
-                              f"{glm1_config.vocab_size}")
+        raise ConversionError(
+            f"{source}: the tokenizer has {len(tokenizer)} tokens, config.json vocab_size is {glm1_config.vocab_size}"
+        )
     state = convert_state_dict(load_thudm_weights(source), glm1_config)
     dtype = getattr(torch, str(glm1_config.dtype).replace("torch.", ""))
     with torch.device("meta"):
@@ -197,8 +234,9 @@ def convert_chatglm_v1(source: str | Path, target: str | Path) -> ConversionRepo
     model.tie_weights()
     model.to(dtype)
     model_type = {1: "unigram", 2: "BPE"}[load_proto(source / TOKENIZER_FILE).trainer_spec.model_type]
-    report = ConversionReport(str(source), str(target), num_image_tokens, glm1_config.vocab_size, model_type,
-                              str(dtype).replace("torch.", ""))
+    report = ConversionReport(
+        str(source), str(target), num_image_tokens, glm1_config.vocab_size, model_type, str(dtype).replace("torch.", "")
+    )
     staging = _staging_dir(target)
     try:
         model.save_pretrained(staging)

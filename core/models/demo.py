@@ -19,12 +19,30 @@ DEMO_NAME = "demo"
 MARKER_FILE = "glm_workbench_demo.json"
 DEMO_KIND = "demo-model"  # the staging marker (core/files.py) of a finished build
 
-SPECIAL_TOKENS = ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>",
-                  "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "[MASK]",
+    "[gMASK]",
+    "[sMASK]",
+    "<sop>",
+    "<eop>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+]
 STOP_TOKENS = ["<|endoftext|>", "<|user|>", "<|observation|>"]
-ARCHITECTURE = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                    num_key_value_heads=2, head_dim=64, max_position_embeddings=4096, rms_norm_eps=1e-5,
-                    initializer_range=0.1)
+ARCHITECTURE = dict(
+    hidden_size=256,
+    intermediate_size=512,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=64,
+    max_position_embeddings=4096,
+    rms_norm_eps=1e-5,
+    initializer_range=0.1,
+)
 VOCAB_SIZE = 4096
 
 
@@ -73,12 +91,21 @@ def build_tokenizer():
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     core.train_from_iterator(_tokenizer_texts(), trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>", padding_side="right",
-        additional_special_tokens=SPECIAL_TOKENS[1:], chat_template=chat_template_jinja("glm4"), model_max_length=4096,
+        tokenizer_object=core,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        padding_side="right",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+        chat_template=chat_template_jinja("glm4"),
+        model_max_length=4096,
     )
 
 
@@ -92,24 +119,33 @@ def build_demo_model(target: str | Path, overwrite: bool = False) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     stop_ids = [tokenizer.convert_tokens_to_ids(token) for token in STOP_TOKENS]
-    config = Glm4Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids,
-                        tie_word_embeddings=False, **ARCHITECTURE)
+    config = Glm4Config(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=stop_ids,
+        tie_word_embeddings=False,
+        **ARCHITECTURE,
+    )
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)
     try:
         model = Glm4ForCausalLM(config)
     finally:
         torch.random.set_rng_state(generator_state)
-    model.generation_config = GenerationConfig(eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
-                                               do_sample=False, max_new_tokens=64)
+    model.generation_config = GenerationConfig(
+        eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, do_sample=False, max_new_tokens=64
+    )
     from core.files import TargetNotFreeError, refusal, staged_dir
 
     try:
         with staged_dir(target, kind=DEMO_KIND, replace="ours" if overwrite else "never") as staging:
             model.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
-            marker = {"recipe_version": RECIPE_VERSION, "parameters": model.num_parameters(),
-                      "note": "Tiny GLM-4 with random weights, for trying the workflow. Not a real language model."}
+            marker = {
+                "recipe_version": RECIPE_VERSION,
+                "parameters": model.num_parameters(),
+                "note": "Tiny GLM-4 with random weights, for trying the workflow. Not a real language model.",
+            }
             (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2), encoding="utf-8")
     except TargetNotFreeError as exc:
         raise refusal(exc) from None

@@ -71,8 +71,9 @@ def prepare_model(name_or_path: str, trust_remote_code: bool = False) -> str:
         return str(ensure_demo_model())
     if location.kind == "thudm":
         if trust_remote_code:
-            log.warning("%s: trust_remote_code is ignored: this checkpoint is converted to the native GLM class",
-                        location.path)
+            log.warning(
+                "%s: trust_remote_code is ignored: this checkpoint is converted to the native GLM class", location.path
+            )
         return str(chatglm.ensure_converted(location.path))
     return location.path
 
@@ -146,8 +147,9 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
         raise ModelError("model.tokenizer_failed", folder=str(path), detail=str(exc).splitlines()[0]) from None
 
 
-def load_model(path: str, dtype=None, device: str | None = None, quantization_config=None,
-               trust_remote_code: bool = False):
+def load_model(
+    path: str, dtype=None, device: str | None = None, quantization_config=None, trust_remote_code: bool = False
+):
     """Load the causal LM in eval mode on `device` (default: GPU if present), optionally quantized."""
     from transformers import AutoModelForCausalLM
 

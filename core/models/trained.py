@@ -46,16 +46,25 @@ def load_trained(run_dir: str | Path) -> TrainedModel:
     device = pick_device()
     if method.trains_base:
         folder = str(run_dir / MODEL_DIR)
-        return TrainedModel(load_model(folder, dtype=pick_dtype(config.precision, device)), load_tokenizer(folder),
-                            config)
+        return TrainedModel(
+            load_model(folder, dtype=pick_dtype(config.precision, device)), load_tokenizer(folder), config
+        )
     base_path = prepare_model(config.model_name_or_path, config.trust_remote_code)
-    base = load_model(base_path, dtype=pick_dtype(config.precision, device), trust_remote_code=config.trust_remote_code,
-                      **method.model_kwargs(config))
+    base = load_model(
+        base_path,
+        dtype=pick_dtype(config.precision, device),
+        trust_remote_code=config.trust_remote_code,
+        **method.model_kwargs(config),
+    )
     adapter = run_dir / ADAPTER_DIR
     if is_prefix_adapter(adapter):
-        return TrainedModel(base, load_tokenizer(base_path, config.trust_remote_code), config,
-                            PrefixAdapter.load(adapter))
+        return TrainedModel(
+            base, load_tokenizer(base_path, config.trust_remote_code), config, PrefixAdapter.load(adapter)
+        )
     from peft import PeftModel
 
-    return TrainedModel(PeftModel.from_pretrained(base, str(adapter)).eval(),
-                        load_tokenizer(base_path, config.trust_remote_code), config)
+    return TrainedModel(
+        PeftModel.from_pretrained(base, str(adapter)).eval(),
+        load_tokenizer(base_path, config.trust_remote_code),
+        config,
+    )

@@ -43,8 +43,13 @@ class RunFolderCallback(TrainerCallback):
         done = max(state.global_step, 0)
         steps_now = done - self.start_step
         eta = spent / steps_now * (state.max_steps - done) if steps_now > 0 else None
-        return {"step": done, "max_steps": state.max_steps, "epoch": state.epoch,
-                "elapsed": self.earlier_elapsed + spent, "eta": eta}
+        return {
+            "step": done,
+            "max_steps": state.max_steps,
+            "epoch": state.epoch,
+            "elapsed": self.earlier_elapsed + spent,
+            "eta": eta,
+        }
 
     def on_train_begin(self, args, state, control, **kwargs):
         from core.runs import read_status
@@ -67,10 +72,17 @@ class RunFolderCallback(TrainerCallback):
         tokens = state.num_input_tokens_seen or 0
         if "eval_loss" in values:
             values["perplexity"] = math.exp(min(values["eval_loss"], 50))
-        record = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), **values,
-                  "tokens_per_second": (tokens - self._last_tokens) / max(now - self._last_time, 1e-9)
-                  if "loss" in values else None,
-                  "memory_mb": round(peak_memory_mb(), 1), "time": now, **self._progress(state)}
+        record = {
+            "step": state.global_step,
+            "epoch": round(state.epoch or 0, 4),
+            **values,
+            "tokens_per_second": (tokens - self._last_tokens) / max(now - self._last_time, 1e-9)
+            if "loss" in values
+            else None,
+            "memory_mb": round(peak_memory_mb(), 1),
+            "time": now,
+            **self._progress(state),
+        }
         if "loss" in values:
             self._last_tokens, self._last_time = tokens, now
         append_metrics(self.run_dir, record)

@@ -78,7 +78,9 @@ class CheckpointingTrainer(Trainer):
         limit = self.args.save_total_limit
         if not limit:
             return
-        checkpoints = sorted((p for p in root.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir()),
-                             key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+        checkpoints = sorted(
+            (p for p in root.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir()),
+            key=lambda p: int(p.name.rsplit("-", 1)[-1]),
+        )
         for old in checkpoints[:-limit]:
             shutil.rmtree(old, ignore_errors=True)

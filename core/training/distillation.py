@@ -27,9 +27,10 @@ class DistillationTrainer(CheckpointingTrainer):
         mask = labels != IGNORE_INDEX
         student = outputs.logits[:, :-1][mask] / self.temperature
         teacher = teacher_logits[:, :-1][mask].to(student.dtype) / self.temperature
-        kl_sum = torch.nn.functional.kl_div(torch.log_softmax(student, -1), torch.log_softmax(teacher, -1),
-                                            log_target=True, reduction="sum")
+        kl_sum = torch.nn.functional.kl_div(
+            torch.log_softmax(student, -1), torch.log_softmax(teacher, -1), log_target=True, reduction="sum"
+        )
         tokens = num_items_in_batch if num_items_in_batch is not None else max(int(mask.sum()), 1)
-        kl = kl_sum / tokens * self.temperature ** 2
+        kl = kl_sum / tokens * self.temperature**2
         loss = self.alpha * kl + (1 - self.alpha) * cross_entropy
         return (loss, outputs) if return_outputs else loss

@@ -20,20 +20,30 @@ from core.runs import LOG_FILE, STOP_FILE, read_status, update_status
 
 
 def torchrun_command(run_dir: str | Path, nproc: int, resume: bool = False) -> list[str]:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "core.training.worker", str(run_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "core.training.worker",
+        str(run_dir),
+    ]
     return command + (["--resume"] if resume else [])
 
 
-def run_distributed(run_dir: str | Path, nproc: int, lock: RunLock, resume: bool = False,
-                    stop_event: threading.Event | None = None) -> dict:
+def run_distributed(
+    run_dir: str | Path, nproc: int, lock: RunLock, resume: bool = False, stop_event: threading.Event | None = None
+) -> dict:
     """Run the workers to the end; an abort request becomes the STOP file every rank checks. This process owns
     the run (`lock`) for its workers: they are told so and do not take the lock themselves."""
     run_dir = Path(run_dir)
     environment = {**os.environ, **lock.worker_environment()}
     with open(run_dir / f"{LOG_FILE}.workers", "a", encoding="utf-8") as output:
-        process = subprocess.Popen(torchrun_command(run_dir, nproc, resume), stdout=output, stderr=subprocess.STDOUT,
-                                   env=environment)
+        process = subprocess.Popen(
+            torchrun_command(run_dir, nproc, resume), stdout=output, stderr=subprocess.STDOUT, env=environment
+        )
         while process.poll() is None:
             if stop_event is not None and stop_event.is_set():
                 (run_dir / STOP_FILE).touch()
@@ -42,8 +52,14 @@ def run_distributed(run_dir: str | Path, nproc: int, lock: RunLock, resume: bool
     if process.returncode != 0 and status.get("state") not in ("finished", "aborted", "failed"):
         tail = (run_dir / f"{LOG_FILE}.workers").read_text(encoding="utf-8", errors="replace").splitlines()[-5:]
         problem = message("run.workers_failed", processes=nproc, code=process.returncode, tail=" | ".join(tail))
-        status = update_status(run_dir, last_resort=True, state="failed", finished=time.time(), error=str(problem),
-                               error_message=problem.to_json())
+        status = update_status(
+            run_dir,
+            last_resort=True,
+            state="failed",
+            finished=time.time(),
+            error=str(problem),
+            error_message=problem.to_json(),
+        )
     return status
 
 
@@ -56,18 +72,40 @@ def accelerate_config(kind: str, num_processes: int, num_machines: int = 1, mixe
         from core.errors import config_error
 
         raise config_error("--kind", "config.one_of", value=kind, show_value=True, choices=", ".join(ACCELERATE_KINDS))
-    base = {"compute_environment": "LOCAL_MACHINE", "machine_rank": 0, "main_training_function": "main",
-            "mixed_precision": mixed_precision, "num_machines": num_machines, "num_processes": num_processes,
-            "rdzv_backend": "static", "same_network": True, "use_cpu": False}
+    base = {
+        "compute_environment": "LOCAL_MACHINE",
+        "machine_rank": 0,
+        "main_training_function": "main",
+        "mixed_precision": mixed_precision,
+        "num_machines": num_machines,
+        "num_processes": num_processes,
+        "rdzv_backend": "static",
+        "same_network": True,
+        "use_cpu": False,
+    }
     if kind == "fsdp":
-        return {**base, "distributed_type": "FSDP", "fsdp_config": {
-            "fsdp_version": 2, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-            "fsdp_transformer_layer_cls_to_wrap": "GlmDecoderLayer,Glm4DecoderLayer",
-            "fsdp_state_dict_type": "SHARDED_STATE_DICT", "fsdp_cpu_ram_efficient_loading": True,
-            "fsdp_offload_params": False, "fsdp_reshard_after_forward": True}}
+        return {
+            **base,
+            "distributed_type": "FSDP",
+            "fsdp_config": {
+                "fsdp_version": 2,
+                "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                "fsdp_transformer_layer_cls_to_wrap": "GlmDecoderLayer,Glm4DecoderLayer",
+                "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+                "fsdp_cpu_ram_efficient_loading": True,
+                "fsdp_offload_params": False,
+                "fsdp_reshard_after_forward": True,
+            },
+        }
     stage = 2 if kind == "zero2" else 3
-    deepspeed = {"zero_stage": stage, "offload_optimizer_device": "none", "offload_param_device": "none",
-                 "gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "zero3_init_flag": stage == 3}
+    deepspeed = {
+        "zero_stage": stage,
+        "offload_optimizer_device": "none",
+        "offload_param_device": "none",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "zero3_init_flag": stage == 3,
+    }
     if stage == 3:
         deepspeed["zero3_save_16bit_model"] = True
     return {**base, "distributed_type": "DEEPSPEED", "deepspeed_config": deepspeed}

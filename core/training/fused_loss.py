@@ -79,8 +79,9 @@ class _OutputLayerGrads:
     """The gradients for hidden, weight and bias, built chunk by chunk from each chunk's gradient of the logits;
     only those autograd asks for (a frozen lm_head gets none). The weight's is accumulated in fp32."""
 
-    def __init__(self, ctx, projection: _Projection, hidden: torch.Tensor, weight: torch.Tensor,
-                 bias: torch.Tensor | None):
+    def __init__(
+        self, ctx, projection: _Projection, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ):
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         self.projection, self.dtypes = projection, (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         self.hidden = torch.empty_like(hidden) if need_hidden else None
@@ -155,14 +156,27 @@ class _LinearDistillation(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, targets,
-                temperature: float, chunk_size: int, dtype: torch.dtype, teacher_dtype: torch.dtype):
+    def forward(
+        ctx,
+        hidden,
+        weight,
+        bias,
+        teacher_hidden,
+        teacher_weight,
+        teacher_bias,
+        targets,
+        temperature: float,
+        chunk_size: int,
+        dtype: torch.dtype,
+        teacher_dtype: torch.dtype,
+    ):
         with torch.autocast(hidden.device.type, enabled=False):
             student_projection = _Projection(hidden, weight, bias, dtype)
             teacher_projection = _Projection(teacher_hidden, teacher_weight, teacher_bias, teacher_dtype)
             count = hidden.shape[0]
             ce, kl, lse, lse_student_t, lse_teacher_t = (
-                torch.empty(count, dtype=torch.float32, device=hidden.device) for _ in range(5))
+                torch.empty(count, dtype=torch.float32, device=hidden.device) for _ in range(5)
+            )
             for start, end in _chunks(count, chunk_size):
                 student = student_projection.logits(start, end)
                 lse[start:end] = torch.logsumexp(student, dim=-1)
@@ -174,15 +188,35 @@ class _LinearDistillation(torch.autograd.Function):
                 lse_teacher_t[start:end] = torch.logsumexp(teacher, dim=-1)
                 log_p = teacher.sub_(lse_teacher_t[start:end, None])
                 kl[start:end] = (log_p.exp() * (log_p - log_q)).sum(-1)
-        ctx.save_for_backward(hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, targets, lse,
-                              lse_student_t, lse_teacher_t)
+        ctx.save_for_backward(
+            hidden,
+            weight,
+            bias,
+            teacher_hidden,
+            teacher_weight,
+            teacher_bias,
+            targets,
+            lse,
+            lse_student_t,
+            lse_teacher_t,
+        )
         ctx.temperature, ctx.chunk_size, ctx.dtype, ctx.teacher_dtype = temperature, chunk_size, dtype, teacher_dtype
         return ce, kl
 
     @staticmethod
     def backward(ctx, grad_ce, grad_kl):
-        (hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, targets, lse, lse_student_t,
-         lse_teacher_t) = ctx.saved_tensors
+        (
+            hidden,
+            weight,
+            bias,
+            teacher_hidden,
+            teacher_weight,
+            teacher_bias,
+            targets,
+            lse,
+            lse_student_t,
+            lse_teacher_t,
+        ) = ctx.saved_tensors
         temperature = ctx.temperature
         grad_ce = torch.zeros_like(lse) if grad_ce is None else grad_ce.float()
         grad_kl = torch.zeros_like(lse) if grad_kl is None else grad_kl.float()
@@ -230,10 +264,18 @@ def _normalise(total: torch.Tensor, count: int, num_items_in_batch) -> torch.Ten
     return total / num_items_in_batch
 
 
-def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                                 bias: torch.Tensor | None = None, *, ignore_index: int = IGNORE_INDEX,
-                                 chunk_size: int | None = None, num_items_in_batch: torch.Tensor | int | None = None,
-                                 shift_labels: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+def chunked_linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    ignore_index: int = IGNORE_INDEX,
+    chunk_size: int | None = None,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    shift_labels: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """Causal-LM cross entropy of `hidden @ weight^T + bias` against `labels`, never holding more than one chunk's
     logits.
 
@@ -254,12 +296,22 @@ def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, lab
     return total if reduction == "sum" else _normalise(total, targets.shape[0], num_items_in_batch)
 
 
-def chunked_linear_distillation(hidden: torch.Tensor, weight: torch.Tensor, teacher_hidden: torch.Tensor,
-                                teacher_weight: torch.Tensor, labels: torch.Tensor, *, alpha: float,
-                                temperature: float, bias: torch.Tensor | None = None,
-                                teacher_bias: torch.Tensor | None = None, ignore_index: int = IGNORE_INDEX,
-                                chunk_size: int | None = None, num_items_in_batch: torch.Tensor | int | None = None,
-                                shift_labels: torch.Tensor | None = None) -> torch.Tensor:
+def chunked_linear_distillation(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    alpha: float,
+    temperature: float,
+    bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    chunk_size: int | None = None,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    shift_labels: torch.Tensor | None = None,
+) -> torch.Tensor:
     """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE over the tokens that carry a target, chunk by
     chunk, student and teacher logits both made from hidden states.
 
@@ -271,12 +323,21 @@ def chunked_linear_distillation(hidden: torch.Tensor, weight: torch.Tensor, teac
     flat_hidden, targets, keep = _counted(hidden, labels, shift_labels, ignore_index)
     flat_teacher = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])[keep.to(teacher_hidden.device)]
     chunk = chunk_size or default_chunk_size(weight.shape[0])
-    ce, kl = _LinearDistillation.apply(flat_hidden, weight, bias, flat_teacher.detach(), teacher_weight.detach(),
-                                       None if teacher_bias is None else teacher_bias.detach(), targets,
-                                       float(temperature), chunk, _matmul_dtype(hidden, weight),
-                                       _matmul_dtype(teacher_hidden, teacher_weight))
+    ce, kl = _LinearDistillation.apply(
+        flat_hidden,
+        weight,
+        bias,
+        flat_teacher.detach(),
+        teacher_weight.detach(),
+        None if teacher_bias is None else teacher_bias.detach(),
+        targets,
+        float(temperature),
+        chunk,
+        _matmul_dtype(hidden, weight),
+        _matmul_dtype(teacher_hidden, teacher_weight),
+    )
     count = targets.shape[0]
-    kl_loss = _normalise(kl.sum(), count, num_items_in_batch) * temperature ** 2
+    kl_loss = _normalise(kl.sum(), count, num_items_in_batch) * temperature**2
     return alpha * kl_loss + (1 - alpha) * _normalise(ce.sum(), count, num_items_in_batch)
 
 
@@ -289,7 +350,7 @@ def _unwrap(model):
         if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
             model = model.module
         elif hasattr(model, "_orig_mod") and isinstance(model, torch.nn.Module):  # torch.compile
-            model = model._orig_mod
+            model = model._orig_mod  # noqa: SLF001 - torch.compile keeps the module there, with no public name
         elif callable(getattr(model, "get_base_model", None)):  # peft PeftModel
             model = model.get_base_model()
         else:
@@ -366,8 +427,14 @@ def _aligned(labels: torch.Tensor | None, positions: int, ignore_index: int) -> 
     return F.pad(labels, (positions - labels.shape[-1], 0), value=ignore_index)
 
 
-def causal_lm_loss(model, inputs: Mapping[str, Any], num_items_in_batch: torch.Tensor | int | None = None, *,
-                   chunk_size: int | None = None, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def causal_lm_loss(
+    model,
+    inputs: Mapping[str, Any],
+    num_items_in_batch: torch.Tensor | int | None = None,
+    *,
+    chunk_size: int | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
     """`model(**inputs).loss`, computed from the last hidden states chunk by chunk (see the module docstring).
 
     `inputs` is a training batch with `labels` (padded or packed with position_ids, as the collators make it);
@@ -377,15 +444,29 @@ def causal_lm_loss(model, inputs: Mapping[str, Any], num_items_in_batch: torch.T
     hidden = last_hidden_states(model, batch)
     head = output_layer(model)
     positions = hidden.shape[-2]
-    return chunked_linear_cross_entropy(hidden, head.weight, _aligned(labels, positions, ignore_index), head.bias,
-                                        ignore_index=ignore_index, chunk_size=chunk_size,
-                                        num_items_in_batch=num_items_in_batch,
-                                        shift_labels=_aligned(shift_labels, positions, ignore_index))
+    return chunked_linear_cross_entropy(
+        hidden,
+        head.weight,
+        _aligned(labels, positions, ignore_index),
+        head.bias,
+        ignore_index=ignore_index,
+        chunk_size=chunk_size,
+        num_items_in_batch=num_items_in_batch,
+        shift_labels=_aligned(shift_labels, positions, ignore_index),
+    )
 
 
-def distillation_loss(student, teacher, inputs: Mapping[str, Any], *, alpha: float, temperature: float,
-                      num_items_in_batch: torch.Tensor | int | None = None, chunk_size: int | None = None,
-                      ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def distillation_loss(
+    student,
+    teacher,
+    inputs: Mapping[str, Any],
+    *,
+    alpha: float,
+    temperature: float,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    chunk_size: int | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
     """DistillationTrainer's loss (alpha * T^2 * KL + (1 - alpha) * CE on the answer tokens) without the
     student's or the teacher's logits; the teacher runs under no_grad."""
     batch, labels, shift_labels = _split_batch(inputs)
@@ -396,12 +477,21 @@ def distillation_loss(student, teacher, inputs: Mapping[str, Any], *, alpha: flo
         raise ValueError("student and teacher see different numbers of positions")
     head, teacher_head = output_layer(student), output_layer(teacher)
     positions = hidden.shape[-2]
-    return chunked_linear_distillation(hidden, head.weight, teacher_hidden, teacher_head.weight,
-                                       _aligned(labels, positions, ignore_index), alpha=alpha,
-                                       temperature=temperature, bias=head.bias, teacher_bias=teacher_head.bias,
-                                       ignore_index=ignore_index, chunk_size=chunk_size,
-                                       num_items_in_batch=num_items_in_batch,
-                                       shift_labels=_aligned(shift_labels, positions, ignore_index))
+    return chunked_linear_distillation(
+        hidden,
+        head.weight,
+        teacher_hidden,
+        teacher_head.weight,
+        _aligned(labels, positions, ignore_index),
+        alpha=alpha,
+        temperature=temperature,
+        bias=head.bias,
+        teacher_bias=teacher_head.bias,
+        ignore_index=ignore_index,
+        chunk_size=chunk_size,
+        num_items_in_batch=num_items_in_batch,
+        shift_labels=_aligned(shift_labels, positions, ignore_index),
+    )
 
 
 # ---- the Trainer hook ------------------------------------------------------------------------------------------
@@ -413,10 +503,16 @@ class _LossOnlyModel:
     Trainer's own bookkeeping - which losses count as scaled for gradient accumulation, the token average across
     devices - applies unchanged."""
 
-    def __init__(self, model, teacher=None, alpha: float = 0.5, temperature: float = 2.0,
-                 chunk_size: int | None = None):
-        self.model, self.teacher, self.alpha, self.temperature, self.chunk_size = (model, teacher, alpha,
-                                                                                   temperature, chunk_size)
+    def __init__(
+        self, model, teacher=None, alpha: float = 0.5, temperature: float = 2.0, chunk_size: int | None = None
+    ):
+        self.model, self.teacher, self.alpha, self.temperature, self.chunk_size = (
+            model,
+            teacher,
+            alpha,
+            temperature,
+            chunk_size,
+        )
 
     def __call__(self, **inputs):
         from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -425,9 +521,15 @@ class _LossOnlyModel:
         if self.teacher is None:
             loss = causal_lm_loss(self.model, inputs, num_items, chunk_size=self.chunk_size)
         else:
-            loss = distillation_loss(self.model, self.teacher, inputs, alpha=self.alpha,
-                                     temperature=self.temperature, num_items_in_batch=num_items,
-                                     chunk_size=self.chunk_size)
+            loss = distillation_loss(
+                self.model,
+                self.teacher,
+                inputs,
+                alpha=self.alpha,
+                temperature=self.temperature,
+                num_items_in_batch=num_items,
+                chunk_size=self.chunk_size,
+            )
         return CausalLMOutputWithPast(loss=loss)
 
 
@@ -462,18 +564,21 @@ class FusedLossMixin:
             if not self._fused_fallback_logged:
                 log.info("fused loss off: %s; computing the full logits", reason)
                 self._fused_fallback_logged = True
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         teacher = getattr(self, "teacher", None)
-        stand_in = _LossOnlyModel(model, teacher, getattr(self, "alpha", 0.5), getattr(self, "temperature", 2.0),
-                                  self.fused_chunk_size)
+        stand_in = _LossOnlyModel(
+            model, teacher, getattr(self, "alpha", 0.5), getattr(self, "temperature", 2.0), self.fused_chunk_size
+        )
         # Trainer.compute_loss itself (not a subclass's override, e.g. DistillationTrainer's, which needs the
         # logits): it adds num_items_in_batch and scales exactly as for the model's own loss. accelerate autocasts
         # only inside the model's forward; the autocast here gives lm_head's matmul the same dtype as there.
         autocast = getattr(getattr(self, "accelerator", None), "autocast", contextlib.nullcontext)
         with autocast():
-            return Trainer.compute_loss(self, stand_in, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
+            return Trainer.compute_loss(
+                self, stand_in, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
 
 
 @functools.cache

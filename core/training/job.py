@@ -37,11 +37,13 @@ class TrainingJob:
         claimed = self.claimed
         try:
             if claimed.config.nproc_per_node > 1:
-                self.result = run_distributed(claimed.run_dir, claimed.config.nproc_per_node, claimed.lock,
-                                              claimed.resume, self.stop_event)
+                self.result = run_distributed(
+                    claimed.run_dir, claimed.config.nproc_per_node, claimed.lock, claimed.resume, self.stop_event
+                )
             else:
-                self.result = TrainingSession(claimed.config, claimed.run_dir, self.stop_event, resume=claimed.resume,
-                                              lock=claimed.lock).run()
+                self.result = TrainingSession(
+                    claimed.config, claimed.run_dir, self.stop_event, resume=claimed.resume, lock=claimed.lock
+                ).run()
         finally:
             claimed.lock.release()
 

@@ -62,8 +62,16 @@ def create_run(workspace: str | Path, config: RunConfig) -> ClaimedRun:
     try:
         lock.acquire()
         save_yaml(config, run_dir / CONFIG_FILE)
-        update_status(run_dir, state="queued", created=time.time(), method=config.finetuning_type,
-                      model=config.model_name_or_path, dataset=config.dataset, step=0, max_steps=0)
+        update_status(
+            run_dir,
+            state="queued",
+            created=time.time(),
+            method=config.finetuning_type,
+            model=config.model_name_or_path,
+            dataset=config.dataset,
+            step=0,
+            max_steps=0,
+        )
     except BaseException as exc:
         lock.release()
         _remove_what_we_wrote(run_dir, created)
@@ -107,8 +115,16 @@ def claim_prepared(run_dir: str | Path) -> ClaimedRun:
         if read_status(run_dir):
             raise RunStateError("run.output_dir_holds_run", folder=str(run_dir))
         config = load_yaml(run_dir / CONFIG_FILE).validate()
-        update_status(run_dir, state="queued", created=time.time(), method=config.finetuning_type,
-                      model=config.model_name_or_path, dataset=config.dataset, step=0, max_steps=0)
+        update_status(
+            run_dir,
+            state="queued",
+            created=time.time(),
+            method=config.finetuning_type,
+            model=config.model_name_or_path,
+            dataset=config.dataset,
+            step=0,
+            max_steps=0,
+        )
     except BaseException:
         lock.release()
         raise

@@ -115,9 +115,17 @@ class TrainingSession:
     (a test, a worker started by hand), the session creates or claims the run itself and owns it while it runs.
     `notify` receives plain sentences for a person watching (the CLI prints them)."""
 
-    def __init__(self, config: RunConfig, run_dir: str | Path, stop_event: threading.Event | None = None,
-                 show_progress: bool = False, resume: bool = False, callbacks: list | None = None,
-                 lock: RunLock | None = None, notify: Callable[[Message], None] | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: str | Path,
+        stop_event: threading.Event | None = None,
+        show_progress: bool = False,
+        resume: bool = False,
+        callbacks: list | None = None,
+        lock: RunLock | None = None,
+        notify: Callable[[Message], None] | None = None,
+    ):
         self.config = config
         self.run_dir = Path(run_dir)
         self.stop_event = stop_event or threading.Event()
@@ -201,26 +209,65 @@ class TrainingSession:
         tokenizer = load_tokenizer(model_path, config.trust_remote_code)
         tokenizer.padding_side = "right"  # positions must start at 0 for every training sample
         template = resolve_template(config.template, tokenizer)
-        data = tokenize_dataset(config.dataset, tokenizer, template, config.cutoff_len, config.dataset_format,
-                                config.val_size, config.max_samples, config.seed, config.columns)
-        log.info("data: format %s, template %s, %d train / %d eval samples, %d truncated at cutoff_len=%d",
-                 data.format, template, len(data.train), len(data.eval), data.truncated, config.cutoff_len)
+        data = tokenize_dataset(
+            config.dataset,
+            tokenizer,
+            template,
+            config.cutoff_len,
+            config.dataset_format,
+            config.val_size,
+            config.max_samples,
+            config.seed,
+            config.columns,
+        )
+        log.info(
+            "data: format %s, template %s, %d train / %d eval samples, %d truncated at cutoff_len=%d",
+            data.format,
+            template,
+            len(data.train),
+            len(data.eval),
+            data.truncated,
+            config.cutoff_len,
+        )
         if config.eval_dataset:
-            data.eval = tokenize_dataset(config.eval_dataset, tokenizer, template, config.cutoff_len,
-                                         config.dataset_format, columns=config.columns).train
+            data.eval = tokenize_dataset(
+                config.eval_dataset,
+                tokenizer,
+                template,
+                config.cutoff_len,
+                config.dataset_format,
+                columns=config.columns,
+            ).train
             log.info("validation: %d samples from %s", len(data.eval), config.eval_dataset)
         self._report_skipped(data)
         device = pick_device()
         # Weights that train are kept in fp32 (mixed precision autocasts); frozen bases load in the GPU's dtype.
         dtype = pick_dtype("fp32" if method.trains_base else config.precision, device)
-        model = load_model(model_path, dtype=dtype, device=device, trust_remote_code=config.trust_remote_code,
-                           **method.model_kwargs(config))
+        model = load_model(
+            model_path,
+            dtype=dtype,
+            device=device,
+            trust_remote_code=config.trust_remote_code,
+            **method.model_kwargs(config),
+        )
         model = method.prepare(model, config)
         trainable, total = count_parameters(model)
-        log.info("method %s: %s of %s parameters train (%.2f%%)", method.name, f"{trainable:,}", f"{total:,}",
-                 100 * trainable / max(total, 1))
-        update_status(run_dir, template=template, trainable_params=trainable, total_params=total,
-                      train_samples=len(data.train), eval_samples=len(data.eval), data_format=data.format)
+        log.info(
+            "method %s: %s of %s parameters train (%.2f%%)",
+            method.name,
+            f"{trainable:,}",
+            f"{total:,}",
+            100 * trainable / max(total, 1),
+        )
+        update_status(
+            run_dir,
+            template=template,
+            trainable_params=trainable,
+            total_params=total,
+            train_samples=len(data.train),
+            eval_samples=len(data.eval),
+            data_format=data.format,
+        )
         return tokenizer, data, model
 
     def _report_skipped(self, data: TokenizedData) -> None:
@@ -237,9 +284,13 @@ class TrainingSession:
 
             write_text_atomic(self.run_dir / SKIPPED_ROWS_FILE, "".join(f"{p}\n" for p in problems))
         total = len(problems) + len(data.train) + len(data.eval)
-        note = message("data.rows_skipped", skipped=len(problems), total=total,
-                       first=[p.as_message() for p in problems[:SKIPPED_SHOWN]],
-                       file=str(self.run_dir / SKIPPED_ROWS_FILE))
+        note = message(
+            "data.rows_skipped",
+            skipped=len(problems),
+            total=total,
+            first=[p.as_message() for p in problems[:SKIPPED_SHOWN]],
+            file=str(self.run_dir / SKIPPED_ROWS_FILE),
+        )
         update_status(self.run_dir, data_problems=len(problems), skipped_rows=note.to_json())
         self.notify(note)
 
@@ -299,9 +350,13 @@ class TrainingSession:
                 (method.save or save_model_and_tokenizer)(trainer.model, tokenizer, folder)
         self.model, self.tokenizer = trainer.model, tokenizer
         losses = [m["loss"] for m in read_metrics(run_dir) if m.get("loss") is not None]
-        final = dict(state="aborted" if aborted else "finished", finished=time.time(),
-                     final_loss=losses[-1] if losses else None, output=method.output_dir,
-                     step=trainer.state.global_step)
+        final = dict(
+            state="aborted" if aborted else "finished",
+            finished=time.time(),
+            final_loss=losses[-1] if losses else None,
+            output=method.output_dir,
+            step=trainer.state.global_step,
+        )
         log.info("run %s: %s after %d steps", run_dir.name, final["state"], trainer.state.global_step)
         return update_status(run_dir, **final)
 
@@ -325,8 +380,12 @@ def explain_error(exc: BaseException, where: str | Path | None = None) -> Messag
     text = str(exc).strip() or type(exc).__name__
     first_line = text.splitlines()[0]
     lowered = text.lower()
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in lowered \
-            or "can't allocate memory" in lowered:
+    if (
+        isinstance(exc, MemoryError)
+        or type(exc).__name__ == "OutOfMemoryError"
+        or "out of memory" in lowered
+        or "can't allocate memory" in lowered
+    ):
         return message("run.out_of_memory", detail=first_line)
     if is_disk_full(exc, where):
         filename = getattr(exc, "filename", None)

@@ -26,11 +26,24 @@ def create_chat_tab(ctx: UIContext) -> dict:
     none_choice = (t("adapter_none"), "")
     with gr.Row():
         # Runs are listed when the tab opens: nothing of the workspace is in the page before login.
-        model = gr.Dropdown(["demo"], value="demo", label=t("chat_model"), info=t("chat_model_info"),
-                            allow_custom_value=True, scale=2, elem_id="chat-model")
-        adapter = gr.Dropdown([none_choice], value="", label=t("chat_adapter"),
-                              info=t("chat_adapter_info"), allow_custom_value=True, scale=3,
-                              elem_id="chat-adapter")
+        model = gr.Dropdown(
+            ["demo"],
+            value="demo",
+            label=t("chat_model"),
+            info=t("chat_model_info"),
+            allow_custom_value=True,
+            scale=2,
+            elem_id="chat-model",
+        )
+        adapter = gr.Dropdown(
+            [none_choice],
+            value="",
+            label=t("chat_adapter"),
+            info=t("chat_adapter_info"),
+            allow_custom_value=True,
+            scale=3,
+            elem_id="chat-adapter",
+        )
         refresh = gr.Button(t("refresh"), scale=0, min_width=100, elem_id="chat-refresh")
     chatbot = gr.Chatbot(height=420, show_label=False, elem_id="chat-history")
     with gr.Row():
@@ -45,23 +58,31 @@ def create_chat_tab(ctx: UIContext) -> dict:
             temperature = gr.Slider(0, 2, 0.7, step=0.05, label=t("temperature"))
             top_p = gr.Slider(0.05, 1, 0.9, step=0.05, label=t("top_p"))
             max_new_tokens = gr.Slider(8, 2048, 256, step=8, label=t("max_new_tokens"))
-            repetition_penalty = gr.Slider(1.0, 2.0, 1.0, step=0.05, label=t("repetition_penalty"),
-                                           info=t("repetition_penalty_info"))
+            repetition_penalty = gr.Slider(
+                1.0, 2.0, 1.0, step=0.05, label=t("repetition_penalty"), info=t("repetition_penalty_info")
+            )
             greedy = gr.Checkbox(False, label=t("greedy"), elem_id="chat-greedy")
 
     def refresh_choices(current_model, current_adapter):
         adapters = ctx.wb.adapter_choices()
-        return (gr.update(choices=ctx.wb.model_choices()),
-                gr.update(choices=[none_choice, *adapters], value=current_adapter if current_adapter in adapters else ""),
-                *[gr.update(choices=[none_choice, *adapters]) for _ in range(3)])
+        return (
+            gr.update(choices=ctx.wb.model_choices()),
+            gr.update(choices=[none_choice, *adapters], value=current_adapter if current_adapter in adapters else ""),
+            *[gr.update(choices=[none_choice, *adapters]) for _ in range(3)],
+        )
 
     def respond(text, history, model_, adapter_, system_, temperature_, top_p_, max_new_, greedy_, penalty_=1.0):
         if not (text or "").strip():
             yield history, "", gr.update()
             return
         messages = plain_messages(history) + [{"role": "user", "content": text}]
-        settings = GenerationSettings(max_new_tokens=int(max_new_), temperature=temperature_, top_p=top_p_,
-                                      greedy=bool(greedy_), repetition_penalty=float(penalty_ or 1.0))
+        settings = GenerationSettings(
+            max_new_tokens=int(max_new_),
+            temperature=temperature_,
+            top_p=top_p_,
+            greedy=bool(greedy_),
+            repetition_penalty=float(penalty_ or 1.0),
+        )
         shown = messages + [{"role": "assistant", "content": ""}]
         try:
             for reply in ctx.wb.chat_stream(messages, model_, adapter_ or None, system_, settings):
@@ -76,9 +97,13 @@ def create_chat_tab(ctx: UIContext) -> dict:
         with gr.Row():
             for number in range(3):
                 with gr.Column():
-                    choice = gr.Dropdown([none_choice], value="",
-                                         label=t("compare_column", n=number + 1), allow_custom_value=True,
-                                         elem_id=f"compare-choice-{number + 1}")
+                    choice = gr.Dropdown(
+                        [none_choice],
+                        value="",
+                        label=t("compare_column", n=number + 1),
+                        allow_custom_value=True,
+                        elem_id=f"compare-choice-{number + 1}",
+                    )
                     answer = gr.Markdown(elem_id=f"compare-answer-{number + 1}")
                     columns.append((choice, answer))
         compare_go = gr.Button(t("compare_go"), elem_id="compare-go")
@@ -106,25 +131,58 @@ def create_chat_tab(ctx: UIContext) -> dict:
         """The same prompt through each column's adapter (or the base), one after another, streaming."""
         *adapters, penalty_ = columns_and_penalty
         answers = ["" for _ in adapters]
-        settings = GenerationSettings(max_new_tokens=int(max_new_), temperature=temperature_, top_p=top_p_,
-                                      greedy=bool(greedy_), repetition_penalty=float(penalty_ or 1.0))
+        settings = GenerationSettings(
+            max_new_tokens=int(max_new_),
+            temperature=temperature_,
+            top_p=top_p_,
+            greedy=bool(greedy_),
+            repetition_penalty=float(penalty_ or 1.0),
+        )
         for index, adapter_ in enumerate(adapters):
             try:
-                for reply in ctx.wb.chat_stream([{"role": "user", "content": prompt}], model_, adapter_ or None,
-                                                system_, settings):
+                for reply in ctx.wb.chat_stream(
+                    [{"role": "user", "content": prompt}], model_, adapter_ or None, system_, settings
+                ):
                     answers[index] = reply
                     yield answers
             except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
                 answers[index] = ctx.error(exc)
                 yield answers
 
-    chat_io = dict(fn=respond, inputs=[message, chatbot, model, adapter, system, temperature, top_p,
-                                       max_new_tokens, greedy, repetition_penalty], outputs=[chatbot, message, notice])
+    chat_io = dict(
+        fn=respond,
+        inputs=[
+            message,
+            chatbot,
+            model,
+            adapter,
+            system,
+            temperature,
+            top_p,
+            max_new_tokens,
+            greedy,
+            repetition_penalty,
+        ],
+        outputs=[chatbot, message, notice],
+    )
     sent = send.click(**chat_io, api_name="chat")
     submitted = message.submit(**chat_io, api_name=False)
-    compared = compare_go.click(compare, [compare_prompt, model, system, temperature, top_p, max_new_tokens, greedy,
-                                          *[c for c, _ in columns], repetition_penalty], [a for _, a in columns],
-                                 api_name="compare")
+    compared = compare_go.click(
+        compare,
+        [
+            compare_prompt,
+            model,
+            system,
+            temperature,
+            top_p,
+            max_new_tokens,
+            greedy,
+            *[c for c, _ in columns],
+            repetition_penalty,
+        ],
+        [a for _, a in columns],
+        api_name="compare",
+    )
     # Stopping cancels the streaming event; the engine then ends generation at the next token.
     stop.click(None, None, None, cancels=[sent, submitted, compared], api_name=False)
     clear.click(lambda: ([], ""), None, [chatbot, notice], api_name=False)
@@ -133,5 +191,9 @@ def create_chat_tab(ctx: UIContext) -> dict:
         selector.input(lambda: ([], ""), None, [chatbot, notice], api_name=False)
     choice_outputs = [model, adapter, *[c for c, _ in columns]]
     refresh.click(refresh_choices, [model, adapter], choice_outputs, api_name="refresh_chat_choices")
-    return {"model": model, "adapter": adapter, "chatbot": chatbot,
-            "refresh": (refresh_choices, [model, adapter], choice_outputs)}
+    return {
+        "model": model,
+        "adapter": adapter,
+        "chatbot": chatbot,
+        "refresh": (refresh_choices, [model, adapter], choice_outputs),
+    }

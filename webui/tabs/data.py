@@ -31,7 +31,7 @@ def rows_page(rows: list[dict[str, Any]], page: int) -> pd.DataFrame:
     for row in rows:
         columns += [key for key in row if key not in columns]
     start = (max(int(page or 1), 1) - 1) * PAGE_SIZE
-    chunk = rows[start:start + PAGE_SIZE]
+    chunk = rows[start : start + PAGE_SIZE]
     return pd.DataFrame([[_cell(row.get(c)) for c in columns] for row in chunk], columns=columns)
 
 
@@ -44,13 +44,30 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
     t = ctx.t
     with gr.Row():
         # The demo sets only: uploads are added when the page opens (nothing of the workspace before login).
-        dataset = gr.Dropdown([(name, name) for name in DEMO_DATASETS], value="identity", label=t.label("dataset"),
-                              info=t("field_dataset_info"), allow_custom_value=True, scale=3, elem_id="data-dataset")
-        fmt = gr.Dropdown(["auto", *FORMATS], value="auto", label=t.label("dataset_format"),
-                          info=t("field_dataset_format_info"), scale=1)
+        dataset = gr.Dropdown(
+            [(name, name) for name in DEMO_DATASETS],
+            value="identity",
+            label=t.label("dataset"),
+            info=t("field_dataset_info"),
+            allow_custom_value=True,
+            scale=3,
+            elem_id="data-dataset",
+        )
+        fmt = gr.Dropdown(
+            ["auto", *FORMATS],
+            value="auto",
+            label=t.label("dataset_format"),
+            info=t("field_dataset_format_info"),
+            scale=1,
+        )
         page = gr.Number(1, label=t("page_label"), minimum=1, precision=0, scale=1)
-    columns = gr.Textbox("", label=t.label("columns"), info=t("field_columns_info"),
-                         placeholder="question=instruction, answer=output", elem_id="data-columns")
+    columns = gr.Textbox(
+        "",
+        label=t.label("columns"),
+        info=t("field_columns_info"),
+        placeholder="question=instruction, answer=output",
+        elem_id="data-columns",
+    )
     # No file_types filter: our own check names the file and the supported types in the page, not a toast.
     upload = gr.File(label=t("upload_label"), type="filepath", height=120, elem_id="data-upload")
     summary = gr.Markdown(elem_id="data-summary")
@@ -64,12 +81,15 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
     def render(name: str, format_name: str, model: str, template: str, number: float, mapping: str = ""):
         """The sample in the chat template, loss-bearing text highlighted."""
         try:
-            used, pieces = ctx.wb.render_sample(name, format_name, model, template, int(number or 1) - 1,
-                                                columns=mapping)
+            used, pieces = ctx.wb.render_sample(
+                name, format_name, model, template, int(number or 1) - 1, columns=mapping
+            )
         except Exception as exc:  # noqa: BLE001 - the preview above already names data problems
             return "", f"<div class='gw-error'>{html.escape(t.message(exc))}</div>"
-        spans = "".join(f"<span class='{'gw-loss' if trains else 'gw-prompt'}'>{html.escape(text)}</span>"
-                        for text, trains in pieces)
+        spans = "".join(
+            f"<span class='{'gw-loss' if trains else 'gw-prompt'}'>{html.escape(text)}</span>"
+            for text, trains in pieces
+        )
         return t("sample_legend", template=used), f"<pre class='gw-sample'>{spans}</pre>"
 
     def preview(name: str, format_name: str, page_number: float, mapping: str = ""):
@@ -79,12 +99,24 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
             return ctx.error(exc), pd.DataFrame(), gr.update()
         pages = max(1, math.ceil(len(loaded.rows) / PAGE_SIZE))
         page_number = min(max(int(page_number or 1), 1), pages)
-        text = t("data_summary", path=Path(name).name, format=loaded.format, rows=len(loaded.rows),
-                 usable=len(loaded.conversations)) + f" · {page_number}/{pages}"
+        text = (
+            t(
+                "data_summary",
+                path=Path(name).name,
+                format=loaded.format,
+                rows=len(loaded.rows),
+                usable=len(loaded.conversations),
+            )
+            + f" · {page_number}/{pages}"
+        )
         problems = loaded.result.problems
         if problems:
-            text += "\n\n" + t("data_problems", count=len(problems)) + "\n" + \
-                "\n".join(f"- {t.message(p)}" for p in problems[:20])
+            text += (
+                "\n\n"
+                + t("data_problems", count=len(problems))
+                + "\n"
+                + "\n".join(f"- {t.message(p)}" for p in problems[:20])
+            )
         return text, rows_page(loaded.rows, page_number), page_number
 
     def on_upload(file_path: str | None, format_name: str, mapping: str = ""):
@@ -110,8 +142,10 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
     page.submit(**preview_io, api_name=False)
     columns.submit(**preview_io, api_name=False)
     columns.blur(**preview_io, api_name=False)
-    upload.upload(on_upload, inputs=[upload, fmt, columns], outputs=[dataset, summary, table, page],
-                  api_name="upload_dataset")
+    upload.upload(
+        on_upload, inputs=[upload, fmt, columns], outputs=[dataset, summary, table, page], api_name="upload_dataset"
+    )
+
     def lengths(name: str, format_name: str, model: str, template: str, cutoff_len: float, mapping: str = ""):
         try:
             counts = ctx.wb.token_lengths(name, format_name, model, template, mapping)
@@ -124,6 +158,17 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
         values = [value for _, value in options]
         return gr.update(choices=options, value=current if current in values else "identity")
 
-    return {"refresh": (refresh, dataset, dataset), "dataset": dataset, "format": fmt, "columns": columns, "summary": summary, "table": table, "preview": preview_io,
-            "lengths": lengths, "histogram": histogram,
-            "render": render, "sample_index": sample_index, "rendered": [legend, rendered]}
+    return {
+        "refresh": (refresh, dataset, dataset),
+        "dataset": dataset,
+        "format": fmt,
+        "columns": columns,
+        "summary": summary,
+        "table": table,
+        "preview": preview_io,
+        "lengths": lengths,
+        "histogram": histogram,
+        "render": render,
+        "sample_index": sample_index,
+        "rendered": [legend, rendered],
+    }

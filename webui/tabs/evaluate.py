@@ -15,8 +15,9 @@ def create_evaluate_tab(ctx: UIContext) -> dict:
     with gr.Row():
         # Runs and uploads are listed when the tab opens: nothing of the workspace is in the page before login.
         run = gr.Dropdown([], value=None, label=t("eval_run"), allow_custom_value=True, scale=3)
-        dataset = gr.Dropdown([("identity", "identity")], value="identity", label=t("eval_data_label"),
-                              allow_custom_value=True, scale=3)
+        dataset = gr.Dropdown(
+            [("identity", "identity")], value="identity", label=t("eval_data_label"), allow_custom_value=True, scale=3
+        )
         max_samples = gr.Number(20, label=t("eval_max_samples"), precision=0, minimum=0, scale=1)
     with gr.Row():
         max_new_tokens = gr.Slider(8, 1024, 128, step=8, label=t("max_new_tokens"))
@@ -30,15 +31,22 @@ def create_evaluate_tab(ctx: UIContext) -> dict:
     predictions = gr.Dataframe(label=t("eval_predictions"), interactive=False, wrap=True, max_height=480)
 
     def evaluate(run_name, dataset_name, samples, new_tokens, greedy_, temperature_):
-        settings = EvalSettings(max_samples=int(samples or 0), max_new_tokens=int(new_tokens), greedy=bool(greedy_),
-                                temperature=float(temperature_))
+        settings = EvalSettings(
+            max_samples=int(samples or 0),
+            max_new_tokens=int(new_tokens),
+            greedy=bool(greedy_),
+            temperature=float(temperature_),
+        )
         try:
             result = ctx.wb.evaluate(run_name or "", dataset_name, settings=settings)
         except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
             return ctx.error(exc), pd.DataFrame(), pd.DataFrame()
         shown = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        note = t("eval_stopped", done=result.metrics["samples"], total=result.metrics["planned"]) \
-            if result.metrics.get("stopped_early") else ""
+        note = (
+            t("eval_stopped", done=result.metrics["samples"], total=result.metrics["planned"])
+            if result.metrics.get("stopped_early")
+            else ""
+        )
         return note, pd.DataFrame([shown]), pd.DataFrame(result.predictions)
 
     def abort_evaluation():
@@ -46,10 +54,16 @@ def create_evaluate_tab(ctx: UIContext) -> dict:
 
     def refresh(current: str | None):
         runs = ctx.wb.runs_with_results()
-        return (gr.update(choices=runs, value=current if current in runs else (runs[0] if runs else None)),
-                gr.update(choices=ctx.wb.dataset_choices()))
+        return (
+            gr.update(choices=runs, value=current if current in runs else (runs[0] if runs else None)),
+            gr.update(choices=ctx.wb.dataset_choices()),
+        )
 
-    start.click(evaluate, [run, dataset, max_samples, max_new_tokens, greedy, temperature],
-                [notice, metrics, predictions], api_name="evaluate")
+    start.click(
+        evaluate,
+        [run, dataset, max_samples, max_new_tokens, greedy, temperature],
+        [notice, metrics, predictions],
+        api_name="evaluate",
+    )
     abort.click(abort_evaluation, None, notice, api_name="abort_evaluation")
     return {"refresh": (refresh, run, [run, dataset]), "run": run}

@@ -22,8 +22,9 @@ def create_export_tab(ctx: UIContext) -> dict:
     notice = gr.Markdown(elem_id="export-notice")
     with gr.Accordion(t("export_merge_title"), open=False):
         with gr.Row():
-            merge_dir = gr.Textbox("", label=t("export_merge_dir"), info=t("export_merge_dir_info"), scale=3,
-                                   elem_id="export-merge-dir")
+            merge_dir = gr.Textbox(
+                "", label=t("export_merge_dir"), info=t("export_merge_dir_info"), scale=3, elem_id="export-merge-dir"
+            )
             merge_dtype = gr.Dropdown(list(DTYPES), value="auto", label=t("export_merge_dtype"), scale=1)
             shard_size = gr.Textbox("2GB", label=t("export_merge_shard"), scale=1)
             overwrite = gr.Checkbox(False, label=t("export_overwrite"), info=t("export_overwrite_info"), scale=1)
@@ -43,8 +44,7 @@ def create_export_tab(ctx: UIContext) -> dict:
     def refresh_runs(folder: str):
         runs = ctx.wb.runs_with_results()
         suggestion = folder or str(ctx.wb.exports / "merged")
-        return (gr.update(choices=runs, value=runs[0] if runs else None), "" if runs else t("export_none"),
-                suggestion)
+        return (gr.update(choices=runs, value=runs[0] if runs else None), "" if runs else t("export_none"), suggestion)
 
     def merge_run(name: str | None, folder: str, dtype: str, shard: str, replace: bool):
         try:

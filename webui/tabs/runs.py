@@ -15,11 +15,21 @@ COLUMNS = ("run", "state", "method", "model", "dataset", "steps", "final_loss", 
 def runs_frame(ctx: UIContext) -> pd.DataFrame:
     """The runs table in the page's language: translated headers and states (method names stay config keys)."""
     t = ctx.t
-    rows = [{"run": row["run"], "state": t.state(row["state"]), "method": row["method"], "model": row["model"],
-             "dataset": row["dataset"], "steps": f"{row['step']}/{row['max_steps']}",
-             "final_loss": format_loss(row["final_loss"]), "best_eval_loss": format_loss(row["best_eval_loss"]),
-             "duration": format_duration(row["seconds"]),
-             "error": ctx.status_error(row) if row["error"] else ""} for row in ctx.wb.runs_table()]
+    rows = [
+        {
+            "run": row["run"],
+            "state": t.state(row["state"]),
+            "method": row["method"],
+            "model": row["model"],
+            "dataset": row["dataset"],
+            "steps": f"{row['step']}/{row['max_steps']}",
+            "final_loss": format_loss(row["final_loss"]),
+            "best_eval_loss": format_loss(row["best_eval_loss"]),
+            "duration": format_duration(row["seconds"]),
+            "error": ctx.status_error(row) if row["error"] else "",
+        }
+        for row in ctx.wb.runs_table()
+    ]
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     return frame.rename(columns={c: t.get(f"runs_col_{c}", c) for c in frame.columns})
 
@@ -28,13 +38,13 @@ def create_runs_tab(ctx: UIContext) -> dict:
     t = ctx.t
     refresh_button = gr.Button(t("refresh"), size="sm")
     # Filled from the workspace when the tab opens: nothing of it is in the page before login.
-    table = gr.Dataframe(pd.DataFrame(columns=[t.get(f"runs_col_{c}", c) for c in COLUMNS]), interactive=False,
-                         wrap=True, max_height=360)
+    table = gr.Dataframe(
+        pd.DataFrame(columns=[t.get(f"runs_col_{c}", c) for c in COLUMNS]), interactive=False, wrap=True, max_height=360
+    )
     selected = gr.CheckboxGroup([], value=[], label=t("runs_select"))
     chart = gr.Plot(show_label=False)
     with gr.Row():
-        victim = gr.Dropdown([], value=None, label=t("runs_one"), allow_custom_value=True, scale=3,
-                             elem_id="runs-one")
+        victim = gr.Dropdown([], value=None, label=t("runs_one"), allow_custom_value=True, scale=3, elem_id="runs-one")
         open_chat = gr.Button(t("runs_open_chat"), scale=1, elem_id="runs-open-chat")
         open_eval = gr.Button(t("runs_open_eval"), scale=1, elem_id="runs-open-eval")
         delete = gr.Button(t("runs_delete"), variant="stop", scale=1)
@@ -50,8 +60,12 @@ def create_runs_tab(ctx: UIContext) -> dict:
 
     def refresh():
         current = [run.name for run in ctx.wb.runs()]
-        return (runs_frame(ctx), gr.update(choices=current, value=[c for c in current[:2]]),
-                gr.update(choices=current, value=current[0] if current else None), gr.update(visible=False))
+        return (
+            runs_frame(ctx),
+            gr.update(choices=current, value=[c for c in current[:2]]),
+            gr.update(choices=current, value=current[0] if current else None),
+            gr.update(visible=False),
+        )
 
     def ask(name: str):
         if not name:
@@ -69,6 +83,10 @@ def create_runs_tab(ctx: UIContext) -> dict:
     selected.change(compare, selected, chart, api_name="compare_runs")
     delete.click(ask, victim, [confirm, notice], api_name=False)
     confirm.click(remove, victim, [table, selected, victim, confirm, notice], api_name="delete_run")
-    return {"refresh": (refresh, None, [table, selected, victim, confirm]), "run": victim, "open_chat": open_chat,
-            "open_eval": open_eval,
-            "compare": (compare, selected, chart)}
+    return {
+        "refresh": (refresh, None, [table, selected, victim, confirm]),
+        "run": victim,
+        "open_chat": open_chat,
+        "open_eval": open_eval,
+        "compare": (compare, selected, chart),
+    }

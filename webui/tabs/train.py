@@ -45,20 +45,33 @@ def progress_html(snapshot, ctx: UIContext) -> str:
     percent = int(100 * step / total) if total else 0
     state = snapshot.state
     eta = status.get("eta") if state == "running" else 0
-    text = t("progress_text", run=snapshot.name, state=t.state(state), step=step, total=total or "?",
-             percent=percent, elapsed=format_duration(status.get("elapsed")), eta=format_duration(eta))
+    text = t(
+        "progress_text",
+        run=snapshot.name,
+        state=t.state(state),
+        step=step,
+        total=total or "?",
+        percent=percent,
+        elapsed=format_duration(status.get("elapsed")),
+        eta=format_duration(eta),
+    )
     notes = []
     if state == "interrupted":
         checkpoint = status.get("checkpoint")
-        notes.append(t("progress_interrupted", step=step, checkpoint=checkpoint) if checkpoint else
-                     t("progress_interrupted_no_checkpoint", step=step))
+        notes.append(
+            t("progress_interrupted", step=step, checkpoint=checkpoint)
+            if checkpoint
+            else t("progress_interrupted_no_checkpoint", step=step)
+        )
     if status.get("error") and state == "failed":
         notes.append(ctx.status_error(status))
     if status.get("skipped_rows"):
         notes.append(t.message(status["skipped_rows"]))
     extra = "".join(f"<div class='gw-note gw-{state}'>{html.escape(note)}</div>" for note in notes)
-    return (f"<div class='gw-progress'><div class='gw-bar gw-{state}' style='width:{percent}%'></div></div>"
-            f"<div class='gw-progress-text'>{html.escape(text)}</div>{extra}")
+    return (
+        f"<div class='gw-progress'><div class='gw-bar gw-{state}' style='width:{percent}%'></div></div>"
+        f"<div class='gw-progress-text'>{html.escape(text)}</div>{extra}"
+    )
 
 
 def field_component(spec: Field, t, value: Any) -> gr.components.Component:
@@ -103,15 +116,30 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
 
     with gr.Row():
         # Choices are read from the workspace when the page opens (nothing of it is in the page before login).
-        fields["model_name_or_path"] = gr.Dropdown([d.model_name_or_path], value=d.model_name_or_path,
-                                                   label=t.label("model_name_or_path"),
-                                                   info=t("field_model_name_or_path_info"), allow_custom_value=True,
-                                                   scale=2, elem_id="field-model_name_or_path")
-        fields["template"] = gr.Dropdown(["auto", *TEMPLATES], value=d.template, label=t.label("template"),
-                                         info=t("field_template_info"), scale=1, elem_id="field-template")
+        fields["model_name_or_path"] = gr.Dropdown(
+            [d.model_name_or_path],
+            value=d.model_name_or_path,
+            label=t.label("model_name_or_path"),
+            info=t("field_model_name_or_path_info"),
+            allow_custom_value=True,
+            scale=2,
+            elem_id="field-model_name_or_path",
+        )
+        fields["template"] = gr.Dropdown(
+            ["auto", *TEMPLATES],
+            value=d.template,
+            label=t.label("template"),
+            info=t("field_template_info"),
+            scale=1,
+            elem_id="field-template",
+        )
         field("trust_remote_code", "bool")
-    fields["finetuning_type"] = gr.Radio([(t(f"method_{m}"), m) for m in METHODS], value=d.finetuning_type,
-                                         label=t.label("finetuning_type"), elem_id="field-finetuning_type")
+    fields["finetuning_type"] = gr.Radio(
+        [(t(f"method_{m}"), m) for m in METHODS],
+        value=d.finetuning_type,
+        label=t.label("finetuning_type"),
+        elem_id="field-finetuning_type",
+    )
     method_fields, groups = create_method_fields(t, d)
     fields.update(method_fields)
     with gr.Row():
@@ -131,15 +159,28 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
             field("packing", "bool")
             field("fused_loss", "bool")
         with gr.Row():
-            fields["eval_dataset"] = gr.Dropdown([("", "")], value=d.eval_dataset, label=t.label("eval_dataset"),
-                                                 info=t("field_eval_dataset_info"), allow_custom_value=True,
-                                                 elem_id="field-eval_dataset")
-            fields["precision"] = gr.Dropdown(list(DTYPES), value=d.precision, label=t.label("precision"),
-                                              info=t("field_precision_info"), elem_id="field-precision")
+            fields["eval_dataset"] = gr.Dropdown(
+                [("", "")],
+                value=d.eval_dataset,
+                label=t.label("eval_dataset"),
+                info=t("field_eval_dataset_info"),
+                allow_custom_value=True,
+                elem_id="field-eval_dataset",
+            )
+            fields["precision"] = gr.Dropdown(
+                list(DTYPES),
+                value=d.precision,
+                label=t.label("precision"),
+                info=t("field_precision_info"),
+                elem_id="field-precision",
+            )
         with gr.Row():
-            fields["lr_scheduler_type"] = gr.Dropdown(list(LR_SCHEDULERS), value=d.lr_scheduler_type,
-                                                      label=t.label("lr_scheduler_type"),
-                                                      elem_id="field-lr_scheduler_type")
+            fields["lr_scheduler_type"] = gr.Dropdown(
+                list(LR_SCHEDULERS),
+                value=d.lr_scheduler_type,
+                label=t.label("lr_scheduler_type"),
+                elem_id="field-lr_scheduler_type",
+            )
             field("warmup_ratio")
             field("weight_decay")
             field("max_grad_norm")
@@ -149,8 +190,13 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
             field("neftune_noise_alpha")
             field("seed", "int")
             field("nproc_per_node", "int")
-    continue_from = gr.Dropdown([(t("continue_none"), "")], value="", label=t("continue_from"),
-                                info=t("continue_from_info"), allow_custom_value=True)
+    continue_from = gr.Dropdown(
+        [(t("continue_none"), "")],
+        value="",
+        label=t("continue_from"),
+        info=t("continue_from_info"),
+        allow_custom_value=True,
+    )
     estimate = gr.Markdown()
     with gr.Accordion(t("command_preview"), open=False):
         command = gr.Code(language="shell", show_label=False)
@@ -177,8 +223,9 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
 
     def form_config(*values) -> RunConfig:
         *own, dataset, fmt, columns, parent = values
-        config = DEMO_DEFAULTS.replace(**dict(zip(keys, own)), dataset=dataset, dataset_format=fmt,
-                                       columns=columns or "")
+        config = DEMO_DEFAULTS.replace(
+            **dict(zip(keys, own)), dataset=dataset, dataset_format=fmt, columns=columns or ""
+        )
         return ctx.wb.continued_config(parent, config) if parent else config
 
     def start_training(*values):
@@ -252,14 +299,23 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         ended = snapshot.state in ("finished", "failed", "aborted", "interrupted")
         stale = (t("aborting", run=snapshot.name), t("resumed", run=snapshot.name))
         message_update = "" if ended and (shown_message or "") in stale else gr.skip()
-        return (progress_html(snapshot, ctx), figure, snapshot.log_tail, snapshot.status, key,
-                *buttons_for(snapshot.state), message_update)
+        return (
+            progress_html(snapshot, ctx),
+            figure,
+            snapshot.log_tail,
+            snapshot.status,
+            key,
+            *buttons_for(snapshot.state),
+            message_update,
+        )
 
     def buttons_for(state: str | None):
         """Abort and Resume are clickable only when they have something to act on. Start stays clickable: from a
         second tab it answers 'busy' with the running run's name."""
-        return (gr.update(interactive=state in ("queued", "running")),
-                gr.update(interactive=state in ("aborted", "failed", "interrupted")))
+        return (
+            gr.update(interactive=state in ("queued", "running")),
+            gr.update(interactive=state in ("aborted", "failed", "interrupted")),
+        )
 
     def method_groups(method: str) -> list:
         """Only the chosen method's own fields are visible."""
@@ -272,8 +328,9 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
 
     method_outputs = [group for _, group in groups] + [fields["learning_rate"]]
     for trigger in (fields["finetuning_type"], fields["model_name_or_path"]):
-        trigger.input(method_changed, [fields["finetuning_type"], fields["model_name_or_path"]], method_outputs,
-                      api_name=False)
+        trigger.input(
+            method_changed, [fields["finetuning_type"], fields["model_name_or_path"]], method_outputs, api_name=False
+        )
 
     def form_changed(*values) -> tuple[str, str]:
         return show_estimate(*values), show_command(*values)
@@ -281,17 +338,29 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     for component in form:
         component.change(form_changed, form, [estimate, command], api_name=False, show_progress="hidden")
     save_yaml_button.click(save_config, form, [yaml_file, message], api_name="save_config")
-    load_yaml_button.upload(load_config, load_yaml_button,
-                            [fields[k] for k in keys] + [data["dataset"], data["format"], data["columns"], message],
-                            api_name="load_config")
+    load_yaml_button.upload(
+        load_config,
+        load_yaml_button,
+        [fields[k] for k in keys] + [data["dataset"], data["format"], data["columns"], message],
+        api_name="load_config",
+    )
     start.click(start_training, form, message, api_name="start_training")
     abort.click(abort_training, None, message, api_name="abort_training")
     resume.click(resume_training, None, message, api_name="resume_training")
-    timer.tick(poll, [seen, message], [progress, chart, log, status_json, seen, abort, resume, message],
-               api_name="poll", show_progress="hidden")
+    timer.tick(
+        poll,
+        [seen, message],
+        [progress, chart, log, status_json, seen, abort, resume, message],
+        api_name="poll",
+        show_progress="hidden",
+    )
     for component in (data["dataset"], data["format"]):
-        component.change(lambda ds, fmt: t("train_dataset", dataset=Path(ds or "").name, format=fmt),
-                         [data["dataset"], data["format"]], dataset_note, api_name=False)
+        component.change(
+            lambda ds, fmt: t("train_dataset", dataset=Path(ds or "").name, format=fmt),
+            [data["dataset"], data["format"]],
+            dataset_note,
+            api_name=False,
+        )
 
     def restore_running_form():
         """After a refresh or in a new tab, the form shows the settings of the run that is training."""
@@ -303,14 +372,25 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
 
     def refresh_choices():
         finished = [run.name for run in ctx.wb.runs() if run.state == "finished"]
-        return (gr.update(choices=[(t("continue_none"), "")] + [(r, r) for r in finished]),
-                gr.update(choices=ctx.wb.base_model_choices()),
-                gr.update(choices=[("", "")] + ctx.wb.dataset_choices()))
+        return (
+            gr.update(choices=[(t("continue_none"), "")] + [(r, r) for r in finished]),
+            gr.update(choices=ctx.wb.base_model_choices()),
+            gr.update(choices=[("", "")] + ctx.wb.dataset_choices()),
+        )
 
-    return {"start": start, "abort": abort, "message": message, "status": status_json, "fields": fields,
-            "refresh": (refresh_choices, None, [continue_from, fields["model_name_or_path"], fields["eval_dataset"]]),
-            "method_groups": (method_groups, fields["finetuning_type"], method_outputs[:-1]),
-            "restore": (restore_running_form, None,
-                        [fields[k] for k in keys] + [data["dataset"], data["format"], data["columns"]]),
-            "estimate": dict(fn=show_estimate, inputs=form, outputs=estimate),
-            "command": dict(fn=show_command, inputs=form, outputs=command)}
+    return {
+        "start": start,
+        "abort": abort,
+        "message": message,
+        "status": status_json,
+        "fields": fields,
+        "refresh": (refresh_choices, None, [continue_from, fields["model_name_or_path"], fields["eval_dataset"]]),
+        "method_groups": (method_groups, fields["finetuning_type"], method_outputs[:-1]),
+        "restore": (
+            restore_running_form,
+            None,
+            [fields[k] for k in keys] + [data["dataset"], data["format"], data["columns"]],
+        ),
+        "estimate": dict(fn=show_estimate, inputs=form, outputs=estimate),
+        "command": dict(fn=show_command, inputs=form, outputs=command),
+    }

@@ -47,8 +47,8 @@ def process_response(response: str) -> str:
     """THUDM's post-processing of a decoded answer."""
     response = response.strip().replace("[[训练时间]]", "2023年")
     for ascii_mark, full_width in _PUNCTUATION:
-        response = re.sub(r"([\u4e00-\u9fff])%s" % ascii_mark, r"\1%s" % full_width, response)
-        response = re.sub(r"%s([\u4e00-\u9fff])" % ascii_mark, r"%s\1" % full_width, response)
+        response = re.sub(rf"([\u4e00-\u9fff]){ascii_mark}", rf"\g<1>{full_width}", response)
+        response = re.sub(rf"{ascii_mark}([\u4e00-\u9fff])", rf"{full_width}\g<1>", response)
     return response
 
 
@@ -65,14 +65,27 @@ def prompt_ids(tokenizer, query: str, history: list[tuple[str, str]] | None = No
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
-def chat(model, tokenizer, query: str, history: list[tuple[str, str]] | None = None, *, max_new_tokens: int = 256,
-         do_sample: bool = False, **generate_kwargs) -> tuple[str, list[tuple[str, str]]]:
+def chat(
+    model,
+    tokenizer,
+    query: str,
+    history: list[tuple[str, str]] | None = None,
+    *,
+    max_new_tokens: int = 256,
+    do_sample: bool = False,
+    **generate_kwargs,
+) -> tuple[str, list[tuple[str, str]]]:
     """One turn as THUDM's `model.chat(tokenizer, query, history)`: the answer and the history with it."""
     import torch
 
     ids = torch.tensor([prompt_ids(tokenizer, query, history)], device=model.device)
     with torch.no_grad():
-        output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                do_sample=do_sample, **generate_kwargs)
-    response = process_response(tokenizer.decode(output[0, ids.shape[1]:].tolist(), skip_special_tokens=True))
+        output = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            **generate_kwargs,
+        )
+    response = process_response(tokenizer.decode(output[0, ids.shape[1] :].tolist(), skip_special_tokens=True))
     return response, list(history or []) + [(query, response)]

@@ -79,16 +79,18 @@ class Glm1Attention(nn.Module):
         self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=True)
         self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=True)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, rotary,
-                cache: Cache | None = None) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, rotary, cache: Cache | None = None
+    ) -> torch.Tensor:
         batch, length, _ = hidden_states.shape
         mixed = self.query_key_value(hidden_states).view(batch, length, self.num_heads, 3 * self.head_dim)
         query, key, value = (t.transpose(1, 2) for t in mixed.split(self.head_dim, dim=-1))
         query, key = apply_2d_rotary(query, key, rotary)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
-        context = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
-                                                 scale=1.0 / math.sqrt(self.head_dim))
+        context = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, scale=1.0 / math.sqrt(self.head_dim)
+        )
         return self.dense(context.transpose(1, 2).reshape(batch, length, -1))
 
 
@@ -111,8 +113,14 @@ class Glm1Block(GradientCheckpointingLayer):
         self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
         self.mlp = Glm1MLP(config)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, rotary,
-                cache: Cache | None = None, use_cache: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        rotary,
+        cache: Cache | None = None,
+        use_cache: bool = False,
+    ) -> torch.Tensor:
         attention_input = self.input_layernorm(hidden_states)
         hidden_states = attention_input * self.alpha + self.attention(attention_input, attention_mask, rotary, cache)
         mlp_input = self.post_attention_layernorm(hidden_states)
@@ -144,10 +152,17 @@ class Glm1Model(Glm1PreTrainedModel):
         self.word_embeddings = value
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
-    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.LongTensor | None = None, cache: Cache | None = None,
-                inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
-                output_hidden_states: bool | None = None, **kwargs) -> BaseModelOutputWithPast:
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
         """`attention_mask`: a 2D padding mask (1 = token) over the cache and the new tokens, or a ready boolean
         4D mask (True = may attend). `position_ids`: [2, batch, seq]; computed from `input_ids` when absent."""
         if (input_ids is None) == (inputs_embeds is None):
@@ -165,15 +180,20 @@ class Glm1Model(Glm1PreTrainedModel):
             position_ids = self._positions(input_ids, padding_mask, past_length)
         if attention_mask is None or attention_mask.dim() == 2:
             if input_ids is None:
-                raise ValueError("GLM v1's prefix-LM mask comes from the token ids (<sop>): with inputs_embeds, pass "
-                                 "a boolean 4D attention_mask [batch, 1, seq, past + seq] (True = may attend)")
-            mask = glm1_positions.attention_mask(input_ids, self.config, past_length, padding_mask, length,
-                                                 inputs_embeds.device)
+                raise ValueError(
+                    "GLM v1's prefix-LM mask comes from the token ids (<sop>): with inputs_embeds, pass "
+                    "a boolean 4D attention_mask [batch, 1, seq, past + seq] (True = may attend)"
+                )
+            mask = glm1_positions.attention_mask(
+                input_ids, self.config, past_length, padding_mask, length, inputs_embeds.device
+            )
         else:
             mask = attention_mask.to(device=inputs_embeds.device, dtype=torch.bool)
         rotary_dim = self.config.head_dim // 2
-        rotary = tuple(rotary_cos_sin(position_ids[row], rotary_dim, self.config.rotary_base, inputs_embeds.dtype)
-                       for row in (0, 1))
+        rotary = tuple(
+            rotary_cos_sin(position_ids[row], rotary_dim, self.config.rotary_base, inputs_embeds.dtype)
+            for row in (0, 1)
+        )
 
         hidden_states = inputs_embeds
         all_hidden_states = [] if (output_hidden_states or self.config.output_hidden_states) else None
@@ -184,18 +204,25 @@ class Glm1Model(Glm1PreTrainedModel):
         hidden_states = self.final_layernorm(hidden_states)
         if all_hidden_states is not None:
             all_hidden_states.append(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None,
-                                       hidden_states=tuple(all_hidden_states) if all_hidden_states else None)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            cache=cache if use_cache else None,
+            hidden_states=tuple(all_hidden_states) if all_hidden_states else None,
+        )
 
     def _positions(self, input_ids, padding_mask, past_length: int) -> torch.Tensor:
         """Positions for a chunk that starts a sequence (no cache, or a P-tuning prefix before its prompt)."""
         if input_ids is None:
-            raise ValueError("GLM v1 positions come from the token ids ([gMASK], <sop>): with inputs_embeds, pass "
-                             "position_ids [2, batch, seq]")
+            raise ValueError(
+                "GLM v1 positions come from the token ids ([gMASK], <sop>): with inputs_embeds, pass "
+                "position_ids [2, batch, seq]"
+            )
         if past_length and self.config.bos_token_id not in input_ids:
-            raise ValueError("GLM v1 cannot tell the positions of tokens that continue a cache from the new tokens "
-                             "alone: pass position_ids [2, batch, seq] (generate does)")
-        chunk_padding = padding_mask[:, -input_ids.shape[1]:] if padding_mask is not None else None
+            raise ValueError(
+                "GLM v1 cannot tell the positions of tokens that continue a cache from the new tokens "
+                "alone: pass position_ids [2, batch, seq] (generate does)"
+            )
+        chunk_padding = padding_mask[:, -input_ids.shape[1] :] if padding_mask is not None else None
         return glm1_positions.position_ids(input_ids, self.config, chunk_padding)
 
 
@@ -221,37 +248,54 @@ class Glm1ForCausalLM(Glm1PreTrainedModel, GenerationMixin):
         self.lm_head = value
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
-    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.LongTensor | None = None, cache: Cache | None = None,
-                inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
-                use_cache: bool | None = None, logits_to_keep: int | torch.Tensor = 0,
-                output_hidden_states: bool | None = None, **kwargs) -> CausalLMOutputWithPast:
-        outputs = self.transformer(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                   cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
-                                   output_hidden_states=output_hidden_states)
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        outputs = self.transformer(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+        )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
         logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:  # shifted inside, as THUDM does: position t predicts token t + 1
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
-                                      hidden_states=outputs.hidden_states)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
+        )
 
     def _prepare_position_ids_for_generation(self, inputs_tensor: torch.Tensor, model_kwargs: dict) -> torch.Tensor:
         """generate's starting positions: GLM v1's 2D ones, from the prompt's ids and padding (the base class would
         count 0, 1, 2, ... from the mask). A P-tuning prefix in the mask has no ids and no positions."""
         input_ids = model_kwargs.get("input_ids", inputs_tensor)
         attention_mask = model_kwargs.get("attention_mask")
-        padding = attention_mask[:, -input_ids.shape[1]:] if attention_mask is not None else None
+        padding = attention_mask[:, -input_ids.shape[1] :] if attention_mask is not None else None
         return glm1_positions.position_ids(input_ids, self.config, padding)
 
-    def _update_model_kwargs_for_generation(self, outputs, model_kwargs: dict, is_encoder_decoder: bool = False,
-                                            num_new_tokens: int = 1) -> dict:
+    def _update_model_kwargs_for_generation(
+        self, outputs, model_kwargs: dict, is_encoder_decoder: bool = False, num_new_tokens: int = 1
+    ) -> dict:
         """New tokens' positions grow THUDM's way: the position stays the mask's, the block position counts on (the
         base class would add one to both rows)."""
         given = model_kwargs.pop("position_ids", None)
-        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder,
-                                                                   num_new_tokens)
+        model_kwargs = super()._update_model_kwargs_for_generation(
+            outputs, model_kwargs, is_encoder_decoder, num_new_tokens
+        )
         if given is not None:
             new = given[..., -1:].repeat(1, 1, num_new_tokens)
             new[1] += torch.arange(1, num_new_tokens + 1, device=given.device)

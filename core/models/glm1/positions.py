@@ -59,8 +59,14 @@ def position_ids(input_ids: torch.Tensor, config, padding_mask: torch.Tensor | N
     return out.to(input_ids.device)
 
 
-def attention_mask(input_ids: torch.Tensor, config, past_length: int, padding_mask: torch.Tensor | None,
-                   query_length: int, device: torch.device) -> torch.Tensor:
+def attention_mask(
+    input_ids: torch.Tensor,
+    config,
+    past_length: int,
+    padding_mask: torch.Tensor | None,
+    query_length: int,
+    device: torch.device,
+) -> torch.Tensor:
     """Boolean [batch, 1, query, past + query] mask, True where a query may attend a key.
 
     Keys already in the cache (earlier tokens, or a P-tuning prefix) are visible to every new query. Among the new
@@ -85,7 +91,7 @@ def attention_mask(input_ids: torch.Tensor, config, past_length: int, padding_ma
     past = torch.ones(batch, query_length, past_length, dtype=torch.bool, device=device)
     mask = torch.cat([past, new.expand(batch, -1, -1)], dim=-1)
     if padding_mask is not None:
-        keys = padding_mask[:, -(past_length + query_length):].to(device=device, dtype=torch.bool)
+        keys = padding_mask[:, -(past_length + query_length) :].to(device=device, dtype=torch.bool)
         if keys.shape[1] < past_length + query_length:  # a mask for the new tokens only: the past is all tokens
             keys = torch.cat([keys.new_ones(batch, past_length + query_length - keys.shape[1]), keys], dim=1)
         mask = mask & keys[:, None, :]

@@ -34,7 +34,7 @@ IMPOSSIBLE = -1e9  # the score of a piece SentencePiece never emits from text (c
 
 # SentencePiece piece types (sentencepiece_model.proto)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
-UNIGRAM, BPE = 1, 2
+UNIGRAM_TYPE, BPE_TYPE = 1, 2  # SentencePiece model types
 
 
 class TokenizerError(ValueError):
@@ -59,12 +59,15 @@ def check_layout(proto) -> None:
     pieces = {p.piece for p in proto.pieces}
     missing = [t for t in SPECIAL_TOKENS if t not in pieces]
     if missing:
-        raise TokenizerError(f"ice_text.model has no {', '.join(missing)}: this is the icetk-era tokenizer of the "
-                             "first ChatGLM-6B upload; replace ice_text.model, tokenization_chatglm.py and "
-                             "tokenizer_config.json with the final THUDM/chatglm-6b revision's")
-    if proto.trainer_spec.model_type not in (UNIGRAM, BPE):
-        raise TokenizerError("ice_text.model is neither a unigram nor a BPE model "
-                             f"(type {proto.trainer_spec.model_type})")
+        raise TokenizerError(
+            f"ice_text.model has no {', '.join(missing)}: this is the icetk-era tokenizer of the "
+            "first ChatGLM-6B upload; replace ice_text.model, tokenization_chatglm.py and "
+            "tokenizer_config.json with the final THUDM/chatglm-6b revision's"
+        )
+    if proto.trainer_spec.model_type not in (UNIGRAM_TYPE, BPE_TYPE):
+        raise TokenizerError(
+            f"ice_text.model is neither a unigram nor a BPE model (type {proto.trainer_spec.model_type})"
+        )
 
 
 def _normalizer(proto):
@@ -109,13 +112,12 @@ def _decoder(proto):
 
 
 def _model(proto, num_image_tokens: int):
-    from tokenizers.models import BPE as BPEModel
-    from tokenizers.models import Unigram
+    from tokenizers.models import BPE, Unigram
 
     images = [f"<image_{i}>" for i in range(num_image_tokens)]
     unk_id = num_image_tokens + proto.trainer_spec.unk_id
     byte_fallback = proto.trainer_spec.byte_fallback
-    if proto.trainer_spec.model_type == UNIGRAM:
+    if proto.trainer_spec.model_type == UNIGRAM_TYPE:
         emitted = (NORMAL, UNKNOWN, USER_DEFINED)
         vocab = [(name, IMPOSSIBLE) for name in images]
         vocab += [(p.piece, p.score if p.type in emitted else IMPOSSIBLE) for p in proto.pieces]
@@ -124,11 +126,21 @@ def _model(proto, num_image_tokens: int):
     vocab.update({p.piece: num_image_tokens + i for i, p in enumerate(proto.pieces)})
     # SentencePiece's BPE merges the adjacent pair whose union is the best-scoring normal piece: rank pairs so.
     normal = {p.piece: (p.score, i) for i, p in enumerate(proto.pieces) if p.type == NORMAL}
-    ranked = sorted((-score, index, piece[:cut], piece[cut:]) for piece, (score, index) in normal.items()
-                    for cut in range(1, len(piece)) if piece[:cut] in normal and piece[cut:] in normal)
+    ranked = sorted(
+        (-score, index, piece[:cut], piece[cut:])
+        for piece, (score, index) in normal.items()
+        for cut in range(1, len(piece))
+        if piece[:cut] in normal and piece[cut:] in normal
+    )
     merges = [(left, right) for _, _, left, right in ranked]
-    return BPEModel(vocab, merges, unk_token=proto.trainer_spec.unk_piece, fuse_unk=True, byte_fallback=byte_fallback,
-                    ignore_merges=True)
+    return BPE(
+        vocab,
+        merges,
+        unk_token=proto.trainer_spec.unk_piece,
+        fuse_unk=True,
+        byte_fallback=byte_fallback,
+        ignore_merges=True,
+    )
 
 
 def build_tokenizer(ice_text_model: str | Path, num_image_tokens: int, chat_template: str):
@@ -146,10 +158,20 @@ def build_tokenizer(ice_text_model: str | Path, num_image_tokens: int, chat_temp
     core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     ids = {token: core.token_to_id(token) for token in specials}
     core.post_processor = processors.TemplateProcessing(
-        single="$A [gMASK] <sop>", pair="$A [gMASK] <sop> $B:1 <eop>:1",
-        special_tokens=[(t, ids[t]) for t in ("[gMASK]", "<sop>", "<eop>")])
+        single="$A [gMASK] <sop>",
+        pair="$A [gMASK] <sop> $B:1 <eop>:1",
+        special_tokens=[(t, ids[t]) for t in ("[gMASK]", "<sop>", "<eop>")],
+    )
     named = {"<unk>", "<sop>", "<eop>", "<pad>", "[MASK]"}
     return PreTrainedTokenizerFast(
-        tokenizer_object=core, unk_token="<unk>", bos_token="<sop>", eos_token="<eop>", pad_token="<pad>",
-        mask_token="[MASK]", additional_special_tokens=[t for t in specials if t not in named],
-        padding_side="left", chat_template=chat_template, clean_up_tokenization_spaces=False)
+        tokenizer_object=core,
+        unk_token="<unk>",
+        bos_token="<sop>",
+        eos_token="<eop>",
+        pad_token="<pad>",
+        mask_token="[MASK]",
+        additional_special_tokens=[t for t in specials if t not in named],
+        padding_side="left",
+        chat_template=chat_template,
+        clean_up_tokenization_spaces=False,
+    )
