@@ -122,7 +122,7 @@ class Soak:
 
     def action_chat(self) -> None:
         client = self.client()
-        adapters = client.predict("demo", "", api_name="/refresh_chat_choices")[1]["choices"]
+        adapters = client.predict("demo", "", "", "", "", api_name="/refresh_chat_choices")[1]["choices"]
         adapter = self.random.choice(adapters)[1] if adapters else ""
         client.predict("你是谁？", [], "demo", adapter, "", 0.7, 0.9, 24, True, api_name="/chat")
 

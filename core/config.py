@@ -23,6 +23,7 @@ from core.methods import METHODS, get_method
 from core.models.loader import DTYPES
 
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+TRACKERS = ("none", "tensorboard", "swanlab", "wandb", "mlflow")  # report_to, as in transformers and LLaMA-Factory
 
 
 @dataclass
@@ -64,6 +65,7 @@ class CommonSettings:
     precision: str = "auto"
     gradient_checkpointing: bool = False
     fused_loss: bool = True  # the loss from hidden states chunk by chunk: the [tokens x vocab] logits never exist
+    report_to: str = "none"  # experiment trackers, comma-separated: tensorboard (into RUN/tensorboard), swanlab, ...
     # continued (incremental) training
     adapter_name_or_path: str = ""  # an adapter to keep training instead of a new one
     parent_run: str = ""  # the run this one continues, recorded for the lineage
@@ -115,6 +117,11 @@ class RunConfig(*reversed(_OPTIONS), CommonSettings):  # type: ignore[misc]
         if problems:  # report the value problems of the keys that were read, too: one round trip for the user
             raise ConfigError(problems + config.problems())
         return config
+
+    @property
+    def trackers(self) -> list[str]:
+        """The experiment trackers named in report_to ("none" names none)."""
+        return [name.strip() for name in self.report_to.split(",") if name.strip() and name.strip() != "none"]
 
     def replace(self, **changes: Any) -> RunConfig:
         merged = self.to_dict()
@@ -169,6 +176,12 @@ class RunConfig(*reversed(_OPTIONS), CommonSettings):  # type: ignore[misc]
             "config.needs_validation",
         )
         check(self.precision in DTYPES, "precision", "config.one_of", choices=", ".join(DTYPES))
+        check(
+            all(name in TRACKERS for name in self.trackers) and (self.trackers or self.report_to.strip() == "none"),
+            "report_to",
+            "config.one_of",
+            choices=", ".join(TRACKERS),
+        )
         if self.finetuning_type in METHODS:
             METHODS[self.finetuning_type].check(self, check)
         from core.data.template import TEMPLATES  # late import: data depends on nothing in config
@@ -253,7 +266,6 @@ LLAMAFACTORY_IGNORED = (
     "preprocessing_num_workers",
     "plot_loss",
     "overwrite_output_dir",
-    "report_to",
     "ddp_timeout",
     "dataloader_num_workers",
     "dataset_dir",

@@ -283,6 +283,10 @@ class Workbench:
     def adapter_choices(self) -> list[str]:
         return [run.name for run in self.runs() if run.adapter_dir is not None and run.state != "running"]
 
+    def finished_adapter_runs(self) -> list[str]:
+        """Finished runs that left an adapter, newest first (side by side compares the newest two)."""
+        return [run.name for run in self.runs() if run.adapter_dir is not None and run.state == "finished"]
+
     def base_model_choices(self) -> list[str]:
         """What the train tab's model picker offers: the demo model, models recent runs used (newest first), and
         model folders (with a config.json) in workspace/models/ and in the folders named by

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from transformers import TrainerCallback
@@ -173,3 +174,17 @@ def test_eval_cli_writes_metrics_and_predictions(tmp_path, demo_model_dir):
     assert metrics["samples"] == 4 and metrics["rouge-1"] > 50 and metrics["perplexity"] < 3
     lines = (tmp_path / "run" / "eval" / "predictions.jsonl").read_text().splitlines()
     assert set(json.loads(lines[0])) == {"prompt", "label", "prediction"} and len(lines) == 4
+
+
+def test_tensorboard_gets_the_same_losses_in_the_run_folder(tmp_path, demo_model_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    status = TrainingSession(SHORT.replace(max_steps=5, report_to="tensorboard"), run).run()
+    assert status["state"] == "finished", status
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    logged = [event.value for event in events.Scalars("train/loss")]
+    assert logged == pytest.approx([m["loss"] for m in read_metrics(run) if "loss" in m], rel=1e-5)
+    assert len(logged) == 5 and not (Path.cwd() / "runs").exists()  # nothing written outside the run
+    refused = RunConfig.from_dict({"report_to": "tensorboard,carrier_pigeon"}).problems()
+    assert [problem.key for problem in refused] == ["report_to"]

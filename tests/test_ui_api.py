@@ -27,6 +27,11 @@ def train_form(client, **by_label) -> list:
     return [by_label.get(p["label"], p["parameter_default"]) for p in parameters]
 
 
+def shown(output):
+    """A component's value, whether the handler returned it plainly or in an update (that also shows it)."""
+    return output.get("value", output) if isinstance(output, dict) and "__type__" in output else output
+
+
 def chat(client, text, history=(), adapter=""):
     result = client.predict(text, list(history), "demo", adapter, "", 0.7, 0.9, 48, True, api_name="/chat")
     return result[0], result[0][-1]["content"][0]["text"]
@@ -65,7 +70,7 @@ def test_train_in_the_ui_then_chat_and_download(ui, tmp_path, demo_model_dir):
     quarter = len(plotted) // 4
     assert sum(plotted[-quarter:]) / quarter < sum(plotted[:quarter]) / quarter
 
-    _, adapters, *_ = client.predict("demo", "", api_name="/refresh_chat_choices")
+    _, adapters, *_ = client.predict("demo", "", "", "", "", api_name="/refresh_chat_choices")
     assert [run, run] in adapters["choices"]
     history, tuned = chat(client, "你是谁？", adapter=run)
     assert tuned == IDENTITY_FIRST_ANSWER != base_reply
@@ -115,7 +120,7 @@ def test_good_upload_is_selected_and_previewed(ui, tmp_path):
     path.write_text(
         '{"prompt": "你好", "response": "你好！"}\n{"prompt": "再见", "response": "再见！"}\n', encoding="utf-8"
     )
-    dataset, summary, table, page = client.predict(
+    dataset, summary, table, page, _ = client.predict(
         gradio_client.handle_file(str(path)), "auto", api_name="/upload_dataset"
     )
     assert dataset["value"].endswith("mine.jsonl") and "format **chatglm**" in summary and "2 rows" in summary
@@ -219,11 +224,12 @@ def test_abort_resume_and_evaluate_from_the_ui(ui):
     assert client.predict("", api_name="/poll")[3]["state"] in ("queued", "running")
     finished = poll_until(client, ("finished",))
     assert finished["step"] == 400
-    notice, metrics, predictions = client.predict(run, "identity", 4, 48, True, 0.7, api_name="/evaluate")
+    notice, metrics, predictions, *_ = client.predict(run, "identity", 4, 48, True, 0.7, api_name="/evaluate")
     assert notice == ""
+    metrics, predictions = shown(metrics), shown(predictions)
     row = dict(zip(metrics["headers"], metrics["data"][0]))
-    assert row["samples"] == 4 and row["rouge-1"] > 50
-    assert predictions["headers"] == ["prompt", "label", "prediction"]
+    assert row["samples"] == 4 and row["ROUGE-1"] > 50
+    assert predictions["headers"] == ["prompt", "reference answer", "model's answer"]
 
 
 def test_config_saves_and_loads_as_yaml_with_a_command_preview(ui, tmp_path):
@@ -305,7 +311,8 @@ def test_abort_during_evaluation_keeps_the_scored_samples(ui):
     ):  # until the evaluation is under way
         assert time.time() < deadline and not job.done(), "the evaluation never started"
         time.sleep(0.2)
-    notice, metrics, predictions = job.result(timeout=120)
+    notice, metrics, predictions, *_ = job.result(timeout=120)
+    metrics, predictions = shown(metrics), shown(predictions)
     row = dict(zip(metrics["headers"], metrics["data"][0]))
     assert notice.startswith("Evaluation aborted after") and row["samples"] < row["planned"]
     assert len(predictions["data"]) == row["samples"]

@@ -17,6 +17,8 @@ from webui.tabs.runs import create_runs_tab
 from webui.tabs.train import create_train_tab
 
 CSS_PATH = Path(__file__).resolve().parents[1] / "assets" / "ui.css"
+FAVICON_PATH = CSS_PATH.with_name("favicon.ico")
+TAB_IDS = ("data", "train", "runs", "evaluate", "chat", "export")
 
 
 def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
@@ -26,12 +28,13 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
         # The other language is the same workbench on another path: runs and the training job stay put.
         gr.HTML(
             f'<div class="gw-header"><div><h1>{t("app_title")}</h1><p>{t("app_subtitle")}</p></div>'
-            f'<a href="../{t("other_lang_code")}/" id="switch-language" lang="{t("other_lang_code")}">'
+            f'<a href="../{t("other_lang_code")}/" id="switch-language" lang="{t("other_lang_code")}" '
+            "onclick=\"this.href=this.getAttribute('href').split('#')[0]+window.location.hash\">"
             f"{t('other_lang_name')}</a></div>"
         )
         gr.Markdown(f"> {t('demo_model_note')}")
         with gr.Tabs() as tabs:
-            with gr.Tab(t("tab_data"), id="data"):
+            with gr.Tab(t("tab_data"), id="data") as data_tab:
                 data = create_data_tab(ctx)
             with gr.Tab(t("tab_train"), id="train") as train_tab:
                 train = create_train_tab(ctx, data)
@@ -47,16 +50,33 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
         def open_in_chat(run: str | None):
             """A run's adapter goes to the adapter picker, a full fine-tuning run's model to the model picker, and
             the conversation starts afresh (old answers came from other weights)."""
-            if run and run in workbench.adapter_choices():  # on the base model it was trained on
+            adapters, models = workbench.adapter_choices(), workbench.model_choices()
+            none = (t("adapter_none"), "")
+            if run and run in adapters:  # on the base model it was trained on
                 base = str(workbench.snapshot(run).status.get("model") or "demo")
-                return gr.Tabs(selected="chat"), gr.update(value=base), gr.update(value=run), []
-            if run and run in workbench.model_choices():
-                return gr.Tabs(selected="chat"), gr.update(value=run), gr.update(value=""), []
+                return (
+                    gr.Tabs(selected="chat"),
+                    gr.update(choices=[*models, base] if base not in models else models, value=base),
+                    gr.update(choices=[none, *adapters], value=run),
+                    [],
+                )
+            if run and run in models:
+                return gr.Tabs(selected="chat"), gr.update(choices=models, value=run), gr.update(value=""), []
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()  # nothing to chat with yet (training, or failed)
 
         runs["open_chat"].click(
             open_in_chat, runs["run"], [tabs, chat["model"], chat["adapter"], chat["chatbot"]], api_name="open_in_chat"
         )
+        train["try_in_chat"].click(
+            open_in_chat,
+            train["finished_run"],
+            [tabs, chat["model"], chat["adapter"], chat["chatbot"]],
+            api_name="try_in_chat",
+        )
+        # A run that finishes while the page is open joins every list at once (side by side picks it up too).
+        train["finished_run"].change(*chat["refresh"], api_name=False).then(*runs["refresh"], api_name=False).then(
+            *evaluate["refresh"], api_name=False
+        ).then(*export["refresh"], api_name=False)
         runs["open_eval"].click(
             lambda run: (gr.Tabs(selected="evaluate"), gr.update(value=run)) if run else (gr.skip(), gr.skip()),
             runs["run"],
@@ -69,6 +89,17 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
         runs_tab.select(*runs["refresh"], api_name=False).then(*runs["compare"], api_name=False)
         train_tab.select(*train["refresh"], api_name=False)
         export_tab.select(*export["refresh"], api_name=False)
+        # The tab in use is kept in the address (#train), so a refresh or a shared link opens it again.
+        tab_in_address = gr.Textbox(visible=False)
+        for tab_id, tab in zip(TAB_IDS, (data_tab, train_tab, runs_tab, evaluate_tab, chat_tab, export_tab)):
+            tab.select(None, js=f"() => {{ history.replaceState(null, '', '#{tab_id}'); }}", api_name=False)
+        app.load(
+            lambda wanted: gr.Tabs(selected=wanted) if wanted in TAB_IDS else gr.skip(),
+            tab_in_address,
+            tabs,
+            js="() => window.location.hash.slice(1)",
+            api_name=False,
+        )
         # Every list of the workspace (datasets, models, runs) is read when the page opens: the page as served
         # holds none of it, so nothing of the workspace reaches a visitor who has not logged in.
         app.load(*data["refresh"], api_name=False).then(*train["refresh"], api_name=False).then(
@@ -111,4 +142,7 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
 
 def launch_kwargs(workbench: Workbench) -> dict:
     """Settings for `Blocks.launch` that every launcher (launch.py, tests) shares."""
-    return {"css": CSS_PATH.read_text(encoding="utf-8"), "allowed_paths": [str(workbench.exports)]}
+    return {
+        "css": CSS_PATH.read_text(encoding="utf-8"),
+        "allowed_paths": [str(workbench.exports)],
+    }

@@ -11,10 +11,10 @@ from typing import Any
 
 import gradio as gr
 from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
+from fastapi.responses import FileResponse, RedirectResponse
 
 from core.workbench import Workbench
-from webui.app import build_app, launch_kwargs
+from webui.app import FAVICON_PATH, build_app, launch_kwargs
 from webui.locale import LANGUAGES
 
 
@@ -25,10 +25,33 @@ def build_server(workbench: Workbench, default_lang: str = "zh", auth: tuple[str
     def to_default_language() -> RedirectResponse:
         return RedirectResponse(f"{default_lang}/")
 
+    @server.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        return FileResponse(FAVICON_PATH, media_type="image/x-icon")
+
     for lang in LANGUAGES:
         blocks = build_app(workbench, lang).queue(default_concurrency_limit=4)
         options: dict[str, Any] = launch_kwargs(workbench)
         server = gr.mount_gradio_app(
-            server, blocks, path=f"/{lang}", auth=auth, footer_links=["api", "settings"], **options
+            server,
+            blocks,
+            path=f"/{lang}",
+            auth=auth,
+            footer_links=[],  # gradio's own API page and settings: not this tool's; their words stay English
+            head=page_language_script(lang),
+            **options,
         )
     return server
+
+
+def page_language_script(lang: str) -> str:
+    """Gradio translates its own words (the upload box, Clear, "Use via API", accessible names) into the
+    browser's language. Each page here has one language: tell gradio that one, before it starts."""
+    locale = {"zh": "zh-CN", "en": "en"}[lang]
+    return (
+        "<script>(function(){try{"
+        f"Object.defineProperty(navigator,'language',{{get:function(){{return '{locale}';}}}});"
+        f"Object.defineProperty(navigator,'languages',{{get:function(){{return ['{locale}'];}}}});"
+        f"document.documentElement.lang='{locale}';"
+        "}catch(e){}})();</script>"
+    )

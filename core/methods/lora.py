@@ -97,5 +97,5 @@ METHOD = Method(
     options=LoraOptions,
     fields=FIELDS,
     check=check,
-    learning_rates=(2e-3, 2e-4),
+    learning_rates=(4e-3, 2e-4),
 )

@@ -94,7 +94,8 @@ def _training_arguments(config: RunConfig, run_dir: Path, has_eval: bool, show_p
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu=device == "cpu",
-        report_to="none",
+        # TensorBoard is wired by the session itself (into the run folder); the others are transformers'.
+        report_to=[name for name in config.trackers if name != "tensorboard"] or "none",
         disable_tqdm=not show_progress,
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -330,6 +331,7 @@ class TrainingSession:
         tokenizer, data, model = self._load(method)
         stopper = StopCallback(self.stop_event, run_dir)
         callbacks = [RunFolderCallback(run_dir), *self.extra_callbacks, stopper]
+        callbacks += tracking_callbacks(config, run_dir)
         if config.early_stopping_patience:
             callbacks.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
         trainer = self._trainer(method, tokenizer, data, model, callbacks)
@@ -359,6 +361,25 @@ class TrainingSession:
         )
         log.info("run %s: %s after %d steps", run_dir.name, final["state"], trainer.state.global_step)
         return update_status(run_dir, **final)
+
+
+def tracking_callbacks(config: RunConfig, run_dir: Path) -> list:
+    """TensorBoard writes into RUN/tensorboard (transformers' own callback would pick the working directory).
+    A tracker that is not installed is named, with what to install, before the run trains a step."""
+    import importlib.util
+
+    from core.errors import config_error
+
+    packages = {"tensorboard": "tensorboard", "swanlab": "swanlab", "wandb": "wandb", "mlflow": "mlflow"}
+    for name in config.trackers:
+        if importlib.util.find_spec(packages[name]) is None:
+            raise config_error("report_to", "config.tracker_missing", tracker=name, package=packages[name])
+    if "tensorboard" not in config.trackers or not is_main_process():
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "tensorboard")))]
 
 
 def make_collator(tokenizer, packing: bool):

@@ -63,12 +63,20 @@ def create_chat_tab(ctx: UIContext) -> dict:
             )
             greedy = gr.Checkbox(False, label=t("greedy"), elem_id="chat-greedy")
 
-    def refresh_choices(current_model, current_adapter):
+    def refresh_choices(current_model, current_adapter, picked_by_hand, *columns_now):
+        """Lists read afresh; side by side starts as base | newest finished run | the one before, unless the user
+        chose the columns by hand (and their choices still exist)."""
         adapters = ctx.wb.adapter_choices()
+        newest = ctx.wb.finished_adapter_runs()[:2]
+        defaults = ["", *newest, "", ""][:3]
+        kept = picked_by_hand and all(c in ("", *adapters) for c in columns_now)
         return (
             gr.update(choices=ctx.wb.model_choices()),
             gr.update(choices=[none_choice, *adapters], value=current_adapter if current_adapter in adapters else ""),
-            *[gr.update(choices=[none_choice, *adapters]) for _ in range(3)],
+            *[
+                gr.update(choices=[none_choice, *adapters], value=now if kept else default)
+                for now, default in zip(columns_now, defaults)
+            ],
         )
 
     def respond(text, history, model_, adapter_, system_, temperature_, top_p_, max_new_, greedy_, penalty_=1.0):
@@ -128,7 +136,8 @@ def create_chat_tab(ctx: UIContext) -> dict:
     serve.change(toggle_api, [serve, model, api_port, api_key], api_notice, api_name="serve_api")
 
     def compare(prompt, model_, system_, temperature_, top_p_, max_new_, greedy_, *columns_and_penalty):
-        """The same prompt through each column's adapter (or the base), one after another, streaming."""
+        """The same prompt through each column's adapter (or the base), one after another, streaming. A column
+        that names the same adapter as an earlier one shows that answer again instead of generating twice."""
         *adapters, penalty_ = columns_and_penalty
         answers = ["" for _ in adapters]
         settings = GenerationSettings(
@@ -139,6 +148,10 @@ def create_chat_tab(ctx: UIContext) -> dict:
             repetition_penalty=float(penalty_ or 1.0),
         )
         for index, adapter_ in enumerate(adapters):
+            if (adapter_ or "") in [a or "" for a in adapters[:index]]:
+                answers[index] = answers[[a or "" for a in adapters].index(adapter_ or "")]
+                yield answers
+                continue
             try:
                 for reply in ctx.wb.chat_stream(
                     [{"role": "user", "content": prompt}], model_, adapter_ or None, system_, settings
@@ -190,10 +203,21 @@ def create_chat_tab(ctx: UIContext) -> dict:
     for selector in (model, adapter):
         selector.input(lambda: ([], ""), None, [chatbot, notice], api_name=False)
     choice_outputs = [model, adapter, *[c for c, _ in columns]]
-    refresh.click(refresh_choices, [model, adapter], choice_outputs, api_name="refresh_chat_choices")
+    picked_by_hand = gr.State(False)
+    for choice, _ in columns:
+        choice.input(lambda: True, None, picked_by_hand, api_name=False)
+    refresh_inputs = [model, adapter, picked_by_hand, *[c for c, _ in columns]]
+    refresh.click(refresh_choices, refresh_inputs, choice_outputs, api_name="refresh_chat_choices")
+    # Greedy decoding ignores temperature and top-p: they are not editable while it is on.
+    greedy.change(
+        lambda on: (gr.update(interactive=not on), gr.update(interactive=not on)),
+        greedy,
+        [temperature, top_p],
+        api_name=False,
+    )
     return {
         "model": model,
         "adapter": adapter,
         "chatbot": chatbot,
-        "refresh": (refresh_choices, [model, adapter], choice_outputs),
+        "refresh": (refresh_choices, refresh_inputs, choice_outputs),
     }

@@ -119,21 +119,24 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
             )
         return text, rows_page(loaded.rows, page_number), page_number
 
-    def on_upload(file_path: str | None, format_name: str, mapping: str = ""):
+    def on_upload(file_path: str | None, format_name: str, mapping: str = "", current: str = ""):
         """Check the file where it was uploaded; keep it in the workspace (and select it) only if it can be used,
-        or if only its column names need mapping."""
+        or if only its column names need mapping. A file that cannot be used changes nothing on the page: the
+        table, sample and histogram stay on the dataset shown before, and the message says so."""
         if not file_path:
-            return gr.update(), gr.update(), gr.update(), gr.update()
+            return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
         try:
             ctx.wb.preview_dataset(file_path, format_name, mapping)
         except UnknownColumnsError as exc:
             # The rows read fine: keep the file selected so a column mapping can be typed in and applied.
             saved = ctx.wb.add_upload(file_path)
-            return gr.update(choices=dataset_options(ctx), value=saved), ctx.error(exc), pd.DataFrame(), gr.update()
+            options = gr.update(choices=dataset_options(ctx), value=saved)
+            return options, ctx.error(exc), pd.DataFrame(), gr.update(), None
         except Exception as exc:  # noqa: BLE001 - a file that cannot be used never becomes the selected dataset
-            return gr.update(), ctx.error(exc), pd.DataFrame(), gr.update()
+            kept = t("data_upload_kept", dataset=Path(current or "identity").name)
+            return gr.skip(), f"{ctx.error(exc)}\n\n{kept}", gr.skip(), gr.skip(), None
         saved = ctx.wb.add_upload(file_path)
-        return gr.update(choices=dataset_options(ctx), value=saved), *preview(saved, format_name, 1, mapping)
+        return gr.update(choices=dataset_options(ctx), value=saved), *preview(saved, format_name, 1, mapping), None
 
     # `.input` fires on the user's own changes only, so an upload that selects its file does not preview twice.
     preview_io = dict(fn=preview, inputs=[dataset, fmt, page, columns], outputs=[summary, table, page])
@@ -143,14 +146,17 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
     columns.submit(**preview_io, api_name=False)
     columns.blur(**preview_io, api_name=False)
     upload.upload(
-        on_upload, inputs=[upload, fmt, columns], outputs=[dataset, summary, table, page], api_name="upload_dataset"
+        on_upload,
+        inputs=[upload, fmt, columns, dataset],
+        outputs=[dataset, summary, table, page, upload],
+        api_name="upload_dataset",
     )
 
     def lengths(name: str, format_name: str, model: str, template: str, cutoff_len: float, mapping: str = ""):
         try:
             counts = ctx.wb.token_lengths(name, format_name, model, template, mapping)
         except Exception:  # noqa: BLE001 - the preview above already names data problems
-            return gr.skip()
+            return None  # no histogram rather than another dataset's
         return length_histogram(counts, int(cutoff_len or 0), t)
 
     def refresh(current: str | None):

@@ -37,18 +37,26 @@ def runs_frame(ctx: UIContext) -> pd.DataFrame:
 def create_runs_tab(ctx: UIContext) -> dict:
     t = ctx.t
     refresh_button = gr.Button(t("refresh"), size="sm")
+    empty = gr.Markdown(t("runs_empty"), elem_id="runs-empty")
     # Filled from the workspace when the tab opens: nothing of it is in the page before login.
-    table = gr.Dataframe(
-        pd.DataFrame(columns=[t.get(f"runs_col_{c}", c) for c in COLUMNS]), interactive=False, wrap=True, max_height=360
-    )
-    selected = gr.CheckboxGroup([], value=[], label=t("runs_select"))
-    chart = gr.Plot(show_label=False)
-    with gr.Row():
-        victim = gr.Dropdown([], value=None, label=t("runs_one"), allow_custom_value=True, scale=3, elem_id="runs-one")
-        open_chat = gr.Button(t("runs_open_chat"), scale=1, elem_id="runs-open-chat")
-        open_eval = gr.Button(t("runs_open_eval"), scale=1, elem_id="runs-open-eval")
-        delete = gr.Button(t("runs_delete"), variant="stop", scale=1)
-        confirm = gr.Button(t("runs_delete_confirm"), variant="stop", visible=False, scale=1)
+    with gr.Column(visible=False) as listing:  # shown once there is a run to list
+        table = gr.Dataframe(
+            pd.DataFrame(columns=[t.get(f"runs_col_{c}", c) for c in COLUMNS]),
+            interactive=False,
+            wrap=True,
+            max_height=360,
+            elem_id="runs-table",
+        )
+        selected = gr.CheckboxGroup([], value=[], label=t("runs_select"))
+        chart = gr.Plot(show_label=False)
+        with gr.Row():
+            victim = gr.Dropdown(
+                [], value=None, label=t("runs_one"), allow_custom_value=True, scale=3, elem_id="runs-one"
+            )
+            open_chat = gr.Button(t("runs_open_chat"), scale=1, elem_id="runs-open-chat")
+            open_eval = gr.Button(t("runs_open_eval"), scale=1, elem_id="runs-open-eval")
+            delete = gr.Button(t("runs_delete"), variant="stop", scale=1)
+            confirm = gr.Button(t("runs_delete_confirm"), variant="stop", visible=False, scale=1)
     notice = gr.Markdown()
 
     def compare(chosen: list[str]):
@@ -65,6 +73,8 @@ def create_runs_tab(ctx: UIContext) -> dict:
             gr.update(choices=current, value=[c for c in current[:2]]),
             gr.update(choices=current, value=current[0] if current else None),
             gr.update(visible=False),
+            gr.update(visible=not current),
+            gr.update(visible=bool(current)),
         )
 
     def ask(name: str):
@@ -79,12 +89,12 @@ def create_runs_tab(ctx: UIContext) -> dict:
             return (*refresh(), ctx.error(exc))
         return (*refresh(), t("runs_deleted", run=name))
 
-    refresh_button.click(refresh, None, [table, selected, victim, confirm], api_name="refresh_runs")
+    refresh_button.click(refresh, None, [table, selected, victim, confirm, empty, listing], api_name="refresh_runs")
     selected.change(compare, selected, chart, api_name="compare_runs")
     delete.click(ask, victim, [confirm, notice], api_name=False)
-    confirm.click(remove, victim, [table, selected, victim, confirm, notice], api_name="delete_run")
+    confirm.click(remove, victim, [table, selected, victim, confirm, empty, listing, notice], api_name="delete_run")
     return {
-        "refresh": (refresh, None, [table, selected, victim, confirm]),
+        "refresh": (refresh, None, [table, selected, victim, confirm, empty, listing]),
         "run": victim,
         "open_chat": open_chat,
         "open_eval": open_eval,

@@ -15,19 +15,19 @@ from typing import Any
 
 import gradio as gr
 
-from core.config import LR_SCHEDULERS, RunConfig, command_line, load_yaml_with_notes
+from core.config import LR_SCHEDULERS, TRACKERS, RunConfig, command_line, load_yaml_with_notes
 from core.data.template import TEMPLATES
 from core.errors import BusyError
 from core.methods import METHODS, get_method
 from core.methods.base import Field
 from core.models.loader import DTYPES
-from webui.charts import loss_figure
+from webui.charts import loss_figure, wants_log_scale
 from webui.context import UIContext
 from webui.formatting import format_duration
 
 POLL_SECONDS = 1.0
 # The form's defaults suit the tiny demo model: it learns the identity set in well under a minute.
-DEMO_DEFAULTS = RunConfig(learning_rate=2e-3, num_train_epochs=10, cutoff_len=512, prefix_projection=True)
+DEMO_DEFAULTS = RunConfig(learning_rate=4e-3, num_train_epochs=4, cutoff_len=512, prefix_projection=True)
 
 
 def suggested_learning_rate(model: str, method: str) -> float:
@@ -159,6 +159,15 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
             field("packing", "bool")
             field("fused_loss", "bool")
         with gr.Row():
+            fields["report_to"] = gr.Dropdown(
+                list(TRACKERS),
+                value=d.report_to,
+                label=t.label("report_to"),
+                info=t("field_report_to_info"),
+                allow_custom_value=True,
+                elem_id="field-report_to",
+            )
+        with gr.Row():
             fields["eval_dataset"] = gr.Dropdown(
                 [("", "")],
                 value=d.eval_dataset,
@@ -209,13 +218,19 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         abort = gr.Button(t("abort"), variant="stop", elem_id="train-abort")
         resume = gr.Button(t("resume"), elem_id="train-resume")
     message = gr.Markdown(elem_id="train-message")
+    refused_start = gr.State(False)  # this page's last Start was refused: nothing new is training
+    finished_run = gr.Textbox(visible=False)  # the newest finished run: other tabs refresh their lists on it
     progress = gr.HTML(progress_html(None, ctx), elem_id="train-progress")
+    try_in_chat = gr.Button(t("try_in_chat"), visible=False, elem_id="train-try-chat")
     chart = gr.Plot(loss_figure([], t), label=t("chart_loss"), elem_id="train-chart")
+    # Ticks itself once the loss spans more than a decade, unless the user has set it by hand.
+    log_scale = gr.Checkbox(False, label=t("chart_log_scale"), elem_id="train-log-scale")
+    log_scale_by_hand = gr.State(False)
     with gr.Accordion(t("log_label"), open=False):
         log = gr.Textbox(lines=12, max_lines=12, show_label=False, autoscroll=True)
     with gr.Accordion(t("status_label"), open=False):
         status_json = gr.JSON()
-    seen = gr.State(("", -1, ""))  # (run, metrics count, state) already drawn: skip redrawing an unchanged chart
+    seen = gr.State(("", -1, "", False))  # (run, metrics, state, log scale) drawn: skip redrawing an unchanged chart
     timer = gr.Timer(POLL_SECONDS)
 
     keys = list(fields)
@@ -229,13 +244,15 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         return ctx.wb.continued_config(parent, config) if parent else config
 
     def start_training(*values):
+        """The message, and whether the progress below should step aside (a refused Start trained nothing, so
+        the previous run's bar must not sit under the error as if it belonged to it)."""
         try:
             run = ctx.wb.start_training(form_config(*values).validate())
         except BusyError as exc:
-            return t("busy", run=exc.run)
+            return t("busy", run=exc.run), False
         except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
-            return ctx.error(exc)
-        return t("started", run=run)
+            return ctx.error(exc), True
+        return t("started", run=run), False
 
     def resume_training():
         run = ctx.wb.current_run_name()
@@ -289,16 +306,35 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
             return t("nothing_running")
         return t("aborting", run=running)
 
-    def poll(drawn, shown_message: str):
+    def poll(drawn, shown_message: str, refused: bool, log_now: bool, log_by_hand: bool):
         snapshot = ctx.wb.snapshot(ctx.wb.current_run_name())
-        if snapshot is None:
-            return progress_html(None, ctx), gr.skip(), gr.skip(), {}, drawn, *buttons_for(None), gr.skip()
-        key = (snapshot.name, len(snapshot.metrics), snapshot.state)
-        figure = gr.skip() if key == tuple(drawn) else loss_figure(snapshot.metrics, t)
+        if snapshot is None or (refused and snapshot.state not in ("queued", "running")):
+            if snapshot is None:
+                idle = progress_html(None, ctx)
+            else:
+                idle = f"<div class='gw-progress-text'>{t('progress_refused')}</div>"
+            blank = ("", -1, "", False)
+            empty = loss_figure([], t) if tuple(drawn) != blank else gr.skip()
+            return (
+                idle,
+                empty,
+                gr.skip(),
+                {},
+                blank,
+                *buttons_for(None),
+                gr.skip(),
+                gr.skip(),
+                gr.update(visible=False),
+                gr.skip(),
+            )
+        use_log = log_now if log_by_hand else wants_log_scale(snapshot.metrics)
+        key = (snapshot.name, len(snapshot.metrics), snapshot.state, use_log)
+        figure = gr.skip() if key == tuple(drawn) else loss_figure(snapshot.metrics, t, use_log)
         # A "stopping…" or "resumed" notice is stale once the run has reached an end state.
         ended = snapshot.state in ("finished", "failed", "aborted", "interrupted")
         stale = (t("aborting", run=snapshot.name), t("resumed", run=snapshot.name))
         message_update = "" if ended and (shown_message or "") in stale else gr.skip()
+        finished = snapshot.state == "finished"
         return (
             progress_html(snapshot, ctx),
             figure,
@@ -307,6 +343,9 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
             key,
             *buttons_for(snapshot.state),
             message_update,
+            snapshot.name if finished else gr.skip(),
+            gr.update(visible=finished and snapshot.name in ctx.wb.runs_with_results()),
+            gr.skip() if log_by_hand or use_log == log_now else use_log,
         )
 
     def buttons_for(state: str | None):
@@ -344,13 +383,14 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         [fields[k] for k in keys] + [data["dataset"], data["format"], data["columns"], message],
         api_name="load_config",
     )
-    start.click(start_training, form, message, api_name="start_training")
+    start.click(start_training, form, [message, refused_start], api_name="start_training")
     abort.click(abort_training, None, message, api_name="abort_training")
     resume.click(resume_training, None, message, api_name="resume_training")
+    log_scale.input(lambda: True, None, log_scale_by_hand, api_name=False)
     timer.tick(
         poll,
-        [seen, message],
-        [progress, chart, log, status_json, seen, abort, resume, message],
+        [seen, message, refused_start, log_scale, log_scale_by_hand],
+        [progress, chart, log, status_json, seen, abort, resume, message, finished_run, try_in_chat, log_scale],
         api_name="poll",
         show_progress="hidden",
     )
@@ -380,6 +420,8 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
 
     return {
         "start": start,
+        "finished_run": finished_run,
+        "try_in_chat": try_in_chat,
         "abort": abort,
         "message": message,
         "status": status_json,
