@@ -28,8 +28,7 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
         # The other language is the same workbench on another path: runs and the training job stay put.
         gr.HTML(
             f'<div class="gw-header"><div><h1>{t("app_title")}</h1><p>{t("app_subtitle")}</p></div>'
-            f'<a href="../{t("other_lang_code")}/" id="switch-language" lang="{t("other_lang_code")}" '
-            "onclick=\"this.href=this.getAttribute('href').split('#')[0]+window.location.hash\">"
+            f'<a href="../{t("other_lang_code")}/" id="switch-language" lang="{t("other_lang_code")}">'
             f"{t('other_lang_name')}</a></div>"
         )
         gr.Markdown(f"> {t('demo_model_note')}")
@@ -90,9 +89,8 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
         train_tab.select(*train["refresh"], api_name=False)
         export_tab.select(*export["refresh"], api_name=False)
         # The tab in use is kept in the address (#train), so a refresh or a shared link opens it again.
+        # (webui/server.py's page script writes the address when a tab is clicked.)
         tab_in_address = gr.Textbox(visible=False)
-        for tab_id, tab in zip(TAB_IDS, (data_tab, train_tab, runs_tab, evaluate_tab, chat_tab, export_tab)):
-            tab.select(None, js=f"() => {{ history.replaceState(null, '', '#{tab_id}'); }}", api_name=False)
         app.load(
             lambda wanted: gr.Tabs(selected=wanted) if wanted in TAB_IDS else gr.skip(),
             tab_in_address,
@@ -102,9 +100,10 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
         )
         # Every list of the workspace (datasets, models, runs) is read when the page opens: the page as served
         # holds none of it, so nothing of the workspace reaches a visitor who has not logged in.
-        app.load(*data["refresh"], api_name=False).then(*train["refresh"], api_name=False).then(
-            *train["restore"], api_name=False
-        ).then(*train["method_groups"], api_name=False).then(**data["preview"], api_name=False).then(
+        # The first tab's table comes first; the other tabs' lists follow.
+        app.load(*data["refresh"], api_name=False).then(**data["preview"], api_name=False).then(
+            *train["refresh"], api_name=False
+        ).then(*train["restore"], api_name=False).then(*train["method_groups"], api_name=False).then(
             *chat["refresh"], api_name=False
         ).then(*evaluate["refresh"], api_name=False).then(*runs["refresh"], api_name=False).then(
             *export["refresh"], api_name=False

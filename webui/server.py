@@ -39,9 +39,28 @@ def build_server(workbench: Workbench, default_lang: str = "zh", auth: tuple[str
             auth=auth,
             footer_links=[],  # gradio's own API page and settings: not this tool's; their words stay English
             head=page_language_script(lang),
+            js=KEEP_TAB_ACROSS_LANGUAGES,
             **options,
         )
     return server
+
+
+# The tab in use is kept in the address (#train): written when a tab is shown (clicked, or opened by a button
+# such as Open in chat), and carried by the language link to the other page. The first tab shown while the page
+# starts is not written: the page may be about to restore the tab from the address.
+KEEP_TAB_ACROSS_LANGUAGES = """() => {
+  const started = Date.now();
+  new MutationObserver(() => {
+    const shown = document.querySelector('button[role=tab][data-tab-id][aria-selected=true]');
+    if (shown && Date.now() - started > 3000) { history.replaceState(null, '', '#' + shown.dataset.tabId); }
+  }).observe(document.body, {subtree: true, attributes: true, attributeFilter: ['aria-selected']});
+  document.addEventListener('click', (event) => {
+    const tab = event.target.closest('button[role=tab][data-tab-id]');
+    if (tab) { history.replaceState(null, '', '#' + tab.dataset.tabId); }
+    const link = event.target.closest('#switch-language');
+    if (link) { link.href = link.getAttribute('href').split('#')[0] + window.location.hash; }
+  }, true);
+}"""
 
 
 def page_language_script(lang: str) -> str:

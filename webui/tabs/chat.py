@@ -45,9 +45,15 @@ def create_chat_tab(ctx: UIContext) -> dict:
             elem_id="chat-adapter",
         )
         refresh = gr.Button(t("refresh"), scale=0, min_width=100, elem_id="chat-refresh")
-    chatbot = gr.Chatbot(height=420, show_label=False, elem_id="chat-history")
+    chatbot = gr.Chatbot(height=420, label=t("tab_chat"), show_label=False, elem_id="chat-history")
     with gr.Row():
-        message = gr.Textbox(placeholder=t("message_placeholder"), show_label=False, scale=5, elem_id="chat-input")
+        message = gr.Textbox(
+            placeholder=t("message_placeholder"),
+            label=t("message_placeholder"),
+            show_label=False,
+            scale=5,
+            elem_id="chat-input",
+        )
         send = gr.Button(t("send"), variant="primary", scale=1, elem_id="chat-send")
         stop = gr.Button(t("stop"), scale=1)
         clear = gr.Button(t("clear"), scale=1)
@@ -55,7 +61,7 @@ def create_chat_tab(ctx: UIContext) -> dict:
     with gr.Accordion(t("gen_settings"), open=False):
         system = gr.Textbox(label=t("system_prompt"), lines=2)
         with gr.Row():
-            temperature = gr.Slider(0, 2, 0.7, step=0.05, label=t("temperature"))
+            temperature = gr.Slider(0, 2, 0.7, step=0.05, label=t("temperature"), elem_id="chat-temperature")
             top_p = gr.Slider(0.05, 1, 0.9, step=0.05, label=t("top_p"))
             max_new_tokens = gr.Slider(8, 2048, 256, step=8, label=t("max_new_tokens"))
             repetition_penalty = gr.Slider(

@@ -72,7 +72,7 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
     upload = gr.File(label=t("upload_label"), type="filepath", height=120, elem_id="data-upload")
     summary = gr.Markdown(elem_id="data-summary")
     table = gr.Dataframe(interactive=False, wrap=True, max_height=520, elem_id="data-table")
-    histogram = gr.Plot(show_label=False, elem_id="data-lengths")
+    histogram = gr.Plot(label=t("tokens"), show_label=False, elem_id="data-lengths")
     with gr.Accordion(t("sample_title"), open=True):
         sample_index = gr.Number(1, label=t("sample_index"), minimum=1, precision=0)
         legend = gr.Markdown()

@@ -18,7 +18,9 @@ def create_evaluate_tab(ctx: UIContext) -> dict:
         dataset = gr.Dropdown(
             [("identity", "identity")], value="identity", label=t("eval_data_label"), allow_custom_value=True, scale=3
         )
-        max_samples = gr.Number(20, label=t("eval_max_samples"), precision=0, minimum=0, scale=1)
+        max_samples = gr.Number(
+            20, label=t("eval_max_samples"), precision=0, minimum=0, scale=1, elem_id="eval-samples"
+        )
     with gr.Row():
         max_new_tokens = gr.Slider(8, 1024, 128, step=8, label=t("max_new_tokens"))
         greedy = gr.Checkbox(True, label=t("greedy"))

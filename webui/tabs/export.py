@@ -41,10 +41,13 @@ def create_export_tab(ctx: UIContext) -> dict:
             return None, ctx.error(exc)
         return path, t("export_ready", file=Path(path).name)
 
-    def refresh_runs(folder: str):
+    def refresh_runs(folder: str, current: str | None):
+        """Lists read afresh. The chosen run stays chosen (and its zip's notice stays) while it exists."""
         runs = ctx.wb.runs_with_results()
         suggestion = folder or str(ctx.wb.exports / "merged")
-        return (gr.update(choices=runs, value=runs[0] if runs else None), "" if runs else t("export_none"), suggestion)
+        if not runs:
+            return gr.update(choices=[], value=None), t("export_empty"), suggestion
+        return gr.update(choices=runs, value=current if current in runs else runs[0]), gr.skip(), suggestion
 
     def merge_run(name: str | None, folder: str, dtype: str, shard: str, replace: bool):
         try:
@@ -55,5 +58,5 @@ def create_export_tab(ctx: UIContext) -> dict:
 
     run.change(prepare, run, [download, notice], api_name="export_zip")
     merge.click(merge_run, [run, merge_dir, merge_dtype, shard_size, overwrite], merge_notice, api_name="merge_run")
-    refresh.click(refresh_runs, merge_dir, [run, notice, merge_dir], api_name=False)
-    return {"run": run, "refresh": (refresh_runs, merge_dir, [run, notice, merge_dir])}
+    refresh.click(refresh_runs, [merge_dir, run], [run, notice, merge_dir], api_name=False)
+    return {"run": run, "refresh": (refresh_runs, [merge_dir, run], [run, notice, merge_dir])}

@@ -48,7 +48,7 @@ def create_runs_tab(ctx: UIContext) -> dict:
             elem_id="runs-table",
         )
         selected = gr.CheckboxGroup([], value=[], label=t("runs_select"))
-        chart = gr.Plot(show_label=False)
+        chart = gr.Plot(label=t("runs_compare"), show_label=False)
         with gr.Row():
             victim = gr.Dropdown(
                 [], value=None, label=t("runs_one"), allow_custom_value=True, scale=3, elem_id="runs-one"

@@ -208,7 +208,7 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     )
     estimate = gr.Markdown()
     with gr.Accordion(t("command_preview"), open=False):
-        command = gr.Code(language="shell", show_label=False)
+        command = gr.Code(language="shell", label=t("command_preview"), show_label=False)
         with gr.Row():
             save_yaml_button = gr.Button(t("yaml_save"))
             load_yaml_button = gr.UploadButton(t("yaml_load"), file_types=[".yaml", ".yml"])
@@ -227,7 +227,9 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     log_scale = gr.Checkbox(False, label=t("chart_log_scale"), elem_id="train-log-scale")
     log_scale_by_hand = gr.State(False)
     with gr.Accordion(t("log_label"), open=False):
-        log = gr.Textbox(lines=12, max_lines=12, show_label=False, autoscroll=True)
+        log = gr.Textbox(
+            lines=12, max_lines=12, label=t("log_label"), show_label=False, autoscroll=True, elem_id="train-log"
+        )
     with gr.Accordion(t("status_label"), open=False):
         status_json = gr.JSON()
     seen = gr.State(("", -1, "", False))  # (run, metrics, state, log scale) drawn: skip redrawing an unchanged chart

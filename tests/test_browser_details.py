@@ -1,0 +1,184 @@
+"""The page never shows stale or mixed state and speaks one language: each check is what a user sees in chromium.
+
+On a fresh workspace: empty states say what to do, the zh page holds no English of the libraries, the tab is
+kept in the address, a refused Start names the field as the form labels it and leaves no old progress under
+it. Then, in each language: a failed upload leaves the page on the last good dataset, uploads survive a
+reload by name, a finished run offers Try it in Chat and becomes side by side's second column without a
+reload, the loss axis turns logarithmic, and Evaluate's predictions stay inside the page.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.browser import CHROMIUM_ARGS, ensure_chromium, fill_number, open_accordion, open_tab, settled_text
+from tests.conftest import REPO
+from tests.ui_server import running_ui
+from webui.locale import Translator
+
+pytestmark = pytest.mark.browser
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+expect = playwright_api.expect
+SLOW = 300_000
+# Words of gradio, plotly and pandas that once reached the zh page.
+LIBRARY_PHRASES = (
+    "Drop File Here",
+    "Click to Upload",
+    "Use via API",
+    "Settings",
+    "common.",
+    "Textbox",
+    "Error tokenizing",
+    "Built with",
+    "Copied",
+    "Autoscale",
+)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = ensure_chromium()
+    with playwright_api.sync_playwright() as driver:
+        chromium = driver.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, demo_model_dir):
+    workspace = tmp_path_factory.mktemp("details") / "workspace"
+    with running_ui(workspace, lang="zh") as url:
+        yield url.removesuffix("zh/"), workspace
+
+
+def new_page(browser, url: str):
+    # An English browser: the zh page must still be all Chinese.
+    page = browser.new_page(viewport={"width": 1360, "height": 900}, locale="en-US")
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    expect(page.locator("#data-summary")).not_to_be_empty(timeout=30_000)
+    return page
+
+
+def visible_text(page) -> str:
+    return page.evaluate("() => document.body.innerText")
+
+
+def test_a_fresh_workspace_page_in_both_languages(browser, server):
+    root, _ = server
+    for lang in ("zh", "en"):
+        t = Translator(lang)
+        page = new_page(browser, f"{root}{lang}/")
+        open_tab(page, t("tab_runs"))
+        expect(page.locator("#runs-empty")).to_contain_text(t("runs_empty"))
+        expect(page.locator("#runs-table")).to_be_hidden()
+        open_tab(page, t("tab_evaluate"))
+        expect(page.locator("#eval-notice")).to_contain_text(t("eval_empty"))
+        expect(page.locator("#eval-abort")).to_be_disabled()  # nothing runs
+        open_tab(page, t("tab_train"))
+        page.wait_for_function("() => location.hash === '#train'")
+        chart = page.locator("#train-chart")
+        expect(chart).to_contain_text(t("waiting_first_step"))
+        assert chart.locator(".xtick").count() == 0  # no axes without data
+        # A refused Start names the field as the form labels it (the key after it).
+        fill_number(page, "field-learning_rate", -1)
+        page.locator("#train-start").click()
+        expect(page.locator("#train-message")).to_contain_text(f"{t.label('learning_rate')}")
+        expect(page.locator("#train-message")).to_contain_text(
+            "(learning_rate)" if lang == "en" else "（learning_rate）"
+        )
+        expect(page.locator("#train-progress")).to_contain_text(t("progress_none"))
+        open_tab(page, t("tab_chat"))
+        open_accordion(page, t("gen_settings"))
+        page.locator("#chat-greedy input").check()
+        expect(page.locator("#chat-temperature input[type=range]")).to_be_disabled()
+        # The tab in use survives a refresh.
+        page.reload()
+        expect(page.get_by_role("tab", name=t("tab_chat"), exact=True)).to_have_attribute(
+            "aria-selected", "true", timeout=30_000
+        )
+        if lang == "zh":
+            text = visible_text(page)
+            names = " ".join(
+                page.evaluate(
+                    "() => Array.from(document.querySelectorAll('[aria-label]')).map(e => e.getAttribute('aria-label'))"
+                )
+            )
+            for phrase in LIBRARY_PHRASES:
+                assert phrase not in text and phrase not in names, phrase
+            assert t("resume") != t("continue_from")  # two different actions, two different words
+        assert page.request.get(f"{root}favicon.ico").status == 200
+        page.close()
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_uploads_runs_and_evaluation_always_show_the_current_state(browser, server, lang, tmp_path):
+    root, workspace = server
+    t = Translator(lang)
+    page = new_page(browser, f"{root}{lang}/")
+    good = tmp_path / f"good-{lang}.json"
+    shutil.copy(REPO / "assets" / "datasets" / "identity.json", good)
+    page.locator("#data-upload input[type=file]").set_input_files(str(good))
+    expect(page.locator("#data-summary")).to_contain_text(good.name)
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a dataset", encoding="utf-8")
+    page.locator("#data-upload input[type=file]").set_input_files(str(bad))
+    summary = page.locator("#data-summary")
+    expect(summary).to_contain_text("notes.txt")
+    expect(summary).to_contain_text(t("data_upload_kept", dataset=good.name))
+    expect(page.locator("#data-dataset input[role=combobox]")).to_have_value(good.name)
+    expect(page.locator("#data-table")).to_contain_text("你是谁")  # still the good file's rows
+    # After a reload the upload is listed by its name, never a server path.
+    page.reload()
+    box = page.locator("#data-dataset input[role=combobox]")
+    box.click()
+    options = page.locator("#data-dataset [role=option]").all_inner_texts()
+    assert good.name in options and not any("/" in option for option in options), options
+    page.mouse.click(2, 2)
+
+    # A short run: Try it in Chat appears; the chat's side by side takes it as its second column at once.
+    open_tab(page, t("tab_chat"))
+    open_accordion(page, t("compare_title"))
+    open_tab(page, t("tab_train"))
+    fill_number(page, "field-max_steps", 60)
+    page.locator("#train-start").click()
+    expect(page.locator("#train-progress")).to_contain_text(t.state("finished"), timeout=SLOW)
+    run = max((workspace / "runs").iterdir(), key=lambda p: p.stat().st_mtime).name
+    expect(page.locator("#train-log-scale input")).to_be_checked()  # the loss fell more than a decade
+    assert page.evaluate("() => document.querySelector('#train-chart .js-plotly-plot').layout.yaxis.type") == "log"
+    expect(page.locator("#train-try-chat")).to_be_visible()
+    expect(page.locator("#compare-choice-2 input[role=combobox]")).to_have_value(run, timeout=30_000)
+    page.locator("#train-try-chat").click()
+    expect(page.locator("#chat-adapter input[role=combobox]")).to_have_value(run)
+    # A refused Start now steps the finished run's 100% bar aside instead of leaving it under the error.
+    open_tab(page, t("tab_train"))
+    fill_number(page, "field-learning_rate", -1)
+    page.locator("#train-start").click()
+    expect(page.locator("#train-progress")).to_contain_text(t("progress_refused"))
+    expect(page.locator("#train-progress")).not_to_contain_text(run)
+    fill_number(page, "field-learning_rate", 0.004)
+
+    # Evaluate: headers in the page's language, the predictions inside the page, Abort live only meanwhile.
+    open_tab(page, t("tab_evaluate"))
+    fill_number(page, "eval-samples", 3)
+    page.locator("#eval-start").click()
+    expect(page.locator("#eval-predictions")).to_contain_text(t("eval_col_prediction"), timeout=SLOW)
+    expect(page.locator("#eval-metrics")).to_contain_text(t("metric_perplexity"))
+    expect(page.locator("#eval-abort")).to_be_disabled()
+    right = page.evaluate("() => document.querySelector('#eval-predictions').getBoundingClientRect().right")
+    assert right <= page.viewport_size["width"]
+    settled_text(page.locator("#eval-predictions"))
+    # One sample in the histogram: whole numbers on its count axis.
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps([{"instruction": "你好", "output": "你好！"}], ensure_ascii=False), encoding="utf-8")
+    open_tab(page, t("tab_data"))
+    page.locator("#data-upload input[type=file]").set_input_files(str(one))
+    expect(page.locator("#data-summary")).to_contain_text("one.json")
+    page.wait_for_function("() => document.querySelector('#data-lengths .ytick')")
+    ticks = page.evaluate("() => Array.from(document.querySelectorAll('#data-lengths .ytick')).map(e => e.textContent)")
+    assert ticks and all(tick.strip().isdigit() for tick in ticks), ticks
+    page.close()
