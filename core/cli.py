@@ -203,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--adapter", help="adapter folder or run folder")
     chat.add_argument("--prompt", required=True)
     chat.add_argument("--system", default="")
-    chat.add_argument("--template", default="auto", help="auto (from the tokenizer), glm4, chatglm3 or chatglm2")
+    chat.add_argument(
+        "--template", default="auto", help="auto (from the tokenizer), glm4, chatglm3, chatglm2 or chatglm (ChatGLM-6B)"
+    )
     chat.add_argument(
         "--trust-remote-code",
         action="store_true",

@@ -79,6 +79,11 @@ def test_chatglm2_rounds_template(tmp_path):
     assert encoder.encode_prompt(history) == [special("[gMASK]"), special("sop")] + reference_ids(
         source, "chatglm2", text
     )
+    # The tokenizer's Jinja is generated from the same definition: the same prompt, a system prompt included.
+    system = [{"role": "system", "content": "简短回答。"}]
+    rendered = tokenizer.apply_chat_template(system + history, tokenize=True, add_generation_prompt=True)
+    rendered = list(rendered["input_ids"] if hasattr(rendered, "keys") else rendered)
+    assert rendered == encoder.encode_prompt(history, system="简短回答。")
 
 
 def test_linear_rope_of_chatglm2_32k_is_detected_from_its_code(tmp_path):
