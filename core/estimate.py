@@ -148,7 +148,7 @@ def estimate_for_run(config: RunConfig, on_gpu: bool | None = None) -> MemoryEst
         import torch
 
         on_gpu = torch.cuda.is_available()
-    shape = ModelShape.from_config(model_config(locate_model(config.model_name_or_path, config.trust_remote_code)))
+    shape = ModelShape.from_config(model_config(locate_model(config.model_name_or_path)))
     return estimate_memory(shape, config, on_gpu)
 
 

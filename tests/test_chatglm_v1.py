@@ -97,17 +97,25 @@ def test_loads_through_the_auto_classes_and_the_loader_without_remote_code(conve
     assert json.loads(result.stdout.splitlines()[-1]) == ["Glm1ForCausalLM", True, first["ids_with_special_tokens"]]
 
 
-def test_refuses_a_non_empty_target_and_leaves_it_alone(tmp_path):
+def test_refuses_a_non_empty_target_and_overwrites_only_its_own_conversion(tmp_path):
+    from core.errors import RunStateError
+
     target = tmp_path / "out"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    with pytest.raises(ConversionError, match="not empty"):
-        convert_chatglm_v1(CHECKPOINT, target)
+    for overwrite in (False, True):
+        with pytest.raises(RunStateError, match="not empty"):
+            convert_chatglm_v1(CHECKPOINT, target, overwrite=overwrite)
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
     empty = tmp_path / "empty"
     empty.mkdir()
     convert_chatglm_v1(CHECKPOINT, empty)  # an existing empty folder is fine
     assert (empty / "model.safetensors").is_file()
+    with pytest.raises(RunStateError, match="not empty"):
+        convert_chatglm_v1(CHECKPOINT, empty)  # an earlier conversion of ours, but no overwrite asked for
+    (empty / "model.safetensors").write_bytes(b"stale")
+    convert_chatglm_v1(CHECKPOINT, empty, overwrite=True)  # ours: replaced by a complete new one
+    assert (empty / "model.safetensors").stat().st_size > 1000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "out"]  # no staging folder left behind
 
 

@@ -24,13 +24,14 @@ class ModelLocation:
     """Where a model reference points and what it is, found without writing anything.
 
     kind: "demo" (the embedded demo model's folder), "folder" (a native model folder), "thudm" (a THUDM
-    remote-code checkpoint that is converted before loading) or "hub" (an id passed on to transformers).
+    checkpoint -- ChatGLM-6B, ChatGLM2/3, glm-4-9b-chat -- that is converted before loading) or "hub" (an id
+    passed on to transformers).
     """
 
     reference: str
     kind: str
     path: str
-    variant: str = ""  # for "thudm": chatglm2, chatglm3 or glm4-chat
+    variant: str = ""  # for "thudm": chatglm-6b, chatglm2, chatglm3 or glm4-chat
 
     @property
     def config_dict(self) -> dict:
@@ -39,9 +40,9 @@ class ModelLocation:
         return chatglm.read_config(self.path) if self.kind != "hub" else {}
 
 
-def locate_model(name_or_path: str, trust_remote_code: bool = False) -> ModelLocation:
+def locate_model(name_or_path: str) -> ModelLocation:
     """Pure and cheap: which model a reference names (reads at most config.json). Refuses what cannot be used:
-    a missing folder, a file, a folder without config.json, ChatGLM-6B v1 without trust_remote_code."""
+    a missing folder, a file, a folder without config.json."""
     from core.models import chatglm
 
     name_or_path = (name_or_path or "").strip()
@@ -54,25 +55,26 @@ def locate_model(name_or_path: str, trust_remote_code: bool = False) -> ModelLoc
     config = chatglm.read_config(path)
     if config.get("model_type") != "chatglm":
         return ModelLocation(name_or_path, "folder", str(path))
-    if chatglm.is_chatglm_v1(config):
-        if trust_remote_code:
-            return ModelLocation(name_or_path, "folder", str(path))
-        raise ModelError("model.chatglm_v1_needs_remote_code", folder=str(path))
     return ModelLocation(name_or_path, "thudm", str(path), chatglm.detect_variant(path, config))
 
 
 def prepare_model(name_or_path: str, trust_remote_code: bool = False) -> str:
-    """The folder (or hub id) to load, made ready first: the demo model built, a THUDM ChatGLM2/3 /
-    glm-4-9b-chat checkpoint converted once into the workbench home (under a lock, into a staging folder)."""
+    """The folder (or hub id) to load, made ready first: the demo model built, a THUDM ChatGLM-6B / ChatGLM2/3 /
+    glm-4-9b-chat checkpoint converted once into the workbench home (under a lock, into a staging folder).
+
+    `trust_remote_code` only ever reaches transformers, for a folder or hub id the workbench has no class for; a
+    THUDM checkpoint never runs its own code (it is converted), so there it is ignored, saying so."""
     from core.models import chatglm
 
-    location = locate_model(name_or_path, trust_remote_code)
+    location = locate_model(name_or_path)
     if location.kind == "demo":
         return str(ensure_demo_model())
     if location.kind == "thudm":
         if trust_remote_code:
             log.warning(
-                "%s: trust_remote_code is ignored: this checkpoint is converted to the native GLM class", location.path
+                "%s: trust_remote_code is ignored: this checkpoint is converted to a native class and its own code "
+                "never runs",
+                location.path,
             )
         return str(chatglm.ensure_converted(location.path))
     return location.path
@@ -98,6 +100,8 @@ def model_config(location: ModelLocation):
 
     if location.kind == "thudm":
         return chatglm.shape_config(location.path)
+    import core.models.glm1  # noqa: F401  registers the native ChatGLM-6B (v1) config ("glm1_workbench")
+
     path = str(ensure_demo_model()) if location.kind == "demo" else location.path
     return AutoConfig.from_pretrained(path)
 
