@@ -416,6 +416,40 @@ def test_gradient_checkpointing_gives_the_same_gradients(converted, tokenizer):
     torch.testing.assert_close(grads[0][1], grads[1][1], atol=1e-6, rtol=1e-5)
 
 
+def test_prefix_tuning_under_gradient_checkpointing_keeps_the_prefix(converted, tokenizer):
+    """transformers drops a cache that a checkpointed layer would write twice; v1's blocks only read it while
+    training, so peft's P-tuning prefix is kept: the same loss and prefix gradients with checkpointing as without."""
+    from peft import PrefixTuningConfig, get_peft_model
+
+    batch = training_batch(tokenizer)
+    results = []
+    for checkpointing in (False, True):
+        base = Glm1ForCausalLM.from_pretrained(str(converted[0]), dtype=torch.float32)
+        base.config.use_cache = False  # as the Trainer runs it
+        torch.manual_seed(0)
+        model = get_peft_model(base, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+        if checkpointing:  # after peft, as the Trainer turns it on (peft refuses a model that already has it)
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        loss = model(**batch).loss
+        loss.backward()
+        results.append((loss.item(), model.prompt_encoder["default"].embedding.weight.grad.clone()))
+    assert base.transformer.layers[0].gradient_checkpointing
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)
+    assert results[0][1].abs().max() > 0
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        no_prefix = base(**batch).loss.item()
+    assert abs(no_prefix - results[1][0]) > 1e-3  # the prefix took part
+
+
+def test_one_dimensional_positions_are_refused(model):
+    """Padding-free packing passes positions [batch, seq]; v1's are [2, batch, seq]: never misread them."""
+    ids = torch.tensor([MODEL_REF["input_ids"]])
+    with pytest.raises(ValueError, match="2D positions"):
+        model(ids, position_ids=torch.arange(ids.shape[1])[None])
+
+
 def test_save_and_load_round_trip_gives_identical_logits(model, tmp_path):
     from transformers import AutoModelForCausalLM
 

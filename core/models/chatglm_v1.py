@@ -91,7 +91,7 @@ def _setting(config: dict, key: str):
     return config[key] if config.get(key) is not None else THUDM_DEFAULTS[key]
 
 
-def _check_supported(source: Path, config: dict) -> None:
+def _check_supported(source: Path, config: dict, tokenizer: bool = True) -> None:
     folder = str(source)
     if not is_chatglm_v1_checkpoint(source):
         raise ConversionError(
@@ -106,7 +106,7 @@ def _check_supported(source: Path, config: dict) -> None:
         raise ConversionError("model.v1_quantized", folder=folder, bits=config["quantization_bit"])
     if config.get("pre_seq_len"):
         raise ConversionError("model.v1_ptuning_checkpoint", folder=folder, pre_seq_len=config["pre_seq_len"])
-    if not (source / TOKENIZER_FILE).is_file():
+    if tokenizer and not (source / TOKENIZER_FILE).is_file():
         raise ConversionError("model.v1_no_tokenizer_file", folder=folder, file=TOKENIZER_FILE)
 
 
@@ -194,7 +194,7 @@ def shape_config(source: str | Path):
     converted, no tokenizer built, no weights read."""
     source = Path(source)
     config = read_json(source / "config.json")
-    _check_supported(source, config)
+    _check_supported(source, config, tokenizer=False)
     return native_config(config, _setting(read_json(source / "tokenizer_config.json"), "num_image_tokens"))
 
 

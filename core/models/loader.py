@@ -39,6 +39,15 @@ class ModelLocation:
 
         return chatglm.read_config(self.path) if self.kind != "hub" else {}
 
+    @property
+    def is_chatglm_v1(self) -> bool:
+        """ChatGLM-6B: THUDM's checkpoint, or a folder of the native class it converts to (a conversion, a full or
+        freeze run's model)."""
+        from core.models.chatglm import V1
+        from core.models.glm1.configuration import MODEL_TYPE
+
+        return self.variant == V1 or (self.kind == "folder" and self.config_dict.get("model_type") == MODEL_TYPE)
+
 
 def locate_model(name_or_path: str) -> ModelLocation:
     """Pure and cheap: which model a reference names (reads at most config.json). Refuses what cannot be used:
@@ -104,6 +113,15 @@ def model_config(location: ModelLocation):
 
     path = str(ensure_demo_model()) if location.kind == "demo" else location.path
     return AutoConfig.from_pretrained(path)
+
+
+def check_model_fits_config(location: ModelLocation, config) -> None:
+    """Settings the model cannot honour, refused before a run starts: padding-free packing restarts 1D positions
+    per sample, and ChatGLM-6B's positions are 2D (a position and a block position, from [gMASK] and <sop>)."""
+    from core.errors import config_error
+
+    if getattr(config, "packing", False) and location.is_chatglm_v1:
+        raise config_error("packing", "config.packing_chatglm_v1")
 
 
 def check_model_reference(name_or_path: str) -> None:
