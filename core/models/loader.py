@@ -109,10 +109,15 @@ def model_config(location: ModelLocation):
 
     if location.kind == "thudm":
         return chatglm.shape_config(location.path)
-    import core.models.glm1  # noqa: F401  registers the native ChatGLM-6B (v1) config ("glm1_workbench")
-
+    register_native_classes()
     path = str(ensure_demo_model()) if location.kind == "demo" else location.path
     return AutoConfig.from_pretrained(path)
+
+
+def register_native_classes() -> None:
+    """Make the Auto classes know the workbench's own model classes (ChatGLM-6B's "glm1_workbench"): needed
+    before any Auto class reads a converted v1 folder's config.json, the tokenizer's included."""
+    import core.models.glm1  # noqa: F401  registers on import
 
 
 def check_model_fits_config(location: ModelLocation, config) -> None:
@@ -163,6 +168,7 @@ def pick_dtype(precision: str, device: str):
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    register_native_classes()
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -175,8 +181,7 @@ def load_model(
     """Load the causal LM in eval mode on `device` (default: GPU if present), optionally quantized."""
     from transformers import AutoModelForCausalLM
 
-    import core.models.glm1  # noqa: F401  registers the native ChatGLM-6B (v1) class ("glm1_workbench")
-
+    register_native_classes()
     device = device or pick_device()
     kwargs = {"dtype": dtype or pick_dtype("auto", device), "trust_remote_code": trust_remote_code}
     if quantization_config is not None:
