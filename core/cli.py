@@ -203,11 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--adapter", help="adapter folder or run folder")
     chat.add_argument("--prompt", required=True)
     chat.add_argument("--system", default="")
-    chat.add_argument("--template", default="auto", help="auto (from the tokenizer), glm4, chatglm3 or chatglm2")
+    chat.add_argument(
+        "--template", default="auto", help="auto (from the tokenizer), glm4, chatglm3, chatglm2 or chatglm (ChatGLM-6B)"
+    )
     chat.add_argument(
         "--trust-remote-code",
         action="store_true",
-        help="run the checkpoint's own code (only for ChatGLM-6B v1; never needed otherwise)",
+        help="let transformers run the Python code shipped with a model the workbench has no class for; never "
+        "needed for GLM-4, ChatGLM-6B or ChatGLM2/3 (THUDM checkpoints are converted and never run their code)",
     )
     chat.add_argument("--greedy", action="store_true", help="deterministic decoding")
     chat.add_argument("--max-new-tokens", type=int, default=256)
@@ -238,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     launch.set_defaults(func=cmd_launch_config)
 
     convert = commands.add_parser(
-        "convert", help="convert a THUDM ChatGLM2/3 or glm-4-9b-chat checkpoint to the native GlmForCausalLM format"
+        "convert",
+        help="convert a THUDM ChatGLM-6B, ChatGLM2/3 or glm-4-9b-chat checkpoint to a native class "
+        "(Glm1ForCausalLM for ChatGLM-6B, GlmForCausalLM for the others)",
     )
     convert.add_argument("source")
     convert.add_argument("target", help="a new or empty folder")

@@ -31,7 +31,7 @@ class CommonSettings:
     # model
     model_name_or_path: str = "demo"
     trust_remote_code: bool = False  # only for checkpoints without a native class
-    template: str = "auto"  # from the model's tokenizer: glm4, chatglm3 or chatglm2
+    template: str = "auto"  # from the model's tokenizer: glm4, chatglm3, chatglm2 or chatglm (ChatGLM-6B)
     finetuning_type: str = "lora"  # a method of core/methods/
     # data
     dataset: str = "identity"
@@ -300,7 +300,7 @@ def from_llamafactory(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         data["finetuning_type"] = "qlora"
     if isinstance(data.get("dataset"), str) and "," in data["dataset"]:
         raise config_error("dataset", "config.one_dataset", value=data["dataset"], show_value=True)
-    if data.get("template") in ("glm4", "glm4_moe", "chatglm3", "chatglm2", None):
+    if data.get("template") in ("glm4", "glm4_moe", "chatglm3", "chatglm2", "chatglm", None):
         data["template"] = {"glm4_moe": "glm4", None: "auto"}.get(data.get("template"), data.get("template"))
     if "lora_target" in data and isinstance(data["lora_target"], str):
         data["lora_target"] = data["lora_target"].replace(" ", "")

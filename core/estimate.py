@@ -9,9 +9,10 @@
   8 bytes per trainable one.
 - activations, per token and decoder layer, saved for the backward pass of a GLM block (bf16):
   about 12*hidden + 5*intermediate values (norm inputs/outputs, q/k/v, attention output, the residual
-  branches, gate_up, the SiLU product and its input); with gradient checkpointing only the layer input
-  (hidden values) is kept per layer, plus one layer's full set while it is recomputed. Only layers that
-  gradients flow through count (`Method.backprop_layers`), and a method may keep more
+  branches, gate_up, the SiLU product and its input); ChatGLM-6B's MLP is not gated (dense_h_to_4h, GeLU,
+  dense_4h_to_h), so 12*hidden + 2*intermediate (the GeLU's input and output). With gradient checkpointing
+  only the layer input (hidden values) is kept per layer, plus one layer's full set while it is recomputed.
+  Only layers that gradients flow through count (`Method.backprop_layers`), and a method may keep more
   (`Method.extra_activation_bytes`: a prefix cache makes attention run unfused and keep its probabilities).
 - logits: with the fused loss (the default) at most three chunks of fp32 logits exist at a time (about 128 MiB
   each); without it, batch * cutoff_len * vocab, upcast to fp32 for the loss, and its gradient: 8 bytes each.
@@ -32,8 +33,15 @@ CONTEXT_BYTES = 0.75 * GIB
 SLACK = 1.10
 
 
+GLM1_MODEL_TYPE = "glm1_workbench"  # core.models.glm1's model_type (not imported: this module stays light)
+
+
 @dataclass
 class ModelShape:
+    """The sizes the estimate needs. Two block layouts: GLM / GLM-4 (transformers' native classes: q/k/v/o, gated
+    SiLU MLP, RMSNorm, biases on q/k/v only) and ChatGLM-6B (`glm1`: THUDM's fused query_key_value, dense,
+    dense_h_to_4h, dense_4h_to_h with biases everywhere, GeLU MLP not gated, LayerNorm with bias)."""
+
     vocab: int
     hidden: int
     intermediate: int
@@ -42,6 +50,7 @@ class ModelShape:
     kv_heads: int
     head_dim: int
     tied_embeddings: bool = False
+    glm1: bool = False
 
     @classmethod
     def from_config(cls, config) -> ModelShape:
@@ -55,13 +64,21 @@ class ModelShape:
             kv_heads=getattr(config, "num_key_value_heads", None) or heads,
             head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
             tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+            glm1=getattr(config, "model_type", "") == GLM1_MODEL_TYPE,
         )
 
     # parameter counts -----------------------------------------------------------------------------------------
     @property
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
-        """(in, out) of each linear layer in one decoder block, by its transformers name."""
+        """(in, out) of each linear layer in one decoder block, by its module name (LoRA's targets)."""
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        if self.glm1:
+            return {
+                "query_key_value": (self.hidden, q + 2 * kv),
+                "dense": (q, self.hidden),
+                "dense_h_to_4h": (self.hidden, self.intermediate),
+                "dense_4h_to_h": (self.intermediate, self.hidden),
+            }
         return {
             "q_proj": (self.hidden, q),
             "k_proj": (self.hidden, kv),
@@ -76,7 +93,14 @@ class ModelShape:
         return sum(i * o for i, o in self.linear_shapes.values())
 
     @property
+    def norm_params(self) -> int:
+        """One norm's parameters: LayerNorm's weight and bias (ChatGLM-6B), RMSNorm's weight (GLM)."""
+        return 2 * self.hidden if self.glm1 else self.hidden
+
+    @property
     def layer_params(self) -> int:
+        if self.glm1:  # a bias on every linear layer, two LayerNorms
+            return self.layer_linear_params + sum(o for _, o in self.linear_shapes.values()) + 2 * self.norm_params
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
         return self.layer_linear_params + q + 2 * kv + 4 * self.hidden  # qkv biases, up to four norms
 
@@ -86,7 +110,13 @@ class ModelShape:
 
     @property
     def total_params(self) -> int:
-        return self.embedding_params + self.layers * self.layer_params + self.hidden
+        return self.embedding_params + self.layers * self.layer_params + self.norm_params
+
+    # activations ----------------------------------------------------------------------------------------------
+    @property
+    def activation_values(self) -> int:
+        """Values one token keeps per decoder layer for the backward pass (see the module docstring)."""
+        return 12 * self.hidden + (2 if self.glm1 else 5) * self.intermediate
 
 
 @dataclass
@@ -119,7 +149,7 @@ def estimate_memory(shape: ModelShape, config: RunConfig, on_gpu: bool = True) -
     trainable = method.trainable_params(shape, config)
     weights = method.weight_bytes(shape, config, compute_bytes, trainable)
     tokens = config.per_device_train_batch_size * config.cutoff_len
-    per_token_layer = (12 * shape.hidden + 5 * shape.intermediate) * compute_bytes
+    per_token_layer = shape.activation_values * compute_bytes
     layers = method.backprop_layers(shape, config)
     if config.gradient_checkpointing:
         activations = tokens * (layers * shape.hidden * compute_bytes + per_token_layer)
@@ -148,7 +178,7 @@ def estimate_for_run(config: RunConfig, on_gpu: bool | None = None) -> MemoryEst
         import torch
 
         on_gpu = torch.cuda.is_available()
-    shape = ModelShape.from_config(model_config(locate_model(config.model_name_or_path, config.trust_remote_code)))
+    shape = ModelShape.from_config(model_config(locate_model(config.model_name_or_path)))
     return estimate_memory(shape, config, on_gpu)
 
 

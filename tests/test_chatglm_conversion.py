@@ -79,6 +79,11 @@ def test_chatglm2_rounds_template(tmp_path):
     assert encoder.encode_prompt(history) == [special("[gMASK]"), special("sop")] + reference_ids(
         source, "chatglm2", text
     )
+    # The tokenizer's Jinja is generated from the same definition: the same prompt, a system prompt included.
+    system = [{"role": "system", "content": "简短回答。"}]
+    rendered = tokenizer.apply_chat_template(system + history, tokenize=True, add_generation_prompt=True)
+    rendered = list(rendered["input_ids"] if hasattr(rendered, "keys") else rendered)
+    assert rendered == encoder.encode_prompt(history, system="简短回答。")
 
 
 def test_linear_rope_of_chatglm2_32k_is_detected_from_its_code(tmp_path):
@@ -109,14 +114,11 @@ def test_loading_a_thudm_folder_converts_it_once_and_trains(tmp_path):
     assert status["template"] == "chatglm3"
 
 
-def test_chatglm_v1_is_refused_with_a_reason(tmp_path):
-    (tmp_path / "config.json").write_text(
-        json.dumps({"model_type": "chatglm", "position_encoding_2d": True, "vocab_size": 130528})
-    )
-    with pytest.raises(ModelError, match="ChatGLM-6B \\(v1\\).*enable trust_remote_code"):
-        prepare_model(str(tmp_path))
-    with pytest.raises(ModelError, match="2D positions"):
+def test_a_non_chatglm_folder_is_refused_with_a_reason(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ModelError, match="not a THUDM ChatGLM checkpoint"):
         convert_chatglm(tmp_path, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import torch
 
 from core.models.chatglm_v1 import ConversionError, convert_chatglm_v1, convert_tokenizer, is_chatglm_v1_checkpoint
 from core.models.glm1 import LINEAR_MODULES, Glm1Config, Glm1ForCausalLM, positions
-from core.models.glm1.chat import chat, format_prompt, process_response, prompt_ids
+from core.models.glm1.chat import chat, format_prompt, messages, process_response, prompt_ids
 from tests.conftest import REPO
 
 FIXTURE = REPO / "tests" / "fixtures" / "chatglm6b"
@@ -97,17 +97,25 @@ def test_loads_through_the_auto_classes_and_the_loader_without_remote_code(conve
     assert json.loads(result.stdout.splitlines()[-1]) == ["Glm1ForCausalLM", True, first["ids_with_special_tokens"]]
 
 
-def test_refuses_a_non_empty_target_and_leaves_it_alone(tmp_path):
+def test_refuses_a_non_empty_target_and_overwrites_only_its_own_conversion(tmp_path):
+    from core.errors import RunStateError
+
     target = tmp_path / "out"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    with pytest.raises(ConversionError, match="not empty"):
-        convert_chatglm_v1(CHECKPOINT, target)
+    for overwrite in (False, True):
+        with pytest.raises(RunStateError, match="not empty"):
+            convert_chatglm_v1(CHECKPOINT, target, overwrite=overwrite)
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
     empty = tmp_path / "empty"
     empty.mkdir()
     convert_chatglm_v1(CHECKPOINT, empty)  # an existing empty folder is fine
     assert (empty / "model.safetensors").is_file()
+    with pytest.raises(RunStateError, match="not empty"):
+        convert_chatglm_v1(CHECKPOINT, empty)  # an earlier conversion of ours, but no overwrite asked for
+    (empty / "model.safetensors").write_bytes(b"stale")
+    convert_chatglm_v1(CHECKPOINT, empty, overwrite=True)  # ours: replaced by a complete new one
+    assert (empty / "model.safetensors").stat().st_size > 1000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "out"]  # no staging folder left behind
 
 
@@ -245,21 +253,65 @@ def test_process_response_is_thudms():
     assert process_response("  [[训练时间]]发布,好!吗?a,b  ") == "2023年发布，好！吗？a,b"
 
 
-def test_chat_template_renders_the_training_layout(tokenizer):
-    """prompt [gMASK] <sop> answer <eop>, each text encoded on its own, as THUDM's P-tuning code builds it."""
-    conversation = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！\n有什么事？"}]
-    ids = tokenizer.apply_chat_template(conversation, tokenize=True)
-    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+def jinja_ids(tokenizer, conversation: list[dict[str, str]], generation: bool = False) -> list[int]:
+    ids = tokenizer.apply_chat_template(conversation, tokenize=True, add_generation_prompt=generation)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def thudm_ptuning_sample(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+    """THUDM's ptuning/main.py preprocess_function_train for ChatGLM-6B: build_inputs_with_special_tokens(a, b)
+    is a [gMASK] <sop> b <eop>, and the labels start at <sop> (`[-100] * context_length + input_ids[mask + 1:]`)."""
+    a_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    b_ids = tokenizer.encode(answer, add_special_tokens=False)
     special = tokenizer.convert_tokens_to_ids
-    expected = (
-        tokenizer.encode("你好", add_special_tokens=False)
-        + [special("[gMASK]"), special("<sop>")]
-        + tokenizer.encode("你好！\n有什么事？", add_special_tokens=False)
-        + [special("<eop>")]
-    )
-    assert ids == expected
-    with pytest.raises(Exception, match="no system role"):
-        tokenizer.apply_chat_template([{"role": "system", "content": "x"}] + conversation, tokenize=False)
+    input_ids = a_ids + [special("[gMASK]"), special("<sop>")] + b_ids + [special("<eop>")]
+    context_length = input_ids.index(tokenizer.bos_token_id)
+    mask_position = context_length - 1
+    return input_ids, [-100] * context_length + input_ids[mask_position + 1 :]
+
+
+def test_the_chatglm_template_is_chosen_for_v1_and_its_prompts_are_thudms(tokenizer, demo_tokenizer):
+    """`auto` picks chatglm for the v1 tokenizer (<sop>, no <|user|>) and glm4 for GLM-4's; the encoder, the
+    tokenizer's Jinja and THUDM's chat() give the same prompt ids, with and without history."""
+    from core.data.template import TemplateEncoder, detect_template
+
+    assert (detect_template(tokenizer), detect_template(demo_tokenizer)) == ("chatglm", "glm4")
+    encoder = TemplateEncoder(tokenizer, "auto")
+    assert encoder.template.name == "chatglm"
+    assert encoder.stop_token_ids == [tokenizer.convert_tokens_to_ids("<eop>")] == [tokenizer.eos_token_id]
+    for case in ("chat", "chat_with_history"):
+        reference = MODEL_REF[case]
+        turns = messages(reference["query"], [tuple(turn) for turn in reference["history"]])
+        assert encoder.encode_prompt(turns) == reference["prompt_ids"], case
+        assert jinja_ids(tokenizer, turns, generation=True) == reference["prompt_ids"], case
+
+
+def test_the_chatglm_training_layout_and_loss_mask_are_thudms_ptuning(tokenizer):
+    """prompt [gMASK] <sop> answer <eop>, loss on <sop>, the answer and <eop>: what THUDM's P-tuning code builds,
+    token for token; the tokenizer's Jinja renders the same ids for the conversation, a system prompt included."""
+    from core.data.formats import Conversation
+    from core.data.template import TemplateEncoder
+
+    encoder = TemplateEncoder(tokenizer, "chatglm")
+    history = [("你好", "你好，我是小智。"), ("介绍一下你自己", "我是一个\n语言模型。")]
+    query, answer = "今天天气怎么样？", "今天天气很好,\n适合出门!"
+    turns = messages(query, history) + [{"role": "assistant", "content": answer}]
+    for system in ("", "你是一个助手。"):
+        conversation = Conversation(turns, system)
+        prompt = (f"{system}\n" if system else "") + format_prompt(query, history)
+        ids, labels = encoder.encode(conversation, cutoff_len=10**6)
+        assert (ids, labels) == thudm_ptuning_sample(tokenizer, prompt, answer), system
+        rendered = ([{"role": "system", "content": system}] if system else []) + turns
+        assert jinja_ids(tokenizer, rendered) == ids, system
+        assert encoder.encode_prompt(turns[:-1], system) == jinja_ids(tokenizer, rendered[:-1], generation=True)
+    trained = [token for token, label in zip(ids, labels) if label != -100]
+    special = tokenizer.convert_tokens_to_ids
+    assert (trained[0], trained[-1]) == (special("<sop>"), special("<eop>"))
+    assert tokenizer.decode(trained[1:-1]) == answer
+    single = Conversation(messages(query) + [{"role": "assistant", "content": answer}])
+    assert encoder.encode(single, 10**6) == thudm_ptuning_sample(tokenizer, query, answer)  # the bare query
+    with pytest.raises(Exception, match="no tool role"):
+        jinja_ids(tokenizer, [{"role": "tool", "content": "x"}] + turns)
 
 
 def test_left_padded_batch_generates_as_each_prompt_alone(model, tokenizer):
@@ -362,6 +414,40 @@ def test_gradient_checkpointing_gives_the_same_gradients(converted, tokenizer):
     assert model.transformer.layers[0].gradient_checkpointing
     assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-6)
     torch.testing.assert_close(grads[0][1], grads[1][1], atol=1e-6, rtol=1e-5)
+
+
+def test_prefix_tuning_under_gradient_checkpointing_keeps_the_prefix(converted, tokenizer):
+    """transformers drops a cache that a checkpointed layer would write twice; v1's blocks only read it while
+    training, so peft's P-tuning prefix is kept: the same loss and prefix gradients with checkpointing as without."""
+    from peft import PrefixTuningConfig, get_peft_model
+
+    batch = training_batch(tokenizer)
+    results = []
+    for checkpointing in (False, True):
+        base = Glm1ForCausalLM.from_pretrained(str(converted[0]), dtype=torch.float32)
+        base.config.use_cache = False  # as the Trainer runs it
+        torch.manual_seed(0)
+        model = get_peft_model(base, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+        if checkpointing:  # after peft, as the Trainer turns it on (peft refuses a model that already has it)
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        loss = model(**batch).loss
+        loss.backward()
+        results.append((loss.item(), model.prompt_encoder["default"].embedding.weight.grad.clone()))
+    assert base.transformer.layers[0].gradient_checkpointing
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)
+    assert results[0][1].abs().max() > 0
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        no_prefix = base(**batch).loss.item()
+    assert abs(no_prefix - results[1][0]) > 1e-3  # the prefix took part
+
+
+def test_one_dimensional_positions_are_refused(model):
+    """Padding-free packing passes positions [batch, seq]; v1's are [2, batch, seq]: never misread them."""
+    ids = torch.tensor([MODEL_REF["input_ids"]])
+    with pytest.raises(ValueError, match="2D positions"):
+        model(ids, position_ids=torch.arange(ids.shape[1])[None])
 
 
 def test_save_and_load_round_trip_gives_identical_logits(model, tmp_path):

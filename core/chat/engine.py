@@ -177,6 +177,7 @@ class ChatEngine:
         settings = settings or GenerationSettings()
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         errors: list[BaseException] = []
+        answers: list[list[int]] = []  # the generated ids, decoded whole at the end
         cancelled = cancel or threading.Event()  # set when the consumer stops reading (Stop, closed page, API)
 
         def work() -> None:
@@ -213,22 +214,39 @@ class ChatEngine:
                             **settings.generate_kwargs(),
                         )
                     self.last_generated_tokens = int(output.shape[1] - input_ids.shape[1])
+                    answers.append(output[0, input_ids.shape[1] :].tolist())
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer below
                 errors.append(exc)
                 streamer.end()
 
         worker = threading.Thread(target=work, name="chat-generate", daemon=True)
         worker.start()
-        reply = ""
+        reply, shown = "", ""
         try:
             for piece in streamer:
                 reply += piece
-                yield reply.lstrip("\n")  # ChatGLM3 writes the newline after <|assistant|> itself
+                shown = self._shown(reply)
+                yield shown
         finally:
             cancelled.set()
         worker.join()
         if errors:
             raise errors[0]
+        if answers:
+            # The streamer decodes piece by piece (and starts afresh after each newline, which loses a SentencePiece
+            # tokenizer's space there); the last reply is the whole answer decoded at once, as the model's own
+            # chat code decodes it.
+            whole = self._shown(self.tokenizer.decode(answers[0], skip_special_tokens=True))
+            if whole != shown:
+                yield whole
+
+    def _shown(self, text: str) -> str:
+        """A (partial) decoded reply as the template's chat code shows it: ChatGLM-6B's through THUDM's
+        process_response; the others without the leading newline ChatGLM3 writes after <|assistant|> itself."""
+        template = self.encoder.template if self.encoder is not None else None
+        if template is not None and template.answer_cleanup is not None:
+            return template.answer_cleanup(text)
+        return text.lstrip("\n")
 
     def chat(
         self,

@@ -2,7 +2,7 @@
 
 We build ids segment by segment (role token, then text) instead of rendering a string and tokenizing it, so
 the loss mask is exact by construction. Text pieces are encoded separately, as THUDM's own code does: for
-SentencePiece tokenizers (ChatGLM2/3) that matters, since every encode call adds the dummy prefix '▁'.
+SentencePiece tokenizers (ChatGLM-6B, ChatGLM2/3) that matters, since every encode call adds the dummy prefix '▁'.
 
 - glm4:     [gMASK]<sop><|system|>\n{system}<|user|>\n{query}<|assistant|>\n{answer}<|user|>\n...
             An answer is followed by the next `<|user|>` (or `<|endoftext|>` at the end); that token carries
@@ -10,15 +10,62 @@ SentencePiece tokenizers (ChatGLM2/3) that matters, since every encode call adds
 - chatglm3: the same role tokens after `[gMASK] sop`; the model writes the "\n" after `<|assistant|>` itself.
 - chatglm2: plain text rounds, `[Round 1]\n\n问：{query}\n\n答：{answer}\n\n[Round 2]...`; as in THUDM's
             P-tuning code, the history is prompt and only the last answer (plus `</s>`) carries loss.
+- chatglm:  ChatGLM-6B (v1), as THUDM's `chat()` and P-tuning code (ptuning/main.py) build it: the bare question
+            on the first turn, with history rounds counted from 0 (`[Round 0]\n问：{q}\n答：{a}\n[Round 1]\n问：
+            {query}\n答：`), then `[gMASK] <sop>` at the END of the prompt and `<eop>` after the answer. Loss on
+            `<sop>`, the answer and `<eop>` (THUDM's labels start at `<sop>`); generation stops at `<eop>`, and
+            the decoded answer goes through THUDM's `process_response`. A system prompt is text in front of
+            the rounds, ended by a newline (THUDM's `--source_prefix` is the nearest thing the model knew).
+
+`chat_template_jinja` writes every template as the Jinja saved with the tokenizers we write; tests check that
+the two render the same ids.
 """
 
 from __future__ import annotations
 
+import re
+import string
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.data.formats import Conversation
 
 IGNORE_INDEX = -100
+
+_FULL_WIDTH = [(",", "，"), ("!", "！"), (":", "："), (";", "；"), (r"\?", "？")]
+
+
+def thudm_v1_response(response: str) -> str:
+    """THUDM's ChatGLM-6B `process_response`: stripped, "[[训练时间]]" -> "2023年", and ASCII , ! : ; ? next to a
+    Chinese character turned into their full-width forms."""
+    response = response.strip().replace("[[训练时间]]", "2023年")
+    for ascii_mark, full_width in _FULL_WIDTH:
+        response = re.sub(rf"([\u4e00-\u9fff]){ascii_mark}", rf"\g<1>{full_width}", response)
+        response = re.sub(rf"{ascii_mark}([\u4e00-\u9fff])", rf"{full_width}\g<1>", response)
+    return response
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """Plain-text rounds (ChatGLM-6B, ChatGLM2-6B): the history is prompt text; only the last answer carries loss,
+    as in THUDM's P-tuning code. `query` has the fields {number} and {query}; `answer_end` follows every earlier
+    answer (and a system prompt)."""
+
+    first: int
+    query: str
+    answer_end: str
+    bare_single_turn: bool = False  # ChatGLM-6B: a lone question is the bare question, without a round header
+
+    def text(self, messages: list[dict[str, str]], system: str = "") -> str:
+        """The prompt text for a history ending with a user turn."""
+        text = f"{system}{self.answer_end}" if system else ""
+        if self.bare_single_turn and len(messages) == 1:
+            return text + messages[0]["content"]
+        for number, index in enumerate(range(0, len(messages), 2), start=self.first):
+            text += self.query.format(number=number, query=messages[index]["content"])
+            if index + 1 < len(messages):
+                text += messages[index + 1]["content"] + self.answer_end
+        return text
 
 
 @dataclass(frozen=True)
@@ -28,13 +75,22 @@ class Template:
     stop_tokens: tuple[str, ...] = ("<|endoftext|>", "<|user|>", "<|observation|>")
     end_token: str = "<|endoftext|>"
     prompt_newline: bool = True  # the generation prompt ends with "<|assistant|>\n" (else the model writes it)
-    rounds: bool = False  # ChatGLM2's text rounds instead of role tokens
+    rounds: Rounds | None = None  # plain text rounds instead of role tokens
     # How a rendered string joins role token and text, so that tokenizing it whole gives the ids that encoding
     # segment by segment gives: SentencePiece (chatglm3) writes the dummy prefix of each text as a space.
     text_joiner: str = "\n"
+    # ChatGLM-6B puts its special tokens after the prompt: `prompt_suffix` (no loss), then `answer_prefix`, which
+    # starts the answer and carries loss.
+    prompt_suffix: tuple[str, ...] = ()
+    answer_prefix: tuple[str, ...] = ()
+    answer_cleanup: Callable[[str], str] | None = None  # the model's own post-processing of a decoded answer
 
     def role_token(self, role: str) -> str:
         return f"<|{role}|>"
+
+    def clean_answer(self, text: str) -> str:
+        """A decoded answer as the model's own chat code returns it."""
+        return self.answer_cleanup(text) if self.answer_cleanup is not None else text.strip()
 
 
 TEMPLATES: dict[str, Template] = {
@@ -47,7 +103,23 @@ TEMPLATES: dict[str, Template] = {
         prompt_newline=False,
         text_joiner="\n ",
     ),
-    "chatglm2": Template("chatglm2", prefix=("[gMASK]", "sop"), stop_tokens=("</s>",), end_token="</s>", rounds=True),
+    "chatglm2": Template(
+        "chatglm2",
+        prefix=("[gMASK]", "sop"),
+        stop_tokens=("</s>",),
+        end_token="</s>",
+        rounds=Rounds(first=1, query="[Round {number}]\n\n问：{query}\n\n答：", answer_end="\n\n"),
+    ),
+    "chatglm": Template(
+        "chatglm",
+        prefix=(),
+        stop_tokens=("<eop>",),
+        end_token="<eop>",
+        rounds=Rounds(first=0, query="[Round {number}]\n问：{query}\n答：", answer_end="\n", bare_single_turn=True),
+        prompt_suffix=("[gMASK]",),
+        answer_prefix=("<sop>",),
+        answer_cleanup=thudm_v1_response,
+    ),
 }
 AUTO = "auto"
 
@@ -62,18 +134,58 @@ def get_template(name: str) -> Template:
     return TEMPLATES[name]
 
 
+def _literal(text: str) -> str:
+    """A Jinja string literal (newlines escaped: transformers renders with trim_blocks, which eats raw ones)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+def _expression(pattern: str, fields: dict[str, str]) -> str:
+    """A str.format pattern as a Jinja expression, each {field} replaced by the Jinja expression given for it."""
+    parts = []
+    for text, field, _, _ in string.Formatter().parse(pattern):
+        if text:
+            parts.append(_literal(text))
+        if field is not None:
+            parts.append(f"({fields[field]})|string")
+    return " ~ ".join(parts) or "''"
+
+
+def _rounds_jinja(template: Template) -> str:
+    rounds = template.rounds
+    query = _expression(rounds.query, {"number": "ns.number", "query": "m['content']"})
+    single = "ns.users == 1" if rounds.bare_single_turn else "false"
+    generation = "".join(template.prompt_suffix + template.answer_prefix)
+    return (
+        "{%- set ns = namespace(users=0, seen=0, number=" + str(rounds.first) + ") -%}"
+        "{%- for m in messages -%}{%- if m['role'] == 'user' -%}{%- set ns.users = ns.users + 1 -%}{%- endif -%}"
+        "{%- endfor -%}"
+        "{{- " + _literal("".join(template.prefix)) + " -}}"
+        "{%- for m in messages -%}"
+        "{%- if m['role'] == 'system' -%}{{- m['content'] ~ " + _literal(rounds.answer_end) + " -}}"
+        "{%- elif m['role'] == 'user' -%}"
+        "{%- set ns.seen = ns.seen + 1 -%}"
+        "{%- if " + single + " -%}{{- m['content'] -}}{%- else -%}{{- " + query + " -}}{%- endif -%}"
+        "{%- set ns.number = ns.number + 1 -%}"
+        "{%- if ns.seen == ns.users -%}{{- " + _literal(generation) + " -}}{%- endif -%}"
+        "{%- elif m['role'] == 'assistant' -%}"
+        "{%- if ns.seen == ns.users -%}{{- m['content'] ~ " + _literal(template.end_token) + " -}}"
+        "{%- else -%}{{- m['content'] ~ " + _literal(rounds.answer_end) + " -}}{%- endif -%}"
+        "{%- else -%}{{- raise_exception('the " + template.name + " template has no ' ~ m['role'] ~ "
+        "' role: only system, user and assistant') -}}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+    )
+
+
 def chat_template_jinja(name: str) -> str:
     """The template as Jinja, saved with tokenizers we write (the demo model, converted checkpoints) for users of
-    `apply_chat_template`. Generated from the one `Template` definition; a test checks the two agree token for
-    token."""
+    `apply_chat_template`. Generated from the one `Template` definition; tests check the two agree token for
+    token. A rounds template renders a conversation that ends with an answer as its training layout (the answer
+    and the end token), and one that ends with a question as its generation prompt."""
     template = get_template(name)
+    if template.rounds is not None:
+        return _rounds_jinja(template)
     prefix = "".join(template.prefix)
-    if template.rounds:
-        return (
-            prefix + "{% set n = namespace(i=0) %}{% for m in messages %}{% if m['role'] == 'user' %}"
-            "{% set n.i = n.i + 1 %}[Round {{ n.i }}]\n\n问：{{ m['content'] }}\n\n答：{% elif m['role'] == "
-            "'assistant' %}{{ m['content'] }}\n\n{% endif %}{% endfor %}"
-        )
     header = "<|assistant|>" + ("\n" if template.prompt_newline else "")
     return (
         prefix + "{% for m in messages %}<|{{ m['role'] }}|>" + template.text_joiner + "{{ m['content'] }}"
@@ -82,10 +194,11 @@ def chat_template_jinja(name: str) -> str:
 
 
 def detect_template(tokenizer) -> str:
-    """The template a tokenizer's special tokens imply: <sop> -> glm4; sop with roles -> chatglm3; else chatglm2."""
+    """The template a tokenizer's special tokens imply: <sop> with roles -> glm4, without -> chatglm (ChatGLM-6B);
+    sop with roles -> chatglm3; else chatglm2."""
     vocab = tokenizer.get_vocab()
     if "<sop>" in vocab:
-        return "glm4"
+        return "glm4" if "<|user|>" in vocab else "chatglm"
     if "sop" in vocab:
         return "chatglm3" if "<|user|>" in vocab else "chatglm2"
     from core.errors import ModelError
@@ -129,7 +242,7 @@ class TemplateEncoder:
 
     def _segments(self, conversation: Conversation) -> list[tuple[list[int], bool]]:
         """(ids, carries_loss) pieces in order."""
-        if self.template.rounds:
+        if self.template.rounds is not None:
             return self._round_segments(conversation)
         pieces: list[tuple[list[int], bool]] = [(self._prefix(), False)]
         if conversation.system:
@@ -155,22 +268,18 @@ class TemplateEncoder:
             previous = message["role"]
         return pieces
 
-    @staticmethod
-    def _rounds_text(messages: list[dict[str, str]], system: str) -> str:
-        """ChatGLM2's prompt text for a history ending with a user turn."""
-        text = f"{system}\n\n" if system else ""
-        for number, index in enumerate(range(0, len(messages), 2), start=1):
-            text += f"[Round {number}]\n\n问：{messages[index]['content']}\n\n答："
-            if index + 1 < len(messages):
-                text += f"{messages[index + 1]['content']}\n\n"
-        return text
-
     def _round_segments(self, conversation: Conversation) -> list[tuple[list[int], bool]]:
+        """The history as prompt text (one encode call, as THUDM encodes it), then the last answer."""
         history, answer = conversation.messages[:-1], conversation.messages[-1]["content"]
         return [
-            (self._prefix() + self._text(self._rounds_text(history, conversation.system)), False),
-            (self._text(answer), True),
+            (self._generation_prompt(history, conversation.system), False),
+            ([self.token_id(t) for t in self.template.answer_prefix] + self._text(answer), True),
         ]
+
+    def _generation_prompt(self, messages: list[dict[str, str]], system: str) -> list[int]:
+        """A rounds template's prompt: prefix, the rounds' text, the prompt suffix (no answer prefix)."""
+        ids = self._prefix() + self._text(self.template.rounds.text(list(messages), system))
+        return ids + [self.token_id(t) for t in self.template.prompt_suffix]
 
     def encode(self, conversation: Conversation, cutoff_len: int) -> tuple[list[int], list[int]]:
         """Token ids and labels (IGNORE_INDEX where no loss), truncated to cutoff_len."""
@@ -186,8 +295,9 @@ class TemplateEncoder:
 
     def encode_prompt(self, messages: list[dict[str, str]], system: str = "") -> list[int]:
         """Ids for generation: the history (ending with a user turn) plus the assistant header."""
-        if self.template.rounds:
-            return self._prefix() + self._text(self._rounds_text(list(messages), system))
+        if self.template.rounds is not None:
+            answer_prefix = [self.token_id(t) for t in self.template.answer_prefix]
+            return self._generation_prompt(messages, system) + answer_prefix
         ids: list[int] = []
         for piece, _ in self._segments(Conversation(list(messages), system)):
             ids += piece

@@ -90,7 +90,10 @@ def evaluate_run(
             break  # this sample's answer was cut short by Abort: it is not counted
         total_loss += sample_loss * counted
         total_tokens += counted
-        prediction = tokenizer.decode(output[0, prompt_ids.shape[1] :], skip_special_tokens=True).strip()
+        # As the model's own chat code returns it (ChatGLM-6B: THUDM's process_response), which is what chat shows.
+        prediction = encoder.template.clean_answer(
+            tokenizer.decode(output[0, prompt_ids.shape[1] :], skip_special_tokens=True)
+        )
         scores.append(score(prediction, label))
         predictions.append({"prompt": prompt_messages[-1]["content"], "label": label, "prediction": prediction})
     eval_loss = total_loss / total_tokens if total_tokens else float("nan")

@@ -31,29 +31,47 @@ def extra_modules(config) -> list[str]:
 
 
 def prepare(model, config):
+    """Each parameter trains if it is in a trainable layer or one of its names contains an extra. A tied weight
+    has two names (ChatGLM-6B's lm_head is its word embeddings): either one selects it."""
     from core.errors import config_error
 
     layers = set(trainable_layer_indices(model.config.num_hidden_layers, config.freeze_trainable_layers))
     extras = extra_modules(config)
     matched_extras: set[str] = set()
-    for name, parameter in model.named_parameters():
-        found = re.search(r"\.layers\.(\d+)\.", name)
-        in_layer = found is not None and int(found.group(1)) in layers
-        extra = next((e for e in extras if e in name), None)
-        if extra:
-            matched_extras.add(extra)
-        parameter.requires_grad_(in_layer or extra is not None)
+    names_of: dict[int, tuple[object, list[str]]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(parameter), (parameter, []))[1].append(name)
+    for parameter, names in names_of.values():
+        found = [re.search(r"\.layers\.(\d+)\.", name) for name in names]
+        in_layer = any(match is not None and int(match.group(1)) in layers for match in found)
+        hits = {extra for extra in extras for name in names if extra in name}
+        matched_extras |= hits
+        parameter.requires_grad_(in_layer or bool(hits))
     missing = [e for e in extras if e not in matched_extras]
     if missing:
-        raise config_error("freeze_extra_modules", "config.freeze_extra_unknown", names=", ".join(missing))
+        outside = [name for name, _ in model.named_parameters(remove_duplicate=False) if ".layers." not in name]
+        examples = list(dict.fromkeys(name.rsplit(".", 2)[-2] if "." in name else name for name in outside))
+        raise config_error(
+            "freeze_extra_modules",
+            "config.freeze_extra_unknown",
+            names=", ".join(missing),
+            examples=", ".join(examples),
+        )
     return model
+
+
+EMBEDDING_NAMES = ("embed_tokens", "word_embeddings")  # GLM-4's, ChatGLM-6B's
 
 
 def trainable_params(shape, config) -> int:
     extras = extra_modules(config)
-    embedding = shape.vocab * shape.hidden
-    extra = embedding * (("lm_head" in extras) + ("embed_tokens" in extras))
-    return min(abs(config.freeze_trainable_layers), shape.layers) * shape.layer_params + extra
+    output = any("lm_head" in extra for extra in extras)
+    inputs = any(name in extra or extra in name for extra in extras for name in EMBEDDING_NAMES)
+    tables = (output or inputs) if shape.tied_embeddings else output + inputs  # a tied table trains once
+    return (
+        min(abs(config.freeze_trainable_layers), shape.layers) * shape.layer_params
+        + tables * shape.vocab * shape.hidden
+    )
 
 
 def fp32_weights(shape, config, compute_bytes: int, trainable: int) -> float:

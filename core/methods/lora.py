@@ -6,16 +6,14 @@ from dataclasses import dataclass
 
 from core.methods.base import ADAPTER, Field, Method
 
-# Linear layers of a GLM / GLM-4 decoder block, as named by transformers' native classes.
-GLM_LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj")
-
 
 @dataclass
 class LoraOptions:
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0  # 0: peft skips the dropout layer entirely (the fast path)
-    lora_target: str = "all"  # "all" (every linear layer of the blocks) or e.g. "q_proj,v_proj"
+    # "all" (every linear layer of the blocks) or names: GLM-4 "q_proj,v_proj", ChatGLM-6B "query_key_value"
+    lora_target: str = "all"
     use_dora: bool = False
     use_rslora: bool = False
 
@@ -59,6 +57,22 @@ def lora_config(config):
     )
 
 
+def linear_layer_names(model) -> list[str]:
+    """The names LoRA can target in this model: its decoder blocks' linear layers, in order of appearance
+    (GLM-4: q_proj ... down_proj; ChatGLM-6B: query_key_value, dense, dense_h_to_4h, dense_4h_to_h)."""
+    import re
+
+    import torch
+
+    names: list[str] = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and re.search(r"(^|\.)layers\.\d+\.", name):
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf not in names:
+                names.append(leaf)
+    return names
+
+
 def load_for_more_training(model, config):
     """Continued training: the earlier run's adapter, trainable, instead of a fresh one."""
     from peft import PeftModel
@@ -77,7 +91,7 @@ def prepare(model, config):
         return get_peft_model(model, lora_config(config))
     except ValueError as exc:
         raise config_error(
-            "lora_target", "config.lora_target_unknown", detail=str(exc), modules=", ".join(GLM_LINEAR_MODULES)
+            "lora_target", "config.lora_target_unknown", detail=str(exc), modules=", ".join(linear_layer_names(model))
         ) from None
 
 

@@ -14,7 +14,9 @@ Their remote code breaks on transformers >= 4.45/4.49; the native class computes
   glm-4-9b-chat ships tiktoken-style ranks with its specials from `<|endoftext|>` on. Both become a fast
   tokenizer (SentencePiece BPE rebuilt in `tokenizers`; transformers' TikTokenConverter) with the right chat
   template and stop tokens.
-ChatGLM-6B (v1) is another architecture (2D positions, GeLU): it is refused here; see `trust_remote_code`.
+ChatGLM-6B (v1) is another architecture (2D positions, GeLU, prefix-LM attention): it converts to the workbench's
+own native class instead (core.models.chatglm_v1, core.models.glm1); the functions here hand it over, so every
+THUDM checkpoint is converted the same way, once, through `ensure_converted`.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ GLM4_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-VARIANT_TEMPLATE = {"chatglm2": "chatglm2", "chatglm3": "chatglm3", "glm4-chat": "glm4"}
+VARIANT_TEMPLATE = {"chatglm-6b": "chatglm", "chatglm2": "chatglm2", "chatglm3": "chatglm3", "glm4-chat": "glm4"}
+V1 = "chatglm-6b"  # the variant name of ChatGLM-6B (v1), converted by core.models.chatglm_v1
 CONVERTED_KIND = "converted-model"  # the marker of a finished conversion (core/files.py)
 
 
@@ -71,6 +74,7 @@ def is_chatglm_checkpoint(folder: str | Path) -> bool:
 
 
 def is_chatglm_v1(config: dict) -> bool:
+    """ChatGLM-6B (v1) rather than ChatGLM2/3 or glm-4-9b-chat: 2D positions, or no `padded_vocab_size`."""
     return bool(config.get("position_encoding_2d")) or "padded_vocab_size" not in config
 
 
@@ -84,6 +88,8 @@ def _is_tiktoken_file(path: Path) -> bool:
 
 def detect_variant(folder: str | Path, config: dict) -> str:
     folder = Path(folder)
+    if is_chatglm_v1(config):
+        return V1
     if _is_tiktoken_file(folder / "tokenizer.model"):
         return "glm4-chat"
     code = folder / "tokenization_chatglm.py"
@@ -220,6 +226,10 @@ def convert_tokenizer(folder: str | Path, variant: str):
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
+    if variant == V1:
+        from core.models import chatglm_v1
+
+        return chatglm_v1.convert_tokenizer(folder)
     path = Path(folder) / "tokenizer.model"
     if not path.is_file():
         raise ModelError("model.no_tokenizer_model", folder=str(folder))
@@ -250,9 +260,10 @@ def convert_tokenizer(folder: str | Path, variant: str):
     )
 
 
-def convert_chatglm(source: str | Path, target: str | Path, overwrite: bool = False) -> ConversionReport:
+def convert_chatglm(source: str | Path, target: str | Path, overwrite: bool = False):
     """Convert a THUDM checkpoint folder into a native model folder, written into a staging folder renamed into
-    place. A non-empty target is refused; with `overwrite`, only an earlier conversion of ours is replaced."""
+    place. A non-empty target is refused; with `overwrite`, only an earlier conversion of ours is replaced.
+    ChatGLM-6B (v1) goes to core.models.chatglm_v1 (the workbench's native Glm1ForCausalLM)."""
     from transformers import GlmForCausalLM
 
     from core.files import TargetNotFreeError, refusal, staged_dir
@@ -262,7 +273,9 @@ def convert_chatglm(source: str | Path, target: str | Path, overwrite: bool = Fa
     if config.get("model_type") != "chatglm":
         raise ModelError("model.not_thudm", folder=str(source), model_type=repr(config.get("model_type")))
     if is_chatglm_v1(config):
-        raise ModelError("model.chatglm_v1_not_convertible", folder=str(source))
+        from core.models.chatglm_v1 import convert_chatglm_v1
+
+        return convert_chatglm_v1(source, target, overwrite=overwrite)
     variant = detect_variant(source, config)
     rope, rope_note = rope_parameters(source, config, variant)
     tokenizer = convert_tokenizer(source, variant)
@@ -322,6 +335,10 @@ def shape_config(folder: str | Path):
     """The native config of a THUDM checkpoint, from its config.json alone (for the memory estimate)."""
     config = read_config(folder)
     variant = detect_variant(folder, config)
+    if variant == V1:
+        from core.models import chatglm_v1
+
+        return chatglm_v1.shape_config(folder)
     rope, _ = rope_parameters(folder, config, variant)
     ids = {"<|endoftext|>": 0, "<|user|>": 0, "<|observation|>": 0}
     return native_config(config, rope, ids, variant)

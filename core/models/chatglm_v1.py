@@ -7,8 +7,9 @@ own remote code, which needs transformers < 4.34. The converted folder holds:
   `intermediate_size`, `max_sequence_length` -> `max_position_embeddings`);
 - the weights as safetensors under THUDM's own module names, less `rotary_emb.inv_freq` (recomputed, fp16-rounded)
   and `lm_head.weight` (tied to the word embeddings, as THUDM's model ties it);
-- a fast tokenizer with THUDM's ids (core.models.glm1.tokenization), its chat template (core.models.glm1.chat),
-  and `glm_workbench_conversion.json` saying what was converted.
+- a fast tokenizer with THUDM's ids (core.models.glm1.tokenization), the `chatglm` chat template's Jinja
+  (core.data.template), `glm_workbench_conversion.json` saying what was converted, and the marker of a finished
+  conversion of ours (core.files), written through a staging folder like every conversion (core.models.chatglm).
 Both tokenizer revisions convert: the first release's ids after 20,000 image tokens (`num_image_tokens` absent from
 tokenizer_config.json: THUDM's default) and the final "slim" one (`num_image_tokens: 0`, vocabulary 130,528).
 """
@@ -17,11 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from core.errors import ModelError
 
 log = logging.getLogger("glm_workbench")
 
@@ -48,14 +48,16 @@ SPECIAL_IDS = {
 }
 
 
-class ConversionError(ValueError):
-    """A checkpoint that cannot be converted, phrased for the user."""
+class ConversionError(ModelError):
+    """A ChatGLM-6B checkpoint that cannot be converted: a code of core/locales with its parameters."""
 
 
 @dataclass
 class ConversionReport:
     source: str
     target: str
+    variant: str
+    template: str
     num_image_tokens: int
     vocab_size: int
     tokenizer_model: str
@@ -89,41 +91,35 @@ def _setting(config: dict, key: str):
     return config[key] if config.get(key) is not None else THUDM_DEFAULTS[key]
 
 
-def _check_supported(source: Path, config: dict) -> None:
+def _check_supported(source: Path, config: dict, tokenizer: bool = True) -> None:
+    folder = str(source)
     if not is_chatglm_v1_checkpoint(source):
         raise ConversionError(
-            f"{source}: not a ChatGLM-6B (v1) checkpoint (model_type {config.get('model_type')!r}, "
-            f"position_encoding_2d {config.get('position_encoding_2d')!r})"
+            "model.v1_not_chatglm_6b",
+            folder=folder,
+            model_type=repr(config.get("model_type")),
+            positions=repr(config.get("position_encoding_2d")),
         )
     if not config.get("position_encoding_2d", True):
-        raise ConversionError(f"{source}: 1D positions (position_encoding_2d false) are not ChatGLM-6B's")
+        raise ConversionError("model.v1_1d_positions", folder=folder)
     if config.get("quantization_bit"):
-        raise ConversionError(
-            f"{source}: a {config['quantization_bit']}-bit quantized checkpoint (THUDM's own "
-            "int4/int8 format); convert the full-precision THUDM/chatglm-6b instead and quantize "
-            "when loading"
-        )
+        raise ConversionError("model.v1_quantized", folder=folder, bits=config["quantization_bit"])
     if config.get("pre_seq_len"):
-        raise ConversionError(
-            f"{source}: a P-tuning checkpoint (pre_seq_len {config['pre_seq_len']}); convert its "
-            "base model, THUDM/chatglm-6b"
-        )
-    if not (source / TOKENIZER_FILE).is_file():
-        raise ConversionError(f"{source}: no {TOKENIZER_FILE}")
+        raise ConversionError("model.v1_ptuning_checkpoint", folder=folder, pre_seq_len=config["pre_seq_len"])
+    if tokenizer and not (source / TOKENIZER_FILE).is_file():
+        raise ConversionError("model.v1_no_tokenizer_file", folder=folder, file=TOKENIZER_FILE)
 
 
-def native_config(config: dict, num_image_tokens: int, token_ids: dict[str, int]):
-    """Our Glm1Config from THUDM's config.json (and the tokenizer's ids, which must agree with it)."""
+def native_config(config: dict, num_image_tokens: int, token_ids: dict[str, int] | None = None):
+    """Our Glm1Config from THUDM's config.json, and the tokenizer's ids, which must agree with it (without them,
+    config.json alone: the shape for the memory estimate)."""
     from core.models.glm1 import Glm1Config
 
     ids = {}
     for key, token in SPECIAL_IDS.items():
         value = _setting(config, key)
-        if value != token_ids[token]:
-            raise ConversionError(
-                f"config.json {key} is {value} but the tokenizer's {token} is {token_ids[token]}: "
-                "the tokenizer files and config.json are from different revisions"
-            )
+        if token_ids is not None and value != token_ids[token]:
+            raise ConversionError("model.v1_ids_disagree", key=key, value=value, token=token, token_id=token_ids[token])
         ids[key] = value
     dtype = str(config.get("torch_dtype") or "float16")
     return Glm1Config(
@@ -147,7 +143,7 @@ def load_thudm_weights(folder: Path) -> dict:
 
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
     if not files:
-        raise ConversionError(f"{folder}: no pytorch_model*.bin or *.safetensors weights found")
+        raise ModelError("model.no_weights", folder=str(folder))
     state: dict = {}
     for file in files:
         state.update(
@@ -169,52 +165,56 @@ def convert_state_dict(state: dict, config) -> dict:
         if name == "lm_head.weight":
             embeddings = state.get("transformer.word_embeddings.weight")
             if embeddings is not None and not torch.equal(tensor, embeddings):
-                raise ConversionError(
-                    "lm_head.weight differs from transformer.word_embeddings.weight; ChatGLM-6B "
-                    "ties them (THUDM's code loads one into the other), so this checkpoint is "
-                    "not one it can run"
-                )
+                raise ConversionError("model.v1_untied_lm_head")
             continue
         out[name] = tensor
     expected = config.vocab_size, config.hidden_size
     found = tuple(out.get("transformer.word_embeddings.weight", torch.empty(0)).shape)
     if found != expected:
-        raise ConversionError(f"word embeddings are {found}, config.json says {expected}")
+        raise ConversionError("model.v1_embedding_shape", found=str(found), expected=str(expected))
     return out
 
 
 def convert_tokenizer(source: str | Path, num_image_tokens: int | None = None):
-    """The fast tokenizer for a ChatGLM-6B folder (its ice_text.model and tokenizer_config.json)."""
+    """The fast tokenizer for a ChatGLM-6B folder (its ice_text.model and tokenizer_config.json), in memory: what a
+    conversion saves, and what previews (sample render, length histogram) read without converting anything."""
     from core.models.glm1.chat import CHAT_TEMPLATE
-    from core.models.glm1.tokenization import TokenizerError, build_tokenizer
+    from core.models.glm1.tokenization import build_tokenizer
 
     source = Path(source)
+    if not (source / TOKENIZER_FILE).is_file():
+        raise ConversionError("model.v1_no_tokenizer_file", folder=str(source), file=TOKENIZER_FILE)
     if num_image_tokens is None:
         num_image_tokens = _setting(read_json(source / "tokenizer_config.json"), "num_image_tokens")
-    try:
-        return build_tokenizer(source / TOKENIZER_FILE, num_image_tokens, CHAT_TEMPLATE)
-    except TokenizerError as exc:
-        raise ConversionError(f"{source}: {exc}") from None
+    return build_tokenizer(source / TOKENIZER_FILE, num_image_tokens, CHAT_TEMPLATE)
 
 
-def _staging_dir(target: Path) -> Path:
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ConversionError(
-            f"{target}: already exists and is not empty; choose a new folder (nothing is overwritten)"
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+def shape_config(source: str | Path):
+    """The native config of a ChatGLM-6B checkpoint from its json files alone (the memory estimate): nothing
+    converted, no tokenizer built, no weights read."""
+    source = Path(source)
+    config = read_json(source / "config.json")
+    _check_supported(source, config, tokenizer=False)
+    return native_config(config, _setting(read_json(source / "tokenizer_config.json"), "num_image_tokens"))
 
 
-def convert_chatglm_v1(source: str | Path, target: str | Path) -> ConversionReport:
-    """Convert THUDM's ChatGLM-6B folder `source` into a new native folder `target`, written whole or not at all:
-    into a staging folder beside it, renamed into place when complete. An existing non-empty target is refused."""
+def convert_chatglm_v1(source: str | Path, target: str | Path, overwrite: bool = False) -> ConversionReport:
+    """Convert THUDM's ChatGLM-6B folder `source` into a native folder `target`, written whole or not at all: into
+    a staging folder beside it, renamed into place when complete. A target that exists and is not empty is
+    refused; with `overwrite`, only an earlier conversion of ours is replaced (after the new one is complete)."""
     import torch
 
+    from core.files import TargetNotFreeError, check_target_free, refusal, staged_dir
+    from core.models.chatglm import CONVERTED_KIND
     from core.models.glm1 import Glm1ForCausalLM
     from core.models.glm1.tokenization import load_proto
 
     source, target = Path(source), Path(target)
+    replace = "ours" if overwrite else "never"
+    try:
+        check_target_free(target, CONVERTED_KIND, replace)  # refused before the weights are read
+    except TargetNotFreeError as exc:
+        raise refusal(exc) from None
     config = read_json(source / "config.json")
     _check_supported(source, config)
     num_image_tokens = _setting(read_json(source / "tokenizer_config.json"), "num_image_tokens")
@@ -223,7 +223,7 @@ def convert_chatglm_v1(source: str | Path, target: str | Path) -> ConversionRepo
     glm1_config = native_config(config, num_image_tokens, token_ids)
     if len(tokenizer) != glm1_config.vocab_size:
         raise ConversionError(
-            f"{source}: the tokenizer has {len(tokenizer)} tokens, config.json vocab_size is {glm1_config.vocab_size}"
+            "model.v1_vocab_size", folder=str(source), tokens=len(tokenizer), vocab_size=glm1_config.vocab_size
         )
     state = convert_state_dict(load_thudm_weights(source), glm1_config)
     dtype = getattr(torch, str(glm1_config.dtype).replace("torch.", ""))
@@ -235,15 +235,21 @@ def convert_chatglm_v1(source: str | Path, target: str | Path) -> ConversionRepo
     model.to(dtype)
     model_type = {1: "unigram", 2: "BPE"}[load_proto(source / TOKENIZER_FILE).trainer_spec.model_type]
     report = ConversionReport(
-        str(source), str(target), num_image_tokens, glm1_config.vocab_size, model_type, str(dtype).replace("torch.", "")
+        str(source),
+        str(target),
+        "chatglm-6b",
+        "chatglm",
+        num_image_tokens,
+        glm1_config.vocab_size,
+        model_type,
+        str(dtype).replace("torch.", ""),
     )
-    staging = _staging_dir(target)
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / "glm_workbench_conversion.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
-        os.rename(staging, target)  # atomic; onto an empty folder too, never onto a non-empty one
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with staged_dir(target, kind=CONVERTED_KIND, replace=replace) as folder:
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            (folder / "glm_workbench_conversion.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    except TargetNotFreeError as exc:
+        raise refusal(exc) from None
     log.info("%s", report)
     return report

@@ -24,13 +24,14 @@ class ModelLocation:
     """Where a model reference points and what it is, found without writing anything.
 
     kind: "demo" (the embedded demo model's folder), "folder" (a native model folder), "thudm" (a THUDM
-    remote-code checkpoint that is converted before loading) or "hub" (an id passed on to transformers).
+    checkpoint -- ChatGLM-6B, ChatGLM2/3, glm-4-9b-chat -- that is converted before loading) or "hub" (an id
+    passed on to transformers).
     """
 
     reference: str
     kind: str
     path: str
-    variant: str = ""  # for "thudm": chatglm2, chatglm3 or glm4-chat
+    variant: str = ""  # for "thudm": chatglm-6b, chatglm2, chatglm3 or glm4-chat
 
     @property
     def config_dict(self) -> dict:
@@ -38,10 +39,19 @@ class ModelLocation:
 
         return chatglm.read_config(self.path) if self.kind != "hub" else {}
 
+    @property
+    def is_chatglm_v1(self) -> bool:
+        """ChatGLM-6B: THUDM's checkpoint, or a folder of the native class it converts to (a conversion, a full or
+        freeze run's model)."""
+        from core.models.chatglm import V1
+        from core.models.glm1.configuration import MODEL_TYPE
 
-def locate_model(name_or_path: str, trust_remote_code: bool = False) -> ModelLocation:
+        return self.variant == V1 or (self.kind == "folder" and self.config_dict.get("model_type") == MODEL_TYPE)
+
+
+def locate_model(name_or_path: str) -> ModelLocation:
     """Pure and cheap: which model a reference names (reads at most config.json). Refuses what cannot be used:
-    a missing folder, a file, a folder without config.json, ChatGLM-6B v1 without trust_remote_code."""
+    a missing folder, a file, a folder without config.json."""
     from core.models import chatglm
 
     name_or_path = (name_or_path or "").strip()
@@ -54,25 +64,26 @@ def locate_model(name_or_path: str, trust_remote_code: bool = False) -> ModelLoc
     config = chatglm.read_config(path)
     if config.get("model_type") != "chatglm":
         return ModelLocation(name_or_path, "folder", str(path))
-    if chatglm.is_chatglm_v1(config):
-        if trust_remote_code:
-            return ModelLocation(name_or_path, "folder", str(path))
-        raise ModelError("model.chatglm_v1_needs_remote_code", folder=str(path))
     return ModelLocation(name_or_path, "thudm", str(path), chatglm.detect_variant(path, config))
 
 
 def prepare_model(name_or_path: str, trust_remote_code: bool = False) -> str:
-    """The folder (or hub id) to load, made ready first: the demo model built, a THUDM ChatGLM2/3 /
-    glm-4-9b-chat checkpoint converted once into the workbench home (under a lock, into a staging folder)."""
+    """The folder (or hub id) to load, made ready first: the demo model built, a THUDM ChatGLM-6B / ChatGLM2/3 /
+    glm-4-9b-chat checkpoint converted once into the workbench home (under a lock, into a staging folder).
+
+    `trust_remote_code` only ever reaches transformers, for a folder or hub id the workbench has no class for; a
+    THUDM checkpoint never runs its own code (it is converted), so there it is ignored, saying so."""
     from core.models import chatglm
 
-    location = locate_model(name_or_path, trust_remote_code)
+    location = locate_model(name_or_path)
     if location.kind == "demo":
         return str(ensure_demo_model())
     if location.kind == "thudm":
         if trust_remote_code:
             log.warning(
-                "%s: trust_remote_code is ignored: this checkpoint is converted to the native GLM class", location.path
+                "%s: trust_remote_code is ignored: this checkpoint is converted to a native class and its own code "
+                "never runs",
+                location.path,
             )
         return str(chatglm.ensure_converted(location.path))
     return location.path
@@ -98,8 +109,24 @@ def model_config(location: ModelLocation):
 
     if location.kind == "thudm":
         return chatglm.shape_config(location.path)
+    register_native_classes()
     path = str(ensure_demo_model()) if location.kind == "demo" else location.path
     return AutoConfig.from_pretrained(path)
+
+
+def register_native_classes() -> None:
+    """Make the Auto classes know the workbench's own model classes (ChatGLM-6B's "glm1_workbench"): needed
+    before any Auto class reads a converted v1 folder's config.json, the tokenizer's included."""
+    import core.models.glm1  # noqa: F401  registers on import
+
+
+def check_model_fits_config(location: ModelLocation, config) -> None:
+    """Settings the model cannot honour, refused before a run starts: padding-free packing restarts 1D positions
+    per sample, and ChatGLM-6B's positions are 2D (a position and a block position, from [gMASK] and <sop>)."""
+    from core.errors import config_error
+
+    if getattr(config, "packing", False) and location.is_chatglm_v1:
+        raise config_error("packing", "config.packing_chatglm_v1")
 
 
 def check_model_reference(name_or_path: str) -> None:
@@ -141,6 +168,7 @@ def pick_dtype(precision: str, device: str):
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    register_native_classes()
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -153,8 +181,7 @@ def load_model(
     """Load the causal LM in eval mode on `device` (default: GPU if present), optionally quantized."""
     from transformers import AutoModelForCausalLM
 
-    import core.models.glm1  # noqa: F401  registers the native ChatGLM-6B (v1) class ("glm1_workbench")
-
+    register_native_classes()
     device = device or pick_device()
     kwargs = {"dtype": dtype or pick_dtype("auto", device), "trust_remote_code": trust_remote_code}
     if quantization_config is not None:

@@ -46,10 +46,11 @@ def check_inputs(config: RunConfig) -> None:
     """Refuse, before any run folder exists, what cannot be used: wrong settings, a model that is not there, a
     dataset that cannot be read (its file, its format, its rows)."""
     from core.data.dataset import load_conversations
-    from core.models.loader import check_model_reference
+    from core.models.loader import check_model_fits_config, check_model_reference, locate_model
 
     config.validate()
     check_model_reference(config.model_name_or_path)
+    check_model_fits_config(locate_model(config.model_name_or_path), config)
     load_conversations(config.dataset, config.dataset_format, config.columns)
     if config.eval_dataset:
         load_conversations(config.eval_dataset, config.dataset_format, config.columns)

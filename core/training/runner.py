@@ -21,7 +21,15 @@ from core.files import is_disk_full, staged_dir
 from core.i18n import Message, message
 from core.methods import get_method
 from core.methods.base import count_parameters, save_model_and_tokenizer
-from core.models.loader import load_model, load_tokenizer, pick_device, pick_dtype, prepare_model
+from core.models.loader import (
+    check_model_fits_config,
+    load_model,
+    load_tokenizer,
+    locate_model,
+    pick_device,
+    pick_dtype,
+    prepare_model,
+)
 from core.ownership import RunLock, launched_by_owner
 from core.runs import (
     CHECKPOINTS_DIR,
@@ -206,6 +214,7 @@ class TrainingSession:
             return tokenizer, data, model
         config, run_dir = self.config, self.run_dir
         model_path = prepare_model(config.model_name_or_path, config.trust_remote_code)
+        check_model_fits_config(locate_model(model_path), config)  # a run started without check_inputs too
         log.info("loading model %s", model_path)
         tokenizer = load_tokenizer(model_path, config.trust_remote_code)
         tokenizer.padding_side = "right"  # positions must start at 0 for every training sample

@@ -80,14 +80,25 @@ class Glm1Attention(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=True)
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, rotary, cache: Cache | None = None
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        rotary,
+        cache: Cache | None = None,
+        use_cache: bool = True,
     ) -> torch.Tensor:
+        """With `use_cache` the new keys and values are appended to `cache`; without it the cache is only read (a
+        P-tuning prefix while training): the layer then computes the same thing each time it runs, which is what
+        lets gradient checkpointing replay it."""
         batch, length, _ = hidden_states.shape
         mixed = self.query_key_value(hidden_states).view(batch, length, self.num_heads, 3 * self.head_dim)
         query, key, value = (t.transpose(1, 2) for t in mixed.split(self.head_dim, dim=-1))
         query, key = apply_2d_rotary(query, key, rotary)
-        if cache is not None:
+        if cache is not None and use_cache:
             key, value = cache.update(key, value, self.layer_idx)
+        elif cache is not None and cache.get_seq_length(self.layer_idx):
+            past = cache.layers[self.layer_idx]
+            key, value = torch.cat([past.keys, key], dim=-2), torch.cat([past.values, value], dim=-2)
         context = F.scaled_dot_product_attention(
             query, key, value, attn_mask=attention_mask, scale=1.0 / math.sqrt(self.head_dim)
         )
@@ -105,6 +116,10 @@ class Glm1MLP(nn.Module):
 
 
 class Glm1Block(GradientCheckpointingLayer):
+    # Under gradient checkpointing transformers sets use_cache=False, so the block only reads the cache (see
+    # Glm1Attention.forward): it may keep it, and a P-tuning prefix survives the replay instead of being dropped.
+    _can_checkpoint_with_cache = True
+
     def __init__(self, config: Glm1Config, layer_idx: int):
         super().__init__()
         self.alpha = config.residual_scale
@@ -122,7 +137,8 @@ class Glm1Block(GradientCheckpointingLayer):
         use_cache: bool = False,
     ) -> torch.Tensor:
         attention_input = self.input_layernorm(hidden_states)
-        hidden_states = attention_input * self.alpha + self.attention(attention_input, attention_mask, rotary, cache)
+        attention = self.attention(attention_input, attention_mask, rotary, cache, use_cache)
+        hidden_states = attention_input * self.alpha + attention
         mlp_input = self.post_attention_layernorm(hidden_states)
         return mlp_input * self.alpha + self.mlp(mlp_input)
 
@@ -176,6 +192,11 @@ class Glm1Model(Glm1PreTrainedModel):
         batch, length = inputs_embeds.shape[:2]
 
         padding_mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+        if position_ids is not None and position_ids.dim() != 3:
+            raise ValueError(
+                "GLM v1 takes 2D positions, position_ids [2, batch, seq] (positions and block positions), got "
+                f"{tuple(position_ids.shape)}; padding-free packing, which passes 1D positions, cannot express them"
+            )
         if position_ids is None:
             position_ids = self._positions(input_ids, padding_mask, past_length)
         if attention_mask is None or attention_mask.dim() == 2:

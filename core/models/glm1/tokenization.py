@@ -27,6 +27,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from core.models.chatglm_v1 import ConversionError
+
 MAX_BLANK = 80  # THUDM's max_blank_length
 LINEBREAK, TAB = "<n>", "<|tab|>"
 SPECIAL_TOKENS = ["[MASK]", "[gMASK]", "[sMASK]", "<unused_0>", "<sop>", "<eop>", "<ENC>", "<dBLOCK>"]
@@ -37,8 +39,8 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 UNIGRAM_TYPE, BPE_TYPE = 1, 2  # SentencePiece model types
 
 
-class TokenizerError(ValueError):
-    """An ice_text.model this converter cannot reproduce exactly, phrased for the user."""
+class TokenizerError(ConversionError):
+    """An ice_text.model this converter cannot reproduce exactly (a code of core/locales with its parameters)."""
 
 
 def blank_token(length: int) -> str:
@@ -53,21 +55,15 @@ def load_proto(path: str | Path):
     return proto
 
 
-def check_layout(proto) -> None:
+def check_layout(proto, path: str | Path) -> None:
     """The final hub revision's ice_text.model has THUDM's pieces built in; the icetk-era file (before April 2023)
     had them appended at load time by icetk, which we do not reproduce."""
     pieces = {p.piece for p in proto.pieces}
     missing = [t for t in SPECIAL_TOKENS if t not in pieces]
     if missing:
-        raise TokenizerError(
-            f"ice_text.model has no {', '.join(missing)}: this is the icetk-era tokenizer of the "
-            "first ChatGLM-6B upload; replace ice_text.model, tokenization_chatglm.py and "
-            "tokenizer_config.json with the final THUDM/chatglm-6b revision's"
-        )
+        raise TokenizerError("model.v1_icetk_tokenizer", file=str(path), missing=", ".join(missing))
     if proto.trainer_spec.model_type not in (UNIGRAM_TYPE, BPE_TYPE):
-        raise TokenizerError(
-            f"ice_text.model is neither a unigram nor a BPE model (type {proto.trainer_spec.model_type})"
-        )
+        raise TokenizerError("model.v1_tokenizer_type", file=str(path), type=proto.trainer_spec.model_type)
 
 
 def _normalizer(proto):
@@ -149,7 +145,7 @@ def build_tokenizer(ice_text_model: str | Path, num_image_tokens: int, chat_temp
     from transformers import PreTrainedTokenizerFast
 
     proto = load_proto(ice_text_model)
-    check_layout(proto)
+    check_layout(proto, ice_text_model)
     core = Tokenizer(_model(proto, num_image_tokens))
     core.normalizer = _normalizer(proto)
     core.pre_tokenizer = _pre_tokenizer(proto)
