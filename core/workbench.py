@@ -215,7 +215,7 @@ class Workbench:
         return list_runs(self.workspace)
 
     def runs_table(self) -> list[dict[str, Any]]:
-        """One row per run for the Runs tab, as data (the page formats it): state, method, model, dataset,
+        """One row per run for the Runs tab, as data (the page formats it): state, method, stage, model, dataset,
         steps, final and best eval loss, seconds trained (across resumes), and the error message if any."""
         rows = []
         for run in self.runs():
@@ -226,6 +226,7 @@ class Workbench:
                     "run": run.name,
                     "state": run.state,
                     "method": status.get("method", ""),
+                    "stage": status.get("stage", "sft"),
                     "model": status.get("model", ""),
                     "dataset": Path(str(status.get("dataset", ""))).name,
                     "step": status.get("step", 0),
