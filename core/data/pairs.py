@@ -113,7 +113,7 @@ def encode_preferences(
     evaluation = [sample for i, samples in enumerate(rows) if i in held for sample in samples]
     if stage in UNPAIRED_STAGES:
         random.Random(seed).shuffle(train)
-    return TokenizedData(train, evaluation, "", problems, truncated)
+    return TokenizedData(train, evaluation, "", problems, truncated, rows=len(rows))
 
 
 def _encode_row(

@@ -303,7 +303,8 @@ class TrainingSession:
             from core.files import write_text_atomic
 
             write_text_atomic(self.run_dir / SKIPPED_ROWS_FILE, "".join(f"{p}\n" for p in problems))
-        total = len(problems) + len(data.train) + len(data.eval)
+        usable = data.rows if data.rows is not None else len(data.train) + len(data.eval)
+        total = len(problems) + usable
         note = message(
             "data.rows_skipped",
             skipped=len(problems),
