@@ -213,8 +213,8 @@ class RunConfig(*reversed(_OPTIONS), CommonSettings):  # type: ignore[misc]
         check(self.pref_ftx >= 0, "pref_ftx", "config.zero_off_or_more")
         check(self.kto_chosen_weight > 0, "kto_chosen_weight", "config.greater_than", limit=0)
         check(self.kto_rejected_weight > 0, "kto_rejected_weight", "config.greater_than", limit=0)
-        if self.stage in ("sft",) or self.stage not in STAGES:
-            return
+        if self.stage == "sft" or self.stage not in STAGES:
+            return  # what follows only concerns a preference stage
         check(
             self.finetuning_type in PREFERENCE_METHODS or self.finetuning_type not in METHODS,
             "finetuning_type",

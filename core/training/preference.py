@@ -190,6 +190,7 @@ def preference_trainer(session, method, tokenizer, data, model, callbacks, args)
     """The stage's Trainer over `data` (core/data/pairs.py samples), with `args` its TRL config."""
     from accelerate.utils import is_peft_model
     from datasets import Dataset
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     config = session.config
     trainer_class = _trainer_class(config.stage)
@@ -198,15 +199,21 @@ def preference_trainer(session, method, tokenizer, data, model, callbacks, args)
         extra["ref_model"] = reference_model(config, method)
     if method.optimizer is not None:  # LoRA+: built before TRL adds its frozen "ref" adapter, so never holds it
         extra["optimizers"] = (method.optimizer(model, args, config), None)
-    trainer = trainer_class(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(data.train),
-        eval_dataset=Dataset.from_list(data.eval) if data.eval else None,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        **extra,
-    )
+    quiet = are_progress_bars_disabled()
+    disable_progress_bars()  # the datasets' map bars: the terminal shows the training's own bar only
+    try:
+        trainer = trainer_class(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(data.train),
+            eval_dataset=Dataset.from_list(data.eval) if data.eval else None,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+            **extra,
+        )
+    finally:
+        if not quiet:
+            enable_progress_bars()
     if is_peft_model(model) and REFERENCE_ADAPTER in model.peft_config:
         if config.adapter_name_or_path:
             log.info("reference: the base with the adapter this run starts from (%s)", config.adapter_name_or_path)
