@@ -118,6 +118,56 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_arena(args: argparse.Namespace) -> int:
+    """Two models answer a dataset's prompts; ROUGE-L judges against the references, or the person at the
+    terminal judges blind (--judge person). Prints the scores as JSON; the arena stays in RUN/eval/."""
+    from core.evaluation.arena import ArenaSettings, auto_judge, judge, start_arena, view
+    from core.models.loader import configure_threads
+
+    configure_threads()
+    settings = ArenaSettings(max_samples=args.max_samples, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    arena = start_arena(args.run, args.against, args.dataset, args.format, settings)
+    say(message("cli.arena_saved", file=str(arena.path), items=len(arena.items)))
+    if args.judge == "rouge":
+        arena = auto_judge(args.run, arena.id)
+    else:
+        for item in view(arena).items:
+            verdict = _ask_verdict(item, len(arena.items))
+            if verdict is None:
+                break
+            arena = judge(args.run, arena.id, item.index, verdict)
+    shown = view(arena)
+    print(json.dumps({"arena": shown.id, "first": shown.first, "second": shown.second, **shown.scores}, indent=1))
+    return 0
+
+
+def _ask_verdict(item, total: int) -> str | None:
+    """One blind item on the terminal (stderr); reads 1 (left), 2 (right) or t (tie) from stdin; None at its end."""
+    lang = default_language()
+    prompt = item.prompt[-1]["content"]
+    say(message("cli.arena_item", number=item.index + 1, total=total, prompt=prompt))
+    say(f"  [1] {item.left}\n  [2] {item.right}")
+    while True:
+        print(message("cli.arena_ask").render(lang), end="", file=sys.stderr, flush=True)
+        answer = sys.stdin.readline()
+        if not answer:
+            return None
+        verdict = {"1": "left", "l": "left", "2": "right", "r": "right", "t": "tie", "=": "tie"}.get(
+            answer.strip().lower()
+        )
+        if verdict:
+            return verdict
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    """The chat's feedback datasets in a workspace, with their counts (one JSON object per line)."""
+    from core.feedback import FeedbackStore
+
+    for counts in FeedbackStore(args.workspace).datasets():
+        print(json.dumps(counts.to_dict(), ensure_ascii=False))
+    return 0
+
+
 def cmd_launch_config(args: argparse.Namespace) -> int:
     import yaml
 
@@ -191,7 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train from a YAML config; prints the run folder last")
     train.add_argument(
-        "config", nargs="?", help="YAML config (ours or LLaMA-Factory's SFT YAML); without it, the defaults plus --set"
+        "config",
+        nargs="?",
+        help="YAML config (ours, or LLaMA-Factory's sft/dpo/kto YAML); without it, the defaults plus --set "
+        "(a preference stage: --set stage=dpo --set dataset=PAIRS)",
     )
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an aborted/failed run from its last checkpoint")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -231,6 +284,30 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     evaluate.add_argument("--temperature", type=float, default=0.7)
     evaluate.set_defaults(func=cmd_eval)
+
+    arena = commands.add_parser(
+        "arena",
+        help="two models answer a dataset's prompts and are judged blind (ROUGE-L, or you); "
+        "writes RUN/eval/arena-<id>.json",
+    )
+    arena.add_argument("--run", required=True, help="the first contestant's run folder (the arena is kept there)")
+    arena.add_argument("--against", help="the second contestant's run folder (default: the first one's base model)")
+    arena.add_argument("--dataset", required=True, help="data file or demo dataset name: prompts and references")
+    arena.add_argument("--format", default="auto")
+    arena.add_argument("--max-samples", type=int, default=20, help="0 = all")
+    arena.add_argument("--max-new-tokens", type=int, default=128)
+    arena.add_argument("--seed", type=int, default=0, help="the left/right order")
+    arena.add_argument(
+        "--judge",
+        choices=["rouge", "person"],
+        default="rouge",
+        help="rouge: ROUGE-L against each reference answer; person: you, item by item, blind",
+    )
+    arena.set_defaults(func=cmd_arena)
+
+    feedback = commands.add_parser("feedback", help="list the chat's feedback datasets (workspace/feedback/)")
+    feedback.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    feedback.set_defaults(func=cmd_feedback)
 
     launch = commands.add_parser("launch-config", help="write an accelerate config for FSDP or DeepSpeed ZeRO-2/3")
     launch.add_argument("out", help="output .yaml")

@@ -24,6 +24,10 @@ from core.models.loader import DTYPES
 
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 TRACKERS = ("none", "tensorboard", "swanlab", "wandb", "mlflow")  # report_to, as in transformers and LLaMA-Factory
+# Training stages, as LLaMA-Factory names them: supervised fine-tuning, then preference training on pairs.
+STAGES = ("sft", "dpo", "orpo", "kto")
+PREF_LOSSES = ("sigmoid", "ipo")  # dpo: DPO's own loss, or IPO's
+PREFERENCE_METHODS = ("lora", "loraplus", "qlora", "freeze", "full")  # the methods a preference stage trains
 
 
 @dataclass
@@ -66,6 +70,13 @@ class CommonSettings:
     gradient_checkpointing: bool = False
     fused_loss: bool = True  # the loss from hidden states chunk by chunk: the [tokens x vocab] logits never exist
     report_to: str = "none"  # experiment trackers, comma-separated: tensorboard (into RUN/tensorboard), swanlab, ...
+    # preference training (core/training/preference.py), with LLaMA-Factory's keys
+    stage: str = "sft"  # sft; dpo, orpo or kto learn from pairwise data (chosen / rejected answers)
+    pref_beta: float = 0.1  # dpo/kto: how far the model may move from the reference; orpo: the odds-ratio weight
+    pref_loss: str = "sigmoid"  # dpo: sigmoid (DPO) or ipo
+    pref_ftx: float = 0.0  # dpo: weight of the SFT loss on the chosen answers, mixed in
+    kto_chosen_weight: float = 1.0  # kto: weight of the desirable answers' loss
+    kto_rejected_weight: float = 1.0  # kto: weight of the undesirable answers' loss
     # continued (incremental) training
     adapter_name_or_path: str = ""  # an adapter to keep training instead of a new one
     parent_run: str = ""  # the run this one continues, recorded for the lineage
@@ -177,11 +188,12 @@ class RunConfig(*reversed(_OPTIONS), CommonSettings):  # type: ignore[misc]
         )
         check(self.precision in DTYPES, "precision", "config.one_of", choices=", ".join(DTYPES))
         check(
-            all(name in TRACKERS for name in self.trackers) and (self.trackers or self.report_to.strip() == "none"),
+            all(name in TRACKERS for name in self.trackers) and (self.trackers or self.report_to.strip() in ("", "none")),
             "report_to",
             "config.one_of",
             choices=", ".join(TRACKERS),
         )
+        self._check_stage(check)
         if self.finetuning_type in METHODS:
             METHODS[self.finetuning_type].check(self, check)
         from core.data.template import TEMPLATES  # late import: data depends on nothing in config
@@ -206,6 +218,31 @@ class RunConfig(*reversed(_OPTIONS), CommonSettings):  # type: ignore[misc]
         except DataError as exc:
             found.append(ConfigProblem("columns", exc.message, show_value=False))
         return found
+
+    def _check_stage(self, check) -> None:
+        check(self.stage in STAGES, "stage", "config.one_of", choices=", ".join(STAGES))
+        check(self.pref_beta > 0, "pref_beta", "config.greater_than", limit=0)
+        check(self.pref_loss in PREF_LOSSES, "pref_loss", "config.one_of", choices=", ".join(PREF_LOSSES))
+        check(self.pref_ftx >= 0, "pref_ftx", "config.zero_off_or_more")
+        check(self.kto_chosen_weight > 0, "kto_chosen_weight", "config.greater_than", limit=0)
+        check(self.kto_rejected_weight > 0, "kto_rejected_weight", "config.greater_than", limit=0)
+        if self.stage == "sft" or self.stage not in STAGES:
+            return  # what follows only concerns a preference stage
+        check(
+            self.finetuning_type in PREFERENCE_METHODS or self.finetuning_type not in METHODS,
+            "finetuning_type",
+            "config.stage_methods",
+            stage=self.stage,
+            choices=", ".join(PREFERENCE_METHODS),
+        )
+        check(not self.packing, "packing", "config.stage_no_packing", stage=self.stage)
+        check(self.pref_ftx == 0 or self.stage == "dpo", "pref_ftx", "config.dpo_only", stage=self.stage)
+        check(self.pref_loss == "sigmoid" or self.stage == "dpo", "pref_loss", "config.dpo_only", stage=self.stage)
+        check(
+            self.stage != "kto" or self.per_device_train_batch_size >= 2,
+            "per_device_train_batch_size",
+            "config.kto_batch",
+        )
 
     def validate(self) -> RunConfig:
         problems = self.problems()
@@ -281,12 +318,16 @@ LLAMAFACTORY_IGNORED = (
 
 
 def from_llamafactory(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Translate a `llamafactory-cli train` SFT config into ours; returns (our keys, notes on what was ignored)."""
+    """Translate a `llamafactory-cli train` config (sft, dpo, kto; ORPO is its dpo stage with pref_loss: orpo)
+    into ours; returns (our keys, notes on what was ignored)."""
     data = dict(data)
     notes: list[str] = []
     stage = data.pop("stage", "sft")
-    if stage != "sft":
-        raise config_error("stage", "config.stage_sft_only", value=stage, show_value=True)
+    if stage == "dpo" and data.get("pref_loss") == "orpo":
+        stage = data.pop("pref_loss")
+    if stage not in STAGES:
+        raise config_error("stage", "config.stage_unsupported", value=stage, show_value=True, choices=", ".join(STAGES))
+    data["stage"] = stage
     ignored = [key for key in LLAMAFACTORY_IGNORED if key in data]
     for key in ignored:
         data.pop(key)
@@ -307,7 +348,13 @@ def from_llamafactory(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return data, notes
 
 
+# Keys only our configs have (a saved config.yaml holds every key): such a file is ours even with a `stage`.
+OWN_KEYS = ("precision", "dataset_format", "fused_loss", "nproc_per_node")
+
+
 def is_llamafactory_config(data: dict[str, Any]) -> bool:
+    if any(key in data for key in OWN_KEYS):
+        return False
     return "stage" in data or "do_train" in data
 
 

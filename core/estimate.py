@@ -17,6 +17,10 @@
 - logits: with the fused loss (the default) at most three chunks of fp32 logits exist at a time (about 128 MiB
   each); without it, batch * cutoff_len * vocab, upcast to fp32 for the loss, and its gradient: 8 bytes each.
 - overhead: 0.75 GiB for the CUDA context and kernels, and 10% on top of the rest for allocator slack.
+- a preference stage (dpo, orpo, kto): DPO and ORPO run each pair's chosen and rejected answers as one batch
+  (twice the tokens that keep activations); KTO's extra forward passes (the KL term, the reference) keep none.
+  Their log-probabilities come from TRL's chunked LM head (counted like the fused loss), and DPO and KTO with
+  freeze or full fine-tuning hold a frozen reference copy of the model in the compute dtype.
 
 It is an estimate for sizing (batch, cutoff, method) before renting a GPU, not an exact figure: bench/
 compares it with measured peaks (BENCHMARKS.md).
@@ -148,7 +152,11 @@ def estimate_memory(shape: ModelShape, config: RunConfig, on_gpu: bool = True) -
     compute_bytes = 2 if on_gpu and config.precision != "fp32" else 4
     trainable = method.trainable_params(shape, config)
     weights = method.weight_bytes(shape, config, compute_bytes, trainable)
-    tokens = config.per_device_train_batch_size * config.cutoff_len
+    preference = config.stage != "sft"
+    rows = 2 if config.stage in ("dpo", "orpo") else 1  # a pair's chosen and rejected answers, side by side
+    tokens = config.per_device_train_batch_size * config.cutoff_len * rows
+    if preference and config.stage != "orpo" and method.trains_base:
+        weights += compute_bytes * shape.total_params  # the frozen reference model
     per_token_layer = shape.activation_values * compute_bytes
     layers = method.backprop_layers(shape, config)
     if config.gradient_checkpointing:
@@ -156,7 +164,7 @@ def estimate_memory(shape: ModelShape, config: RunConfig, on_gpu: bool = True) -
     else:
         activations = tokens * layers * per_token_layer
     activations += method.extra_activation_bytes(shape, config, compute_bytes)
-    if config.fused_loss:  # a few chunks of fp32 logits at a time (core/training/fused_loss.py)
+    if config.fused_loss or preference:  # a few chunks of fp32 logits at a time (core/training/fused_loss.py)
         from core.training.fused_loss import CHUNK_BUFFERS, default_chunk_size
 
         logits = min(tokens, default_chunk_size(shape.vocab)) * shape.vocab * 4 * CHUNK_BUFFERS

@@ -25,8 +25,11 @@ from core.data.readers import DEMO_DATASETS, SUPPORTED_EXTENSIONS
 from core.data.template import IGNORE_INDEX, TemplateEncoder
 from core.errors import DataError, ExportError, RunStateError
 from core.estimate import MemoryEstimate, device_memory_bytes, estimate_for_run
+from core.evaluation.arena import ArenaSettings, ArenaView
 from core.evaluation.evaluate import EvalResult, EvalSettings, evaluate_run
 from core.export import is_our_zip, merge_run, zip_run
+from core.feedback import DEFAULT_NAME as DEFAULT_FEEDBACK
+from core.feedback import FEEDBACK_DIR, FeedbackStore
 from core.models.loader import check_model_reference, locate_model, reading_tokenizer
 from core.ownership import has_live_owner
 from core.runs import (
@@ -67,12 +70,14 @@ class Workbench:
         self.exports = self.workspace / "exports"
         self.jobs = JobManager(self.workspace)
         self.chat_engine = ChatEngine()
-        self._evaluations: set[threading.Event] = set()  # one stop event per evaluation in progress
+        self._evaluations: set[threading.Event] = set()  # one stop event per evaluation (or arena) in progress
+        self.feedback = FeedbackStore(self.workspace)  # the chat's judgments: workspace/feedback/
         self.api_server = None
 
     # ---- data -----------------------------------------------------------------------------------------------
     def dataset_choices(self) -> list[tuple[str, str]]:
-        """(name shown, value) of every dataset: the demo sets, then the uploaded files, by file name."""
+        """(name shown, value) of every dataset: the demo sets, the uploaded files by file name, then the chat's
+        feedback (feedback/<name>.jsonl: pairs for dpo/orpo/kto; feedback/<name>.sft.jsonl: written answers)."""
         uploaded = (
             sorted(
                 p
@@ -82,7 +87,13 @@ class Workbench:
             if self.uploads.is_dir()
             else []
         )
-        return [(name, name) for name in DEMO_DATASETS] + [(p.name, str(p)) for p in uploaded]
+        feedback = []
+        for counts in sorted(self.feedback.datasets(), key=lambda c: c.name):
+            if counts.pairs:
+                feedback.append((f"{FEEDBACK_DIR}/{Path(counts.path).name}", counts.path))
+            if counts.sft_rows:
+                feedback.append((f"{FEEDBACK_DIR}/{Path(counts.sft_path).name}", counts.sft_path))
+        return [(name, name) for name in DEMO_DATASETS] + [(p.name, str(p)) for p in uploaded] + feedback
 
     def add_upload(self, source: str | Path, original_name: str | None = None) -> str:
         """Keep an uploaded file in the workspace so runs can refer to it later; returns its path. A file of the
@@ -215,7 +226,7 @@ class Workbench:
         return list_runs(self.workspace)
 
     def runs_table(self) -> list[dict[str, Any]]:
-        """One row per run for the Runs tab, as data (the page formats it): state, method, model, dataset,
+        """One row per run for the Runs tab, as data (the page formats it): state, method, stage, model, dataset,
         steps, final and best eval loss, seconds trained (across resumes), and the error message if any."""
         rows = []
         for run in self.runs():
@@ -226,6 +237,7 @@ class Workbench:
                     "run": run.name,
                     "state": run.state,
                     "method": status.get("method", ""),
+                    "stage": status.get("stage", "sft"),
                     "model": status.get("model", ""),
                     "dataset": Path(str(status.get("dataset", ""))).name,
                     "step": status.get("step", 0),
@@ -337,6 +349,106 @@ class Workbench:
             adapter = (run.name, str(run.adapter_dir))
         yield from self.chat_engine.stream(messages, system, adapter, settings, model=model_path)
 
+    # ---- feedback: the chat's judgments, kept as preference data (core/feedback.py) ----------------------------------
+    def record_judgment(
+        self,
+        messages: list[dict[str, str]],
+        first: str,
+        second: str,
+        judgment: str,
+        first_run: str = "",
+        second_run: str = "",
+        system: str = "",
+        feedback: str = DEFAULT_FEEDBACK,
+    ) -> dict[str, Any]:
+        """The person's verdict on two answers to `messages` (the chat up to the user's last turn): "better" (the
+        first answer is better), "worse" or "tie". `first_run` / `second_run` name the runs that wrote them ("" for
+        the base model). Appended to feedback/<feedback>.jsonl (ties: feedback/<feedback>.ties.jsonl); returns
+        the dataset's counts (FeedbackCounts.to_dict()). Raises DataError for an empty answer or conversation."""
+        return self.feedback.record(
+            feedback, messages, first, second, judgment, first_run, second_run, system
+        ).to_dict()
+
+    def record_written_answer(
+        self,
+        messages: list[dict[str, str]],
+        written: str,
+        shown: list[str],
+        shown_runs: list[str] | None = None,
+        system: str = "",
+        feedback: str = DEFAULT_FEEDBACK,
+    ) -> dict[str, Any]:
+        """The right answer, written by the person ("write the right answer"): `written` beats each answer in
+        `shown` (one pair each, `shown_runs` naming who wrote them) and becomes an SFT row in
+        feedback/<feedback>.sft.jsonl. Returns the counts."""
+        return self.feedback.record_written(feedback, messages, written, shown, shown_runs, system).to_dict()
+
+    def feedback_datasets(self) -> list[dict[str, Any]]:
+        """Every feedback dataset, newest first: name, path (the pairs file, a dataset for dpo/orpo/kto), pairs,
+        ties, sft_rows, sft_path (an alpaca dataset for SFT, "" until there is one), ties_path, updated."""
+        return [counts.to_dict() for counts in self.feedback.datasets()]
+
+    # ---- arena: two models, blind judging (core/evaluation/arena.py) ------------------------------------------------
+    def arena_start(
+        self,
+        first_run: str,
+        dataset: str,
+        second_run: str = "",
+        fmt: str = "auto",
+        settings: ArenaSettings | None = None,
+    ) -> ArenaView:
+        """`first_run` and `second_run` (a finished run, or "" for the first run's base model) answer the dataset's
+        prompts; the arena is kept in the first run's folder (eval/arena-<id>.json). Long (both models generate);
+        Abort (abort_evaluation) keeps the items both answered. Returns the blind view."""
+        from core.evaluation.arena import start_arena, view
+
+        first = self._result_run(first_run)
+        second = self._result_run(second_run) if second_run else None
+        stop = threading.Event()
+        self._evaluations.add(stop)
+        try:
+            return view(start_arena(first, second, dataset, fmt, settings, stop_event=stop))
+        finally:
+            self._evaluations.discard(stop)
+
+    def arena_view(self, run: str, arena_id: str) -> ArenaView:
+        from core.evaluation.arena import Arena, view
+
+        return view(Arena.load(self.run_path(run), arena_id))
+
+    def arena_judge(self, run: str, arena_id: str, index: int, verdict: str) -> ArenaView:
+        """The person's verdict on item `index` as shown: "left", "right" or "tie". Refused once revealed."""
+        from core.evaluation.arena import judge, view
+
+        return view(judge(self.run_path(run), arena_id, index, verdict))
+
+    def arena_reveal(self, run: str, arena_id: str) -> ArenaView:
+        """Show the names and the person's score now; the arena takes no more verdicts."""
+        from core.evaluation.arena import reveal, view
+
+        return view(reveal(self.run_path(run), arena_id))
+
+    def arena_auto_judge(self, run: str, arena_id: str) -> ArenaView:
+        """Judge every item by ChatGLM's ROUGE-L against its reference answer (the "rouge-l" score)."""
+        from core.evaluation.arena import auto_judge, view
+
+        return view(auto_judge(self.run_path(run), arena_id))
+
+    def arenas(self, run: str) -> list[dict[str, Any]]:
+        """The run's arenas, newest first: id, dataset, total, judged, revealed (and first/second once shown)."""
+        from core.evaluation.arena import list_arenas, view
+
+        return [
+            {key: value for key, value in view(arena).to_dict().items() if key != "items"}
+            for arena in list_arenas(self.run_path(run))
+        ]
+
+    def _result_run(self, name: str) -> Path:
+        run = find_run(self.workspace, name)
+        if run is None or (run.adapter_dir is None and run.model_dir is None):
+            raise RunStateError("run.nothing_to_evaluate", run=name)
+        return run.path
+
     # ---- OpenAI-compatible API ----------------------------------------------------------------------------
     def start_api(
         self, model: str = BASE_MODEL_CHOICE, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None
@@ -378,7 +490,7 @@ class Workbench:
             self._evaluations.discard(stop)
 
     def abort_evaluation(self) -> bool:
-        """Stop every evaluation in progress (each keeps the samples scored so far); False if none was running."""
+        """Stop every evaluation and arena in progress (each keeps what it finished); False if none was running."""
         running = list(self._evaluations)
         for stop in running:
             stop.set()

@@ -94,3 +94,48 @@ def test_missing_model_folder(tmp_path):
     result = cli("chat", "--model", str(tmp_path / "no-model"), "--prompt", "hi")
     assert result.returncode == 2
     assert "model folder not found" in result.stderr
+
+
+def test_dpo_continues_the_run_and_sft_data_is_refused_for_it(trained_run, tmp_path):
+    import json
+    from pathlib import Path
+
+    common = ["train", "--workspace", str(tmp_path / "ws"), "--set", "stage=dpo", "--set", "max_steps=3"]
+    refused = cli(*common, "--set", "dataset=identity")
+    assert refused.returncode == 2 and "no row holds a preference pair (format alpaca)" in refused.stderr
+    assert not (tmp_path / "ws" / "runs").exists()
+    result = cli(
+        *common,
+        "--set",
+        "dataset=identity_pairs",
+        "--set",
+        f"adapter_name_or_path={trained_run}/adapter",
+        "--set",
+        "num_train_epochs=0",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = Path(result.stdout.strip().splitlines()[-1])
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0]["reward_margin"] == 0 and "reward_accuracy" in metrics[-1]
+
+
+def test_arena_judged_by_rouge_and_by_the_person_at_the_terminal(trained_run):
+    import json
+
+    args = ["arena", "--run", trained_run, "--dataset", "identity", "--max-samples", "3", "--max-new-tokens", "24"]
+    rouge = cli(*args)
+    assert rouge.returncode == 0, rouge.stderr[-2000:]
+    scores = json.loads(rouge.stdout)
+    assert scores["rouge-l"]["win_rate"] == 1.0 and scores["first"] is None  # no person judged: still blind
+    person = subprocess.run(
+        [sys.executable, "-m", "core.cli", *args, "--judge", "person"],
+        cwd=REPO,
+        input="x\n1\n2\nt\n",
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert person.returncode == 0, person.stderr[-2000:]
+    scores = json.loads(person.stdout)
+    assert scores["second"] == "base" and scores["person"]["judged"] == 3 and scores["person"]["ties"] == 1
+    assert person.stderr.count("[1] ") == 3

@@ -80,9 +80,54 @@ def test_llamafactory_sft_yaml_runs_here_and_reports_ignored_keys(tmp_path):
     assert (config.finetuning_type, config.quantization_bit, config.precision) == ("qlora", 4, "bf16")
     assert config.lora_target == "q_proj,v_proj" and config.learning_rate == 1e-4
     assert notes == ["ignored LLaMA-Factory keys with no meaning here: do_train, overwrite_cache, plot_loss"]
-    (tmp_path / "dpo.yaml").write_text(LLAMAFACTORY_SFT.replace("stage: sft", "stage: dpo"), encoding="utf-8")
-    with pytest.raises(ConfigError, match="stage: only supervised fine-tuning"):
-        load_yaml_with_notes(tmp_path / "dpo.yaml")
+    assert config.stage == "sft"
+
+
+def test_llamafactory_preference_yaml_loads_with_its_stage(tmp_path):
+    """LLaMA-Factory's dpo and kto stages load as ours; its ORPO (the dpo stage with pref_loss: orpo) becomes our
+    orpo stage; the stages that are not here (rm, ppo, pt) are refused by name."""
+    from core.config import load_yaml_with_notes
+
+    dpo = LLAMAFACTORY_SFT.replace("stage: sft", "stage: dpo\npref_beta: 0.2\npref_loss: ipo\npref_ftx: 0.5")
+    (tmp_path / "dpo.yaml").write_text(dpo, encoding="utf-8")
+    config, _ = load_yaml_with_notes(tmp_path / "dpo.yaml")
+    assert (config.stage, config.pref_beta, config.pref_loss, config.pref_ftx) == ("dpo", 0.2, "ipo", 0.5)
+    orpo = LLAMAFACTORY_SFT.replace("stage: sft", "stage: dpo\npref_loss: orpo")
+    (tmp_path / "orpo.yaml").write_text(orpo, encoding="utf-8")
+    assert load_yaml_with_notes(tmp_path / "orpo.yaml")[0].stage == "orpo"
+    kto = LLAMAFACTORY_SFT.replace("stage: sft", "stage: kto\nkto_rejected_weight: 1.5")
+    (tmp_path / "kto.yaml").write_text(kto, encoding="utf-8")
+    config, _ = load_yaml_with_notes(tmp_path / "kto.yaml")
+    assert (config.stage, config.kto_rejected_weight) == ("kto", 1.5)
+    (tmp_path / "ppo.yaml").write_text(LLAMAFACTORY_SFT.replace("stage: sft", "stage: ppo"), encoding="utf-8")
+    with pytest.raises(ConfigError, match="stage: this stage is not available here; use one of sft, dpo, orpo, kto"):
+        load_yaml_with_notes(tmp_path / "ppo.yaml")
+
+
+def test_preference_settings_are_checked_together():
+    problems = {
+        problem.key: str(problem.problem)
+        for problem in RunConfig(
+            stage="kto",
+            finetuning_type="ptuning_v2",
+            packing=True,
+            pref_ftx=0.1,
+            pref_loss="ipo",
+            pref_beta=0,
+            per_device_train_batch_size=1,
+        ).problems()
+    }
+    assert problems == {
+        "finetuning_type": "kto trains with one of these methods: lora, loraplus, qlora, freeze, full",
+        "packing": "kto compares whole answers one pair at a time: turn packing off",
+        "pref_ftx": "only the dpo stage reads this; kto has its own loss: leave it at its default",
+        "pref_loss": "only the dpo stage reads this; kto has its own loss: leave it at its default",
+        "pref_beta": "must be greater than 0",
+        "per_device_train_batch_size": "kto needs at least 2 samples per batch: its KL term pairs each answer with "
+        "another sample's prompt",
+    }
+    assert RunConfig(stage="nope").problems()[0].key == "stage"
+    assert not RunConfig(stage="dpo", pref_ftx=0.1, pref_loss="ipo", finetuning_type="full").problems()
 
 
 def test_command_line_lists_what_differs_from_the_defaults():

@@ -201,3 +201,17 @@ def test_freeze_names_the_models_own_modules_when_an_extra_matches_nothing(chatg
     config = RunConfig(finetuning_type="freeze", freeze_extra_modules="embed_tokens")
     with pytest.raises(ConfigError, match="word_embeddings, final_layernorm, lm_head"):
         get_method("freeze").prepare(model, config)
+
+
+def test_preference_stages_count_both_answers_and_the_reference():
+    """DPO runs a pair's two answers as one batch (twice the activations of SFT at the same batch size); with full
+    fine-tuning it also holds a frozen reference copy in the compute dtype; ORPO needs no reference."""
+    shape = ModelShape.from_config(type("Config", (), GLM4_9B)())
+    sft = estimate_memory(shape, RunConfig(finetuning_type="full"))
+    dpo = estimate_memory(shape, RunConfig(finetuning_type="full", stage="dpo"))
+    orpo = estimate_memory(shape, RunConfig(finetuning_type="full", stage="orpo"))
+    kto = estimate_memory(shape, RunConfig(finetuning_type="full", stage="kto"))
+    assert dpo.activations == orpo.activations == 2 * sft.activations == 2 * kto.activations
+    assert dpo.weights == kto.weights == sft.weights + 2 * shape.total_params == orpo.weights + 2 * shape.total_params
+    lora_sft = estimate_memory(shape, RunConfig(finetuning_type="lora"))
+    assert estimate_memory(shape, RunConfig(finetuning_type="lora", stage="dpo")).weights == lora_sft.weights

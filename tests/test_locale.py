@@ -96,3 +96,14 @@ def test_every_state_has_a_label(lang):
     t = Translator(lang)
     for state in ("queued", "running", "finished", "failed", "aborted", "interrupted"):
         assert t.state(state) != f"state.{state}"
+
+
+def test_every_engine_sentence_reads_in_chinese():
+    """Each code's Chinese sentence is Chinese (beyond placeholders and the four that only join other sentences), so
+    a message added in English only, or copied across untranslated, fails here."""
+    joiners = {"config.problem_labelled_no_value", "config.problem_no_value", "config.problems", "where.file"}
+    for code, sentence in i18n.table("zh").items():
+        text = re.sub(r"{\w+}", "", sentence)
+        if code not in joiners:
+            assert re.search(r"[\u4e00-\u9fff]", text), code
+        assert untranslated(text) is None, code

@@ -41,7 +41,7 @@ def test_parquet_with_nested_history(tmp_path):
 
 
 def test_demo_datasets_resolve_and_read():
-    for name in ("identity", "advertise_gen", "multiturn"):
+    for name in ("identity", "advertise_gen", "multiturn", "identity_pairs"):
         assert len(read_rows(resolve_dataset(name))) >= 30
 
 

@@ -48,6 +48,7 @@ class TokenizedData:
     format: str = ""
     problems: list[RowProblem] = field(default_factory=list)
     truncated: int = 0
+    rows: int | None = None  # usable rows, where they are not one sample each (KTO: a pair gives two)
 
 
 def tokenize_dataset(

@@ -3,6 +3,12 @@
 Every supported format (alpaca, sharegpt, OpenAI messages, AdvertiseGen, ChatGLM prompt/response) becomes a
 `Conversation`: an optional system prompt and alternating user/assistant messages ending with the assistant.
 Rows that cannot be converted are reported one by one (row number, what is wrong) instead of failing the file.
+
+Pairwise (preference) formats become the same form: the chosen answer is the last assistant message and the
+rejected one rides along in `rejected`, so previews, token counts and the SFT path read them unchanged (SFT on a
+pairwise file learns the chosen answers). LLaMA-Factory's ranking files (alpaca and sharegpt with `chosen` /
+`rejected`), OpenAI-style messages with `chosen` / `rejected` assistant messages, and TRL's prompt / chosen /
+rejected are read. A `kto_tag` column (LLaMA-Factory's KTO format) marks an answer desirable or not (`label`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,12 @@ from core.i18n import Message, message
 class Conversation:
     messages: list[dict[str, str]]
     system: str = ""
+    rejected: str | None = None  # pairwise rows: the rejected answer (the chosen one is the last message)
+    label: bool | None = None  # kto_tag rows: whether the last answer is desirable
+
+    @property
+    def is_pair(self) -> bool:
+        return self.rejected is not None
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,10 @@ class RowError(Exception):
 
 # Which keys identify which format; the first format whose required keys are all present wins.
 FORMAT_KEYS: dict[str, tuple[str, ...]] = {
+    "openai_pairwise": ("messages", "chosen", "rejected"),
+    "sharegpt_pairwise": ("conversations", "chosen", "rejected"),
+    "alpaca_pairwise": ("instruction", "chosen", "rejected"),
+    "trl_pairwise": ("prompt", "chosen", "rejected"),
     "openai": ("messages",),
     "sharegpt": ("conversations",),
     "alpaca": ("instruction", "output"),
@@ -63,6 +79,7 @@ FORMAT_KEYS: dict[str, tuple[str, ...]] = {
     "advertisegen": ("content", "summary"),
 }
 FORMATS = tuple(FORMAT_KEYS)
+PAIRWISE_FORMATS = tuple(name for name in FORMATS if name.endswith("_pairwise"))
 
 # Every column name a format reads: what a column mapping may rename a file's own columns to.
 STANDARD_COLUMNS = (
@@ -77,6 +94,9 @@ STANDARD_COLUMNS = (
     "summary",
     "prompt",
     "response",
+    "chosen",
+    "rejected",
+    "kto_tag",
 )
 
 
@@ -144,7 +164,9 @@ def convert(rows: list[dict[str, Any]], fmt: str = "auto") -> ConversionResult:
     result = ConversionResult(format=fmt, conversations=[])
     for index, row in enumerate(rows, start=1):
         try:
-            result.conversations.append(_check(converter(row)))
+            conversation = _check(converter(row))
+            conversation.label = _kto_tag(row)
+            result.conversations.append(conversation)
         except RowError as exc:
             result.problems.append(RowProblem(index, exc.message))
     if not result.conversations:
@@ -237,6 +259,67 @@ def _message_list(
     return Conversation(messages, system)
 
 
+def _kto_tag(row: dict[str, Any]) -> bool | None:
+    """LLaMA-Factory's KTO column: true for a desirable answer, false for an undesirable one (CSV: the words)."""
+    value = row.get("kto_tag")
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if not isinstance(value, bool):
+        raise RowError("row.kto_tag_not_bool", got=repr(value))
+    return value
+
+
+ANSWER_ROLES = ("assistant", "gpt", "model", "chatgpt", "bing", "bard")
+
+
+def _answer(row: dict[str, Any], key: str) -> str:
+    """One side of a pair: a string, an assistant message ({role, content} or sharegpt's {from, value}), or a
+    list holding one such message (TRL's conversational form)."""
+    if key not in row or row[key] is None:
+        raise RowError("row.missing_field", field=key)
+    value = row[key]
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, dict):
+        role = value.get("role", value.get("from"))
+        content = value.get("content", value.get("value"))
+        if str(role).lower() not in ANSWER_ROLES:
+            raise RowError("row.pair_not_assistant", field=key, role=repr(role))
+        if not isinstance(content, str):
+            raise RowError("row.field_not_text", field=key, got=type(content).__name__)
+        return content
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise RowError("row.field_not_text", field=key, got=type(value).__name__)
+    return str(value)
+
+
+def _with_pair(conversation: Conversation, row: dict[str, Any]) -> Conversation:
+    """A prompt (messages ending with the user) plus the row's chosen and rejected answers."""
+    if conversation.messages and conversation.messages[-1]["role"] == "assistant":
+        raise RowError("row.pair_prompt_ends_with_answer")
+    conversation.messages.append({"role": "assistant", "content": _answer(row, "chosen")})
+    conversation.rejected = _answer(row, "rejected")
+    return conversation
+
+
+def _alpaca_pairwise(row: dict[str, Any]) -> Conversation:
+    prompt = _text(row, "instruction")
+    extra = _text(row, "input", required=False)
+    if extra:
+        prompt = f"{prompt}\n{extra}" if prompt else extra
+    messages = _pairs(row, "history") + [{"role": "user", "content": prompt}]
+    return _with_pair(Conversation(messages, _text(row, "system", required=False)), row)
+
+
+def _trl_pairwise(row: dict[str, Any]) -> Conversation:
+    """TRL's preference rows: `prompt` is a string or a list of messages."""
+    if isinstance(row.get("prompt"), list):
+        return _with_pair(_message_list(row, "prompt", "role", "content", None), row)
+    return _with_pair(Conversation([{"role": "user", "content": _text(row, "prompt")}]), row)
+
+
 def _check(conversation: Conversation) -> Conversation:
     """Conversations must alternate user/assistant, start with the user and end with the assistant."""
     messages = conversation.messages
@@ -250,10 +333,21 @@ def _check(conversation: Conversation) -> Conversation:
         raise RowError("row.ends_with_user")
     if not messages[-1]["content"].strip():
         raise RowError("row.empty_answer")
+    if conversation.rejected is not None:
+        if not conversation.rejected.strip():
+            raise RowError("row.pair_empty_rejected")
+        if conversation.rejected.strip() == messages[-1]["content"].strip():
+            raise RowError("row.pair_identical")
     return conversation
 
 
 CONVERTERS: dict[str, Callable[[dict[str, Any]], Conversation]] = {
+    "openai_pairwise": lambda row: _with_pair(_message_list(row, "messages", "role", "content", None), row),
+    "sharegpt_pairwise": lambda row: _with_pair(
+        _message_list(row, "conversations", "from", "value", SHAREGPT_ROLES), row
+    ),
+    "alpaca_pairwise": _alpaca_pairwise,
+    "trl_pairwise": _trl_pairwise,
     "openai": lambda row: _message_list(row, "messages", "role", "content", None),
     "sharegpt": lambda row: _message_list(row, "conversations", "from", "value", SHAREGPT_ROLES),
     "alpaca": _alpaca,

@@ -15,6 +15,7 @@ DEMO_DATASETS = {
     "identity": ASSETS_DIR / "identity.json",
     "advertise_gen": ASSETS_DIR / "advertise_gen.jsonl",
     "multiturn": ASSETS_DIR / "multiturn.json",
+    "identity_pairs": ASSETS_DIR / "identity_pairs.json",  # pairwise: the identity answers against wrong ones
 }
 
 

@@ -293,6 +293,21 @@ class TemplateEncoder:
         labels.append(end_id)
         return input_ids[:cutoff_len], labels[:cutoff_len]
 
+    def encode_completion(
+        self, messages: list[dict[str, str]], answer: str, system: str = ""
+    ) -> tuple[list[int], list[int]]:
+        """(prompt ids, completion ids) of `answer` to a history ending with a user turn, for preference training.
+
+        The prompt is exactly what chat and generation feed the model (`encode_prompt`); prompt + completion is
+        exactly the ids SFT trains on for that conversation (`encode`), so the completion is the answer's tokens
+        that carry loss there: the answer and the end token (and, for chatglm3, the newline the model writes
+        after `<|assistant|>`)."""
+        prompt = self.encode_prompt(messages, system)
+        full, _ = self.encode(Conversation([*messages, {"role": "assistant", "content": answer}], system), 10**9)
+        if full[: len(prompt)] != prompt:  # every template builds both from the same segments; a guard, not a path
+            raise AssertionError(f"template {self.template.name}: the prompt is not a prefix of the conversation")
+        return prompt, full[len(prompt) :]
+
     def encode_prompt(self, messages: list[dict[str, str]], system: str = "") -> list[int]:
         """Ids for generation: the history (ending with a user turn) plus the assistant header."""
         if self.template.rounds is not None:

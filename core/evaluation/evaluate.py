@@ -39,6 +39,32 @@ class EvalResult:
     predictions: list[dict[str, str]] = field(default_factory=list)
 
 
+def generate_answer(trained, encoder: TemplateEncoder, messages, system: str, settings: EvalSettings, stop_criteria):
+    """A model's answer to a conversation ending with the user's turn, decoded (evaluation and the arena)."""
+    import torch
+
+    model = trained.model
+    prompt_ids = torch.tensor([encoder.encode_prompt(messages, system)], device=model.device)
+    sampling = (
+        {"do_sample": False}
+        if settings.greedy
+        else {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
+    )
+    with torch.inference_mode():
+        output = model.generate(
+            **trained.forward_kwargs(prompt_ids),
+            max_new_tokens=settings.max_new_tokens,
+            eos_token_id=encoder.stop_token_ids,
+            pad_token_id=trained.tokenizer.pad_token_id,
+            stopping_criteria=stop_criteria,
+            **sampling,
+        )
+    # As the model's own chat code returns it (ChatGLM-6B: THUDM's process_response), which is what chat shows.
+    return encoder.template.clean_answer(
+        trained.tokenizer.decode(output[0, prompt_ids.shape[1] :], skip_special_tokens=True)
+    ).strip()
+
+
 def evaluate_run(
     run_dir: str | Path,
     dataset: str,
@@ -71,29 +97,11 @@ def evaluate_run(
                 inputs = trained.forward_kwargs(torch.tensor([ids], device=model.device))
                 sample_loss = model(**inputs, labels=torch.tensor([labels], device=model.device)).loss.item()
         prompt_messages, label = conversation.messages[:-1], conversation.messages[-1]["content"]
-        prompt_ids = torch.tensor([encoder.encode_prompt(prompt_messages, conversation.system)], device=model.device)
-        sampling = (
-            {"do_sample": False}
-            if settings.greedy
-            else {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
-        )
-        with torch.inference_mode():
-            output = model.generate(
-                **trained.forward_kwargs(prompt_ids),
-                max_new_tokens=settings.max_new_tokens,
-                eos_token_id=encoder.stop_token_ids,
-                pad_token_id=tokenizer.pad_token_id,
-                stopping_criteria=stop_criteria,
-                **sampling,
-            )
+        prediction = generate_answer(trained, encoder, prompt_messages, conversation.system, settings, stop_criteria)
         if stop_event is not None and stop_event.is_set():
             break  # this sample's answer was cut short by Abort: it is not counted
         total_loss += sample_loss * counted
         total_tokens += counted
-        # As the model's own chat code returns it (ChatGLM-6B: THUDM's process_response), which is what chat shows.
-        prediction = encoder.template.clean_answer(
-            tokenizer.decode(output[0, prompt_ids.shape[1] :], skip_special_tokens=True)
-        )
         scores.append(score(prediction, label))
         predictions.append({"prompt": prompt_messages[-1]["content"], "label": label, "prediction": prediction})
     eval_loss = total_loss / total_tokens if total_tokens else float("nan")

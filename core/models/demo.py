@@ -75,12 +75,16 @@ def ensure_demo_model(target: str | Path | None = None) -> Path:
     return target
 
 
+# The demo datasets the tokenizer learns from, named: a dataset added later (identity_pairs) must not change the
+# tokenizer of RECIPE_VERSION 1, or a demo model built today would differ from one cached earlier.
+TOKENIZER_DATASETS = ("advertise_gen.jsonl", "identity.json", "multiturn.json")
+
+
 def _tokenizer_texts() -> list[str]:
-    """The text the tokenizer learns its merges from: our corpus plus the demo datasets."""
+    """The text the tokenizer learns its merges from: our corpus plus the original demo datasets."""
     texts = (ASSETS / "demo_model" / "corpus.txt").read_text(encoding="utf-8").splitlines()
-    for path in sorted((ASSETS / "datasets").iterdir()):
-        if path.suffix in (".json", ".jsonl"):
-            texts += path.read_text(encoding="utf-8").splitlines()
+    for name in TOKENIZER_DATASETS:
+        texts += (ASSETS / "datasets" / name).read_text(encoding="utf-8").splitlines()
     return [line for line in texts if line.strip()]
 
 

@@ -39,6 +39,15 @@ class TrainedModel:
             return self.model(**self.forward_kwargs(input_ids)).logits
 
 
+def load_base(config: RunConfig) -> TrainedModel:
+    """The base model a run started from (`model_name_or_path`, no adapter, not quantized), as the chat serves it:
+    the arena's other contestant when a run is compared with its base."""
+    device = pick_device()
+    path = prepare_model(config.model_name_or_path, config.trust_remote_code)
+    model = load_model(path, dtype=pick_dtype(config.precision, device), trust_remote_code=config.trust_remote_code)
+    return TrainedModel(model.eval(), load_tokenizer(path, config.trust_remote_code), config)
+
+
 def load_trained(run_dir: str | Path) -> TrainedModel:
     run_dir = Path(run_dir)
     config = load_yaml(run_dir / CONFIG_FILE)

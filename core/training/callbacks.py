@@ -16,6 +16,21 @@ from core.runs import STOP_FILE, append_metrics, update_status
 
 log = logging.getLogger("glm_workbench")
 LOGGED_KEYS = ("loss", "eval_loss", "learning_rate", "grad_norm")
+# A preference stage's figures (TRL's names -> ours in metrics.jsonl); on evaluation both carry an "eval_" prefix.
+# Rewards are beta x (log p_model - log p_reference) of an answer (ORPO: beta x its mean token log-probability);
+# logp_* are the answers' log-probabilities; reward_accuracy is the share of pairs whose chosen answer's reward is
+# the higher one. KTO logs no accuracy (its samples are unpaired) and a batch without one side lacks that side.
+PREFERENCE_KEYS = {
+    "rewards/margins": "reward_margin",
+    "rewards/accuracies": "reward_accuracy",
+    "rewards/chosen": "reward_chosen",
+    "rewards/rejected": "reward_rejected",
+    "logps/chosen": "logp_chosen",
+    "logps/rejected": "logp_rejected",
+    "nll_loss": "nll_loss",
+    "log_odds_ratio": "log_odds_ratio",
+    "kl": "kl",
+}
 
 
 def peak_memory_mb() -> float:
@@ -68,6 +83,14 @@ class RunFolderCallback(TrainerCallback):
         values = {key: logs[key] for key in LOGGED_KEYS if key in logs}
         if not values:
             return  # the end-of-training summary; the runner records it in status.json
+        for prefix in ("", "eval_"):
+            values.update(
+                {
+                    prefix + ours: logs[prefix + theirs]
+                    for theirs, ours in PREFERENCE_KEYS.items()
+                    if prefix + theirs in logs
+                }
+            )
         now = time.time()
         tokens = state.num_input_tokens_seen or 0
         if "eval_loss" in values:

@@ -44,16 +44,20 @@ class ClaimedRun:
 
 def check_inputs(config: RunConfig) -> None:
     """Refuse, before any run folder exists, what cannot be used: wrong settings, a model that is not there, a
-    dataset that cannot be read (its file, its format, its rows)."""
+    dataset that cannot be read (its file, its format, its rows; for a preference stage, no pair in it)."""
     from core.data.dataset import load_conversations
     from core.models.loader import check_model_fits_config, check_model_reference, locate_model
 
     config.validate()
     check_model_reference(config.model_name_or_path)
     check_model_fits_config(locate_model(config.model_name_or_path), config)
-    load_conversations(config.dataset, config.dataset_format, config.columns)
-    if config.eval_dataset:
-        load_conversations(config.eval_dataset, config.dataset_format, config.columns)
+    for dataset in filter(None, (config.dataset, config.eval_dataset)):
+        if config.stage == "sft":
+            load_conversations(dataset, config.dataset_format, config.columns)
+        else:  # a preference stage needs pairs (or, for KTO, kto_tag rows) in the file
+            from core.data.pairs import check_preference_rows
+
+            check_preference_rows(dataset, config.stage, config.dataset_format, config.columns)
 
 
 def create_run(workspace: str | Path, config: RunConfig) -> ClaimedRun:
@@ -68,6 +72,7 @@ def create_run(workspace: str | Path, config: RunConfig) -> ClaimedRun:
             state="queued",
             created=time.time(),
             method=config.finetuning_type,
+            stage=config.stage,
             model=config.model_name_or_path,
             dataset=config.dataset,
             step=0,
@@ -121,6 +126,7 @@ def claim_prepared(run_dir: str | Path) -> ClaimedRun:
             state="queued",
             created=time.time(),
             method=config.finetuning_type,
+            stage=config.stage,
             model=config.model_name_or_path,
             dataset=config.dataset,
             step=0,

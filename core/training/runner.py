@@ -68,14 +68,17 @@ def _log_to_file(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def _training_arguments(config: RunConfig, run_dir: Path, has_eval: bool, show_progress: bool):
+def _training_arguments(
+    config: RunConfig, run_dir: Path, has_eval: bool, show_progress: bool, arguments_class=None, **extra
+):
+    """The Trainer's arguments from the config; a preference stage passes its TRL config class and settings."""
     from transformers import TrainingArguments
 
     device = pick_device()
     dtype = pick_dtype(config.precision, device)
     import torch
 
-    return TrainingArguments(
+    return (arguments_class or TrainingArguments)(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=config.per_device_train_batch_size,
         per_device_eval_batch_size=config.per_device_train_batch_size,
@@ -113,6 +116,7 @@ def _training_arguments(config: RunConfig, run_dir: Path, has_eval: bool, show_p
         activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         ddp_find_unused_parameters=False,
         use_cache=False,  # no KV cache while training: also what lets packed rows get their block-diagonal mask
+        **extra,
     )
 
 
@@ -219,17 +223,7 @@ class TrainingSession:
         tokenizer = load_tokenizer(model_path, config.trust_remote_code)
         tokenizer.padding_side = "right"  # positions must start at 0 for every training sample
         template = resolve_template(config.template, tokenizer)
-        data = tokenize_dataset(
-            config.dataset,
-            tokenizer,
-            template,
-            config.cutoff_len,
-            config.dataset_format,
-            config.val_size,
-            config.max_samples,
-            config.seed,
-            config.columns,
-        )
+        data = self._tokenize(config.dataset, tokenizer, template, config.val_size, config.max_samples)
         log.info(
             "data: format %s, template %s, %d train / %d eval samples, %d truncated at cutoff_len=%d",
             data.format,
@@ -240,14 +234,7 @@ class TrainingSession:
             config.cutoff_len,
         )
         if config.eval_dataset:
-            data.eval = tokenize_dataset(
-                config.eval_dataset,
-                tokenizer,
-                template,
-                config.cutoff_len,
-                config.dataset_format,
-                columns=config.columns,
-            ).train
+            data.eval = self._tokenize(config.eval_dataset, tokenizer, template).train
             log.info("validation: %d samples from %s", len(data.eval), config.eval_dataset)
         self._report_skipped(data)
         device = pick_device()
@@ -277,8 +264,41 @@ class TrainingSession:
             train_samples=len(data.train),
             eval_samples=len(data.eval),
             data_format=data.format,
+            stage=config.stage,
         )
         return tokenizer, data, model
+
+    def _tokenize(
+        self, dataset: str, tokenizer, template: str, val_size: float = 0.0, max_samples: int = 0
+    ) -> TokenizedData:
+        """SFT samples (ids + labels), or the preference stage's (core/data/pairs.py)."""
+        config = self.config
+        if config.stage != "sft":
+            from core.data.pairs import tokenize_preferences
+
+            return tokenize_preferences(
+                dataset,
+                tokenizer,
+                template,
+                config.cutoff_len,
+                config.stage,
+                config.dataset_format,
+                val_size,
+                max_samples,
+                config.seed,
+                config.columns,
+            )
+        return tokenize_dataset(
+            dataset,
+            tokenizer,
+            template,
+            config.cutoff_len,
+            config.dataset_format,
+            val_size,
+            max_samples,
+            config.seed,
+            config.columns,
+        )
 
     def _report_skipped(self, data: TokenizedData) -> None:
         """Rows the data left out: all of them in skipped_rows.txt, the count and the first few in status.json
@@ -293,7 +313,8 @@ class TrainingSession:
             from core.files import write_text_atomic
 
             write_text_atomic(self.run_dir / SKIPPED_ROWS_FILE, "".join(f"{p}\n" for p in problems))
-        total = len(problems) + len(data.train) + len(data.eval)
+        usable = data.rows if data.rows is not None else len(data.train) + len(data.eval)
+        total = len(problems) + usable
         note = message(
             "data.rows_skipped",
             skipped=len(problems),
@@ -305,6 +326,19 @@ class TrainingSession:
         self.notify(note)
 
     def _trainer(self, method, tokenizer, data, model, callbacks):
+        if self.config.stage != "sft":  # TRL's trainers compute their own losses (never wrapped in the fused loss)
+            from core.training.preference import preference_trainer, stage_arguments, trl_classes
+
+            arguments_class = trl_classes()[self.config.stage][1]
+            args = _training_arguments(
+                self.config,
+                self.run_dir,
+                bool(data.eval),
+                self.show_progress,
+                arguments_class,
+                **stage_arguments(self.config),
+            )
+            return preference_trainer(self, method, tokenizer, data, model, callbacks, args)
         trainer_class, extra = CheckpointingTrainer, {}
         if method.trainer is not None:
             trainer_class, extra = method.trainer(self) or (trainer_class, extra)
@@ -355,6 +389,10 @@ class TrainingSession:
         else:
             trainer.train(resume_from_checkpoint=checkpoint)
         aborted = stopper.stopped
+        if config.stage != "sft":
+            from core.training.preference import drop_reference
+
+            drop_reference(trainer.model)
         if is_main_process():
             # The run's own output: replacing an earlier one (an abort, then Resume) is ours to do.
             with staged_dir(run_dir / method.output_dir, replace="owned") as folder:
