@@ -188,7 +188,8 @@ class RunConfig(*reversed(_OPTIONS), CommonSettings):  # type: ignore[misc]
         )
         check(self.precision in DTYPES, "precision", "config.one_of", choices=", ".join(DTYPES))
         check(
-            all(name in TRACKERS for name in self.trackers) and (self.trackers or self.report_to.strip() in ("", "none")),
+            all(name in TRACKERS for name in self.trackers)
+            and (self.trackers or self.report_to.strip() in ("", "none")),
             "report_to",
             "config.one_of",
             choices=", ".join(TRACKERS),

@@ -33,7 +33,7 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
         )
         gr.Markdown(f"> {t('demo_model_note')}")
         with gr.Tabs() as tabs:
-            with gr.Tab(t("tab_data"), id="data") as data_tab:
+            with gr.Tab(t("tab_data"), id="data"):
                 data = create_data_tab(ctx)
             with gr.Tab(t("tab_train"), id="train") as train_tab:
                 train = create_train_tab(ctx, data)
