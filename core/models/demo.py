@@ -8,12 +8,11 @@ answers like the data. The build is deterministic (fixed seed, fixed corpus) and
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from core.data.template import chat_template_jinja
+from core.resources import asset, home_dir
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
 RECIPE_VERSION = 1
 DEMO_NAME = "demo"
 MARKER_FILE = "glm_workbench_demo.json"
@@ -46,11 +45,6 @@ ARCHITECTURE = dict(
 VOCAB_SIZE = 4096
 
 
-def home_dir() -> Path:
-    """Where the workbench keeps built models: $GLM_WORKBENCH_HOME or ~/.cache/glm-workbench."""
-    return Path(os.environ.get("GLM_WORKBENCH_HOME") or Path.home() / ".cache" / "glm-workbench")
-
-
 def default_demo_dir() -> Path:
     return home_dir() / f"demo-model-v{RECIPE_VERSION}"
 
@@ -76,11 +70,12 @@ def ensure_demo_model(target: str | Path | None = None) -> Path:
 
 
 def _tokenizer_texts() -> list[str]:
-    """The text the tokenizer learns its merges from: our corpus plus the demo datasets."""
-    texts = (ASSETS / "demo_model" / "corpus.txt").read_text(encoding="utf-8").splitlines()
-    for path in sorted((ASSETS / "datasets").iterdir()):
-        if path.suffix in (".json", ".jsonl"):
-            texts += path.read_text(encoding="utf-8").splitlines()
+    """The text the tokenizer learns its merges from: our corpus plus the demo datasets (the package's data, so
+    an installed workbench builds the same tokenizer as a checkout)."""
+    texts = asset("demo_model", "corpus.txt").read_text(encoding="utf-8").splitlines()
+    for item in sorted(asset("datasets").iterdir(), key=lambda item: item.name):
+        if item.name.endswith((".json", ".jsonl")):
+            texts += item.read_text(encoding="utf-8").splitlines()
     return [line for line in texts if line.strip()]
 
 
