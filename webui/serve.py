@@ -6,6 +6,8 @@ this module, the only part that needs gradio, puts the pages on that socket.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -15,6 +17,7 @@ if TYPE_CHECKING:
     from core.workbench import Workbench
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported, below
+SHUTDOWN_GRACE_S = 3
 
 
 def serve(
@@ -45,5 +48,19 @@ def serve(
     server = build_server(workbench, lang, auth)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
     announce(f"http://{shown}:{port}/")
-    uvicorn.Server(uvicorn.Config(server, log_level="warning")).run(sockets=[listener])
+    # Ctrl-C (or SIGTERM) stops it within seconds: an open page keeps a connection, which uvicorn would otherwise
+    # wait for without end, and silently at this log level.
+    config = uvicorn.Config(server, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+    logging.getLogger("uvicorn.error").addFilter(CalmShutdown())
+    uvicorn.Server(config).run(sockets=[listener])
     return 0
+
+
+class CalmShutdown(logging.Filter):
+    """Connections still open at shutdown (a page's event stream) are cancelled after the grace period: expected,
+    so uvicorn's error lines and tracebacks about it are left out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
+            return False
+        return "timeout graceful shutdown exceeded" not in record.getMessage()
