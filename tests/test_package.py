@@ -159,7 +159,7 @@ def build_wheel(out: Path) -> Path:
 
 def fresh_venv(root: Path, wheel: Path) -> tuple[Path, Path]:
     """A new virtual environment with the wheel installed, that borrows torch, transformers, gradio and the rest
-    from this environment through a .pth line (a plain path: this environment's own .pth files, such as an
+    from this environment through .pth lines (plain paths: this environment's own .pth files, such as an
     editable install of the checkout, are not run there). Returns its bin folder and site-packages."""
     run([sys.executable, "-m", "venv", "--without-pip", str(root)], root.parent, dict(os.environ))
     python = root / "bin" / "python"
@@ -167,7 +167,11 @@ def fresh_venv(root: Path, wheel: Path) -> tuple[Path, Path]:
     run([*pip, "install", "--no-deps", "--no-index", str(wheel)], root.parent, dict(os.environ))
     query = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     site_packages = Path(run([str(python), "-c", query], root, {}).stdout.strip())
-    borrowed = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    # Every site-packages folder this process imports from (this environment's, and any it borrows itself).
+    searched = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *sys.path]
+    borrowed = dict.fromkeys(
+        p for p in searched if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()
+    )
     (site_packages / "borrowed_dependencies.pth").write_text("\n".join(borrowed) + "\n", encoding="utf-8")
     return root / "bin", site_packages
 
