@@ -1,20 +1,24 @@
-"""`glm-workbench` (also `python -m core.cli`): the same engine the web UI drives, from a terminal."""
+"""`glm-workbench` (also `python -m core.cli`): the same engine the web UI drives, from a terminal, and the
+command that starts the web UI (`glm-workbench webui`; `launch.py` and `python -m webui` call it too)."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
 from core.config import RunConfig, load_yaml_with_notes, parse_overrides
-from core.errors import ModelError, WorkbenchError, describe
+from core.errors import ModelError, WorkbenchError, config_error, describe
 from core.i18n import Message, default_language, message
 from core.models.loader import DTYPES
 
 DEFAULT_WORKSPACE = "workspace"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+UI_PORT = 7860
 
 
 def say(text: Message | str) -> None:
@@ -23,10 +27,83 @@ def say(text: Message | str) -> None:
 
 
 def cmd_demo_model(args: argparse.Namespace) -> int:
-    from core.models.demo import build_demo_model
+    from core.models.demo import build_demo_model, default_demo_dir, ensure_demo_model
 
-    print(build_demo_model(args.dir, overwrite=args.overwrite))
+    if args.dir:
+        print(build_demo_model(args.dir, overwrite=args.overwrite))
+    elif args.overwrite:
+        print(build_demo_model(default_demo_dir(), overwrite=True))
+    else:
+        print(ensure_demo_model())
     return 0
+
+
+def parse_auth(value: str) -> tuple[str, str] | None:
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise config_error("--auth", "cli.auth_syntax")
+    return user, password
+
+
+def bind_port(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (as uvicorn binds one), taken before the slow start: a port in use is said at
+    once, and nothing can take it while the pages are built. The server then listens on this socket."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise config_error(
+                "--port", "cli.port_taken", host=host, port=port, free=free_port_after(host, port)
+            ) from None
+        detail = exc.strerror or str(exc)
+        raise config_error("--host", "cli.cannot_listen", host=host, port=port, detail=detail) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def free_port_after(host: str, port: int) -> int:
+    """The first port after `port` that is free on `host` now (one to suggest), else one the system picks."""
+    for candidate in [*range(port + 1, min(port + 50, 65536)), 0]:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, candidate))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    return 0
+
+
+def cmd_webui(args: argparse.Namespace) -> int:
+    auth = parse_auth(args.auth)
+    listener = bind_port(args.host, args.port)
+    try:
+        from core.models.demo import default_demo_dir, ensure_demo_model, is_demo_model
+        from core.models.loader import configure_threads
+        from core.workbench import Workbench
+
+        if args.share:
+            say(message("cli.share_warning"))
+        if args.host not in LOOPBACK_HOSTS and auth is None:
+            say(message("cli.ui_open_warning", host=args.host))
+        threads = configure_threads()
+        if not is_demo_model(default_demo_dir()):
+            say(message("cli.demo_building"))
+        say(message("cli.demo_ready", folder=str(ensure_demo_model()), threads=threads))
+        workbench = Workbench(args.workspace)
+        say(message("cli.workspace", folder=str(workbench.workspace)))
+        # The UI layer, and gradio with it, is loaded for this command only: the engine's commands never need it.
+        from webui.serve import serve
+
+        announce = lambda url: say(message("cli.ui_listening", url=url))  # noqa: E731
+        return serve(workbench, listener, args.lang, auth, args.share, announce)
+    finally:
+        listener.close()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -232,10 +309,41 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glm-workbench", description="Fine-tune GLM / ChatGLM models.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo-model", help="build the tiny demo GLM-4 model into DIR")
-    demo.add_argument("dir")
+    ui = commands.add_parser(
+        "webui",
+        help="start the web UI (also `python launch.py` in a checkout, or `python -m webui`)",
+        description="Start the web UI. Both languages are served at once, /zh/ and /en/; --lang picks where / leads.",
+    )
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
+    ui.add_argument("--port", type=int, default=UI_PORT, help="(default: %(default)s)")
+    ui.add_argument(
+        "--workspace",
+        default=DEFAULT_WORKSPACE,
+        help="folder for runs, uploads and exports (default: ./%(default)s in the folder you start from)",
+    )
+    ui.add_argument(
+        "--lang", default="zh", choices=["zh", "en"], help="language / leads to (both are served: /zh/ and /en/)"
+    )
+    ui.add_argument(
+        "--auth",
+        default=os.environ.get("GLM_WORKBENCH_AUTH", ""),
+        metavar="USER:PASSWORD",
+        help="require a login for the page and its API (or set GLM_WORKBENCH_AUTH)",
+    )
+    ui.add_argument(
+        "--share", action="store_true", help="also publish a public *.gradio.live link (off by default; needs internet)"
+    )
+    ui.set_defaults(func=cmd_webui)
+
+    demo = commands.add_parser(
+        "demo-model",
+        help="build the tiny demo GLM-4 model into DIR; without DIR, the shared one that `--model demo` uses "
+        "($GLM_WORKBENCH_HOME, default ~/.cache/glm-workbench), if it is not built yet",
+    )
+    demo.add_argument("dir", nargs="?")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo model built there")
     demo.set_defaults(func=cmd_demo_model)
 
@@ -361,6 +469,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--max-shard-size", default="2GB", help="merged weights' shard size (default: %(default)s)")
     export.set_defaults(func=cmd_export)
     return parser
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("glm-workbench")
+    except PackageNotFoundError:  # a checkout run without installing it
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,18 +14,17 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
+from importlib.resources import files
 from typing import Any
 
 LANGUAGES = ("zh", "en")
-LOCALE_DIR = Path(__file__).resolve().parent / "locales"
 
 
 @cache
 def table(lang: str) -> dict[str, str]:
     if lang not in LANGUAGES:
         raise ValueError(f"unknown language '{lang}'; choose one of {', '.join(LANGUAGES)}")
-    return json.loads((LOCALE_DIR / f"{lang}.json").read_text(encoding="utf-8"))
+    return json.loads(files("core").joinpath("locales", f"{lang}.json").read_text(encoding="utf-8"))  # package data
 
 
 def default_language() -> str:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import gradio as gr
 
+from core.resources import asset
 from core.workbench import Workbench
 from webui.context import UIContext
 from webui.locale import Translator
@@ -16,8 +15,6 @@ from webui.tabs.export import create_export_tab
 from webui.tabs.runs import create_runs_tab
 from webui.tabs.train import create_train_tab
 
-CSS_PATH = Path(__file__).resolve().parents[1] / "assets" / "ui.css"
-FAVICON_PATH = CSS_PATH.with_name("favicon.ico")
 TAB_IDS = ("data", "train", "runs", "evaluate", "chat", "export")
 
 
@@ -141,7 +138,4 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
 
 def launch_kwargs(workbench: Workbench) -> dict:
     """Settings for `Blocks.launch` that every launcher (launch.py, tests) shares."""
-    return {
-        "css": CSS_PATH.read_text(encoding="utf-8"),
-        "allowed_paths": [str(workbench.exports)],
-    }
+    return {"css": asset("ui.css").read_text(encoding="utf-8"), "allowed_paths": [str(workbench.exports)]}

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from pathlib import Path
+from importlib.resources import files
 from typing import Any
 
 from core.errors import ConfigError, WorkbenchError, describe
 from core.i18n import LANGUAGES, Message
-
-LOCALE_DIR = Path(__file__).resolve().parent / "locales"
 
 __all__ = ["LANGUAGES", "Translator", "table"]
 
@@ -21,7 +19,7 @@ __all__ = ["LANGUAGES", "Translator", "table"]
 def table(lang: str) -> dict[str, str]:
     if lang not in LANGUAGES:
         raise ValueError(f"unknown language '{lang}'; choose one of {', '.join(LANGUAGES)}")
-    return json.loads((LOCALE_DIR / f"{lang}.json").read_text(encoding="utf-8"))
+    return json.loads(files("webui").joinpath("locales", f"{lang}.json").read_text(encoding="utf-8"))  # package data
 
 
 class Translator:

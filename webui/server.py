@@ -14,7 +14,8 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse, RedirectResponse
 
 from core.workbench import Workbench
-from webui.app import FAVICON_PATH, build_app, launch_kwargs
+from core.resources import asset_file
+from webui.app import build_app, launch_kwargs
 from webui.locale import LANGUAGES
 
 
@@ -27,7 +28,7 @@ def build_server(workbench: Workbench, default_lang: str = "zh", auth: tuple[str
 
     @server.get("/favicon.ico", include_in_schema=False)
     def favicon() -> FileResponse:
-        return FileResponse(FAVICON_PATH, media_type="image/x-icon")
+        return FileResponse(asset_file("favicon.ico"), media_type="image/x-icon")
 
     for lang in LANGUAGES:
         blocks = build_app(workbench, lang).queue(default_concurrency_limit=4)

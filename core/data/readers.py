@@ -8,21 +8,22 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import DataError
+from core.resources import asset_file
 
 SUPPORTED_EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet")
-ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "datasets"
+# name -> file in the package data's datasets/ (core/assets/datasets, shown in the repository as assets/datasets)
 DEMO_DATASETS = {
-    "identity": ASSETS_DIR / "identity.json",
-    "advertise_gen": ASSETS_DIR / "advertise_gen.jsonl",
-    "multiturn": ASSETS_DIR / "multiturn.json",
-    "identity_pairs": ASSETS_DIR / "identity_pairs.json",  # pairwise: the identity answers against wrong ones
+    "identity": "identity.json",
+    "advertise_gen": "advertise_gen.jsonl",
+    "multiturn": "multiturn.json",
+    "identity_pairs": "identity_pairs.json",  # pairwise: the identity answers against wrong ones
 }
 
 
 def resolve_dataset(name_or_path: str) -> Path:
     """A demo dataset's name ('identity') or a file path -> an existing file path."""
     if name_or_path in DEMO_DATASETS:
-        return DEMO_DATASETS[name_or_path]
+        return asset_file("datasets", DEMO_DATASETS[name_or_path])
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         raise DataError("data.is_directory", full_path=str(path.resolve()))

@@ -304,7 +304,7 @@ def convert_chatglm(source: str | Path, target: str | Path, overwrite: bool = Fa
 
 def conversion_target(source: str | Path) -> Path:
     """Where a checkpoint is converted to on first use: the workbench home, keyed by path and weights' mtime."""
-    from core.models.demo import home_dir
+    from core.resources import home_dir
 
     source = Path(source).resolve()
     stamp = max((p.stat().st_mtime for p in source.iterdir() if p.is_file()), default=0)

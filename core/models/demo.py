@@ -8,12 +8,11 @@ answers like the data. The build is deterministic (fixed seed, fixed corpus) and
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from core.data.template import chat_template_jinja
+from core.resources import asset, home_dir
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
 RECIPE_VERSION = 1
 DEMO_NAME = "demo"
 MARKER_FILE = "glm_workbench_demo.json"
@@ -46,11 +45,6 @@ ARCHITECTURE = dict(
 VOCAB_SIZE = 4096
 
 
-def home_dir() -> Path:
-    """Where the workbench keeps built models: $GLM_WORKBENCH_HOME or ~/.cache/glm-workbench."""
-    return Path(os.environ.get("GLM_WORKBENCH_HOME") or Path.home() / ".cache" / "glm-workbench")
-
-
 def default_demo_dir() -> Path:
     return home_dir() / f"demo-model-v{RECIPE_VERSION}"
 
@@ -81,10 +75,11 @@ TOKENIZER_DATASETS = ("advertise_gen.jsonl", "identity.json", "multiturn.json")
 
 
 def _tokenizer_texts() -> list[str]:
-    """The text the tokenizer learns its merges from: our corpus plus the original demo datasets."""
-    texts = (ASSETS / "demo_model" / "corpus.txt").read_text(encoding="utf-8").splitlines()
+    """The text the tokenizer learns its merges from: our corpus plus the original demo datasets (the package's
+    data, so an installed workbench builds the same tokenizer as a checkout)."""
+    texts = asset("demo_model", "corpus.txt").read_text(encoding="utf-8").splitlines()
     for name in TOKENIZER_DATASETS:
-        texts += (ASSETS / "datasets" / name).read_text(encoding="utf-8").splitlines()
+        texts += asset("datasets", name).read_text(encoding="utf-8").splitlines()
     return [line for line in texts if line.strip()]
 
 
