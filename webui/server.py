@@ -13,8 +13,8 @@ import gradio as gr
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, RedirectResponse
 
-from core.workbench import Workbench
 from core.resources import asset_file
+from core.workbench import Workbench
 from webui.app import build_app, launch_kwargs
 from webui.locale import LANGUAGES
 
