@@ -45,14 +45,14 @@ class ClaimedRun:
 def check_inputs(config: RunConfig) -> None:
     """Refuse, before any run folder exists, what cannot be used: wrong settings, a model that is not there, a
     dataset that cannot be read (its file, its format, its rows)."""
-    from core.data.dataset import load_conversations
+    from core.data.prepare import check
     from core.models.loader import check_model_reference
 
     config.validate()
     check_model_reference(config.model_name_or_path)
-    load_conversations(config.dataset, config.dataset_format, config.columns)
+    check(config.dataset, config.dataset_format, config.columns)  # cached: the run reads it from there
     if config.eval_dataset:
-        load_conversations(config.eval_dataset, config.dataset_format, config.columns)
+        check(config.eval_dataset, config.dataset_format, config.columns)
 
 
 def create_run(workspace: str | Path, config: RunConfig) -> ClaimedRun:
