@@ -247,3 +247,37 @@ def test_errors_cross_process_boundaries_whole():
     error = DataError("data.row_not_object", "/data/x.jsonl", 7, got="list")
     again = pickle.loads(pickle.dumps(error))
     assert type(again) is DataError and str(again) == str(error) and again.row == 7 and again.code == error.code
+
+
+def test_the_data_tab_pages_a_large_file_without_reading_it_whole(tmp_path, monkeypatch, demo_model_dir):
+    """A large file's first page comes straight from the file, later pages from the cache; the histogram measures
+    a stated random sample; the summary counts every row."""
+    import core.workbench as workbench
+    from core.workbench import Workbench
+    from webui.charts import length_histogram
+    from webui.locale import Translator
+
+    monkeypatch.setattr(prepare, "PEEK_FROM_BYTES", 1_000)  # "large" for this test
+    monkeypatch.setattr(workbench, "LENGTH_SAMPLE", 40)
+    rows = [{"instruction": f"问题 {n}", "input": "", "output": "答" * (n % 9 + 1)} for n in range(3_000)]
+    rows[5]["output"] = None
+    path = write(tmp_path, "big.jsonl", "\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode())
+    wb = Workbench(tmp_path / "ws")
+    peek = wb.peek_dataset(str(path), "auto", "", 20)
+    assert peek.format == "alpaca" and peek.rows == rows[:20]
+    assert not entries("rows")  # nothing read into the cache for the first page
+    checked = wb.preview_dataset(str(path))
+    assert (checked.row_count, checked.usable_count, checked.problem_count) == (3_000, 2_999, 1)
+    assert [str(p) for p in checked.problems(20)] == ["row 6: field 'output' is empty (null)"]
+    assert checked.page(150, 20) == rows[2_980:] and checked.page(151, 20) == []
+    assert wb.peek_dataset(str(path), "auto", "", 20) is None  # checked before: the check itself is quick now
+    assert wb.peek_dataset(str(path), "auto", "", 20_000) is None  # far pages wait for the check
+
+    model = str(demo_model_dir)
+    lengths = wb.token_lengths(str(path), "auto", model, "auto")
+    assert lengths.sampled and len(lengths.lengths) == 40 and lengths.total == 2_999
+    assert wb.token_lengths(str(path), "auto", model, "auto").lengths == lengths.lengths  # the same sample
+    title = length_histogram(lengths.lengths, 8, Translator("en"), total=lengths.total).layout.title.text
+    assert title.startswith("Token lengths of a random sample of 40 of the 2999 samples")
+    template, pieces = wb.render_sample(str(path), "auto", model, "auto", 10**6)  # past the end: the last one
+    assert template == "glm4" and "".join(text for text, trains in pieces if trains) == "答答答<|endoftext|>"

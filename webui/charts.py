@@ -134,8 +134,9 @@ def loss_figure(metrics: list[dict[str, Any]], t) -> go.Figure:
     return figure
 
 
-def length_histogram(lengths: list[int], cutoff_len: int, t) -> go.Figure:
-    """Token lengths of the samples, with cutoff_len marked and the number it would truncate in the title."""
+def length_histogram(lengths: list[int], cutoff_len: int, t, total: int | None = None) -> go.Figure:
+    """Token lengths of the samples, with cutoff_len marked and the number it would truncate in the title. With
+    `total` larger than the number of lengths, they are a random sample of that many, and the title says so."""
     truncated = sum(length > cutoff_len for length in lengths)
     figure = go.Figure(go.Histogram(x=lengths, nbinsx=min(50, max(5, len(set(lengths)))), name=t("tokens")))
     longest = max(lengths) if lengths else 0
@@ -147,7 +148,19 @@ def length_histogram(lengths: list[int], cutoff_len: int, t) -> go.Figure:
             annotation_text=f"cutoff_len={cutoff_len}",
             annotation_position="top right",
         )
-    title = t("length_title", count=len(lengths), longest=longest, truncated=truncated, cutoff=cutoff_len)
+    if total is not None and total > len(lengths):
+        share = f"{100 * truncated / max(len(lengths), 1):.1f}%"
+        title = t(
+            "length_title_sampled",
+            count=len(lengths),
+            total=total,
+            longest=longest,
+            truncated=truncated,
+            share=share,
+            cutoff=cutoff_len,
+        )
+    else:
+        title = t("length_title", count=len(lengths), longest=longest, truncated=truncated, cutoff=cutoff_len)
     figure.update_layout(
         title=title,
         xaxis_title=t("tokens"),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import shutil
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -36,15 +37,26 @@ def cache_root() -> Path:
     return home_dir() / "data-cache"
 
 
+_digests: dict[tuple, str] = {}  # this process's hashes, by the file's identity and last change
+
+
 def file_digest(path: str | Path) -> str:
-    """The content hash of a file (xxh3-128: fast enough to run on every load of a large file)."""
+    """The content hash of a file (xxh3-128, about a second per GB). Hashed again whenever the file may have
+    changed: a write changes its size, modification or status-change time (the last cannot be set back)."""
     import xxhash
 
+    info = os.stat(path)
+    identity = (str(Path(path).resolve()), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    if identity in _digests:
+        return _digests[identity]
     digest = xxhash.xxh3_128()
     with open(path, "rb") as handle:
         while block := handle.read(1 << 22):
             digest.update(block)
-    return digest.hexdigest()
+    if len(_digests) > 256:
+        _digests.clear()
+    _digests[identity] = digest.hexdigest()
+    return _digests[identity]
 
 
 def make_key(*parts: Any) -> str:
@@ -71,6 +83,11 @@ def read_meta(folder: Path) -> dict[str, Any] | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return meta
+
+
+def is_cached(name: str) -> bool:
+    """Whether the entry `name` is there and complete (its files are not opened)."""
+    return read_meta(cache_root() / name) is not None
 
 
 def entry(name: str, build: Callable[[Path], dict[str, Any]], open_entry: Callable[[Path, dict[str, Any]], Any]) -> Any:

@@ -28,7 +28,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from core.data.cache import Corrupt, entry, file_digest, make_key
+from core.data.cache import Corrupt, entry, file_digest, is_cached, make_key
 from core.data.formats import Conversation, RowError, RowProblem, convert_row, parse_columns, rename_row, resolve_format
 from core.data.readers import check_file, resolve_dataset
 from core.data.template import IGNORE_INDEX, TemplateEncoder
@@ -101,8 +101,7 @@ def read(name_or_path: str) -> Rows:
     from core.data import stream
 
     path = resolve_dataset(name_or_path)
-    suffix = check_file(path)
-    key = make_key("rows", file_digest(path), suffix)
+    key = _rows_key(path)
     ds = _datasets()
 
     def build(staging: Path) -> dict[str, Any]:
@@ -132,6 +131,15 @@ def read(name_or_path: str) -> Rows:
         return Rows(path, key, _open_arrow([folder / "rows.arrow"], meta["rows"]))
 
     return entry(f"rows-{key}", build, open_rows)
+
+
+def _rows_key(path: Path) -> str:
+    suffix = check_file(path)  # the file's own errors come first, before anything is hashed or cached
+    return make_key("rows", file_digest(path), suffix)
+
+
+def _checked_key(rows_key: str, fmt: str, mapping: dict[str, str]) -> str:
+    return make_key("checked", rows_key, fmt, sorted(mapping.items()))
 
 
 # ---- 2. checked -------------------------------------------------------------------------------------------------
@@ -236,7 +244,7 @@ def check(name_or_path: str, fmt: str = "auto", columns: str = "") -> Checked:
             used = None  # the first line is not JSON: checking every row says so
         except DataError as exc:
             pending = exc.located(path)
-    key = make_key("checked", rows.key, fmt, sorted(mapping.items()))
+    key = _checked_key(rows.key, fmt, mapping)
 
     def build(staging: Path) -> dict[str, Any]:
         started = time.time()
@@ -500,6 +508,7 @@ def split(dataset, val_size: float, seed: int, source: str | Path | None = None)
 # ---- previews ---------------------------------------------------------------------------------------------------
 
 PEEK_FROM_BYTES = 8 << 20  # smaller files are checked whole at once (under a second); larger ones peeked first
+PEEK_MAX_ROWS = 10_000  # pages further in wait for the check (reading up to them takes as long)
 
 
 @dataclass
@@ -513,16 +522,21 @@ class Peek:
 
 def peek(name_or_path: str, fmt: str, columns: str, count: int) -> Peek | None:
     """The first `count` rows of a large file, read from its start (the first page of a file of any size shows at
-    once); None for a small file (checking it whole is as quick), or anything unusual about the first rows (the
-    full check explains it)."""
+    once); None when there is nothing to gain: a small file or one already checked (the check is as quick), a
+    page far into the file, or anything unusual about the first rows (the full check explains it)."""
     from contextlib import closing
 
     from core.data import stream
 
     try:
         path = resolve_dataset(name_or_path)
-        if path.stat().st_size < PEEK_FROM_BYTES:
+        if path.stat().st_size < PEEK_FROM_BYTES or count > PEEK_MAX_ROWS:
             return None
+        rows_key = _rows_key(path)
+        if is_cached(f"rows-{rows_key}") and is_cached(
+            f"checked-{_checked_key(rows_key, fmt, parse_columns(columns))}"
+        ):
+            return None  # checked before: the check is a look-up
         rows: list[Any] = []
         with closing(stream.row_batches(path, rows.clear)) as batches:
             for _, texts in batches:
