@@ -15,6 +15,7 @@ readable) is ignored and built again; a folder in its place that we did not writ
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ from core.errors import DataError
 from core.files import OUTPUT_MARKER, TargetNotFreeError, output_kind, staged_dir
 
 CACHE_KIND = "data-cache"  # the marker's kind in every entry
-LAYOUT_VERSION = 1  # part of every key: a change in what an entry holds makes new keys
+LAYOUT_VERSION = 1  # part of every key, with a hash of the data code: what made an entry is what reads it
 META_FILE = "meta.json"
 
 
@@ -59,11 +60,32 @@ def file_digest(path: str | Path) -> str:
     return _digests[identity]
 
 
-def make_key(*parts: Any) -> str:
-    """A short stable key for JSON-able parts."""
+@functools.cache
+def code_version() -> str:
+    """A hash of the data code (core/data/*.py) and of the versions of the libraries that read and tokenize: a
+    change to a reader, a format's converter, a template or a tokenizer library makes new keys, so no entry made
+    by other code is ever used."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import xxhash
 
-    return xxhash.xxh3_128(json.dumps([LAYOUT_VERSION, *parts], sort_keys=True, default=str).encode()).hexdigest()
+    digest = xxhash.xxh3_64()
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.name.encode() + source.read_bytes())
+    for package in ("datasets", "pyarrow", "pandas", "tokenizers", "transformers", "sentencepiece"):
+        try:
+            digest.update(f"{package}={version(package)}".encode())
+        except PackageNotFoundError:
+            digest.update(f"{package}=none".encode())
+    return digest.hexdigest()
+
+
+def make_key(*parts: Any) -> str:
+    """A short stable key for JSON-able parts (and the layout and code they were made with)."""
+    import xxhash
+
+    identity = [LAYOUT_VERSION, code_version(), *parts]
+    return xxhash.xxh3_128(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class Corrupt(Exception):  # noqa: N818 - not an error the user sees: the entry is built again
