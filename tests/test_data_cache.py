@@ -281,3 +281,18 @@ def test_the_data_tab_pages_a_large_file_without_reading_it_whole(tmp_path, monk
     assert title.startswith("Token lengths of a random sample of 40 of the 2999 samples")
     template, pieces = wb.render_sample(str(path), "auto", model, "auto", 10**6)  # past the end: the last one
     assert template == "glm4" and "".join(text for text, trains in pieces if trains) == "答答答<|endoftext|>"
+
+
+def test_a_full_disk_while_caching_says_so_and_leaves_no_partial_entry(tmp_path, monkeypatch):
+    import errno
+
+    import datasets
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(datasets.arrow_writer.ArrowWriter, "write_batch", full)
+    path = write(tmp_path, "data.jsonl", "\n".join(json.dumps(r) for r in ALPACA).encode())
+    with pytest.raises(DataError, match="cannot write the data cache in .*No space left on device"):
+        prepare.check(str(path))
+    assert not [p for p in cache_root().iterdir() if not p.name.endswith(".lock")]

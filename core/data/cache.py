@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import DataError
-from core.files import OUTPUT_MARKER, TargetNotFreeError, output_kind, staged_dir
+from core.files import OUTPUT_MARKER, TargetNotFreeError, is_disk_full, output_kind, staged_dir
 
 CACHE_KIND = "data-cache"  # the marker's kind in every entry
 LAYOUT_VERSION = 1  # part of every key, with a hash of the data code: what made an entry is what reads it
@@ -139,7 +139,20 @@ def entry(name: str, build: Callable[[Path], dict[str, Any]], open_entry: Callab
                 (staging / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
         except TargetNotFreeError:
             raise DataError("data.cache_blocked", folder=str(target)) from None
+        except OSError as exc:
+            if not _cannot_write(exc, target.parent):
+                raise
+            raise DataError("data.cache_write_failed", folder=str(target.parent), detail=str(exc)) from None
         return open_entry(target, read_meta(target) or meta)
+
+
+def _cannot_write(exc: OSError, root: Path) -> bool:
+    """Whether `exc` is the cache's own folder refusing a write (full, read-only, not ours to write), not a
+    problem with the data file being read."""
+    if is_disk_full(exc, root):
+        return True
+    name = getattr(exc, "filename", None)
+    return isinstance(exc, PermissionError) and bool(name) and str(name).startswith(str(root))
 
 
 @contextmanager
