@@ -512,6 +512,8 @@ def tokenize(checked: Checked, tokenizer, template: str, cutoff_len: int, max_sa
         kept[samples] = False
         dropped = [int(number) for number in np.flatnonzero(kept)]
         truncated = int(np.count_nonzero(tokenized.data.column("truncated").to_numpy()))
+        for shard in staging.glob("tokens*.arrow"):
+            release_pages(os.path.realpath(shard))
         if not len(samples):
             raise DataError("data.all_beyond_cutoff", checked.path, cutoff_len=cutoff_len)
         shards = sorted(p.name for p in staging.glob("tokens*.arrow"))
