@@ -126,17 +126,17 @@ def _read_parquet(path: Path, raw: bytes) -> list[dict[str, Any]]:
         frame = pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several unrelated types for a broken file
         raise DataError("data.invalid_parquet", path, detail=str(exc).strip()) from None
-    return [_plain(row) for row in frame.to_dict(orient="records")]
+    return [plain_value(row) for row in frame.to_dict(orient="records")]
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """numpy arrays / scalars from parquet -> plain lists / Python values (NaN -> None)."""
     if hasattr(value, "tolist"):
         value = value.tolist()
     if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: plain_value(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [plain_value(item) for item in value]
     if isinstance(value, float) and math.isnan(value):
         return None
     return value

@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from core.data.readers import _plain, check_file, read_rows
+from core.data.readers import check_file, plain_value, read_rows
 from core.errors import DataError
 
 BATCH_ROWS = 10_000  # rows per batch handed to the writer
@@ -233,7 +233,7 @@ def _parquet(path: Path) -> Iterator[Batch]:
             for name in floats:
                 index = part.schema.get_field_index(name)
                 part = part.set_column(index, name, part.column(index).cast(pa.float64()))
-            rows = [_plain(row) for row in part.to_pandas().to_dict(orient="records")]
+            rows = [plain_value(row) for row in part.to_pandas().to_dict(orient="records")]
             yield list(range(number + 1, number + 1 + len(rows))), [_dumps(row) for row in rows]
             number += len(rows)
     except (OSError, ValueError, pa.ArrowException):
