@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,10 +74,13 @@ def code_version() -> str:
     for source in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(source.name.encode() + source.read_bytes())
     for package in ("datasets", "pyarrow", "pandas", "tokenizers", "transformers", "sentencepiece"):
-        try:
-            digest.update(f"{package}={version(package)}".encode())
-        except PackageNotFoundError:
-            digest.update(f"{package}=none".encode())
+        found = getattr(sys.modules.get(package), "__version__", None)  # imported already: no metadata search
+        if found is None:
+            try:
+                found = version(package)
+            except PackageNotFoundError:
+                found = "none"
+        digest.update(f"{package}={found}".encode())
     return digest.hexdigest()
 
 

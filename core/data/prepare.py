@@ -93,7 +93,7 @@ def _open_arrow(files: list[Path], rows: int):
     if len(dataset) != rows:
         raise Corrupt(f"{len(dataset)} rows, not {rows}")
     for file in files:
-        release_pages(os.path.realpath(file))  # the headers read to open them: resident memory stays flat
+        release_pages(large(file))  # the headers read to open them: resident memory stays flat
     return dataset
 
 
@@ -116,7 +116,7 @@ class Rows:
 
     @property
     def file(self) -> str:
-        return os.path.realpath(self.dataset.cache_files[0]["filename"])
+        return self.dataset.cache_files[0]["filename"]
 
 
 def read(name_or_path: str) -> Rows:
@@ -168,10 +168,20 @@ def _checked_key(rows_key: str, fmt: str, mapping: dict[str, str]) -> str:
 # ---- 2. checked -------------------------------------------------------------------------------------------------
 
 
+RELEASE_FROM_BYTES = 64 << 20  # smaller files keep their few pages (looking up the mappings costs milliseconds)
+
+
+def large(path: str | Path) -> str:
+    """`path` (resolved, as the process's mappings name it) when its pages are worth releasing, else ""."""
+    return os.path.realpath(path) if os.path.getsize(path) >= RELEASE_FROM_BYTES else ""
+
+
 def release_pages(path: str) -> None:
     """Drop this process's resident pages of the memory-mapped file `path` (Linux, madvise MADV_DONTNEED): the data
     stays in the page cache and is mapped again when touched. A worker reading its share of a million rows would
-    otherwise keep every page it read, and its resident memory would grow with the file."""
+    otherwise keep every page it read, and its resident memory would grow with the file. "" does nothing."""
+    if not path:
+        return
     try:
         with open("/proc/self/maps", encoding="utf-8") as maps:
             regions = [line.split()[0] for line in maps if line.rstrip().endswith(path)]
@@ -300,7 +310,7 @@ def check(name_or_path: str, fmt: str = "auto", columns: str = "") -> Checked:
                 batch_size=MAP_BATCH,
                 input_columns=["line", "text"],
                 remove_columns=["line", "text"],
-                fn_kwargs={"fmt": used if pending is None else None, "mapping": mapping, "source": rows.file},
+                fn_kwargs={"fmt": used if pending is None else None, "mapping": mapping, "source": large(rows.file)},
                 features=_datasets().Features(
                     {"status": _datasets().Value("int8"), "problem": _datasets().Value("string")}
                 ),
@@ -500,7 +510,7 @@ def tokenize(checked: Checked, tokenizer, template: str, cutoff_len: int, max_sa
                     "mapping": checked.mapping,
                     "encoder": encoder,
                     "cutoff_len": cutoff_len,
-                    "source": checked.rows.file,
+                    "source": large(checked.rows.file),
                 },
                 features=features,
                 cache_file_name=str(staging / "tokens.arrow"),
@@ -516,7 +526,7 @@ def tokenize(checked: Checked, tokenizer, template: str, cutoff_len: int, max_sa
         dropped = [int(number) for number in np.flatnonzero(kept)]
         truncated = int(np.count_nonzero(tokenized.data.column("truncated").to_numpy()))
         for shard in staging.glob("tokens*.arrow"):
-            release_pages(os.path.realpath(shard))
+            release_pages(large(shard))
         if not len(samples):
             raise DataError("data.all_beyond_cutoff", checked.path, cutoff_len=cutoff_len)
         shards = sorted(p.name for p in staging.glob("tokens*.arrow"))
