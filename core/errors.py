@@ -35,6 +35,10 @@ class WorkbenchError(Exception):
     def code(self) -> str:
         return self.message.code
 
+    def __reduce__(self):
+        # Pickled whole (a data worker process raises it in the parent): the message and every field travel.
+        return _restore_error, (type(self), self.__dict__.copy())
+
     def render(self, lang: str | None = None, label: Callable[[str], str] | None = None) -> str:  # noqa: ARG002
         return self.message.render(lang)
 
@@ -145,3 +149,10 @@ def describe(exc: BaseException, lang: str | None = None) -> str:
 def internal_error(exc: BaseException) -> Message:
     detail = (str(exc).strip().splitlines() or [""])[0][:300]
     return message("internal_error", kind=type(exc).__name__, detail=detail)
+
+
+def _restore_error(cls: type, state: dict[str, Any]) -> WorkbenchError:
+    error = cls.__new__(cls)
+    error.__dict__.update(state)
+    Exception.__init__(error, error.message.render("en"))
+    return error

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import re
 import shutil
 import tempfile
@@ -20,7 +21,8 @@ from typing import Any
 
 from core.chat.engine import ChatEngine, GenerationSettings
 from core.config import RunConfig, load_yaml, yaml_text
-from core.data.dataset import LoadedData, load_conversations
+from core.data import prepare
+from core.data.prepare import Checked, Peek
 from core.data.readers import DEMO_DATASETS, SUPPORTED_EXTENSIONS
 from core.data.template import IGNORE_INDEX, TemplateEncoder
 from core.errors import DataError, ExportError, RunStateError
@@ -46,6 +48,19 @@ from core.training.job import JobManager
 from core.training.lifecycle import check_inputs
 
 BASE_MODEL_CHOICE = "demo"
+LENGTH_SAMPLE = 2_000  # samples measured for the length histogram of a large dataset
+
+
+@dataclass
+class TokenLengths:
+    """Token lengths for the histogram: of every sample, or of a random sample of them (`total` samples in all)."""
+
+    lengths: list[int]
+    total: int
+
+    @property
+    def sampled(self) -> bool:
+        return len(self.lengths) < self.total
 
 
 @dataclass
@@ -125,22 +140,35 @@ class Workbench:
                     Path(staging).unlink(missing_ok=True)
             counter += 1
 
-    def preview_dataset(self, dataset: str, fmt: str = "auto", columns: str = "") -> LoadedData:
-        return load_conversations(dataset, fmt, columns)
+    def preview_dataset(self, dataset: str, fmt: str = "auto", columns: str = "") -> Checked:
+        """The dataset read and checked (format, rows, usable rows, row problems) through the data cache: a
+        large file is read once, later pages and checks come from the cache (core/data/prepare.py)."""
+        return prepare.check(dataset, fmt, columns)
 
-    def token_lengths(self, dataset: str, fmt: str, model: str, template: str, columns: str = "") -> list[int]:
-        """Tokens per sample in the chat template (before truncation), for the length histogram."""
-        conversations = load_conversations(dataset, fmt, columns).conversations
+    def peek_dataset(self, dataset: str, fmt: str, columns: str, rows: int) -> Peek | None:
+        """The first `rows` rows of a large file straight from the file, shown while it is checked whole; None
+        when there is nothing to show before the check (a small file, or first rows the check must explain)."""
+        return prepare.peek(dataset, fmt, columns, rows)
+
+    def token_lengths(self, dataset: str, fmt: str, model: str, template: str, columns: str = "") -> TokenLengths:
+        """Tokens per sample in the chat template (before truncation), for the length histogram: every sample,
+        or a random sample of LENGTH_SAMPLE of them when there are more (always the same ones for a file)."""
+        checked = prepare.check(dataset, fmt, columns)
+        total = checked.usable_count
+        positions = (
+            range(total) if total <= LENGTH_SAMPLE else sorted(random.Random(0).sample(range(total), LENGTH_SAMPLE))
+        )
         encoder = TemplateEncoder(self._tokenizer(model), template)
-        return [len(encoder.encode(conversation, 10**9)[0]) for conversation in conversations]
+        encoded = encoder.encode_batch(checked.conversations(list(positions)))
+        return TokenLengths([len(input_ids) for input_ids, _ in encoded], total)
 
     def render_sample(
         self, dataset: str, fmt: str, model: str, template: str, index: int, cutoff_len: int = 10**9, columns: str = ""
     ) -> tuple[str, list[tuple[str, bool]]]:
         """One conversation as the model will see it: (template name, [(text, carries loss), ...]).
         Consecutive tokens with the same flag are decoded together, so multi-byte characters stay whole."""
-        conversations = load_conversations(dataset, fmt, columns).conversations
-        conversation = conversations[min(max(index, 0), len(conversations) - 1)]
+        checked = prepare.check(dataset, fmt, columns)
+        conversation = checked.conversations([min(max(index, 0), checked.usable_count - 1)])[0]
         tokenizer = self._tokenizer(model)
         encoder = TemplateEncoder(tokenizer, template)
         input_ids, labels = encoder.encode(conversation, cutoff_len)

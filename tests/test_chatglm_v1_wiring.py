@@ -121,7 +121,7 @@ def test_reading_paths_never_convert(tmp_path):
         "<sop> 我是小智,由 GLM Workbench 团队微调的 AI 助手。<eop>"
     ]
     assert "".join(text for text, trained in pieces if not trained) == "你是谁?[gMASK]"
-    lengths = wb.token_lengths("identity", "auto", str(source), "auto")
+    lengths = wb.token_lengths("identity", "auto", str(source), "auto").lengths
     assert len(lengths) == 50 and min(lengths) > 5
     assert not conversion_target(source).exists()
     now = sorted((home_dir() / "converted").glob("*")) if (home_dir() / "converted").exists() else []

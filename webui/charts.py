@@ -1,8 +1,4 @@
-"""Plotly figures from a run's metrics.jsonl records.
-
-A panel without data shows a sentence, never empty axes (plotly's default -1..6 range reads as a broken chart);
-the loss axis turns logarithmic when the loss spans more than a decade, where a linear axis shows a flat line.
-"""
+"""Plotly figures from a run's metrics.jsonl records."""
 
 from __future__ import annotations
 
@@ -10,10 +6,6 @@ import math
 from typing import Any
 
 import plotly.graph_objects as go
-
-LOG_SCALE_SPAN = 10.0  # max/min of the loss beyond which a log axis is the default
-# Plotly's toolbar speaks English only and the charts need none of it: hovering shows the values.
-NO_TOOLBAR = ["zoom", "pan", "select", "lasso", "zoomin", "zoomout", "autoscale", "resetscale", "toimage"]
 
 
 def smooth(values: list[float], weight: float = 0.8) -> list[float]:
@@ -30,24 +22,9 @@ def _series(metrics: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
     return [s for s, _ in points], [v for _, v in points]
 
 
-def wants_log_scale(metrics: list[dict[str, Any]]) -> bool:
-    """Whether the loss spans more than a decade (then a linear axis flattens everything after the start)."""
-    losses = [v for v in _series(metrics, "loss")[1] if v > 0]
-    return bool(losses) and max(losses) / min(losses) > LOG_SCALE_SPAN
-
-
-def _hide_axes(figure: go.Figure, row: int | None = None, col: int | None = None) -> None:
-    figure.update_xaxes(visible=False, row=row, col=col)
-    figure.update_yaxes(visible=False, row=row, col=col)
-
-
-def _note(figure: go.Figure, text: str, x: float, y: float) -> None:
-    figure.add_annotation(text=text, showarrow=False, x=x, y=y, xref="paper", yref="paper", font={"color": "#64748b"})
-
-
-def loss_figure(metrics: list[dict[str, Any]], t, log_scale: bool | None = None) -> go.Figure:
+def loss_figure(metrics: list[dict[str, Any]], t) -> go.Figure:
     """Four panels: train loss (raw, smoothed) and eval loss; eval perplexity; learning rate; tokens/s and
-    memory. Markers make even a single logged step visible. `log_scale` None: decided by the data."""
+    memory. Markers make even a single logged step visible."""
     from plotly.subplots import make_subplots
 
     figure = make_subplots(
@@ -59,13 +36,6 @@ def loss_figure(metrics: list[dict[str, Any]], t, log_scale: bool | None = None)
         specs=[[{}, {}], [{}, {"secondary_y": True}]],
     )
     steps, losses = _series(metrics, "loss")
-    if not losses:
-        _hide_axes(figure)
-        _note(figure, t("waiting_first_step"), 0.5, 0.5)
-        figure.update_layout(
-            height=520, margin={"l": 50, "r": 30, "t": 40, "b": 40}, template="plotly_white", modebar_remove=NO_TOOLBAR
-        )
-        return figure
     figure.add_trace(
         go.Scatter(
             x=steps,
@@ -78,11 +48,12 @@ def loss_figure(metrics: list[dict[str, Any]], t, log_scale: bool | None = None)
         row=1,
         col=1,
     )
-    figure.add_trace(
-        go.Scatter(x=steps, y=smooth(losses), mode="lines", name=t("loss_smoothed"), line={"color": "#2563eb"}),
-        row=1,
-        col=1,
-    )
+    if losses:
+        figure.add_trace(
+            go.Scatter(x=steps, y=smooth(losses), mode="lines", name=t("loss_smoothed"), line={"color": "#2563eb"}),
+            row=1,
+            col=1,
+        )
     eval_steps, eval_losses = _series(metrics, "eval_loss")
     if eval_losses:
         figure.add_trace(
@@ -108,9 +79,16 @@ def loss_figure(metrics: list[dict[str, Any]], t, log_scale: bool | None = None)
             row=1,
             col=2,
         )
-    else:
-        _hide_axes(figure, row=1, col=2)
-        _note(figure, t("perplexity_hint"), 0.78, 0.8)
+    elif losses:
+        figure.add_annotation(
+            text=t("perplexity_hint"),
+            showarrow=False,
+            x=0.78,
+            y=0.8,
+            xref="paper",
+            yref="paper",
+            font={"color": "#64748b"},
+        )
     figure.add_trace(
         go.Scatter(
             x=_series(metrics, "learning_rate")[0],
@@ -144,22 +122,21 @@ def loss_figure(metrics: list[dict[str, Any]], t, log_scale: bool | None = None)
         col=2,
         secondary_y=True,
     )
-    if wants_log_scale(metrics) if log_scale is None else log_scale:
-        figure.update_yaxes(type="log", row=1, col=1)
+    if not losses:
+        figure.add_annotation(text=t("waiting_first_step"), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
     figure.update_layout(
         height=520,
         margin={"l": 50, "r": 30, "t": 40, "b": 40},
         template="plotly_white",
-        modebar_remove=NO_TOOLBAR,
         legend={"orientation": "h", "y": -0.12},
     )
     figure.update_xaxes(title_text=t("step"), row=2)
     return figure
 
 
-def length_histogram(lengths: list[int], cutoff_len: int, t, sampled_from: int | None = None) -> go.Figure:
-    """Token lengths of the samples, with cutoff_len marked and the number it would truncate in the title.
-    `sampled_from`: the lengths are of the first N samples of a larger file (said in the title)."""
+def length_histogram(lengths: list[int], cutoff_len: int, t, total: int | None = None) -> go.Figure:
+    """Token lengths of the samples, with cutoff_len marked and the number it would truncate in the title. With
+    `total` larger than the number of lengths, they are a random sample of that many, and the title says so."""
     truncated = sum(length > cutoff_len for length in lengths)
     figure = go.Figure(go.Histogram(x=lengths, nbinsx=min(50, max(5, len(set(lengths)))), name=t("tokens")))
     longest = max(lengths) if lengths else 0
@@ -171,9 +148,19 @@ def length_histogram(lengths: list[int], cutoff_len: int, t, sampled_from: int |
             annotation_text=f"cutoff_len={cutoff_len}",
             annotation_position="top right",
         )
-    title = t("length_title", count=len(lengths), longest=longest, truncated=truncated, cutoff=cutoff_len)
-    if sampled_from is not None:
-        title += " " + t("length_sample_note", count=sampled_from)
+    if total is not None and total > len(lengths):
+        share = f"{100 * truncated / max(len(lengths), 1):.1f}%"
+        title = t(
+            "length_title_sampled",
+            count=len(lengths),
+            total=total,
+            longest=longest,
+            truncated=truncated,
+            share=share,
+            cutoff=cutoff_len,
+        )
+    else:
+        title = t("length_title", count=len(lengths), longest=longest, truncated=truncated, cutoff=cutoff_len)
     figure.update_layout(
         title=title,
         xaxis_title=t("tokens"),
@@ -181,12 +168,8 @@ def length_histogram(lengths: list[int], cutoff_len: int, t, sampled_from: int |
         height=300,
         margin={"l": 50, "r": 20, "t": 50, "b": 40},
         template="plotly_white",
-        modebar_remove=NO_TOOLBAR,
         bargap=0.05,
     )
-    figure.update_yaxes(tickformat="d", rangemode="tozero")  # counts of samples are whole numbers
-    if len(lengths) < 10:
-        figure.update_yaxes(dtick=1)
     return figure
 
 
@@ -200,10 +183,7 @@ def overlay_figure(metrics_by_run: dict[str, list[dict[str, Any]]], t) -> go.Fig
         if evals:
             figure.add_trace(
                 go.Scatter(
-                    x=[s for s, _ in evals],
-                    y=[v for _, v in evals],
-                    mode="markers",
-                    name=f"{name} ({t('eval_loss')})",
+                    x=[s for s, _ in evals], y=[v for _, v in evals], mode="markers", name=f"{name} ({t('eval_loss')})"
                 )
             )
     figure.update_layout(
@@ -212,13 +192,7 @@ def overlay_figure(metrics_by_run: dict[str, list[dict[str, Any]]], t) -> go.Fig
         yaxis_title=t("loss"),
         height=380,
         template="plotly_white",
-        modebar_remove=NO_TOOLBAR,
         margin={"l": 50, "r": 20, "t": 50, "b": 40},
         legend={"orientation": "h", "y": -0.25},
     )
-    if not any(len(trace.x or ()) for trace in figure.data):
-        _hide_axes(figure)
-        _note(figure, t("no_data_yet"), 0.5, 0.5)
-    elif any(wants_log_scale(metrics) for metrics in metrics_by_run.values()):
-        figure.update_yaxes(type="log")
     return figure

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from core.data.formats import Conversation, ConversionResult, RowProblem, convert, parse_columns, rename_columns
 from core.data.readers import read_rows, resolve_dataset
-from core.data.template import IGNORE_INDEX, TemplateEncoder
+from core.data.template import TemplateEncoder
 from core.errors import DataError
 from core.i18n import message
 
@@ -43,10 +44,13 @@ def load_conversations(name_or_path: str, fmt: str = "auto", columns: str = "") 
 
 @dataclass
 class TokenizedData:
-    train: list[dict[str, list[int]]]
-    eval: list[dict[str, list[int]]] = field(default_factory=list)
+    """Training samples (input_ids, labels, attention_mask): a memory-mapped `datasets.Dataset` from the data
+    cache, or lists of dicts (tokenize_conversations); either goes to the Trainer as it is."""
+
+    train: Any
+    eval: Any = field(default_factory=list)
     format: str = ""
-    problems: list[RowProblem] = field(default_factory=list)
+    problems: Sequence[RowProblem] = field(default_factory=list)
     truncated: int = 0
     rows: int | None = None  # usable rows, where they are not one sample each (KTO: a pair gives two)
 
@@ -62,12 +66,16 @@ def tokenize_dataset(
     seed: int = 42,
     columns: str = "",
 ) -> TokenizedData:
-    """Tokenize with loss masks; split off a validation set; drop samples that keep no answer token."""
-    loaded = load_conversations(name_or_path, fmt, columns)
-    conversations = loaded.conversations[:max_samples] if max_samples else loaded.conversations
-    data = tokenize_conversations(conversations, tokenizer, template, cutoff_len, val_size, seed, loaded.path)
-    data.format, data.problems = loaded.format, list(loaded.result.problems) + data.problems
-    return data
+    """Tokenize with loss masks; split off a validation set; drop samples that keep no answer token. The same
+    samples, split and report as tokenize_conversations over load_conversations gives, through the data cache
+    (core/data/prepare.py): read, checked and tokenized once per file, template, tokenizer and cutoff."""
+    from core.data import prepare
+
+    checked = prepare.check(name_or_path, fmt, columns)
+    tokens = prepare.tokenize(checked, tokenizer, template, cutoff_len, max_samples)
+    train, eval_samples = prepare.split(tokens.dataset, val_size, seed, checked.path)
+    problems = prepare.ProblemList(checked.folder / "problems.jsonl", checked.problem_count, tokens.dropped, cutoff_len)
+    return TokenizedData(train, eval_samples, checked.format, problems, tokens.truncated)
 
 
 def tokenize_conversations(
@@ -79,17 +87,19 @@ def tokenize_conversations(
     seed: int = 42,
     source: str = "",
 ) -> TokenizedData:
+    """Tokenize conversations held in memory (the distillation method's teacher-written answers) one by one: the
+    reference the cached path (tokenize_dataset) is tested against."""
+    from core.data.prepare import cut_sample
+
     encoder = TemplateEncoder(tokenizer, template)
     samples, problems, truncated = [], [], 0
     for index, conversation in enumerate(conversations, start=1):
-        input_ids, labels = encoder.encode(conversation, cutoff_len=10**9)
-        if len(input_ids) > cutoff_len:
-            truncated += 1
-            input_ids, labels = input_ids[:cutoff_len], labels[:cutoff_len]
-        if all(label == IGNORE_INDEX for label in labels):
+        sample, cut = cut_sample(*encoder.encode(conversation, cutoff_len=10**9), cutoff_len)
+        truncated += cut
+        if sample is None:
             problems.append(RowProblem(index, message("row.answer_beyond_cutoff", cutoff_len=cutoff_len), "sample"))
             continue
-        samples.append({"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)})
+        samples.append(sample)
     if not samples:
         raise DataError("data.all_beyond_cutoff", source or None, cutoff_len=cutoff_len)
     eval_count = int(val_size) if val_size >= 1 else int(round(len(samples) * val_size))

@@ -121,13 +121,15 @@ def rename_columns(rows: list[dict[str, Any]], mapping: dict[str, str]) -> list[
     mapped column keeps its own (so a mapping left filled in does not break files with standard names)."""
     if not mapping:
         return rows
-    renamed = []
-    for row in rows:
-        replaced = {mapping[key] for key in row if key in mapping}
-        renamed.append(
-            {mapping.get(key, key): value for key, value in row.items() if key in mapping or key not in replaced}
-        )
-    return renamed
+    return [rename_row(row, mapping) for row in rows]
+
+
+def rename_row(row: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
+    """One row with the mapped columns renamed (see rename_columns)."""
+    if not mapping:
+        return row
+    replaced = {mapping[key] for key in row if key in mapping}
+    return {mapping.get(key, key): value for key, value in row.items() if key in mapping or key not in replaced}
 
 
 SHAREGPT_ROLES = {
@@ -156,10 +158,7 @@ def detect_format(rows: list[dict[str, Any]]) -> str:
 
 def convert(rows: list[dict[str, Any]], fmt: str = "auto") -> ConversionResult:
     """Convert rows of one format to conversations, collecting per-row problems."""
-    if fmt == "auto":
-        fmt = detect_format(rows)
-    if fmt not in CONVERTERS:
-        raise DataError("data.unknown_format", format=fmt, formats=", ".join(FORMATS))
+    fmt = resolve_format(rows, fmt)
     converter = CONVERTERS[fmt]
     result = ConversionResult(format=fmt, conversations=[])
     for index, row in enumerate(rows, start=1):
@@ -174,6 +173,20 @@ def convert(rows: list[dict[str, Any]], fmt: str = "auto") -> ConversionResult:
             "data.no_usable_rows", format=fmt, rejected=len(result.problems), first=result.problems[0].as_message()
         )
     return result
+
+
+def resolve_format(rows: list[dict[str, Any]], fmt: str = "auto") -> str:
+    """The format to convert with: detected from the first row for "auto", else checked by name."""
+    if fmt == "auto":
+        fmt = detect_format(rows)
+    if fmt not in CONVERTERS:
+        raise DataError("data.unknown_format", format=fmt, formats=", ".join(FORMATS))
+    return fmt
+
+
+def convert_row(row: dict[str, Any], fmt: str) -> Conversation:
+    """One row of a known format as a checked conversation; RowError says why it cannot be one."""
+    return _check(CONVERTERS[fmt](row))
 
 
 def _text(row: dict[str, Any], key: str, required: bool = True) -> str:

@@ -35,16 +35,8 @@ def resolve_dataset(name_or_path: str) -> Path:
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """Read every row of a data file; raise DataError for anything that is not a table of objects."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_EXTENSIONS:
-        raise DataError(
-            "data.unsupported_type", path, suffix=suffix or "(none)", supported=", ".join(SUPPORTED_EXTENSIONS)
-        )
+    suffix = check_file(path)
     raw = path.read_bytes()
-    if not raw.strip():
-        raise DataError("data.file_empty", path)
-    if raw[:4] == b"PAR1" and suffix != ".parquet":
-        raise DataError("data.parquet_misnamed", path, suffix=suffix)
     reader = {".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet}[suffix]
     rows = reader(path, raw)
     if not rows:
@@ -53,6 +45,27 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(row, dict):
             raise DataError("data.row_not_object", path, index, got=type(row).__name__)
     return rows
+
+
+def check_file(path: Path) -> str:
+    """What can be told about a data file before reading its rows: a supported type, not empty (whitespace only
+    counts as empty), no parquet under another name. Reads only as far as the first character that is not
+    whitespace. Returns the file's suffix (lower case), which says how to read it."""
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_EXTENSIONS:
+        raise DataError(
+            "data.unsupported_type", path, suffix=suffix or "(none)", supported=", ".join(SUPPORTED_EXTENSIONS)
+        )
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+        block = head
+        while block and not block.strip():
+            block = handle.read(1 << 20)
+    if not block.strip():
+        raise DataError("data.file_empty", path)
+    if head == b"PAR1" and suffix != ".parquet":
+        raise DataError("data.parquet_misnamed", path, suffix=suffix)
+    return suffix
 
 
 def _decode(path: Path, raw: bytes) -> str:
@@ -115,17 +128,17 @@ def _read_parquet(path: Path, raw: bytes) -> list[dict[str, Any]]:
         frame = pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several unrelated types for a broken file
         raise DataError("data.invalid_parquet", path, detail=str(exc).strip()) from None
-    return [_plain(row) for row in frame.to_dict(orient="records")]
+    return [plain_value(row) for row in frame.to_dict(orient="records")]
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """numpy arrays / scalars from parquet -> plain lists / Python values (NaN -> None)."""
     if hasattr(value, "tolist"):
         value = value.tolist()
     if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: plain_value(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [plain_value(item) for item in value]
     if isinstance(value, float) and math.isnan(value):
         return None
     return value

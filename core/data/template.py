@@ -210,8 +210,16 @@ def resolve_template(name: str, tokenizer) -> str:
     return detect_template(tokenizer) if name == AUTO else get_template(name).name
 
 
+# One piece of a sample: token ids as they are, or a text still to encode (on its own: see the module docstring).
+Part = list[int] | str
+
+
 class TemplateEncoder:
-    """Encodes conversations for one tokenizer and template; caches special token ids."""
+    """Encodes conversations for one tokenizer and template; caches special token ids.
+
+    A conversation becomes a plan: pieces of parts (token ids, or a text to encode on its own) with whether the
+    piece carries loss. `encode` resolves one plan text by text; `encode_batch` resolves many plans with one
+    tokenizer call for all their texts. Both assemble the same plan, so they give the same ids and labels."""
 
     def __init__(self, tokenizer, template: Template | str):
         self.tokenizer = tokenizer
@@ -219,6 +227,11 @@ class TemplateEncoder:
             template = get_template(resolve_template(template, tokenizer))
         self.template = template
         self._ids: dict[str, int] = {}
+        self._backend = None  # the fast tokenizer's own Rust tokenizer, set up as `encode` uses it (batches)
+
+    def __getstate__(self) -> dict:
+        # The Rust backend copy is rebuilt where it is used (a worker process), not pickled along.
+        return {**self.__dict__, "_backend": None}
 
     def token_id(self, token: str) -> int:
         if token not in self._ids:
@@ -237,61 +250,95 @@ class TemplateEncoder:
     def _text(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False) if text else []
 
+    def _texts(self, texts: list[str]) -> list[list[int]]:
+        """`_text` of each text, in one call. A fast tokenizer's `encode` is its Rust `encode_batch` with
+        truncation and padding off and its own `split_special_tokens`: called here directly on a copy set up the
+        same way, for many texts at once. Any other tokenizer encodes text by text."""
+        if not getattr(self.tokenizer, "is_fast", False) or getattr(self.tokenizer, "backend_tokenizer", None) is None:
+            return [self._text(text) for text in texts]
+        if self._backend is None:
+            from tokenizers import Tokenizer
+
+            backend = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+            backend.no_truncation()
+            backend.no_padding()
+            backend.encode_special_tokens = bool(getattr(self.tokenizer, "split_special_tokens", False))
+            self._backend = backend
+        found = self._backend.encode_batch([text for text in texts if text], add_special_tokens=False)
+        encoded = iter(found)
+        return [next(encoded).ids if text else [] for text in texts]
+
     def _prefix(self) -> list[int]:
         return [self.token_id(t) for t in self.template.prefix]
 
-    def _segments(self, conversation: Conversation) -> list[tuple[list[int], bool]]:
-        """(ids, carries_loss) pieces in order."""
+    def _plan(self, conversation: Conversation) -> list[tuple[list[Part], bool]]:
+        """(parts, carries_loss) pieces in order."""
         if self.template.rounds is not None:
-            return self._round_segments(conversation)
-        pieces: list[tuple[list[int], bool]] = [(self._prefix(), False)]
+            return self._round_plan(conversation)
+        pieces: list[tuple[list[Part], bool]] = [([self._prefix()], False)]
         if conversation.system:
-            pieces.append(
-                (
-                    [self.token_id(self.template.role_token("system"))]
-                    + self._text("\n")
-                    + self._text(conversation.system),
-                    False,
-                )
-            )
+            pieces.append(([[self.token_id(self.template.role_token("system"))], "\n", conversation.system], False))
         previous = None
         for message in conversation.messages:
             role_id = self.token_id(self.template.role_token(message["role"]))
             if message["role"] == "assistant":
-                pieces.append(([role_id], False))
-                pieces.append((self._text("\n"), not self.template.prompt_newline))
-                pieces.append((self._text(message["content"]), True))
+                pieces.append(([[role_id]], False))
+                pieces.append((["\n"], not self.template.prompt_newline))
+                pieces.append(([message["content"]], True))
             else:
                 # The role token that follows an answer ends that answer: learn to emit it.
-                pieces.append(([role_id], previous == "assistant"))
-                pieces.append((self._text("\n") + self._text(message["content"]), False))
+                pieces.append(([[role_id]], previous == "assistant"))
+                pieces.append((["\n", message["content"]], False))
             previous = message["role"]
         return pieces
 
-    def _round_segments(self, conversation: Conversation) -> list[tuple[list[int], bool]]:
-        """The history as prompt text (one encode call, as THUDM encodes it), then the last answer."""
+    def _round_plan(self, conversation: Conversation) -> list[tuple[list[Part], bool]]:
+        """The history as prompt text (one text, encoded whole as THUDM encodes it), then the last answer."""
         history, answer = conversation.messages[:-1], conversation.messages[-1]["content"]
         return [
-            (self._generation_prompt(history, conversation.system), False),
-            ([self.token_id(t) for t in self.template.answer_prefix] + self._text(answer), True),
+            (self._generation_prompt_plan(history, conversation.system), False),
+            ([[self.token_id(t) for t in self.template.answer_prefix], answer], True),
         ]
 
-    def _generation_prompt(self, messages: list[dict[str, str]], system: str) -> list[int]:
+    def _generation_prompt_plan(self, messages: list[dict[str, str]], system: str) -> list[Part]:
         """A rounds template's prompt: prefix, the rounds' text, the prompt suffix (no answer prefix)."""
-        ids = self._prefix() + self._text(self.template.rounds.text(list(messages), system))
-        return ids + [self.token_id(t) for t in self.template.prompt_suffix]
+        suffix = [self.token_id(t) for t in self.template.prompt_suffix]
+        return [self._prefix(), self.template.rounds.text(list(messages), system), suffix]
 
-    def encode(self, conversation: Conversation, cutoff_len: int) -> tuple[list[int], list[int]]:
-        """Token ids and labels (IGNORE_INDEX where no loss), truncated to cutoff_len."""
+    def _resolve(self, parts: list[Part]) -> list[int]:
+        ids: list[int] = []
+        for part in parts:
+            ids += self._text(part) if isinstance(part, str) else part
+        return ids
+
+    def _assemble(self, plan: list[tuple[list[Part], bool]], encoded) -> tuple[list[int], list[int]]:
+        """Ids and labels of a plan (no truncation); `encoded(text)` gives a text's ids."""
         input_ids: list[int] = []
         labels: list[int] = []
-        for ids, trains in self._segments(conversation):
+        for parts, trains in plan:
+            ids: list[int] = []
+            for part in parts:
+                ids += encoded(part) if isinstance(part, str) else part
             input_ids += ids
             labels += ids if trains else [IGNORE_INDEX] * len(ids)
         end_id = self.token_id(self.template.end_token)
         input_ids.append(end_id)
         labels.append(end_id)
+        return input_ids, labels
+
+    def encode(self, conversation: Conversation, cutoff_len: int) -> tuple[list[int], list[int]]:
+        """Token ids and labels (IGNORE_INDEX where no loss), truncated to cutoff_len."""
+        input_ids, labels = self._assemble(self._plan(conversation), self._text)
         return input_ids[:cutoff_len], labels[:cutoff_len]
+
+    def encode_batch(self, conversations: list[Conversation]) -> list[tuple[list[int], list[int]]]:
+        """`encode` of each conversation, untruncated: every distinct text of the batch encoded in one call."""
+        plans = [self._plan(conversation) for conversation in conversations]
+        texts = list(
+            dict.fromkeys(part for plan in plans for parts, _ in plan for part in parts if isinstance(part, str))
+        )
+        known = dict(zip(texts, self._texts(texts)))
+        return [self._assemble(plan, known.__getitem__) for plan in plans]
 
     def encode_completion(
         self, messages: list[dict[str, str]], answer: str, system: str = ""
@@ -312,9 +359,9 @@ class TemplateEncoder:
         """Ids for generation: the history (ending with a user turn) plus the assistant header."""
         if self.template.rounds is not None:
             answer_prefix = [self.token_id(t) for t in self.template.answer_prefix]
-            return self._generation_prompt(messages, system) + answer_prefix
+            return self._resolve(self._generation_prompt_plan(messages, system)) + answer_prefix
         ids: list[int] = []
-        for piece, _ in self._segments(Conversation(list(messages), system)):
-            ids += piece
+        for parts, _ in self._plan(Conversation(list(messages), system)):
+            ids += self._resolve(parts)
         header = [self.token_id(self.template.role_token("assistant"))]
         return ids + header + (self._text("\n") if self.template.prompt_newline else [])

@@ -45,7 +45,6 @@ class ClaimedRun:
 def check_inputs(config: RunConfig) -> None:
     """Refuse, before any run folder exists, what cannot be used: wrong settings, a model that is not there, a
     dataset that cannot be read (its file, its format, its rows; for a preference stage, no pair in it)."""
-    from core.data.dataset import load_conversations
     from core.models.loader import check_model_fits_config, check_model_reference, locate_model
 
     config.validate()
@@ -53,7 +52,9 @@ def check_inputs(config: RunConfig) -> None:
     check_model_fits_config(locate_model(config.model_name_or_path), config)
     for dataset in filter(None, (config.dataset, config.eval_dataset)):
         if config.stage == "sft":
-            load_conversations(dataset, config.dataset_format, config.columns)
+            from core.data.prepare import check
+
+            check(dataset, config.dataset_format, config.columns)  # cached: the run reads it from there
         else:  # a preference stage needs pairs (or, for KTO, kto_tag rows) in the file
             from core.data.pairs import check_preference_rows
 

@@ -346,7 +346,7 @@ class TrainingSession:
             from core.training.fused_loss import with_fused_loss
 
             trainer_class = with_fused_loss(trainer_class)
-        args = _training_arguments(self.config, self.run_dir, bool(data.eval), self.show_progress)
+        args = _training_arguments(self.config, self.run_dir, len(data.eval) > 0, self.show_progress)
         if method.optimizer is not None:
             extra["optimizers"] = (method.optimizer(model, args, self.config), None)
         return trainer_class(
@@ -354,7 +354,7 @@ class TrainingSession:
             model=model,
             args=args,
             train_dataset=data.train,
-            eval_dataset=data.eval or None,
+            eval_dataset=data.eval if len(data.eval) else None,
             data_collator=make_collator(tokenizer, self.config.packing),
             processing_class=tokenizer,
             callbacks=callbacks,

@@ -26,13 +26,12 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def rows_page(rows: list[dict[str, Any]], page: int) -> pd.DataFrame:
+def page_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """One page of rows as a table: the columns of these rows, in the order they first appear."""
     columns: list[str] = []
     for row in rows:
         columns += [key for key in row if key not in columns]
-    start = (max(int(page or 1), 1) - 1) * PAGE_SIZE
-    chunk = rows[start : start + PAGE_SIZE]
-    return pd.DataFrame([[_cell(row.get(c)) for c in columns] for row in chunk], columns=columns)
+    return pd.DataFrame([[_cell(row.get(c)) for c in columns] for row in rows], columns=columns)
 
 
 def dataset_options(ctx: UIContext) -> list[tuple[str, str]]:
@@ -93,50 +92,61 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
         return t("sample_legend", template=used), f"<pre class='gw-sample'>{spans}</pre>"
 
     def preview(name: str, format_name: str, page_number: float, mapping: str = ""):
+        """The summary and a page of rows. A large file shows its first rows at once, straight from the file, and
+        the summary once every row is checked (the next time, both come from the data cache)."""
+        page_number = max(int(page_number or 1), 1)
+        peek = ctx.wb.peek_dataset(name, format_name, mapping, page_number * PAGE_SIZE)
+        if peek is not None:
+            text = t("data_checking", path=Path(name).name, format=peek.format or "?") + f" · {page_number}"
+            yield text, page_table(peek.rows[(page_number - 1) * PAGE_SIZE :]), page_number
         try:
-            loaded = ctx.wb.preview_dataset(name, format_name, mapping)
+            checked = ctx.wb.preview_dataset(name, format_name, mapping)
         except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
-            return ctx.error(exc), pd.DataFrame(), gr.update()
-        pages = max(1, math.ceil(len(loaded.rows) / PAGE_SIZE))
-        page_number = min(max(int(page_number or 1), 1), pages)
+            yield ctx.error(exc), pd.DataFrame(), gr.update()
+            return
+        pages = max(1, math.ceil(checked.row_count / PAGE_SIZE))
+        page_number = min(page_number, pages)
         text = (
             t(
                 "data_summary",
                 path=Path(name).name,
-                format=loaded.format,
-                rows=len(loaded.rows),
-                usable=len(loaded.conversations),
+                format=checked.format,
+                rows=checked.row_count,
+                usable=checked.usable_count,
             )
             + f" · {page_number}/{pages}"
         )
-        problems = loaded.result.problems
-        if problems:
+        if checked.problem_count:
             text += (
                 "\n\n"
-                + t("data_problems", count=len(problems))
+                + t("data_problems", count=checked.problem_count)
                 + "\n"
-                + "\n".join(f"- {t.message(p)}" for p in problems[:20])
+                + "\n".join(f"- {t.message(p)}" for p in checked.problems(20))
             )
-        return text, rows_page(loaded.rows, page_number), page_number
+        yield text, page_table(checked.page(page_number, PAGE_SIZE)), page_number
 
     def on_upload(file_path: str | None, format_name: str, mapping: str = "", current: str = ""):
         """Check the file where it was uploaded; keep it in the workspace (and select it) only if it can be used,
         or if only its column names need mapping. A file that cannot be used changes nothing on the page: the
         table, sample and histogram stay on the dataset shown before, and the message says so."""
         if not file_path:
-            return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
+            yield gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
+            return
         try:
             ctx.wb.preview_dataset(file_path, format_name, mapping)
         except UnknownColumnsError as exc:
             # The rows read fine: keep the file selected so a column mapping can be typed in and applied.
             saved = ctx.wb.add_upload(file_path)
             options = gr.update(choices=dataset_options(ctx), value=saved)
-            return options, ctx.error(exc), pd.DataFrame(), gr.update(), None
+            yield options, ctx.error(exc), pd.DataFrame(), gr.update(), None
+            return
         except Exception as exc:  # noqa: BLE001 - a file that cannot be used never becomes the selected dataset
             kept = t("data_upload_kept", dataset=Path(current or "identity").name)
-            return gr.skip(), f"{ctx.error(exc)}\n\n{kept}", gr.skip(), gr.skip(), None
+            yield gr.skip(), f"{ctx.error(exc)}\n\n{kept}", gr.skip(), gr.skip(), None
+            return
         saved = ctx.wb.add_upload(file_path)
-        return gr.update(choices=dataset_options(ctx), value=saved), *preview(saved, format_name, 1, mapping), None
+        for shown in preview(saved, format_name, 1, mapping):
+            yield gr.update(choices=dataset_options(ctx), value=saved), *shown, None
 
     # `.input` fires on the user's own changes only, so an upload that selects its file does not preview twice.
     preview_io = dict(fn=preview, inputs=[dataset, fmt, page, columns], outputs=[summary, table, page])
@@ -154,10 +164,10 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
 
     def lengths(name: str, format_name: str, model: str, template: str, cutoff_len: float, mapping: str = ""):
         try:
-            counts = ctx.wb.token_lengths(name, format_name, model, template, mapping)
+            found = ctx.wb.token_lengths(name, format_name, model, template, mapping)
         except Exception:  # noqa: BLE001 - the preview above already names data problems
             return None  # no histogram rather than another dataset's
-        return length_histogram(counts, int(cutoff_len or 0), t)
+        return length_histogram(found.lengths, int(cutoff_len or 0), t, total=found.total)
 
     def refresh(current: str | None):
         options = dataset_options(ctx)
