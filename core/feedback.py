@@ -104,6 +104,36 @@ class FeedbackStore:
         self._append(self.root / f"{name}.jsonl", [row])
         return self.counts(name)
 
+    def record_column(
+        self,
+        name: str,
+        messages: list[dict[str, str]],
+        answers: list[str],
+        runs: list[str],
+        column: int,
+        judgment: str,
+        system: str = "",
+    ) -> FeedbackCounts:
+        """Side by side's verdict on one column: its answer is better than, worse than, or as good as each other
+        column's answer (one row each; a column with the same answer, or none, is no comparison). Refused when no
+        other column has a different answer."""
+        if not 0 <= column < len(answers):
+            raise DataError("feedback.no_column", column=column + 1, count=len(answers))
+        judged = (answers[column] or "").strip()
+        others = []
+        for index, answer in enumerate(answers):
+            text = (answer or "").strip()
+            if index != column and text and text != judged and text not in [a for a, _ in others]:
+                others.append((text, runs[index] if index < len(runs) else ""))
+        if not judged:
+            raise DataError("feedback.empty_answer")
+        if not others:
+            raise DataError("feedback.same_answers")
+        run = runs[column] if column < len(runs) else ""
+        for answer, other_run in others:
+            self.record(name, messages, judged, answer, judgment, run, other_run, system)
+        return self.counts(name)
+
     def record_written(
         self,
         name: str,

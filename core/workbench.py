@@ -397,6 +397,20 @@ class Workbench:
             feedback, messages, first, second, judgment, first_run, second_run, system
         ).to_dict()
 
+    def record_column_judgment(
+        self,
+        messages: list[dict[str, str]],
+        answers: list[str],
+        runs: list[str],
+        column: int,
+        judgment: str,
+        system: str = "",
+        feedback: str = DEFAULT_FEEDBACK,
+    ) -> dict[str, Any]:
+        """Side by side's vote under column `column` (0-based): "better", "worse" or "tie" against each other column
+        whose answer differs. `runs` name the columns' runs ("" for the base model). Returns the counts."""
+        return self.feedback.record_column(feedback, messages, answers, runs, column, judgment, system).to_dict()
+
     def record_written_answer(
         self,
         messages: list[dict[str, str]],

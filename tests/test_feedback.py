@@ -49,6 +49,32 @@ def test_votes_land_with_the_right_sides(tmp_path):
     assert counts["path"] == str(tmp_path / "ws" / "feedback" / "chat.jsonl")
 
 
+def test_a_vote_under_one_column_judges_it_against_each_different_answer(tmp_path):
+    """Side by side's buttons: column 2 "better" than base (columns 1 and 3 answered alike: one pair), "worse"
+    puts the other answers first, a column whose answer nobody else differs from has nothing to be judged against."""
+    wb = Workbench(tmp_path / "ws")
+    answers, runs = ["不知道。", "我是小智。", "不知道。"], ["", "run-a", ""]
+    counts = wb.record_column_judgment(CHAT, answers, runs, 1, "better")
+    assert counts["pairs"] == 1
+    wb.record_column_judgment(CHAT, ["我是小智。", "随便。", "再见。"], ["run-a", "", "run-b"], 0, "worse")
+    first, *worse = rows(counts["path"])
+    assert (first["chosen"], first["rejected"], first["chosen_run"], first["rejected_run"]) == (
+        "我是小智。",
+        "不知道。",
+        "run-a",
+        "",
+    )
+    assert [(row["chosen_run"], row["rejected_run"], row["rejected"]) for row in worse] == [
+        ("", "run-a", "我是小智。"),
+        ("run-b", "run-a", "我是小智。"),
+    ]
+    assert wb.record_column_judgment(CHAT, answers, runs, 0, "tie")["ties"] == 1
+    with pytest.raises(DataError, match="the same"):
+        wb.record_column_judgment(CHAT, ["同一个。", "同一个。", ""], runs, 0, "better")
+    with pytest.raises(DataError, match="no column 4"):
+        wb.record_column_judgment(CHAT, answers, runs, 3, "better")
+
+
 def test_a_tie_is_kept_apart_and_a_written_answer_is_pairs_and_sft(tmp_path):
     wb = Workbench(tmp_path / "ws")
     counts = wb.record_judgment(CHAT, "A", "B", "tie", "run-a", "run-b", feedback="mine")

@@ -1,4 +1,8 @@
-"""Plotly figures from a run's metrics.jsonl records."""
+"""Plotly figures from a run's metrics.jsonl records.
+
+A panel without data shows a sentence, never empty axes (plotly's default -1..6 range reads as a broken chart);
+the loss axis turns logarithmic when the loss spans more than a decade, where a linear axis shows a flat line.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,10 @@ import math
 from typing import Any
 
 import plotly.graph_objects as go
+
+LOG_SCALE_SPAN = 10.0  # max/min of the loss beyond which a log axis is the default
+# Plotly's toolbar speaks English only and the charts need none of it: hovering shows the values.
+NO_TOOLBAR = ["zoom", "pan", "select", "lasso", "zoomin", "zoomout", "autoscale", "resetscale", "toimage"]
 
 
 def smooth(values: list[float], weight: float = 0.8) -> list[float]:
@@ -22,20 +30,48 @@ def _series(metrics: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
     return [s for s, _ in points], [v for _, v in points]
 
 
-def loss_figure(metrics: list[dict[str, Any]], t) -> go.Figure:
+def wants_log_scale(metrics: list[dict[str, Any]]) -> bool:
+    """Whether the loss spans more than a decade (then a linear axis flattens everything after the start)."""
+    losses = [v for v in _series(metrics, "loss")[1] if v > 0]
+    return bool(losses) and max(losses) / min(losses) > LOG_SCALE_SPAN
+
+
+def _hide_axes(figure: go.Figure, row: int | None = None, col: int | None = None) -> None:
+    figure.update_xaxes(visible=False, row=row, col=col)
+    figure.update_yaxes(visible=False, row=row, col=col)
+
+
+def _note(figure: go.Figure, text: str, x: float, y: float) -> None:
+    figure.add_annotation(text=text, showarrow=False, x=x, y=y, xref="paper", yref="paper", font={"color": "#64748b"})
+
+
+def loss_figure(metrics: list[dict[str, Any]], t, log_scale: bool | None = None) -> go.Figure:
     """Four panels: train loss (raw, smoothed) and eval loss; eval perplexity; learning rate; tokens/s and
-    memory. Markers make even a single logged step visible."""
+    memory. Markers make even a single logged step visible. `log_scale` None: decided by the data."""
     from plotly.subplots import make_subplots
 
+    preference = any(m.get(key) is not None for m in metrics for key in PREFERENCE_SERIES)
+    titles = [t("chart_loss"), t("perplexity"), t.label("learning_rate"), t("throughput")]
+    specs = [[{}, {}], [{}, {"secondary_y": True}]]
+    if preference:  # a dpo/orpo/kto run: what it learns from the pairs, beside the loss
+        titles += [t("chart_reward_margin"), t("chart_logps")]
+        specs.append([{"secondary_y": True}, {}])
     figure = make_subplots(
-        rows=2,
+        rows=len(specs),
         cols=2,
         horizontal_spacing=0.08,
-        vertical_spacing=0.16,
-        subplot_titles=(t("chart_loss"), t("perplexity"), t.label("learning_rate"), t("throughput")),
-        specs=[[{}, {}], [{}, {"secondary_y": True}]],
+        vertical_spacing=0.1 if preference else 0.16,
+        subplot_titles=titles,
+        specs=specs,
     )
     steps, losses = _series(metrics, "loss")
+    if not losses:
+        _hide_axes(figure)
+        _note(figure, t("waiting_first_step"), 0.5, 0.5)
+        figure.update_layout(
+            height=520, margin={"l": 50, "r": 30, "t": 40, "b": 40}, template="plotly_white", modebar_remove=NO_TOOLBAR
+        )
+        return figure
     figure.add_trace(
         go.Scatter(
             x=steps,
@@ -48,12 +84,11 @@ def loss_figure(metrics: list[dict[str, Any]], t) -> go.Figure:
         row=1,
         col=1,
     )
-    if losses:
-        figure.add_trace(
-            go.Scatter(x=steps, y=smooth(losses), mode="lines", name=t("loss_smoothed"), line={"color": "#2563eb"}),
-            row=1,
-            col=1,
-        )
+    figure.add_trace(
+        go.Scatter(x=steps, y=smooth(losses), mode="lines", name=t("loss_smoothed"), line={"color": "#2563eb"}),
+        row=1,
+        col=1,
+    )
     eval_steps, eval_losses = _series(metrics, "eval_loss")
     if eval_losses:
         figure.add_trace(
@@ -79,16 +114,9 @@ def loss_figure(metrics: list[dict[str, Any]], t) -> go.Figure:
             row=1,
             col=2,
         )
-    elif losses:
-        figure.add_annotation(
-            text=t("perplexity_hint"),
-            showarrow=False,
-            x=0.78,
-            y=0.8,
-            xref="paper",
-            yref="paper",
-            font={"color": "#64748b"},
-        )
+    else:
+        _hide_axes(figure, row=1, col=2)
+        _note(figure, t("perplexity_hint"), 0.78, 0.8)
     figure.add_trace(
         go.Scatter(
             x=_series(metrics, "learning_rate")[0],
@@ -122,16 +150,50 @@ def loss_figure(metrics: list[dict[str, Any]], t) -> go.Figure:
         col=2,
         secondary_y=True,
     )
-    if not losses:
-        figure.add_annotation(text=t("waiting_first_step"), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    if preference:
+        _add_preference(figure, metrics, t)
+    if wants_log_scale(metrics) if log_scale is None else log_scale:
+        figure.update_yaxes(type="log", row=1, col=1)
     figure.update_layout(
-        height=520,
+        height=760 if preference else 520,
         margin={"l": 50, "r": 30, "t": 40, "b": 40},
         template="plotly_white",
+        modebar_remove=NO_TOOLBAR,
         legend={"orientation": "h", "y": -0.12},
     )
-    figure.update_xaxes(title_text=t("step"), row=2)
+    figure.update_xaxes(title_text=t("step"), row=len(specs))
     return figure
+
+
+# The preference figures callbacks.py records (PREFERENCE_KEYS' names), by panel.
+PREFERENCE_SERIES = ("reward_margin", "reward_accuracy", "logp_chosen", "logp_rejected", "kl")
+
+
+def _add_preference(figure, metrics: list[dict[str, Any]], t) -> None:
+    """Row 3: the reward margin (and KTO's KL) with the pair accuracy on its own axis; log p of chosen and rejected."""
+    for key, secondary, style in (
+        ("reward_margin", False, {"color": "#16a34a"}),
+        ("kl", False, {"color": "#64748b", "dash": "dot"}),
+        ("reward_accuracy", True, {"color": "#9333ea", "dash": "dash"}),
+    ):
+        steps, values = _series(metrics, key)
+        if values:
+            figure.add_trace(
+                go.Scatter(x=steps, y=values, mode="lines+markers", marker={"size": 3}, name=t(key), line=style),
+                row=3,
+                col=1,
+                secondary_y=secondary,
+            )
+    for key, color in (("logp_chosen", "#16a34a"), ("logp_rejected", "#dc2626")):
+        steps, values = _series(metrics, key)
+        if values:
+            figure.add_trace(
+                go.Scatter(
+                    x=steps, y=values, mode="lines+markers", marker={"size": 3}, name=t(key), line={"color": color}
+                ),
+                row=3,
+                col=2,
+            )
 
 
 def length_histogram(lengths: list[int], cutoff_len: int, t, total: int | None = None) -> go.Figure:
@@ -183,7 +245,10 @@ def overlay_figure(metrics_by_run: dict[str, list[dict[str, Any]]], t) -> go.Fig
         if evals:
             figure.add_trace(
                 go.Scatter(
-                    x=[s for s, _ in evals], y=[v for _, v in evals], mode="markers", name=f"{name} ({t('eval_loss')})"
+                    x=[s for s, _ in evals],
+                    y=[v for _, v in evals],
+                    mode="markers",
+                    name=f"{name} ({t('eval_loss')})",
                 )
             )
     figure.update_layout(
@@ -192,7 +257,13 @@ def overlay_figure(metrics_by_run: dict[str, list[dict[str, Any]]], t) -> go.Fig
         yaxis_title=t("loss"),
         height=380,
         template="plotly_white",
+        modebar_remove=NO_TOOLBAR,
         margin={"l": 50, "r": 20, "t": 50, "b": 40},
         legend={"orientation": "h", "y": -0.25},
     )
+    if not any(len(trace.x or ()) for trace in figure.data):
+        _hide_axes(figure)
+        _note(figure, t("no_data_yet"), 0.5, 0.5)
+    elif any(wants_log_scale(metrics) for metrics in metrics_by_run.values()):
+        figure.update_yaxes(type="log")
     return figure

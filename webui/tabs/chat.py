@@ -7,7 +7,11 @@ from typing import Any
 import gradio as gr
 
 from core.chat.engine import GenerationSettings
+from core.feedback import DEFAULT_NAME as DEFAULT_FEEDBACK
 from webui.context import UIContext
+
+COLUMNS = 3  # side by side: the base model and two runs, by default
+VOTES = ("better", "worse", "tie", "write")  # the buttons under each answer
 
 
 def plain_messages(history: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -108,8 +112,9 @@ def create_chat_tab(ctx: UIContext) -> dict:
     with gr.Accordion(t("compare_title"), open=False):
         compare_prompt = gr.Textbox(label=t("compare_prompt"), elem_id="compare-prompt")
         columns = []
+        votes = []
         with gr.Row():
-            for number in range(3):
+            for number in range(COLUMNS):
                 with gr.Column():
                     choice = gr.Dropdown(
                         [none_choice],
@@ -120,7 +125,34 @@ def create_chat_tab(ctx: UIContext) -> dict:
                     )
                     answer = gr.Markdown(elem_id=f"compare-answer-{number + 1}")
                     columns.append((choice, answer))
+                    with gr.Row():
+                        buttons = {
+                            verdict: gr.Button(
+                                t(f"vote_{verdict}"),
+                                size="sm",
+                                min_width=60,
+                                interactive=False,
+                                elem_id=f"vote-{verdict}-{number + 1}",
+                            )
+                            for verdict in VOTES
+                        }
+                    votes.append(buttons)
         compare_go = gr.Button(t("compare_go"), elem_id="compare-go")
+        with gr.Group(visible=False) as write_group:
+            written = gr.Textbox(
+                label=t("vote_write_label"), info=t("vote_write_info"), lines=3, elem_id="vote-written"
+            )
+            save_written = gr.Button(t("vote_write_save"), variant="primary", elem_id="vote-write-save")
+        with gr.Row():
+            feedback_name = gr.Textbox(
+                DEFAULT_FEEDBACK,
+                label=t("vote_dataset"),
+                info=t("vote_dataset_info"),
+                scale=1,
+                elem_id="vote-dataset",
+            )
+            vote_notice = gr.Markdown(elem_id="vote-notice")
+        compared = gr.State(None)  # the comparison the vote buttons judge: prompt, system, answers, runs
 
     with gr.Accordion(t("api_title"), open=False):
         with gr.Row():
@@ -143,9 +175,12 @@ def create_chat_tab(ctx: UIContext) -> dict:
 
     def compare(prompt, model_, system_, temperature_, top_p_, max_new_, greedy_, *columns_and_penalty):
         """The same prompt through each column's adapter (or the base), one after another, streaming. A column
-        that names the same adapter as an earlier one shows that answer again instead of generating twice."""
+        that names the same adapter as an earlier one shows that answer again instead of generating twice. Once
+        every column has answered, the vote buttons judge this comparison."""
         *adapters, penalty_ = columns_and_penalty
+        adapters = [a or "" for a in adapters]
         answers = ["" for _ in adapters]
+        failed = [False for _ in adapters]
         settings = GenerationSettings(
             max_new_tokens=int(max_new_),
             temperature=temperature_,
@@ -153,20 +188,91 @@ def create_chat_tab(ctx: UIContext) -> dict:
             greedy=bool(greedy_),
             repetition_penalty=float(penalty_ or 1.0),
         )
+        waiting = [gr.update(interactive=False)] * (COLUMNS * len(VOTES))
+        if not (prompt or "").strip():
+            yield *answers, None, *waiting, t("compare_no_prompt")
+            return
+        messages = [{"role": "user", "content": prompt}]
         for index, adapter_ in enumerate(adapters):
-            if (adapter_ or "") in [a or "" for a in adapters[:index]]:
-                answers[index] = answers[[a or "" for a in adapters].index(adapter_ or "")]
-                yield answers
+            if adapter_ in adapters[:index]:
+                earlier = adapters.index(adapter_)
+                answers[index], failed[index] = answers[earlier], failed[earlier]
+                yield *answers, None, *waiting, ""
                 continue
             try:
-                for reply in ctx.wb.chat_stream(
-                    [{"role": "user", "content": prompt}], model_, adapter_ or None, system_, settings
-                ):
+                for reply in ctx.wb.chat_stream(messages, model_, adapter_ or None, system_, settings):
                     answers[index] = reply
-                    yield answers
+                    yield *answers, None, *waiting, ""
             except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
-                answers[index] = ctx.error(exc)
-                yield answers
+                answers[index], failed[index] = ctx.error(exc), True
+                yield *answers, None, *waiting, ""
+        comparison = {
+            "messages": messages,
+            "system": system_ or "",
+            "answers": ["" if bad else answer for answer, bad in zip(answers, failed)],
+            "runs": adapters,
+            "judged": False,
+        }
+        votable = [not bad and answer.strip() for answer, bad in zip(answers, failed)]
+        # A vote needs two different answers to compare.
+        distinct = len({a.strip() for a, ok in zip(comparison["answers"], votable) if ok}) >= 2
+        buttons = [
+            gr.update(interactive=bool(ok) and (verdict == "write" or distinct)) for ok in votable for verdict in VOTES
+        ]
+        yield *answers, comparison, *buttons, ""
+
+    def vote(comparison, column: int, verdict: str, feedback: str):
+        """One verdict on the shown comparison, recorded against each other column's (different) answer."""
+        if not comparison:
+            return comparison, t("vote_nothing")
+        if comparison.get("judged"):
+            return comparison, t("vote_already")
+        try:
+            counts = ctx.wb.record_column_judgment(
+                comparison["messages"],
+                comparison["answers"],
+                comparison["runs"],
+                column,
+                verdict,
+                comparison["system"],
+                feedback=feedback,
+            )
+        except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
+            return comparison, ctx.error(exc)
+        return {**comparison, "judged": True}, t(f"vote_recorded_{verdict}", column=column + 1) + " " + counts_text(
+            counts
+        )
+
+    def counts_text(counts: dict) -> str:
+        return t(
+            "vote_counts",
+            dataset=f"feedback/{counts['name']}.jsonl",
+            pairs=counts["pairs"],
+            ties=counts["ties"],
+            written=counts["sft_rows"],
+        )
+
+    def open_writing(comparison, column: int):
+        """The text box starts from that column's answer: correcting it is quicker than writing from nothing."""
+        if not comparison:
+            return gr.skip(), gr.update(visible=False), t("vote_nothing")
+        return comparison["answers"][column], gr.update(visible=True), t("vote_write_hint")
+
+    def save_writing(comparison, text: str, feedback: str):
+        if not comparison:
+            return gr.skip(), t("vote_nothing")
+        try:
+            counts = ctx.wb.record_written_answer(
+                comparison["messages"],
+                text,
+                [a for a in comparison["answers"] if a],
+                [r for r, a in zip(comparison["runs"], comparison["answers"]) if a],
+                comparison["system"],
+                feedback=feedback,
+            )
+        except Exception as exc:  # noqa: BLE001
+            return gr.skip(), ctx.error(exc)
+        return gr.update(visible=False), t("vote_written_saved") + " " + counts_text(counts)
 
     chat_io = dict(
         fn=respond,
@@ -186,7 +292,8 @@ def create_chat_tab(ctx: UIContext) -> dict:
     )
     sent = send.click(**chat_io, api_name="chat")
     submitted = message.submit(**chat_io, api_name=False)
-    compared = compare_go.click(
+    vote_buttons = [button for buttons in votes for button in buttons.values()]
+    comparing = compare_go.click(
         compare,
         [
             compare_prompt,
@@ -199,11 +306,28 @@ def create_chat_tab(ctx: UIContext) -> dict:
             *[c for c, _ in columns],
             repetition_penalty,
         ],
-        [a for _, a in columns],
+        [*[a for _, a in columns], compared, *vote_buttons, vote_notice],
         api_name="compare",
     )
+    for column, buttons in enumerate(votes):
+        for verdict in ("better", "worse", "tie"):
+            buttons[verdict].click(
+                lambda comparison, feedback, column=column, verdict=verdict: vote(
+                    comparison, column, verdict, feedback
+                ),
+                [compared, feedback_name],
+                [compared, vote_notice],
+                api_name=False,
+            )
+        buttons["write"].click(
+            lambda comparison, column=column: open_writing(comparison, column),
+            compared,
+            [written, write_group, vote_notice],
+            api_name=False,
+        )
+    save_written.click(save_writing, [compared, written, feedback_name], [write_group, vote_notice], api_name=False)
     # Stopping cancels the streaming event; the engine then ends generation at the next token.
-    stop.click(None, None, None, cancels=[sent, submitted, compared], api_name=False)
+    stop.click(None, None, None, cancels=[sent, submitted, comparing], api_name=False)
     clear.click(lambda: ([], ""), None, [chatbot, notice], api_name=False)
     # A different model or adapter starts a new conversation: old answers came from other weights.
     for selector in (model, adapter):

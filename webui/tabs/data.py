@@ -35,8 +35,20 @@ def page_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def dataset_options(ctx: UIContext) -> list[tuple[str, str]]:
-    """(shown name, value) pairs: uploads by file name, not by their path on the server."""
-    return ctx.wb.dataset_choices()
+    """(shown name, value) pairs: uploads by file name, not by their path on the server; the chat's feedback
+    datasets with how many pairs / written answers they hold."""
+    counted: dict[str, tuple[str, int]] = {}
+    for found in ctx.wb.feedback_datasets():
+        counted[found["path"]] = ("feedback_pairs_choice", found["pairs"])
+        if found["sft_path"]:
+            counted[found["sft_path"]] = ("feedback_sft_choice", found["sft_rows"])
+    options = []
+    for name, value in ctx.wb.dataset_choices():
+        if value in counted:
+            key, count = counted[value]
+            name = ctx.t(key, name=name, count=count)
+        options.append((name, value))
+    return options
 
 
 def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:

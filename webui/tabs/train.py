@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from core.config import LR_SCHEDULERS, TRACKERS, RunConfig, command_line, load_yaml_with_notes
+from core.config import LR_SCHEDULERS, PREF_LOSSES, STAGES, TRACKERS, RunConfig, command_line, load_yaml_with_notes
 from core.data.template import TEMPLATES
 from core.errors import BusyError
 from core.methods import METHODS, get_method
@@ -24,6 +24,7 @@ from core.models.loader import DTYPES
 from webui.charts import loss_figure, wants_log_scale
 from webui.context import UIContext
 from webui.formatting import format_duration
+from webui.tabs.data import dataset_options
 
 POLL_SECONDS = 1.0
 # The form's defaults suit the tiny demo model: it learns the identity set in well under a minute.
@@ -142,6 +143,15 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     )
     method_fields, groups = create_method_fields(t, d)
     fields.update(method_fields)
+    field("stage", "choice", STAGES)
+    # A preference stage's own settings: shown once a stage other than sft is chosen.
+    with gr.Group(visible=d.stage != "sft") as preference_group:
+        with gr.Row():
+            field("pref_beta")
+            field("pref_loss", "choice", PREF_LOSSES)
+            field("pref_ftx")
+            field("kto_chosen_weight")
+            field("kto_rejected_weight")
     with gr.Row():
         field("learning_rate")
         field("num_train_epochs")
@@ -373,6 +383,10 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
             method_changed, [fields["finetuning_type"], fields["model_name_or_path"]], method_outputs, api_name=False
         )
 
+    fields["stage"].change(
+        lambda stage: gr.update(visible=stage != "sft"), fields["stage"], preference_group, api_name=False
+    )
+
     def form_changed(*values) -> tuple[str, str]:
         return show_estimate(*values), show_command(*values)
 
@@ -417,7 +431,7 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         return (
             gr.update(choices=[(t("continue_none"), "")] + [(r, r) for r in finished]),
             gr.update(choices=ctx.wb.base_model_choices()),
-            gr.update(choices=[("", "")] + ctx.wb.dataset_choices()),
+            gr.update(choices=[("", "")] + dataset_options(ctx)),
         )
 
     return {
