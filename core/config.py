@@ -69,6 +69,11 @@ class CommonSettings:
     precision: str = "auto"
     gradient_checkpointing: bool = False
     fused_loss: bool = True  # the loss from hidden states chunk by chunk: the [tokens x vocab] logits never exist
+    # speed and memory (core/training/speed.py): each one flag; the run's log names the ones in use
+    auto_batch_size: bool = False  # the largest micro-batch that fits, accumulation keeping batch x accumulation
+    offload_activations: bool = False  # with gradient checkpointing: the kept activations wait in CPU memory
+    torch_compile: bool = False  # torch.compile the model (a GPU's win; compiling costs minutes on the CPU)
+    use_liger_kernel: bool = False  # Liger's Triton RMSNorm, SwiGLU and RoPE (CUDA, `pip install liger-kernel`)
     report_to: str = "none"  # experiment trackers, comma-separated: tensorboard (into RUN/tensorboard), swanlab, ...
     # preference training (core/training/preference.py), with LLaMA-Factory's keys
     stage: str = "sft"  # sft; dpo, orpo or kto learn from pairwise data (chosen / rejected answers)
@@ -102,7 +107,13 @@ class RunConfig(*reversed(_OPTIONS), CommonSettings):  # type: ignore[misc]
         known = {f.name: f for f in fields(cls)}
         problems: list[ConfigProblem] = []
         values: dict[str, Any] = {}
-        for key, raw in (data or {}).items():
+        data = dict(data or {})
+        if str(data.get("per_device_train_batch_size", "")).strip().lower() == "auto":
+            # `per_device_train_batch_size: auto`: the default micro-batch times the accumulation is kept as the
+            # effective batch, and the run picks the largest micro-batch that fits.
+            del data["per_device_train_batch_size"]
+            data["auto_batch_size"] = True
+        for key, raw in data.items():
             key = str(key)
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1)
@@ -193,6 +204,11 @@ class RunConfig(*reversed(_OPTIONS), CommonSettings):  # type: ignore[misc]
             "report_to",
             "config.one_of",
             choices=", ".join(TRACKERS),
+        )
+        check(
+            not self.offload_activations or self.gradient_checkpointing,
+            "offload_activations",
+            "config.needs_gradient_checkpointing",
         )
         self._check_stage(check)
         if self.finetuning_type in METHODS:
@@ -334,6 +350,8 @@ def from_llamafactory(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         data.pop(key)
     if ignored:
         notes.append(str(message("config.llamafactory_ignored", keys=", ".join(ignored))))
+    if data.pop("enable_liger_kernel", False):
+        data["use_liger_kernel"] = True
     if data.pop("bf16", False):
         data["precision"] = "bf16"
     if data.pop("fp16", False):

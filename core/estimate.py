@@ -159,7 +159,9 @@ def estimate_memory(shape: ModelShape, config: RunConfig, on_gpu: bool = True) -
         weights += compute_bytes * shape.total_params  # the frozen reference model
     per_token_layer = shape.activation_values * compute_bytes
     layers = method.backprop_layers(shape, config)
-    if config.gradient_checkpointing:
+    if config.gradient_checkpointing and config.offload_activations:
+        activations = tokens * per_token_layer  # the layers' inputs wait in CPU memory: one layer's recomputation
+    elif config.gradient_checkpointing:
         activations = tokens * (layers * shape.hidden * compute_bytes + per_token_layer)
     else:
         activations = tokens * layers * per_token_layer

@@ -46,8 +46,10 @@ def check_inputs(config: RunConfig) -> None:
     """Refuse, before any run folder exists, what cannot be used: wrong settings, a model that is not there, a
     dataset that cannot be read (its file, its format, its rows; for a preference stage, no pair in it)."""
     from core.models.loader import check_model_fits_config, check_model_reference, locate_model
+    from core.training.speed import check_speed_settings
 
     config.validate()
+    check_speed_settings(config)
     check_model_reference(config.model_name_or_path)
     check_model_fits_config(locate_model(config.model_name_or_path), config)
     for dataset in filter(None, (config.dataset, config.eval_dataset)):

@@ -116,6 +116,8 @@ def _training_arguments(
         activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         ddp_find_unused_parameters=False,
         use_cache=False,  # no KV cache while training: also what lets packed rows get their block-diagonal mask
+        torch_compile=config.torch_compile,
+        use_liger_kernel=config.use_liger_kernel,
         **extra,
     )
 
@@ -300,6 +302,30 @@ class TrainingSession:
             config.columns,
         )
 
+    def _speed_settings(self, model) -> RunConfig:
+        """The batch split `auto_batch_size` picks (recorded in status.json), and one log line naming the speed
+        and memory features this run uses."""
+        from core.training.speed import active_features, resolve_auto_batch
+
+        device = pick_device()
+        if self.config.auto_batch_size:
+            self.config, choice = resolve_auto_batch(self.config, model, device)
+            log.info(
+                "auto batch size: micro-batch %d x accumulation %d (estimate %.2f GiB of %.2f GiB free%s)",
+                choice.micro_batch,
+                choice.accumulation,
+                choice.estimate_bytes / 2**30,
+                choice.budget_bytes / 2**30,
+                ", probed" if choice.probed else "",
+            )
+            update_status(
+                self.run_dir,
+                per_device_train_batch_size=choice.micro_batch,
+                gradient_accumulation_steps=choice.accumulation,
+            )
+        log.info("speed: %s", ", ".join(active_features(self.config, device)))
+        return self.config
+
     def _report_skipped(self, data: TokenizedData) -> None:
         """Rows the data left out: all of them in skipped_rows.txt, the count and the first few in status.json
         (the page's progress line) and, through `notify`, on the terminal."""
@@ -346,6 +372,10 @@ class TrainingSession:
             from core.training.fused_loss import with_fused_loss
 
             trainer_class = with_fused_loss(trainer_class)
+        if self.config.offload_activations:
+            from core.training.speed import with_activation_offload
+
+            trainer_class = with_activation_offload(trainer_class)
         args = _training_arguments(self.config, self.run_dir, len(data.eval) > 0, self.show_progress)
         if method.optimizer is not None:
             extra["optimizers"] = (method.optimizer(model, args, self.config), None)
@@ -372,6 +402,7 @@ class TrainingSession:
         set_seed(config.seed)
         method = get_method(config.finetuning_type)
         tokenizer, data, model = self._load(method)
+        config = self._speed_settings(model)
         stopper = StopCallback(self.stop_event, run_dir)
         callbacks = [RunFolderCallback(run_dir), *self.extra_callbacks, stopper]
         callbacks += tracking_callbacks(config, run_dir)

@@ -169,6 +169,11 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
             field("packing", "bool")
             field("fused_loss", "bool")
         with gr.Row():
+            field("auto_batch_size", "bool")
+            field("offload_activations", "bool")
+            field("torch_compile", "bool")
+            field("use_liger_kernel", "bool")
+        with gr.Row():
             fields["report_to"] = gr.Dropdown(
                 list(TRACKERS),
                 value=d.report_to,
