@@ -176,14 +176,22 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 
 def load_model(
-    path: str, dtype=None, device: str | None = None, quantization_config=None, trust_remote_code: bool = False
+    path: str,
+    dtype=None,
+    device: str | None = None,
+    quantization_config=None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
 ):
-    """Load the causal LM in eval mode on `device` (default: GPU if present), optionally quantized."""
+    """Load the causal LM in eval mode on `device` (default: GPU if present), optionally quantized.
+    `attn_implementation`: transformers' name (None: its default, PyTorch's sdpa)."""
     from transformers import AutoModelForCausalLM
 
     register_native_classes()
     device = device or pick_device()
     kwargs = {"dtype": dtype or pick_dtype("auto", device), "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     if quantization_config is not None:
         kwargs.update(quantization_config=quantization_config, device_map={"": device})
     try:

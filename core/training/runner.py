@@ -242,11 +242,14 @@ class TrainingSession:
         device = pick_device()
         # Weights that train are kept in fp32 (mixed precision autocasts); frozen bases load in the GPU's dtype.
         dtype = pick_dtype("fp32" if method.trains_base else config.precision, device)
+        from core.training.speed import attention_implementation
+
         model = load_model(
             model_path,
             dtype=dtype,
             device=device,
             trust_remote_code=config.trust_remote_code,
+            attn_implementation=attention_implementation(config, device),
             **method.model_kwargs(config),
         )
         model = method.prepare(model, config)

@@ -48,7 +48,8 @@ def active_features(config: RunConfig, device: str) -> list[str]:
     if config.fused_loss and config.stage == "sft":
         features.append("fused loss (chunked, no full logits)")
     if config.packing:
-        features.append("padding-free packing")
+        attention = attention_implementation(config, device) or "sdpa"
+        features.append(f"padding-free packing ({attention})")
     if config.gradient_checkpointing:
         features.append(
             "gradient checkpointing" + (" + activations offloaded to CPU" if config.offload_activations else "")
@@ -61,6 +62,15 @@ def active_features(config: RunConfig, device: str) -> list[str]:
         features.append("auto batch size")
     batch = f"micro-batch {config.per_device_train_batch_size} x accumulation {config.gradient_accumulation_steps}"
     return [*features, batch, f"device {device}"]
+
+
+def attention_implementation(config: RunConfig, device: str) -> str | None:
+    """Packed rows on a GPU with the flash-attn package: its variable-length kernel, which reads the sample
+    boundaries from the position ids. Otherwise transformers' default (PyTorch's sdpa), which builds the same
+    block-diagonal mask from the position ids (tested on the CPU: each sample's loss is what it is alone)."""
+    if config.packing and device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return None
 
 
 # ---- the biggest batch that fits ------------------------------------------------------------------------------------
