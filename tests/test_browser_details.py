@@ -10,6 +10,7 @@ reload, the loss axis turns logarithmic, and Evaluate's predictions stay inside 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -151,6 +152,14 @@ def test_uploads_runs_and_evaluation_always_show_the_current_state(browser, serv
     expect(page.locator("#train-log-scale input")).to_be_checked()  # the loss fell more than a decade
     assert page.evaluate("() => document.querySelector('#train-chart .js-plotly-plot').layout.yaxis.type") == "log"
     expect(page.locator("#train-try-chat")).to_be_visible()
+    # The log opens on its newest lines.
+    open_accordion(page, t("log_label"))
+    log_box = page.locator("#train-log textarea")
+    expect(log_box).to_have_value(re.compile("finished after"))
+    page.wait_for_function(
+        "() => { const b = document.querySelector('#train-log textarea');"
+        " return b.scrollHeight > b.clientHeight && b.scrollTop + b.clientHeight >= b.scrollHeight - 4; }"
+    )
     expect(page.locator("#compare-choice-2 input[role=combobox]")).to_have_value(run, timeout=30_000)
     page.locator("#train-try-chat").click()
     expect(page.locator("#chat-adapter input[role=combobox]")).to_have_value(run)

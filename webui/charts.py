@@ -230,8 +230,12 @@ def length_histogram(lengths: list[int], cutoff_len: int, t, total: int | None =
         height=300,
         margin={"l": 50, "r": 20, "t": 50, "b": 40},
         template="plotly_white",
+        modebar_remove=NO_TOOLBAR,
         bargap=0.05,
     )
+    figure.update_yaxes(tickformat="d", rangemode="tozero")  # counts of samples are whole numbers
+    if len(lengths) < 10:
+        figure.update_yaxes(dtick=1)
     return figure
 
 

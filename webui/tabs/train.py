@@ -27,6 +27,10 @@ from webui.formatting import format_duration
 from webui.tabs.data import dataset_options
 
 POLL_SECONDS = 1.0
+SCROLL_LOG_TO_END = """() => setTimeout(() => {
+    const box = document.querySelector('#train-log textarea');
+    if (box) box.scrollTop = box.scrollHeight;
+}, 50)"""
 # The form's defaults suit the tiny demo model: it learns the identity set in well under a minute.
 DEMO_DEFAULTS = RunConfig(learning_rate=4e-3, num_train_epochs=4, cutoff_len=512, prefix_projection=True)
 
@@ -241,7 +245,7 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     # Ticks itself once the loss spans more than a decade, unless the user has set it by hand.
     log_scale = gr.Checkbox(False, label=t("chart_log_scale"), elem_id="train-log-scale")
     log_scale_by_hand = gr.State(False)
-    with gr.Accordion(t("log_label"), open=False):
+    with gr.Accordion(t("log_label"), open=False) as log_accordion:
         log = gr.Textbox(
             lines=12, max_lines=12, label=t("log_label"), show_label=False, autoscroll=True, elem_id="train-log"
         )
@@ -408,6 +412,8 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     abort.click(abort_training, None, message, api_name="abort_training")
     resume.click(resume_training, None, message, api_name="resume_training")
     log_scale.input(lambda: True, None, log_scale_by_hand, api_name=False)
+    # A log opened while it was hidden would show its middle: opening it shows the newest lines.
+    log_accordion.expand(None, None, None, js=SCROLL_LOG_TO_END, api_name=False)
     timer.tick(
         poll,
         [seen, message, refused_start, log_scale, log_scale_by_hand],
