@@ -63,6 +63,39 @@ def run_distributed(
     return status
 
 
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def decoder_layer_classes(model) -> list[str]:
+    """The class names FSDP wraps one by one: the model's own undivisible blocks (GlmDecoderLayer,
+    Glm4DecoderLayer, Glm1Block), found inside a PEFT wrapper too."""
+    names = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or [])
+    present = {type(module).__name__ for module in model.modules()}
+    return sorted(names & present)
+
+
+def fsdp_arguments(config, model) -> dict:
+    """transformers' own FSDP2 settings for a run with `distributed: fsdp` on several processes; {} otherwise.
+    Each decoder layer is one FSDP unit; checkpoints and the run's output gather the full state dict, so the
+    adapter/ or model/ folder is the same as a single process writes."""
+    if config.distributed != "fsdp" or world_size() <= 1:
+        return {}
+    return {
+        "fsdp": True,
+        "fsdp_config": {
+            "version": 2,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "transformer_layer_cls_to_wrap": decoder_layer_classes(model),
+            "state_dict_type": "FULL_STATE_DICT",
+            "reshard_after_forward": True,
+            "cpu_ram_efficient_loading": False,
+        },
+    }
+
+
 ACCELERATE_KINDS = ("fsdp", "zero2", "zero3")
 
 
