@@ -65,7 +65,7 @@ class CheckpointingTrainer(Trainer):
         if state.distributed_type == DistributedType.MULTI_CPU:
             state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
             state.distributed_type = DistributedType.FSDP
-            PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as accelerate does on GPUs
+            PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # noqa: SLF001 - as accelerate does
             self.is_fsdp_enabled = True
 
     def _get_output_dir(self, trial) -> str:
