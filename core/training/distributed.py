@@ -33,6 +33,33 @@ def torchrun_command(run_dir: str | Path, nproc: int, resume: bool = False) -> l
     return command + (["--resume"] if resume else [])
 
 
+def node_commands(run_dir: str | Path, nnodes: int, nproc: int, master_addr: str, port: int = 29500) -> list[str]:
+    """The command each machine of a several-machine run types, node 0 first: the same torchrun with its own
+    --node_rank, every node meeting at `master_addr:port` (node 0's address, reachable from the others). Each
+    machine needs the workbench, the model and the data at the paths config.yaml names, and RUN_DIR holding that
+    config.yaml; only node 0's RUN_DIR is written (Abort: a STOP file there stops every node). The static
+    rendezvous keeps node 0 rank 0 (c10d's would rank the machines by address, so another machine's folder
+    could become the one written)."""
+    import shlex
+
+    return [
+        " ".join(
+            [
+                "torchrun",
+                f"--nnodes {nnodes}",
+                f"--nproc_per_node {nproc}",
+                f"--node_rank {rank}",
+                "--rdzv_backend static",
+                f"--master_addr {master_addr}",
+                f"--master_port {port}",
+                "-m core.training.worker",
+                shlex.quote(str(run_dir)),
+            ]
+        )
+        for rank in range(nnodes)
+    ]
+
+
 def run_distributed(
     run_dir: str | Path, nproc: int, lock: RunLock, resume: bool = False, stop_event: threading.Event | None = None
 ) -> dict:
