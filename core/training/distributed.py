@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from core.i18n import message
+from core.i18n import Message, message
 from core.ownership import RunLock
 from core.runs import LOG_FILE, STOP_FILE, read_status, update_status
 
@@ -58,6 +58,32 @@ def node_commands(run_dir: str | Path, nnodes: int, nproc: int, master_addr: str
         )
         for rank in range(nnodes)
     ]
+
+
+def process_plan(nproc: int, distributed: str = "ddp", nnodes: int = 1) -> Message:
+    """What `nproc_per_node` processes will do on this machine: on its GPUs with nccl, or as CPU processes with
+    gloo sharing its cores; said before the run starts (the train tab, `glm-workbench nodes`)."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cores = os.cpu_count() or 1
+    mode = "FSDP" if distributed == "fsdp" else "DDP"
+    if nproc <= 1 and nnodes <= 1:
+        return message("dist.plan_single_gpu", gpus=gpus) if gpus else message("dist.plan_single_cpu", cores=cores)
+    total = nproc * nnodes
+    if gpus:
+        if nproc > gpus:
+            return message("dist.plan_too_many_gpus", processes=nproc, gpus=gpus)
+        return message("dist.plan_gpu", processes=nproc, gpus=gpus, mode=mode, total=total, machines=nnodes)
+    return message(
+        "dist.plan_cpu" if nproc <= cores else "dist.plan_cpu_oversubscribed",
+        processes=nproc,
+        cores=cores,
+        each=max(1, cores // nproc),
+        mode=mode,
+        total=total,
+        machines=nnodes,
+    )
 
 
 def run_distributed(
