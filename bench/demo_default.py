@@ -52,11 +52,12 @@ def main() -> None:
             for conversation in conversations:
                 question = conversation.messages[0]["content"]
                 expected = conversation.messages[1]["content"]
-                reply = ""
-                for reply in wb.chat_stream(
-                    [{"role": "user", "content": question}], "demo", run, settings=GenerationSettings(greedy=True)
-                ):
-                    pass
+                replies = list(
+                    wb.chat_stream(
+                        [{"role": "user", "content": question}], "demo", run, settings=GenerationSettings(greedy=True)
+                    )
+                )
+                reply = replies[-1] if replies else ""
                 right += reply.strip() == expected.strip()
             results.append(
                 {

@@ -257,6 +257,17 @@ def cmd_launch_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nodes(args: argparse.Namespace) -> int:
+    """The torchrun command of each machine of a several-machine run (the train tab shows the same)."""
+    from core.training.distributed import node_commands, process_plan
+
+    say(process_plan(args.nproc, args.distributed, args.nnodes))
+    say(message("cli.nodes", addr=args.master_addr))
+    for command in node_commands(args.run_dir, args.nnodes, args.nproc, args.master_addr, args.port):
+        print(command)
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from core.models.chatglm import convert_chatglm
 
@@ -424,6 +435,15 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--nnodes", type=int, default=1)
     launch.add_argument("--mixed-precision", default="bf16", choices=["bf16", "fp16", "no"])
     launch.set_defaults(func=cmd_launch_config)
+
+    nodes = commands.add_parser("nodes", help="the torchrun command for each machine of a several-machine run")
+    nodes.add_argument("run_dir", help="the prepared run folder (config.yaml in it), at this path on every machine")
+    nodes.add_argument("--nnodes", type=int, default=2, help="machines")
+    nodes.add_argument("--nproc", type=int, default=1, help="processes (GPUs) per machine")
+    nodes.add_argument("--master-addr", required=True, help="node 0's address, reachable from the others")
+    nodes.add_argument("--port", type=int, default=29500)
+    nodes.add_argument("--distributed", choices=["ddp", "fsdp"], default="ddp", help="as the run's config says")
+    nodes.set_defaults(func=cmd_nodes)
 
     convert = commands.add_parser(
         "convert",

@@ -28,6 +28,10 @@ TRACKERS = ("none", "tensorboard", "swanlab", "wandb", "mlflow")  # report_to, a
 STAGES = ("sft", "dpo", "orpo", "kto")
 PREF_LOSSES = ("sigmoid", "ipo")  # dpo: DPO's own loss, or IPO's
 PREFERENCE_METHODS = ("lora", "loraplus", "qlora", "freeze", "full")  # the methods a preference stage trains
+# How several processes share the work: DDP (a whole model per process) or FSDP (transformers' FSDP2: each
+# process holds a shard of every decoder layer). FSDP trains these methods' SFT runs.
+DISTRIBUTED = ("ddp", "fsdp")
+FSDP_METHODS = ("lora", "loraplus", "freeze", "full")
 
 
 @dataclass
@@ -66,6 +70,7 @@ class CommonSettings:
     save_total_limit: int = 3
     seed: int = 42
     nproc_per_node: int = 1  # >1: the run is launched with torchrun on this many processes (GPUs, or CPU cores)
+    distributed: str = "ddp"  # with several processes: ddp (a model each) or fsdp (the model sharded across them)
     precision: str = "auto"
     gradient_checkpointing: bool = False
     fused_loss: bool = True  # the loss from hidden states chunk by chunk: the [tokens x vocab] logits never exist
@@ -188,6 +193,14 @@ class RunConfig(*reversed(_OPTIONS), CommonSettings):  # type: ignore[misc]
         check(self.save_steps >= 0, "save_steps", "config.save_steps")
         check(self.save_total_limit >= 1, "save_total_limit", "config.at_least", limit=1)
         check(self.nproc_per_node >= 1, "nproc_per_node", "config.at_least", limit=1)
+        check(self.distributed in DISTRIBUTED, "distributed", "config.one_of", choices=", ".join(DISTRIBUTED))
+        check(
+            self.distributed != "fsdp" or self.finetuning_type in FSDP_METHODS or self.finetuning_type not in METHODS,
+            "distributed",
+            "config.fsdp_methods",
+            choices=", ".join(FSDP_METHODS),
+        )
+        check(self.distributed != "fsdp" or self.stage == "sft", "distributed", "config.fsdp_sft_only")
         check(self.warmup_steps >= 0, "warmup_steps", "config.zero_or_more")
         check(self.eval_steps >= 0, "eval_steps", "config.eval_steps")
         check(self.neftune_noise_alpha >= 0, "neftune_noise_alpha", "config.zero_off_or_more")
@@ -368,7 +381,7 @@ def from_llamafactory(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
 
 # Keys only our configs have (a saved config.yaml holds every key): such a file is ours even with a `stage`.
-OWN_KEYS = ("precision", "dataset_format", "fused_loss", "nproc_per_node")
+OWN_KEYS = ("precision", "dataset_format", "fused_loss", "nproc_per_node", "distributed")
 
 
 def is_llamafactory_config(data: dict[str, Any]) -> bool:

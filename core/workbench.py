@@ -32,6 +32,7 @@ from core.evaluation.evaluate import EvalResult, EvalSettings, evaluate_run
 from core.export import is_our_zip, merge_run, zip_run
 from core.feedback import DEFAULT_NAME as DEFAULT_FEEDBACK
 from core.feedback import FEEDBACK_DIR, FeedbackStore
+from core.i18n import Message, message
 from core.models.loader import check_model_reference, locate_model, reading_tokenizer
 from core.ownership import has_live_owner
 from core.runs import (
@@ -311,6 +312,20 @@ class Workbench:
         """The run's estimated peak GPU memory, and the GPU here (name, bytes) if there is one. Reads the
         model's config file only."""
         return estimate_for_run(config, on_gpu=True), device_memory_bytes()
+
+    def process_plan(
+        self, nproc: int, distributed: str = "ddp", nnodes: int = 1, master_addr: str = "", run_dir: str = "RUN_DIR"
+    ) -> tuple[Message, Message | None, list[str]]:
+        """What the Processes field will do on this machine and, for several machines, what to tell the others
+        and each one's command (node 0's first)."""
+        from core.training.distributed import node_commands, process_plan
+
+        nproc, nnodes = max(1, int(nproc or 1)), max(1, int(nnodes or 1))
+        plan = process_plan(nproc, distributed, nnodes)
+        if nnodes <= 1:
+            return plan, None, []
+        commands = node_commands(run_dir, nnodes, nproc, master_addr.strip() or "HOST0")
+        return plan, message("dist.nodes_intro", machines=nnodes), commands
 
     def wait_for_job(self, timeout: float | None = None) -> None:
         self.jobs.wait(timeout)

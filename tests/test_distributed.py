@@ -88,3 +88,26 @@ def test_accelerate_configs_for_fsdp_and_zero(tmp_path):
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load((tmp_path / "z2.yaml").read_text())["deepspeed_config"]["zero_stage"] == 2
     assert result.stdout.startswith("accelerate launch --config_file")
+
+
+@pytest.mark.parametrize("kind", ["zero2", "zero3"])
+def test_zero_configs_pass_deepspeeds_own_parser(kind):
+    """What `accelerate launch` makes of the config (accelerate's DeepSpeedPlugin, the "auto" values filled as the
+    Trainer fills them) is a config DeepSpeed itself accepts, with the stage, precision and save settings we chose.
+    Not run: ZeRO needs a GPU, and no device was lent (BENCHMARKS.md)."""
+    pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install -e .[test] installs 0.19.8)")
+    from accelerate.utils import DeepSpeedPlugin
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    config = accelerate_config(kind, 16, num_machines=2)
+    plugin = DeepSpeedPlugin(**config["deepspeed_config"])
+    plugin.set_mixed_precision(config["mixed_precision"])
+    filled = dict(plugin.deepspeed_config, train_micro_batch_size_per_gpu=4, gradient_accumulation_steps=2)
+    filled.update(train_batch_size=8, gradient_clipping=1.0)  # one process here: 4 x 2 x 1
+    parsed = DeepSpeedConfig(filled)
+    stage = 2 if kind == "zero2" else 3
+    assert parsed.zero_optimization_stage == stage and parsed.zero_enabled
+    assert parsed.bfloat16_config.enabled and parsed.train_batch_size == 8
+    assert parsed.zero_config.gather_16bit_weights_on_model_save == (stage == 3)  # a loadable model/ folder
+    with pytest.raises(Exception, match="stage"):
+        DeepSpeedConfig({**filled, "zero_optimization": {**filled["zero_optimization"], "stage": 7}})

@@ -132,6 +132,7 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
             trigger.change(data["lengths"], length_inputs, data["histogram"], api_name=False, show_progress="hidden")
         app.load(data["lengths"], length_inputs, data["histogram"], api_name="token_lengths")
         app.load(**train["estimate"], api_name="estimate_memory")
+        app.load(**train["processes"], api_name=False)
         app.load(**train["command"], api_name="command_preview")
     return app
 

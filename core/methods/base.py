@@ -96,8 +96,9 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-def save_model_and_tokenizer(model, tokenizer, folder: Path) -> None:
-    model.save_pretrained(folder)
+def save_model_and_tokenizer(model, tokenizer, folder: Path, state_dict: dict | None = None) -> None:
+    """`state_dict`: the weights gathered from every process of an FSDP run (the model itself holds shards)."""
+    model.save_pretrained(folder, **({"state_dict": state_dict} if state_dict is not None else {}))
     tokenizer.save_pretrained(folder)
 
 

@@ -49,6 +49,25 @@ class CheckpointingTrainer(Trainer):
         self._load_from_checkpoint(checkpoint)
         self.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
 
+    def create_accelerator_and_postprocess(self) -> None:
+        """FSDP on CPU processes (gloo). PyTorch's FSDP2 shards on a CPU mesh over gloo, but accelerate's state only
+        turns an FSDP plugin into DistributedType.FSDP on GPU-like devices (MULTI_GPU, NPU, XPU, ...): on
+        MULTI_CPU it drops the plugin without a word and the run would be plain DDP. Here the plugin transformers
+        built from `fsdp_config` is put back, so accelerate's own FSDP2 path (fully_shard per decoder layer,
+        full state dicts on save) runs on CPU too. On GPUs this changes nothing."""
+        super().create_accelerator_and_postprocess()
+        if self.args.fsdp_plugin_args is None or self.is_fsdp_enabled:
+            return
+        from accelerate.state import PartialState
+        from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+        state = self.accelerator.state
+        if state.distributed_type == DistributedType.MULTI_CPU:
+            state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+            state.distributed_type = DistributedType.FSDP
+            PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # noqa: SLF001 - as accelerate does
+            self.is_fsdp_enabled = True
+
     def _get_output_dir(self, trial) -> str:
         return self._staging_root or super()._get_output_dir(trial)
 

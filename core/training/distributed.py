@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from core.i18n import message
+from core.i18n import Message, message
 from core.ownership import RunLock
 from core.runs import LOG_FILE, STOP_FILE, read_status, update_status
 
@@ -31,6 +31,59 @@ def torchrun_command(run_dir: str | Path, nproc: int, resume: bool = False) -> l
         str(run_dir),
     ]
     return command + (["--resume"] if resume else [])
+
+
+def node_commands(run_dir: str | Path, nnodes: int, nproc: int, master_addr: str, port: int = 29500) -> list[str]:
+    """The command each machine of a several-machine run types, node 0 first: the same torchrun with its own
+    --node_rank, every node meeting at `master_addr:port` (node 0's address, reachable from the others). Each
+    machine needs the workbench, the model and the data at the paths config.yaml names, and RUN_DIR holding that
+    config.yaml; only node 0's RUN_DIR is written (Abort: a STOP file there stops every node). The static
+    rendezvous keeps node 0 rank 0 (c10d's would rank the machines by address, so another machine's folder
+    could become the one written)."""
+    import shlex
+
+    return [
+        " ".join(
+            [
+                "torchrun",
+                f"--nnodes {nnodes}",
+                f"--nproc_per_node {nproc}",
+                f"--node_rank {rank}",
+                "--rdzv_backend static",
+                f"--master_addr {master_addr}",
+                f"--master_port {port}",
+                "-m core.training.worker",
+                shlex.quote(str(run_dir)),
+            ]
+        )
+        for rank in range(nnodes)
+    ]
+
+
+def process_plan(nproc: int, distributed: str = "ddp", nnodes: int = 1) -> Message:
+    """What `nproc_per_node` processes will do on this machine: on its GPUs with nccl, or as CPU processes with
+    gloo sharing its cores; said before the run starts (the train tab, `glm-workbench nodes`)."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cores = os.cpu_count() or 1
+    mode = "FSDP" if distributed == "fsdp" else "DDP"
+    if nproc <= 1 and nnodes <= 1:
+        return message("dist.plan_single_gpu", gpus=gpus) if gpus else message("dist.plan_single_cpu", cores=cores)
+    total = nproc * nnodes
+    if gpus:
+        if nproc > gpus:
+            return message("dist.plan_too_many_gpus", processes=nproc, gpus=gpus)
+        return message("dist.plan_gpu", processes=nproc, gpus=gpus, mode=mode, total=total, machines=nnodes)
+    return message(
+        "dist.plan_cpu" if nproc <= cores else "dist.plan_cpu_oversubscribed",
+        processes=nproc,
+        cores=cores,
+        each=max(1, cores // nproc),
+        mode=mode,
+        total=total,
+        machines=nnodes,
+    )
 
 
 def run_distributed(
@@ -61,6 +114,39 @@ def run_distributed(
             error_message=problem.to_json(),
         )
     return status
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def decoder_layer_classes(model) -> list[str]:
+    """The class names FSDP wraps one by one: the model's own undivisible blocks (GlmDecoderLayer,
+    Glm4DecoderLayer, Glm1Block), found inside a PEFT wrapper too."""
+    names = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or [])
+    present = {type(module).__name__ for module in model.modules()}
+    return sorted(names & present)
+
+
+def fsdp_arguments(config, model) -> dict:
+    """transformers' own FSDP2 settings for a run with `distributed: fsdp` on several processes; {} otherwise.
+    Each decoder layer is one FSDP unit; checkpoints and the run's output gather the full state dict, so the
+    adapter/ or model/ folder is the same as a single process writes."""
+    if config.distributed != "fsdp" or world_size() <= 1:
+        return {}
+    return {
+        "fsdp": True,
+        "fsdp_config": {
+            "version": 2,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "transformer_layer_cls_to_wrap": decoder_layer_classes(model),
+            "state_dict_type": "FULL_STATE_DICT",
+            "reshard_after_forward": True,
+            "cpu_ram_efficient_loading": False,
+        },
+    }
 
 
 ACCELERATE_KINDS = ("fsdp", "zero2", "zero3")

@@ -379,7 +379,11 @@ class TrainingSession:
             from core.training.speed import with_activation_offload
 
             trainer_class = with_activation_offload(trainer_class)
-        args = _training_arguments(self.config, self.run_dir, len(data.eval) > 0, self.show_progress)
+        from core.training.distributed import fsdp_arguments
+
+        args = _training_arguments(
+            self.config, self.run_dir, len(data.eval) > 0, self.show_progress, **fsdp_arguments(self.config, model)
+        )
         if method.optimizer is not None:
             extra["optimizers"] = (method.optimizer(model, args, self.config), None)
         return trainer_class(
@@ -417,6 +421,12 @@ class TrainingSession:
         trainer.remove_callback(ProgressCallback)
         if self.show_progress:
             trainer.add_callback(LossProgressBar())
+        if getattr(trainer, "is_fsdp_enabled", False):
+            log.info(
+                "FSDP2 over %d processes: each of %s is sharded across them",
+                trainer.args.world_size,
+                ", ".join(trainer.args.fsdp_config["transformer_layer_cls_to_wrap"]),
+            )
         if checkpoint is not None and is_final(checkpoint):
             log.info("every step was trained before %s stopped: saving its result", run_dir.name)
             trainer.restore_final(checkpoint)
@@ -427,10 +437,19 @@ class TrainingSession:
             from core.training.preference import drop_reference
 
             drop_reference(trainer.model)
+        save = method.save or save_model_and_tokenizer
+        if getattr(trainer, "is_fsdp_enabled", False):
+            # Every rank holds a shard: gather the whole state dict (a collective, so on every rank; rank 0 gets
+            # it), and save it through the model's own save_pretrained: the same folder one process writes.
+            state_dict = trainer.accelerator.get_state_dict(trainer.model)
+
+            def save(model, tokenizer, folder):
+                save_model_and_tokenizer(model, tokenizer, folder, state_dict=state_dict)
+
         if is_main_process():
             # The run's own output: replacing an earlier one (an abort, then Resume) is ours to do.
             with staged_dir(run_dir / method.output_dir, replace="owned") as folder:
-                (method.save or save_model_and_tokenizer)(trainer.model, tokenizer, folder)
+                save(trainer.model, tokenizer, folder)
         self.model, self.tokenizer = trainer.model, tokenizer
         losses = [m["loss"] for m in read_metrics(run_dir) if m.get("loss") is not None]
         final = dict(

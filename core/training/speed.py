@@ -45,7 +45,10 @@ def check_speed_settings(config: RunConfig) -> None:
 def active_features(config: RunConfig, device: str) -> list[str]:
     """The speed and memory features this run uses, for its log."""
     features = []
-    if config.fused_loss and config.stage == "sft":
+    fsdp = config.distributed == "fsdp" and config.nproc_per_node > 1
+    if fsdp:
+        features.append("FSDP (decoder layers sharded)")
+    if config.fused_loss and config.stage == "sft" and not fsdp:  # FSDP's output layer takes the plain loss
         features.append("fused loss (chunked, no full logits)")
     if config.packing:
         attention = attention_implementation(config, device) or "sdpa"

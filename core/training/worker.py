@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     run_dir = Path(argv[0])
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))  # the cores, shared out
+    cores = int(os.environ.get("GLM_WORKBENCH_THREADS", "0")) or os.cpu_count() or 1
+    torch.set_num_threads(max(1, cores // local_processes))  # the cores (or GLM_WORKBENCH_THREADS), shared out
     try:
         status = TrainingSession(load_yaml(run_dir / CONFIG_FILE), run_dir, resume="--resume" in argv).run()
     except WorkbenchError as exc:  # the run is another process's, or cannot resume

@@ -15,7 +15,16 @@ from typing import Any
 
 import gradio as gr
 
-from core.config import LR_SCHEDULERS, PREF_LOSSES, STAGES, TRACKERS, RunConfig, command_line, load_yaml_with_notes
+from core.config import (
+    DISTRIBUTED,
+    LR_SCHEDULERS,
+    PREF_LOSSES,
+    STAGES,
+    TRACKERS,
+    RunConfig,
+    command_line,
+    load_yaml_with_notes,
+)
 from core.data.template import TEMPLATES
 from core.errors import BusyError
 from core.methods import METHODS, get_method
@@ -218,6 +227,12 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
             field("neftune_noise_alpha")
             field("seed", "int")
             field("nproc_per_node", "int")
+        with gr.Row():
+            field("distributed", "choice", DISTRIBUTED)
+            # Several machines: not a setting of the run; what each other machine must run to join it.
+            nnodes = gr.Number(1, precision=0, minimum=1, label=t("nnodes"), info=t("nnodes_info"), elem_id="nnodes")
+            master_addr = gr.Textbox("", label=t("master_addr"), info=t("master_addr_info"), elem_id="master-addr")
+        processes_plan = gr.Markdown(elem_id="processes-plan")
     continue_from = gr.Dropdown(
         [(t("continue_none"), "")],
         value="",
@@ -396,6 +411,20 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         lambda stage: gr.update(visible=stage != "sft"), fields["stage"], preference_group, api_name=False
     )
 
+    def show_processes(nproc, distributed, machines, address) -> str:
+        try:
+            plan, intro, commands = ctx.wb.process_plan(nproc or 1, distributed, machines or 1, address or "")
+        except Exception as exc:  # noqa: BLE001 - a hint must never break the form
+            return t.message(exc)
+        if not commands:
+            return t.message(plan)
+        listing = "\n".join(f"# node {rank}\n{command}" for rank, command in enumerate(commands))
+        return f"{t.message(plan)}\n\n{t.message(intro)}\n\n```bash\n{listing}\n```"
+
+    plan_inputs = [fields["nproc_per_node"], fields["distributed"], nnodes, master_addr]
+    for component in plan_inputs:
+        component.change(show_processes, plan_inputs, processes_plan, api_name=False, show_progress="hidden")
+
     def form_changed(*values) -> tuple[str, str]:
         return show_estimate(*values), show_command(*values)
 
@@ -461,5 +490,6 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
             [fields[k] for k in keys] + [data["dataset"], data["format"], data["columns"]],
         ),
         "estimate": dict(fn=show_estimate, inputs=form, outputs=estimate),
+        "processes": dict(fn=show_processes, inputs=plan_inputs, outputs=processes_plan),
         "command": dict(fn=show_command, inputs=form, outputs=command),
     }
