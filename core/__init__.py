@@ -1,6 +1,8 @@
 """GLM Workbench's engine. Never imports gradio: the web UI, the CLI and the tests all call this package."""
 
+import importlib.util
 import logging
+import os
 import warnings
 
 # bitsandbytes tries to fetch an optional CPU kernel from a model hub at import time and warns when it cannot;
@@ -10,3 +12,9 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 # bitsandbytes' 8-bit matmul logs a cast warning on every call; it says nothing the user can act on.
 logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+
+# accelerate imports DeepSpeed whenever it is installed, and DeepSpeed then prints "Setting accelerator to CPU"
+# on stdout (into a CLI chat's answer) on machines without an NVIDIA driver. There the CPU is what its
+# detection would pick anyway, so naming it up front keeps the output clean and changes nothing else.
+if not os.path.exists("/proc/driver/nvidia") and importlib.util.find_spec("deepspeed") is not None:
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
