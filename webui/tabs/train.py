@@ -41,7 +41,7 @@ SCROLL_LOG_TO_END = """() => setTimeout(() => {
     if (box) box.scrollTop = box.scrollHeight;
 }, 50)"""
 # The form's defaults suit the tiny demo model: it learns the identity set in well under a minute.
-DEMO_DEFAULTS = RunConfig(learning_rate=4e-3, num_train_epochs=4, cutoff_len=512, prefix_projection=True)
+DEMO_DEFAULTS = RunConfig(learning_rate=4e-3, num_train_epochs=5, cutoff_len=512, prefix_projection=True)
 
 
 def suggested_learning_rate(model: str, method: str) -> float:
