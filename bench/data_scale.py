@@ -225,7 +225,7 @@ def main() -> int:
     parser.add_argument("--second-starts", type=int, default=3, help="second starts per size (median reported)")
     parser.add_argument("--repo", default=str(REPO), help="the checkout whose code the children run")
     parser.add_argument("--no-preview", action="store_true")
-    parser.add_argument("--out", help="write the figures as JSON here")
+    parser.add_argument("--out", default="bench/results/data_scale.json", help="where the figures go (JSON)")
     parser.add_argument("--child", nargs="+")
     args = parser.parse_args()
     if args.child:

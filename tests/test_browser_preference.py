@@ -11,7 +11,15 @@ import pytest
 
 from core.config import RunConfig
 from core.workbench import Workbench
-from tests.browser import CHROMIUM_ARGS, ensure_chromium, fill_number, open_accordion, open_tab, settled_text
+from tests.browser import (
+    CHROMIUM_ARGS,
+    ensure_chromium,
+    fill_number,
+    open_accordion,
+    open_tab,
+    screenshot,
+    settled_text,
+)
 from tests.ui_server import running_ui
 from webui.locale import Translator
 
@@ -73,6 +81,7 @@ def test_votes_become_pairs_and_the_arena_scores_blind(browser, server, lang):
     assert (rows[-1]["chosen_run"], rows[-1]["rejected_run"], rows[-1]["judgment"]) == (run, "", "better")
     assert rows[-1]["instruction"] == "你是谁？" and rows[-1]["chosen"] != rows[-1]["rejected"]
     assert "小智" in rows[-1]["chosen"]  # the run's answer, which knows who it is
+    screenshot(page, f"{lang}-8-votes", workspace.parent / "shots")
     page.locator("#vote-worse-2").click()  # one verdict per comparison: a second click records nothing
     expect(page.locator("#vote-notice")).to_contain_text(t("vote_already"))
     assert len(feedback_rows(workspace)) == pairs_before + 1
@@ -124,6 +133,7 @@ def test_votes_become_pairs_and_the_arena_scores_blind(browser, server, lang):
         page.locator("#arena-left-better" if "小智" in left else "#arena-right-better").click()
         page.wait_for_timeout(700)
     expect(page.locator("#arena-result")).to_contain_text(t("arena_judge_person"), timeout=30_000)
+    screenshot(page, f"{lang}-9-arena", workspace.parent / "shots")
     result = page.locator("#arena-result").inner_text()
     assert run in result and "95%" in result
     arenas = list((workspace / "runs" / run / "eval").glob("arena-*.json"))

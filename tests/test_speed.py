@@ -118,3 +118,12 @@ def test_what_this_machine_cannot_do_is_refused_first(tmp_path):
     assert not (tmp_path / "ws" / "runs").exists() or not any((tmp_path / "ws" / "runs").iterdir())
     auto = RunConfig.from_dict({"per_device_train_batch_size": "auto", "gradient_accumulation_steps": 4})
     assert auto.auto_batch_size and auto.per_device_train_batch_size * auto.gradient_accumulation_steps == 16
+
+
+def test_ptuning_with_gradient_checkpointing_is_refused_on_glm4_before_a_run_exists(tmp_path):
+    """transformers' GLM-4 layers drop the prefix cache under checkpointing; the run used to fail mid-way with a
+    tensor-size error. Now it is refused up front, naming the setting and what to do."""
+    wb = Workbench(tmp_path / "ws")
+    with pytest.raises(ConfigError, match="gradient_checkpointing"):
+        wb.start_training(RunConfig(finetuning_type="ptuning_v2", gradient_checkpointing=True))
+    assert not (tmp_path / "ws" / "runs").exists() or not any((tmp_path / "ws" / "runs").iterdir())
