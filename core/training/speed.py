@@ -6,9 +6,10 @@
   on a GPU a one-step probe (forward and backward of a full-length micro-batch) must not run out of memory. On
   the CPU there is no probe: running out of RAM there is not an exception that could be caught, so the estimate
   against the available RAM decides alone.
-- `offload_activations`: with gradient checkpointing, the tensors autograd keeps (the layers' inputs) wait in CPU
-  memory (pinned, copied without blocking) instead of on the GPU: PyTorch's own `save_on_cpu`. On the CPU it
-  changes nothing but is allowed, so that a config moves between machines unchanged.
+- `offload_activations`: with gradient checkpointing, the one tensor each checkpointed layer keeps (its input)
+  waits in CPU memory (pinned, copied without blocking) instead of on the GPU, through a checkpoint function of
+  our own (`offloaded_checkpoint`: PyTorch's `save_on_cpu` cannot reach those inputs). On the CPU it changes
+  nothing but is allowed, so that a config moves between machines unchanged.
 - `torch_compile` and `use_liger_kernel` are transformers' own TrainingArguments (Liger patches GLM's RMSNorm,
   SwiGLU and RoPE with Triton kernels; it needs CUDA and the `liger-kernel` package, checked before a run starts).
 - `fused_loss` lives in core/training/fused_loss.py; `packing` in the collator (core/training/runner.py).
@@ -126,7 +127,8 @@ def pick_batch(config: RunConfig, shape, budget: float, on_gpu: bool, fits=None)
 
 def gpu_probe(model, cutoff_len: int, vocab_size: int):
     """A check that one training step of `micro` full-length samples runs on this GPU without running out of
-    memory (the step's gradients are thrown away)."""
+    memory (the step's gradients are thrown away). It runs before the Trainer turns gradient checkpointing on,
+    so it errs on the safe side: a micro-batch it accepts fits with checkpointing too."""
     import torch
 
     def fits(micro: int) -> bool:
