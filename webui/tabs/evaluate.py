@@ -126,7 +126,7 @@ def score_lines(view, t) -> list[str]:
                 "arena_score",
                 judge=t("arena_judge_person") if judge == "person" else t("arena_judge_rouge"),
                 first=contestant(view.first, t) if view.first else t("arena_first_hidden"),
-                second=contestant(view.second, t),
+                second=contestant(view.second, t) if view.revealed else t("arena_second_hidden"),
                 rate=f"{100 * found['win_rate']:.0f}%",
                 low=f"{100 * found['low']:.0f}%",
                 high=f"{100 * found['high']:.0f}%",
