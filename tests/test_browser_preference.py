@@ -6,6 +6,7 @@ and then shows the names and the win rate with its interval."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -134,6 +135,7 @@ def test_votes_become_pairs_and_the_arena_scores_blind(browser, server, lang):
         page.wait_for_timeout(700)
     expect(page.locator("#arena-result")).to_contain_text(t("arena_judge_person"), timeout=30_000)
     screenshot(page, f"{lang}-9-arena", workspace.parent / "shots")
+    expect(page.locator("#arena-open input[role=combobox]")).to_have_value(re.compile("3/3"))
     result = page.locator("#arena-result").inner_text()
     assert run in result and "95%" in result
     arenas = list((workspace / "runs" / run / "eval").glob("arena-*.json"))

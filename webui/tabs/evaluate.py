@@ -302,10 +302,24 @@ def create_arena(ctx: UIContext, eval_start: gr.Button, abort: gr.Button) -> dic
     first.input(lambda run: gr.update(choices=arena_choices(run), value=None), first, earlier, api_name=False)
     previous.click(lambda place: move(place, -1), where, shown, api_name=False)
     following.click(lambda place: move(place, 1), where, shown, api_name=False)
+
+    def with_list(place, result):
+        """A verdict changes the arena's counts: the list of earlier arenas shows them too."""
+        listed = gr.update(choices=arena_choices(place["run"])) if place else gr.skip()
+        return (*result, listed)
+
+    judged_outputs = [*shown, earlier]
     for button, verdict in ((left_better, "left"), (right_better, "right"), (tie, "tie")):
-        button.click(lambda place, verdict=verdict: judge(place, verdict), where, shown, api_name=False)
-    reveal.click(lambda place: act(place, ctx.wb.arena_reveal), where, shown, api_name=False)
-    auto.click(lambda place: act(place, ctx.wb.arena_auto_judge), where, shown, api_name=False)
+        button.click(
+            lambda place, verdict=verdict: with_list(place, judge(place, verdict)),
+            where,
+            judged_outputs,
+            api_name=False,
+        )
+    reveal.click(lambda place: with_list(place, act(place, ctx.wb.arena_reveal)), where, judged_outputs, api_name=False)
+    auto.click(
+        lambda place: with_list(place, act(place, ctx.wb.arena_auto_judge)), where, judged_outputs, api_name=False
+    )
 
     def refresh(current_first, current_second):
         runs = ctx.wb.runs_with_results()
