@@ -54,3 +54,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium through Playwright, one per test module (tests/browser.py says how it is found)."""
+    from tests.browser import CHROMIUM_ARGS, ensure_chromium
+
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    executable = ensure_chromium()
+    with playwright_api.sync_playwright() as driver:
+        chromium = driver.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

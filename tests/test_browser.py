@@ -16,9 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser import (
-    CHROMIUM_ARGS,
     chart_points,
-    ensure_chromium,
     fill_number,
     open_accordion,
     open_tab,
@@ -36,15 +34,6 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
 QUESTION = "你是谁？"
 SLOW = 300_000  # ms: training steps on a shared 2-core machine
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = ensure_chromium()
-    with playwright_api.sync_playwright() as driver:
-        chromium = driver.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")

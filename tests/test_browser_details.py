@@ -15,7 +15,7 @@ import shutil
 
 import pytest
 
-from tests.browser import CHROMIUM_ARGS, ensure_chromium, fill_number, open_accordion, open_tab, settled_text
+from tests.browser import fill_number, open_accordion, open_tab, settled_text
 from tests.conftest import REPO
 from tests.ui_server import running_ui
 from webui.locale import Translator
@@ -38,15 +38,6 @@ LIBRARY_PHRASES = (
     "Copied",
     "Autoscale",
 )
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = ensure_chromium()
-    with playwright_api.sync_playwright() as driver:
-        chromium = driver.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")

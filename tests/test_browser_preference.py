@@ -13,8 +13,6 @@ import pytest
 from core.config import RunConfig
 from core.workbench import Workbench
 from tests.browser import (
-    CHROMIUM_ARGS,
-    ensure_chromium,
     fill_number,
     open_accordion,
     open_tab,
@@ -28,15 +26,6 @@ pytestmark = pytest.mark.browser
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = ensure_chromium()
-    with playwright_api.sync_playwright() as driver:
-        chromium = driver.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")

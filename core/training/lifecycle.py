@@ -70,17 +70,7 @@ def create_run(workspace: str | Path, config: RunConfig) -> ClaimedRun:
     try:
         lock.acquire()
         save_yaml(config, run_dir / CONFIG_FILE)
-        update_status(
-            run_dir,
-            state="queued",
-            created=time.time(),
-            method=config.finetuning_type,
-            stage=config.stage,
-            model=config.model_name_or_path,
-            dataset=config.dataset,
-            step=0,
-            max_steps=0,
-        )
+        _mark_queued(run_dir, config)
     except BaseException as exc:
         lock.release()
         _remove_what_we_wrote(run_dir, created)
@@ -88,6 +78,21 @@ def create_run(workspace: str | Path, config: RunConfig) -> ClaimedRun:
             raise RunStateError("run.disk_full_at_start", folder=str(run_dir), detail=str(exc)) from None
         raise
     return ClaimedRun(run_dir, config, lock)
+
+
+def _mark_queued(run_dir: Path, config: RunConfig) -> None:
+    """The first status of a run that is owned and not yet started: what the runs table shows of it."""
+    update_status(
+        run_dir,
+        state="queued",
+        created=time.time(),
+        method=config.finetuning_type,
+        stage=config.stage,
+        model=config.model_name_or_path,
+        dataset=config.dataset,
+        step=0,
+        max_steps=0,
+    )
 
 
 def _fresh_folder(workspace: str | Path, config: RunConfig) -> tuple[Path, bool]:
@@ -124,17 +129,7 @@ def claim_prepared(run_dir: str | Path) -> ClaimedRun:
         if read_status(run_dir):
             raise RunStateError("run.output_dir_holds_run", folder=str(run_dir))
         config = load_yaml(run_dir / CONFIG_FILE).validate()
-        update_status(
-            run_dir,
-            state="queued",
-            created=time.time(),
-            method=config.finetuning_type,
-            stage=config.stage,
-            model=config.model_name_or_path,
-            dataset=config.dataset,
-            step=0,
-            max_steps=0,
-        )
+        _mark_queued(run_dir, config)
     except BaseException:
         lock.release()
         raise
