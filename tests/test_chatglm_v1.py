@@ -67,7 +67,9 @@ def test_remote_code_stand_ins_refuse_to_run_and_the_conversion_needs_none(conve
     config = json.loads((target / "config.json").read_text())
     assert config["model_type"] == "glm1_workbench" and "auto_map" not in config
     assert config["architectures"] == ["Glm1ForCausalLM"]
-    assert (report.num_image_tokens, report.vocab_size, report.tokenizer_model) == (0, 1144, "unigram")
+    # THUDM's padding kept: 1,144 tokens in 1,328 embedding rows, as the real 130,344 in 130,528.
+    assert (report.num_image_tokens, report.vocab_size, report.tokenizer_model) == (0, 1328, "unigram")
+    assert (config["vocab_size"], config["tokenizer_vocab_size"]) == (1328, 1144)
     assert report.dtype == "float16"  # the checkpoint's torch_dtype, kept
 
 
@@ -136,8 +138,10 @@ def test_refuses_a_checkpoint_whose_files_disagree(tmp_path):
     source = tmp_path / "broken"
     shutil.copytree(CHECKPOINT, source)
     config = json.loads((source / "config.json").read_text())
-    (source / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] + 64}))
-    with pytest.raises(ConversionError, match="vocab_size"):
+    tokens = REFERENCE["checkpoint"]["vocab_size"]
+    # An embedding with fewer rows than the tokenizer has tokens: some token would have no row.
+    (source / "config.json").write_text(json.dumps({**config, "vocab_size": tokens - 1}))
+    with pytest.raises(ConversionError, match=f"the tokenizer has {tokens} tokens but config.json vocab_size is"):
         convert_chatglm_v1(source, tmp_path / "out")
     (source / "config.json").write_text(json.dumps({**config, "gmask_token_id": 7}))
     with pytest.raises(ConversionError, match="gmask_token_id is 7"):
@@ -235,6 +239,28 @@ def test_greedy_generation_equals_thudms_with_and_without_cache(model):
     for use_cache in (True, False):
         output = model.generate(ids, max_new_tokens=8, do_sample=False, use_cache=use_cache)
         assert output[0, ids.shape[1] :].tolist() == MODEL_REF["greedy_new_tokens"], use_cache
+
+
+def test_logits_keep_the_padded_rows_and_generation_never_picks_one(converted, tokenizer):
+    """The 184 padded embedding rows stay (the logits have THUDM's shape), yet generation never emits one, even when
+    a padded row is the most likely next token: no token decodes from it."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(converted[0]), dtype=torch.float32).eval()
+    rows, tokens = REFERENCE["checkpoint"]["embedding_rows"], len(tokenizer)
+    assert (rows, tokens) == (tokens + 184, REFERENCE["checkpoint"]["vocab_size"])
+    ids = torch.tensor([MODEL_REF["input_ids"]])
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+        assert out.logits.shape[-1] == rows
+        # Point every padded row (lm_head is tied to the embeddings) along the last hidden state: they now win.
+        hidden = out.hidden_states[-1][0, -1]
+        model.transformer.word_embeddings.weight[tokens:] = 100 * hidden / hidden.norm() ** 2
+        logits = model(ids).logits[0, -1]
+    assert logits.argmax().item() >= tokens  # what an unguarded generate would pick
+    for sampling in ({"do_sample": False}, {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}):
+        output = model.generate(ids, max_new_tokens=4, **sampling)
+        assert output[0, ids.shape[1] :].max().item() < tokens, sampling
 
 
 @pytest.mark.parametrize("case", ["chat", "chat_with_history"])

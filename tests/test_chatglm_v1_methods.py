@@ -32,7 +32,7 @@ ROWS = [
 ]
 METHOD_RUNS = {
     "lora": dict(learning_rate=1e-2),
-    "qlora": dict(learning_rate=1e-2, quantization_bit=4, quantization_type="nf4"),
+    "qlora": dict(learning_rate=2e-2, quantization_bit=4, quantization_type="nf4", max_steps=60),
     "freeze": dict(learning_rate=5e-3, freeze_trainable_layers=1, freeze_extra_modules="lm_head"),
     "full": dict(learning_rate=5e-3),
     # With gradient checkpointing: the prefix must survive the replayed layers (core/models/glm1/modeling.py).

@@ -11,7 +11,9 @@ own remote code, which needs transformers < 4.34. The converted folder holds:
   (core.data.template), `glm_workbench_conversion.json` saying what was converted, and the marker of a finished
   conversion of ours (core.files), written through a staging folder like every conversion (core.models.chatglm).
 Both tokenizer revisions convert: the first release's ids after 20,000 image tokens (`num_image_tokens` absent from
-tokenizer_config.json: THUDM's default) and the final "slim" one (`num_image_tokens: 0`, vocabulary 130,528).
+tokenizer_config.json: THUDM's default) and the final "slim" one (`num_image_tokens: 0`). Both pad the embedding by
+184 rows that no token reaches (130,344 tokens in `vocab_size` 130,528; 150,344 in 150,528): the rows are kept and
+`tokenizer_vocab_size` tells generation never to pick them.
 """
 
 from __future__ import annotations
@@ -221,10 +223,13 @@ def convert_chatglm_v1(source: str | Path, target: str | Path, overwrite: bool =
     tokenizer = convert_tokenizer(source, num_image_tokens)
     token_ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_IDS.values()}
     glm1_config = native_config(config, num_image_tokens, token_ids)
-    if len(tokenizer) != glm1_config.vocab_size:
+    # Every real checkpoint pads the embedding past the tokenizer (130,344 tokens in 130,528 rows; the first release
+    # 150,344 in 150,528): the padded rows stay, so the logits keep THUDM's shape, and generation never picks one.
+    if len(tokenizer) > glm1_config.vocab_size:
         raise ConversionError(
             "model.v1_vocab_size", folder=str(source), tokens=len(tokenizer), vocab_size=glm1_config.vocab_size
         )
+    glm1_config.tokenizer_vocab_size = len(tokenizer)
     state = convert_state_dict(load_thudm_weights(source), glm1_config)
     dtype = getattr(torch, str(glm1_config.dtype).replace("torch.", ""))
     with torch.device("meta"):

@@ -46,6 +46,9 @@ class Glm1Config(PreTrainedConfig):
     gmask_token_id: int | None = 130001
     # The first release numbered text tokens after 20,000 image tokens; the "slim" revision has none.
     num_image_tokens: int = 0
+    # How many ids the tokenizer has. THUDM pads the embedding past it (130,344 tokens, vocab_size 130,528): the rows
+    # from here up are reachable by no token, kept so the logits keep their shape, and never generated.
+    tokenizer_vocab_size: int | None = None
 
     @property
     def head_dim(self) -> int:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Cache, DynamicCache, GenerationMixin, PreTrainedModel
+from transformers.generation.logits_process import SuppressTokensLogitsProcessor
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
@@ -299,6 +300,18 @@ class Glm1ForCausalLM(Glm1PreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )
+
+    def _get_logits_processor(self, generation_config, *args, **kwargs):
+        """generate's processors, first of all one that never picks an id of the embedding's padding (THUDM's
+        checkpoints have 184 rows no token reaches; an untrained row must not be sampled)."""
+        processors = super()._get_logits_processor(generation_config, *args, **kwargs)
+        real = self.config.tokenizer_vocab_size
+        if real is not None and real < self.config.vocab_size:
+            device = kwargs.get("device") or self.device
+            processors.insert(
+                0, SuppressTokensLogitsProcessor(list(range(real, self.config.vocab_size)), device=device)
+            )
+        return processors
 
     def _prepare_position_ids_for_generation(self, inputs_tensor: torch.Tensor, model_kwargs: dict) -> torch.Tensor:
         """generate's starting positions: GLM v1's 2D ones, from the prompt's ids and padding (the base class would
