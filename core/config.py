@@ -39,7 +39,10 @@ class CommonSettings:
     # model
     model_name_or_path: str = "demo"
     trust_remote_code: bool = False  # only for checkpoints without a native class
-    template: str = "auto"  # from the model's tokenizer: glm4, chatglm3, chatglm2 or chatglm (ChatGLM-6B)
+    template: str = "auto"  # from the model's tokenizer: glm4_moe, glm4, chatglm3, chatglm2 or chatglm (ChatGLM-6B)
+    # GLM-4.5 generation (template glm4_moe): false trains without the reasoning, as the model's own template renders
+    # it with enable_thinking=False (/nothink, an empty think block)
+    enable_thinking: bool = True
     finetuning_type: str = "lora"  # a method of core/methods/
     # data
     dataset: str = "identity"
@@ -374,7 +377,7 @@ def from_llamafactory(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     if isinstance(data.get("dataset"), str) and "," in data["dataset"]:
         raise config_error("dataset", "config.one_dataset", value=data["dataset"], show_value=True)
     if data.get("template") in ("glm4", "glm4_moe", "chatglm3", "chatglm2", "chatglm", None):
-        data["template"] = {"glm4_moe": "glm4", None: "auto"}.get(data.get("template"), data.get("template"))
+        data["template"] = data.get("template") or "auto"
     if "lora_target" in data and isinstance(data["lora_target"], str):
         data["lora_target"] = data["lora_target"].replace(" ", "")
     return data, notes

@@ -33,6 +33,7 @@ from core.export import is_our_zip, merge_run, zip_run
 from core.feedback import DEFAULT_NAME as DEFAULT_FEEDBACK
 from core.feedback import FEEDBACK_DIR, FeedbackStore
 from core.i18n import Message, message
+from core.models.demo import MOE_DEMO_NAME
 from core.models.loader import check_model_reference, locate_model, reading_tokenizer
 from core.ownership import has_live_owner
 from core.runs import (
@@ -358,18 +359,20 @@ class Workbench:
         ]
         recent = [str(run.status.get("model") or "") for run in self.runs()]
         choices: list[str] = []
-        for choice in [BASE_MODEL_CHOICE, *recent, *folders]:
+        for choice in [BASE_MODEL_CHOICE, MOE_DEMO_NAME, *recent, *folders]:
             if choice and choice not in choices:
                 choices.append(choice)
         return choices
 
     def model_choices(self) -> list[str]:
-        """The demo model plus every full fine-tuning run's model folder."""
-        return [BASE_MODEL_CHOICE] + [run.name for run in self.runs() if run.model_dir is not None]
+        """The demo models plus every full fine-tuning run's model folder."""
+        return [BASE_MODEL_CHOICE, MOE_DEMO_NAME] + [run.name for run in self.runs() if run.model_dir is not None]
 
     def _model_path(self, model: str) -> str:
         if model in ("", BASE_MODEL_CHOICE):
             return BASE_MODEL_CHOICE
+        if model == MOE_DEMO_NAME:
+            return model
         run = find_run(self.workspace, model)
         return str(run.model_dir) if run is not None and run.model_dir is not None else model
 

@@ -13,6 +13,7 @@ rejected are read. A `kto_tag` column (LLaMA-Factory's KTO format) marks an answ
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,10 +24,15 @@ from core.i18n import Message, message
 
 @dataclass
 class Conversation:
-    messages: list[dict[str, str]]
+    """Messages are {"role", "content"} dicts; roles user, assistant and tool. An assistant message may also
+    carry "reasoning" (its thinking, OpenAI's `reasoning_content`) and "tool_calls" ([{"name", "arguments": dict}]);
+    only templates of the GLM-4.5 generation can express those and `tools` (core/data/glm45.py)."""
+
+    messages: list[dict[str, Any]]
     system: str = ""
     rejected: str | None = None  # pairwise rows: the rejected answer (the chosen one is the last message)
     label: bool | None = None  # kto_tag rows: whether the last answer is desirable
+    tools: list[dict[str, Any]] | None = None  # the functions the model may call (OpenAI's `tools`)
 
     @property
     def is_pair(self) -> bool:
@@ -97,6 +103,8 @@ STANDARD_COLUMNS = (
     "chosen",
     "rejected",
     "kto_tag",
+    "reasoning",
+    "tools",
 )
 
 
@@ -142,6 +150,10 @@ SHAREGPT_ROLES = {
     "bing": "assistant",
     "bard": "assistant",
     "system": "system",
+    # LLaMA-Factory's tool rows: the assistant's call (JSON {"name", "arguments"}, or a list of them) and the result
+    "function_call": "function_call",
+    "observation": "tool",
+    "tool": "tool",
 }
 
 
@@ -222,10 +234,11 @@ def _alpaca(row: dict[str, Any]) -> Conversation:
     extra = _text(row, "input", required=False)
     if extra:
         prompt = f"{prompt}\n{extra}" if prompt else extra
-    messages = _pairs(row, "history") + [
-        {"role": "user", "content": prompt},
-        {"role": "assistant", "content": _text(row, "output")},
-    ]
+    answer: dict[str, Any] = {"role": "assistant", "content": _text(row, "output")}
+    reasoning = _text(row, "reasoning", required=False)
+    if reasoning:
+        answer["reasoning"] = reasoning  # a reasoning column (mapped in Column mapping): the answer's thinking
+    messages = _pairs(row, "history") + [{"role": "user", "content": prompt}, answer]
     return Conversation(messages, _text(row, "system", required=False))
 
 
@@ -243,6 +256,66 @@ def _advertisegen(row: dict[str, Any]) -> Conversation:
     )
 
 
+def _json_value(value: Any, number: int, what: str) -> Any:
+    """A value that may come as JSON text (csv cells, LLaMA-Factory's `tools` column and tool calls)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise RowError("row.not_json", number=number, what=what, detail=exc.msg) from None
+
+
+def _tools(row: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The row's `tools` (OpenAI's [{"type": "function", "function": {...}}] or plain function objects)."""
+    tools = row.get("tools")
+    if isinstance(tools, str) and tools.strip():
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError:
+            raise RowError("row.tools_not_list") from None
+    if tools in (None, "", []):
+        return None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) and _tool_name(t) for t in tools):
+        raise RowError("row.tools_not_list")
+    return tools
+
+
+def _tool_name(tool: dict[str, Any]) -> str:
+    function = tool.get("function", tool)
+    name = function.get("name") if isinstance(function, dict) else None
+    return name if isinstance(name, str) else ""
+
+
+def _tool_calls(value: Any, number: int) -> list[dict[str, Any]]:
+    """OpenAI `tool_calls` (or LLaMA-Factory's function_call value) -> [{"name", "arguments": dict}]."""
+    calls = _json_value(value, number, "tool_calls")
+    if isinstance(calls, dict):
+        calls = [calls]
+    if not isinstance(calls, list) or not calls:
+        raise RowError("row.tool_calls_not_list", number=number)
+    found = []
+    for call in calls:
+        function = call.get("function", call) if isinstance(call, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str) or not name.strip():
+            raise RowError("row.tool_call_no_name", number=number)
+        arguments = function.get("arguments")
+        if arguments in (None, ""):
+            arguments = {}
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError as exc:
+                raise RowError("row.tool_call_arguments", number=number, name=name, detail=exc.msg) from None
+        if not isinstance(arguments, dict):
+            raise RowError(
+                "row.tool_call_arguments", number=number, name=name, detail=f"a JSON {type(arguments).__name__}"
+            )
+        found.append({"name": name, "arguments": arguments})
+    return found
+
+
 def _message_list(
     row: dict[str, Any], key: str, role_key: str, content_key: str, roles: dict[str, str] | None
 ) -> Conversation:
@@ -250,15 +323,23 @@ def _message_list(
     if not isinstance(turns, list) or not turns:
         raise RowError("row.messages_not_list", field=key)
     system = _text(row, "system", required=False)
-    messages: list[dict[str, str]] = []
+    messages: list[dict[str, Any]] = []
     for number, turn in enumerate(turns, start=1):
         if not isinstance(turn, dict):
             raise RowError("row.message_not_object", number=number, role_key=role_key, content_key=content_key)
         raw_role = turn.get(role_key)
         role = roles.get(str(raw_role).lower()) if roles else raw_role
-        if role not in ("system", "user", "assistant"):
+        if role not in ("system", "user", "assistant", "tool", "function_call"):
             raise RowError("row.message_unknown_role", number=number, role_key=role_key, role=repr(raw_role))
         content = turn.get(content_key)
+        if role == "function_call":  # sharegpt: the call is the message's value
+            messages.append({"role": "assistant", "content": "", "tool_calls": _tool_calls(content, number)})
+            continue
+        calls = turn.get("tool_calls") if role == "assistant" else None
+        if role == "tool" and isinstance(content, (dict, list)):
+            content = json.dumps(content, ensure_ascii=False)  # a result given as JSON: the text the model reads
+        if content is None and calls:
+            content = ""  # OpenAI: an assistant message that only calls tools has null content
         if not isinstance(content, str):
             raise RowError(
                 "row.message_content_not_text", number=number, content_key=content_key, got=type(content).__name__
@@ -267,9 +348,18 @@ def _message_list(
             if messages:
                 raise RowError("row.system_not_first", number=number)
             system = content
-        else:
-            messages.append({"role": role, "content": content})
-    return Conversation(messages, system)
+            continue
+        message: dict[str, Any] = {"role": role, "content": content}
+        if role == "assistant":
+            reasoning = turn.get("reasoning_content", turn.get("reasoning"))
+            if reasoning is not None:
+                if not isinstance(reasoning, str):
+                    raise RowError("row.reasoning_not_text", number=number, got=type(reasoning).__name__)
+                message["reasoning"] = reasoning
+            if calls:
+                message["tool_calls"] = _tool_calls(calls, number)
+        messages.append(message)
+    return Conversation(messages, system, tools=_tools(row))
 
 
 def _kto_tag(row: dict[str, Any]) -> bool | None:
@@ -333,23 +423,45 @@ def _trl_pairwise(row: dict[str, Any]) -> Conversation:
     return _with_pair(Conversation([{"role": "user", "content": _text(row, "prompt")}]), row)
 
 
+# Which role may follow which: a user turn is answered; an answer that calls tools is followed by their results,
+# and results by more results or the next answer; an answer without calls is followed by the next question.
+def _expected_after(previous: dict[str, Any] | None) -> tuple[str, ...]:
+    if previous is None:
+        return ("user",)
+    if previous["role"] == "user":
+        return ("assistant",)
+    if previous["role"] == "tool":
+        return ("tool", "assistant")
+    return ("tool",) if previous.get("tool_calls") else ("user",)
+
+
 def _check(conversation: Conversation) -> Conversation:
-    """Conversations must alternate user/assistant, start with the user and end with the assistant."""
+    """Conversations start with the user, alternate user/assistant (with tool results after an answer that calls
+    tools) and end with the assistant; a call names a tool the row lists, when it lists any."""
     messages = conversation.messages
     if not messages:
         raise RowError("row.no_messages")
+    names = {_tool_name(tool) for tool in conversation.tools or ()}
+    previous = None
     for number, turn in enumerate(messages, start=1):
-        expected = "user" if number % 2 else "assistant"
-        if turn["role"] != expected:
-            raise RowError("row.wrong_order", number=number, expected=expected, got=turn["role"])
-    if messages[-1]["role"] != "assistant":
+        expected = _expected_after(previous)
+        if turn["role"] not in expected:
+            if turn["role"] == "tool":
+                raise RowError("row.tool_without_call", number=number)
+            raise RowError("row.wrong_order", number=number, expected=" / ".join(expected), got=turn["role"])
+        for call in turn.get("tool_calls") or ():
+            if names and call["name"] not in names:
+                raise RowError("row.tool_unknown", number=number, name=call["name"], tools=", ".join(sorted(names)))
+        previous = turn
+    last = messages[-1]
+    if last["role"] != "assistant":
         raise RowError("row.ends_with_user")
-    if not messages[-1]["content"].strip():
+    if not last["content"].strip() and not last.get("tool_calls"):
         raise RowError("row.empty_answer")
     if conversation.rejected is not None:
         if not conversation.rejected.strip():
             raise RowError("row.pair_empty_rejected")
-        if conversation.rejected.strip() == messages[-1]["content"].strip():
+        if conversation.rejected.strip() == last["content"].strip():
             raise RowError("row.pair_identical")
     return conversation
 

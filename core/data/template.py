@@ -23,12 +23,14 @@ the two render the same ids.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from core.data.formats import Conversation
+from core.data import glm45
+from core.data.formats import Conversation, RowError
 
 IGNORE_INDEX = -100
 
@@ -84,6 +86,8 @@ class Template:
     prompt_suffix: tuple[str, ...] = ()
     answer_prefix: tuple[str, ...] = ()
     answer_cleanup: Callable[[str], str] | None = None  # the model's own post-processing of a decoded answer
+    # The GLM-4.5 generation's reasoning and tool calls (core/data/glm45.py); None: a template without them
+    thinking: glm45.ThinkingFormat | None = None
 
     def role_token(self, role: str) -> str:
         return f"<|{role}|>"
@@ -95,6 +99,10 @@ class Template:
 
 TEMPLATES: dict[str, Template] = {
     "glm4": Template("glm4", prefix=("[gMASK]", "<sop>")),
+    # GLM-4.5 / 4.5-Air / 4.6 (Glm4MoeForCausalLM): the model writes "\n<think>" after <|assistant|> itself.
+    "glm4_moe": Template(
+        "glm4_moe", prefix=("[gMASK]", "<sop>"), prompt_newline=False, thinking=glm45.ThinkingFormat()
+    ),
     "chatglm3": Template(
         "chatglm3",
         prefix=("[gMASK]", "sop"),
@@ -124,7 +132,13 @@ TEMPLATES: dict[str, Template] = {
 AUTO = "auto"
 
 
+NO_THINKING = "/nothink"  # a template name with this suffix: the same template with enable_thinking off
+
+
 def get_template(name: str) -> Template:
+    if name.endswith(NO_THINKING) and TEMPLATES.get(name.removesuffix(NO_THINKING), TEMPLATES["glm4"]).thinking:
+        base = TEMPLATES[name.removesuffix(NO_THINKING)]
+        return dataclasses.replace(base, name=name, thinking=dataclasses.replace(base.thinking, enabled=False))
     if name not in TEMPLATES:
         from core.errors import config_error
 
@@ -185,6 +199,8 @@ def chat_template_jinja(name: str) -> str:
     template = get_template(name)
     if template.rounds is not None:
         return _rounds_jinja(template)
+    if template.thinking is not None:
+        return glm45.jinja(template.thinking)
     prefix = "".join(template.prefix)
     header = "<|assistant|>" + ("\n" if template.prompt_newline else "")
     return (
@@ -194,9 +210,12 @@ def chat_template_jinja(name: str) -> str:
 
 
 def detect_template(tokenizer) -> str:
-    """The template a tokenizer's special tokens imply: <sop> with roles -> glm4, without -> chatglm (ChatGLM-6B);
-    sop with roles -> chatglm3; else chatglm2."""
+    """The template a tokenizer's special tokens imply: <sop> with roles and GLM-4.5's tool-call tokens
+    (<arg_key>) -> glm4_moe; <sop> with roles -> glm4, without -> chatglm (ChatGLM-6B); sop with roles -> chatglm3;
+    else chatglm2."""
     vocab = tokenizer.get_vocab()
+    if "<sop>" in vocab and "<|user|>" in vocab and "<arg_key>" in vocab and "<think>" in vocab:
+        return "glm4_moe"
     if "<sop>" in vocab:
         return "glm4" if "<|user|>" in vocab else "chatglm"
     if "sop" in vocab:
@@ -206,8 +225,13 @@ def detect_template(tokenizer) -> str:
     raise ModelError("model.template_unknown", templates=", ".join(TEMPLATES))
 
 
-def resolve_template(name: str, tokenizer) -> str:
-    return detect_template(tokenizer) if name == AUTO else get_template(name).name
+def resolve_template(name: str, tokenizer, enable_thinking: bool = True) -> str:
+    """The template's name (auto: detected from the tokenizer), with NO_THINKING appended when thinking is switched
+    off for a template that thinks."""
+    found = get_template(detect_template(tokenizer) if name == AUTO else name)
+    if not enable_thinking and found.thinking is not None and found.thinking.enabled:
+        return found.name + NO_THINKING
+    return found.name
 
 
 # One piece of a sample: token ids as they are, or a text still to encode (on its own: see the module docstring).
@@ -271,8 +295,23 @@ class TemplateEncoder:
     def _prefix(self) -> list[int]:
         return [self.token_id(t) for t in self.template.prefix]
 
+    def check(self, conversation: Conversation) -> None:
+        """RowError when this template cannot express the conversation: tools, tool calls and reasoning need the
+        GLM-4.5 generation's format (a row of them would otherwise train without them)."""
+        if self.template.thinking is not None:
+            return
+        for number, message in enumerate(conversation.messages, start=1):
+            if message["role"] == "tool" or message.get("tool_calls") or conversation.tools:
+                raise RowError("row.template_no_tools", number=number, template=self.template.name)
+            if message.get("reasoning") or "</think>" in (message.get("content") or ""):
+                raise RowError("row.template_no_reasoning", number=number, template=self.template.name)
+
     def _plan(self, conversation: Conversation) -> list[tuple[list[Part], bool]]:
         """(parts, carries_loss) pieces in order."""
+        self.check(conversation)
+        if self.template.thinking is not None:
+            found = glm45.pieces(conversation.messages, conversation.system, conversation.tools, self.template.thinking)
+            return [([self._prefix()], False)] + [([text], trains) for text, trains in found]
         if self.template.rounds is not None:
             return self._round_plan(conversation)
         pieces: list[tuple[list[Part], bool]] = [([self._prefix()], False)]
@@ -355,8 +394,15 @@ class TemplateEncoder:
             raise AssertionError(f"template {self.template.name}: the prompt is not a prefix of the conversation")
         return prompt, full[len(prompt) :]
 
-    def encode_prompt(self, messages: list[dict[str, str]], system: str = "") -> list[int]:
-        """Ids for generation: the history (ending with a user turn) plus the assistant header."""
+    def encode_prompt(
+        self, messages: list[dict[str, str]], system: str = "", tools: list[dict] | None = None
+    ) -> list[int]:
+        """Ids for generation: the history (ending with a user or tool turn) plus the assistant header."""
+        if self.template.thinking is not None:
+            ids: list[int] = []
+            for parts, _ in self._plan(Conversation(list(messages), system, tools=tools)):
+                ids += self._resolve(parts)
+            return ids + self._text(glm45.generation_prompt(self.template.thinking))
         if self.template.rounds is not None:
             answer_prefix = [self.token_id(t) for t in self.template.answer_prefix]
             return self._resolve(self._generation_prompt_plan(messages, system)) + answer_prefix

@@ -1,20 +1,26 @@
-"""The embedded demo model: a tiny, randomly initialised GLM-4 (`Glm4ForCausalLM`) with a real GLM-style tokenizer.
+"""The embedded demo models: a tiny, randomly initialised GLM-4 (`Glm4ForCausalLM`, `demo`) and a tiny GLM-4.5
+(`Glm4MoeForCausalLM`, `demo-moe`: GLM-4.5's layout -- a dense first layer, then routed experts with a shared one --
+its chat template with reasoning and tool calls, and their tokens), each with a real GLM-style tokenizer.
 
-It exists so that the whole workflow (data -> train -> chart -> chat -> export) runs offline on a CPU in a
-minute. Its weights are random: before training it babbles; after a short LoRA run on the identity set it
-answers like the data. The build is deterministic (fixed seed, fixed corpus) and takes a few seconds.
+They exist so that the whole workflow (data -> train -> chart -> chat -> export) runs offline on a CPU in a
+minute. Their weights are random: before training they babble; after a short LoRA run on the identity set (or the
+tool-calling set for `demo-moe`) they answer like the data. Each build is deterministic (fixed seed, fixed corpus)
+and takes a few seconds.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.data.glm45 import FORMAT_TOKENS
 from core.data.template import chat_template_jinja
 from core.resources import asset, home_dir
 
 RECIPE_VERSION = 1
 DEMO_NAME = "demo"
+MOE_DEMO_NAME = "demo-moe"
 MARKER_FILE = "glm_workbench_demo.json"
 DEMO_KIND = "demo-model"  # the staging marker (core/files.py) of a finished build
 
@@ -43,29 +49,84 @@ ARCHITECTURE = dict(
     initializer_range=0.1,
 )
 VOCAB_SIZE = 4096
+# GLM-4.5's layout in miniature: the first layer dense (first_k_dense_replace), the others 8 routed experts (2 per
+# token) plus a shared one; partial rotary (half the head), sigmoid router with a correction bias. Experts of width
+# 128 keep the active MLP (3 x 128) near the dense demo's 512. Weights drawn at 0.1: tiny models learn under LoRA
+# only when drawn that wide (shared/FACTS.md).
+MOE_ARCHITECTURE = dict(
+    hidden_size=256,
+    intermediate_size=512,
+    moe_intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=64,
+    n_routed_experts=8,
+    num_experts_per_tok=2,
+    n_shared_experts=1,
+    first_k_dense_replace=1,
+    num_nextn_predict_layers=0,
+    max_position_embeddings=4096,
+    rms_norm_eps=1e-5,
+    initializer_range=0.1,
+)
 
 
-def default_demo_dir() -> Path:
-    return home_dir() / f"demo-model-v{RECIPE_VERSION}"
+@dataclass(frozen=True)
+class DemoRecipe:
+    name: str
+    folder: str  # under the workbench home
+    config_class: str  # transformers' config and model classes
+    model_class: str
+    architecture: dict = field(default_factory=dict)
+    template: str = "glm4"
+    extra_tokens: tuple[str, ...] = ()
+    note: str = ""
+
+
+DEMOS = {
+    DEMO_NAME: DemoRecipe(
+        DEMO_NAME,
+        f"demo-model-v{RECIPE_VERSION}",
+        "Glm4Config",
+        "Glm4ForCausalLM",
+        ARCHITECTURE,
+        note="Tiny GLM-4 with random weights, for trying the workflow. Not a real language model.",
+    ),
+    MOE_DEMO_NAME: DemoRecipe(
+        MOE_DEMO_NAME,
+        "demo-moe-v1",
+        "Glm4MoeConfig",
+        "Glm4MoeForCausalLM",
+        MOE_ARCHITECTURE,
+        template="glm4_moe",
+        extra_tokens=FORMAT_TOKENS,
+        note="Tiny GLM-4.5 (MoE) with random weights and GLM-4.5's chat format, for trying the workflow.",
+    ),
+}
+
+
+def default_demo_dir(name: str = DEMO_NAME) -> Path:
+    return home_dir() / DEMOS[name].folder
 
 
 def is_demo_model(path: str | Path) -> bool:
     return (Path(path) / MARKER_FILE).is_file()
 
 
-def ensure_demo_model(target: str | Path | None = None) -> Path:
+def ensure_demo_model(target: str | Path | None = None, name: str = DEMO_NAME) -> Path:
     """Return the demo model's folder, building it first if it is not there yet (once, under a file lock, so
     two processes starting together build it once)."""
     import fcntl
 
-    target = Path(target) if target else default_demo_dir()
+    target = Path(target) if target else default_demo_dir(name)
     if is_demo_model(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not is_demo_model(target):
-            build_demo_model(target, overwrite=True)
+            build_demo_model(target, overwrite=True, name=name)
     return target
 
 
@@ -83,16 +144,17 @@ def _tokenizer_texts() -> list[str]:
     return [line for line in texts if line.strip()]
 
 
-def build_tokenizer():
+def build_tokenizer(recipe: DemoRecipe = DEMOS[DEMO_NAME]):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
+    specials = SPECIAL_TOKENS + list(recipe.extra_tokens)
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=specials,
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
@@ -102,33 +164,35 @@ def build_tokenizer():
         eos_token="<|endoftext|>",
         pad_token="<|endoftext|>",
         padding_side="right",
-        additional_special_tokens=SPECIAL_TOKENS[1:],
-        chat_template=chat_template_jinja("glm4"),
+        additional_special_tokens=specials[1:],
+        chat_template=chat_template_jinja(recipe.template),
         model_max_length=4096,
     )
 
 
-def build_demo_model(target: str | Path, overwrite: bool = False) -> Path:
-    """Build the tokenizer and the random-weight GLM-4 into `target`: a staging folder renamed into place. A
-    target that is not empty is refused, except (with `overwrite`) an earlier demo model of ours."""
+def build_demo_model(target: str | Path, overwrite: bool = False, name: str = DEMO_NAME) -> Path:
+    """Build the tokenizer and the random-weight model of demo `name` into `target`: a staging folder renamed into
+    place. A target that is not empty is refused, except (with `overwrite`) an earlier demo model of ours."""
     import torch
-    from transformers import GenerationConfig, Glm4Config, Glm4ForCausalLM
+    import transformers
+    from transformers import GenerationConfig
 
+    recipe = DEMOS[name]
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(recipe)
     stop_ids = [tokenizer.convert_tokens_to_ids(token) for token in STOP_TOKENS]
-    config = Glm4Config(
+    config = getattr(transformers, recipe.config_class)(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=stop_ids,
         tie_word_embeddings=False,
-        **ARCHITECTURE,
+        **recipe.architecture,
     )
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)
     try:
-        model = Glm4ForCausalLM(config)
+        model = getattr(transformers, recipe.model_class)(config)
     finally:
         torch.random.set_rng_state(generator_state)
     model.generation_config = GenerationConfig(
@@ -143,7 +207,8 @@ def build_demo_model(target: str | Path, overwrite: bool = False) -> Path:
             marker = {
                 "recipe_version": RECIPE_VERSION,
                 "parameters": model.num_parameters(),
-                "note": "Tiny GLM-4 with random weights, for trying the workflow. Not a real language model.",
+                "demo": recipe.name,
+                "note": recipe.note,
             }
             (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2), encoding="utf-8")
     except TargetNotFreeError as exc:

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from core.errors import ModelError
-from core.models.demo import DEMO_NAME, default_demo_dir, ensure_demo_model
+from core.models.demo import DEMOS, default_demo_dir, ensure_demo_model
 
 log = logging.getLogger("glm_workbench")
 
@@ -55,8 +55,9 @@ def locate_model(name_or_path: str) -> ModelLocation:
     from core.models import chatglm
 
     name_or_path = (name_or_path or "").strip()
-    if name_or_path in ("", DEMO_NAME):
-        return ModelLocation(DEMO_NAME, "demo", str(default_demo_dir()))
+    if name_or_path in DEMOS or not name_or_path:
+        name = name_or_path or "demo"
+        return ModelLocation(name, "demo", str(default_demo_dir(name)))
     check_model_reference(name_or_path)
     path = Path(name_or_path).expanduser()
     if not path.is_dir():
@@ -77,7 +78,7 @@ def prepare_model(name_or_path: str, trust_remote_code: bool = False) -> str:
 
     location = locate_model(name_or_path)
     if location.kind == "demo":
-        return str(ensure_demo_model())
+        return str(ensure_demo_model(name=location.reference))
     if location.kind == "thudm":
         if trust_remote_code:
             log.warning(
@@ -97,7 +98,7 @@ def reading_tokenizer(location: ModelLocation):
 
     if location.kind == "thudm":
         return chatglm.convert_tokenizer(location.path, location.variant)
-    path = str(ensure_demo_model()) if location.kind == "demo" else location.path
+    path = str(ensure_demo_model(name=location.reference)) if location.kind == "demo" else location.path
     return load_tokenizer(path)
 
 
@@ -110,7 +111,7 @@ def model_config(location: ModelLocation):
     if location.kind == "thudm":
         return chatglm.shape_config(location.path)
     register_native_classes()
-    path = str(ensure_demo_model()) if location.kind == "demo" else location.path
+    path = str(ensure_demo_model(name=location.reference)) if location.kind == "demo" else location.path
     return AutoConfig.from_pretrained(path)
 
 
@@ -138,7 +139,7 @@ def check_model_reference(name_or_path: str) -> None:
     """Refuse, before a run starts, a model that cannot be found: a missing folder, a file, a folder without
     config.json. Cheap (no conversion, no download): hub ids pass and are checked when they load."""
     name_or_path = (name_or_path or "").strip()
-    if name_or_path in ("", DEMO_NAME):
+    if name_or_path in DEMOS or not name_or_path:
         return
     path = Path(name_or_path).expanduser()
     if path.is_dir():

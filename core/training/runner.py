@@ -224,7 +224,7 @@ class TrainingSession:
         log.info("loading model %s", model_path)
         tokenizer = load_tokenizer(model_path, config.trust_remote_code)
         tokenizer.padding_side = "right"  # positions must start at 0 for every training sample
-        template = resolve_template(config.template, tokenizer)
+        template = resolve_template(config.template, tokenizer, config.enable_thinking)
         data = self._tokenize(config.dataset, tokenizer, template, config.val_size, config.max_samples)
         log.info(
             "data: format %s, template %s, %d train / %d eval samples, %d truncated at cutoff_len=%d",

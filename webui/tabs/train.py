@@ -147,6 +147,7 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
             scale=1,
             elem_id="field-template",
         )
+        field("enable_thinking", "bool")
         field("trust_remote_code", "bool")
     fields["finetuning_type"] = gr.Radio(
         [(t(f"method_{m}"), m) for m in METHODS],

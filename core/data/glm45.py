@@ -1,0 +1,194 @@
+"""The chat format of the GLM-4.5 generation (GLM-4.5 / 4.5-Air / 4.6 / 4.7 / 4.7-Flash): reasoning and tool calls.
+
+What the models' own chat_template.jinja renders, and therefore what they were trained on:
+
+    [gMASK]<sop><|system|>\\n# Tools ... <tools>\\n{tool json}\\n...</tools> ...      (when there are tools)
+    <|system|>\\n{system}<|user|>\\n{query}[/nothink]
+    <|assistant|>\\n<think>{reasoning}</think>\\n{answer}\\n<tool_call>{name}\\n<arg_key>k</arg_key>\\n
+    <arg_value>v</arg_value>\\n</tool_call><|observation|>\\n<tool_response>\\n{result}\\n</tool_response>...
+
+- Reasoning is shown only for the assistant turns after the last user turn; earlier turns get an empty think block
+  (GLM-4.5/4.6: `<think></think>`). Reasoning comes from `reasoning_content`, or from a `<think>…</think>` inside
+  the content, split off exactly as the real template splits it.
+- `enable_thinking: false` appends `/nothink` to every user turn and opens the answer with the empty think block,
+  which is then part of the prompt (the real template's generation prompt ends with it).
+- Argument values that are strings are written as they are, anything else as JSON.
+
+This module turns one conversation into *pieces*: (text, carries_loss). Every piece boundary sits next to a special
+token (`<|assistant|>`, `</think>`, a role token), and the tokenizer splits its special tokens out before it encodes
+any text, so encoding the pieces one by one gives exactly the ids of encoding the rendered string whole (the tests
+compare with the real templates, token for token). Loss: the assistant's reasoning, answer and tool calls after the
+last user turn; the answer and tool calls of earlier turns (never their empty think block); the role token that ends
+an assistant turn (`<|user|>`, `<|observation|>`); never the tools block, a prompt or a tool's result.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+TOOLS_INTRO = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+)
+TOOLS_OUTRO = (
+    "</tools>\n\nFor each function call, output the function name and arguments within the following XML format:\n"
+    "<tool_call>{function-name}\n<arg_key>{arg-key-1}</arg_key>\n<arg_value>{arg-value-1}</arg_value>\n"
+    "<arg_key>{arg-key-2}</arg_key>\n<arg_value>{arg-value-2}</arg_value>\n...\n</tool_call>"
+)
+NO_THINK = "/nothink"
+# The tokens this format needs in the tokenizer as added (special) tokens, beside GLM's role tokens.
+FORMAT_TOKENS = (
+    "<think>",
+    "</think>",
+    "<tool_call>",
+    "</tool_call>",
+    "<arg_key>",
+    "</arg_key>",
+    "<arg_value>",
+    "</arg_value>",
+    "<tool_response>",
+    "</tool_response>",
+    NO_THINK,
+)
+
+
+@dataclass(frozen=True)
+class ThinkingFormat:
+    """Where the GLM-4.5-generation templates differ from each other."""
+
+    empty_think: str = "<think></think>"  # what an assistant turn without (shown) reasoning opens with
+    enabled: bool = True  # enable_thinking: off trains and prompts with the empty think block and /nothink
+
+
+def split_reasoning(message: dict[str, Any]) -> tuple[str, str]:
+    """(reasoning, answer) of an assistant message, as the real template reads them: `reasoning` (our name for
+    `reasoning_content`) if given, else the part of the content before `</think>`."""
+    content = message.get("content") or ""
+    reasoning = message.get("reasoning")
+    if isinstance(reasoning, str):
+        return reasoning, content
+    if "</think>" in content:
+        before = content.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
+        return before, content.split("</think>")[-1].lstrip("\n")
+    return "", content
+
+
+def argument_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def tool_call_text(call: dict[str, Any]) -> str:
+    """One call as the model writes it (the leading newline included)."""
+    arguments = "".join(
+        f"<arg_key>{key}</arg_key>\n<arg_value>{argument_text(value)}</arg_value>\n"
+        for key, value in (call.get("arguments") or {}).items()
+    )
+    return f"\n<tool_call>{call['name']}\n{arguments}</tool_call>"
+
+
+def tools_text(tools: list[dict[str, Any]]) -> str:
+    """The system turn that lists the tools (the role token included)."""
+    listed = "".join(json.dumps(tool, ensure_ascii=False) + "\n" for tool in tools)
+    return "<|system|>\n" + TOOLS_INTRO + listed + TOOLS_OUTRO
+
+
+def pieces(
+    messages: list[dict[str, Any]],
+    system: str = "",
+    tools: list[dict[str, Any]] | None = None,
+    form: ThinkingFormat = ThinkingFormat(),
+) -> list[tuple[str, bool]]:
+    """The conversation after the `[gMASK]<sop>` prefix as (text, carries_loss) pieces; see the module docstring."""
+    enable_thinking = form.enabled
+    out: list[tuple[str, bool]] = []
+    if tools:
+        out.append((tools_text(tools), False))
+    if system:
+        out.append(("<|system|>\n" + system, False))
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    previous = None
+    for index, message in enumerate(messages):
+        role, content = message["role"], message.get("content") or ""
+        ends_answer = previous == "assistant"  # the role token after an answer stops it: the model learns to emit it
+        if role == "user":
+            suffix = NO_THINK if not enable_thinking and not content.endswith(NO_THINK) else ""
+            out += [("<|user|>", ends_answer), ("\n" + content + suffix, False)]
+        elif role == "tool":
+            if previous != "tool":
+                out.append(("<|observation|>", ends_answer))
+            out.append((f"\n<tool_response>\n{content}\n</tool_response>", False))
+        elif role == "system":
+            out += [("<|system|>", ends_answer), ("\n" + content, False)]
+        else:
+            reasoning, answer = split_reasoning(message)
+            if not enable_thinking:
+                reasoning = ""
+            shown = index > last_user and reasoning
+            think = f"\n<think>{reasoning.strip()}</think>" if shown else "\n" + form.empty_think
+            rest = ("\n" + answer.strip() if answer.strip() else "") + "".join(
+                tool_call_text(call) for call in message.get("tool_calls") or ()
+            )
+            if shown or (index > last_user and enable_thinking):
+                out += [("<|assistant|>", False), (think + rest, True)]  # the model writes its think block
+            else:
+                out += [("<|assistant|>", False), (think, False), (rest, True)]
+        previous = role
+    return [(text, trains) for text, trains in out if text]
+
+
+def generation_prompt(form: ThinkingFormat = ThinkingFormat()) -> str:
+    """What follows the conversation when the model is to answer."""
+    return "<|assistant|>" + ("" if form.enabled else "\n" + form.empty_think)
+
+
+def jinja(form: ThinkingFormat = ThinkingFormat()) -> str:
+    """The format as a Jinja chat template (for tokenizers we write: the MoE demo model), written from the same
+    definition as `pieces`; the tests render it beside `pieces` and the real templates."""
+    intro, outro = json.dumps(TOOLS_INTRO), json.dumps(TOOLS_OUTRO)
+    empty = json.dumps("\n" + form.empty_think)
+    return (
+        "{{- '[gMASK]<sop>' -}}"
+        "{%- if tools -%}{{- '<|system|>\\n' ~ " + intro + " -}}"
+        "{%- for tool in tools -%}{{- tool | tojson(ensure_ascii=False) ~ '\\n' -}}{%- endfor -%}"
+        "{{- " + outro + " -}}{%- endif -%}"
+        "{%- set ns = namespace(last_user=-1) -%}"
+        "{%- for m in messages -%}{%- if m.role == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- set thinking = enable_thinking is not defined or enable_thinking -%}"
+        "{%- for m in messages -%}"
+        "{%- set content = m.content if m.content is string else '' -%}"
+        "{%- if m.role == 'user' -%}"
+        "{{- '<|user|>\\n' ~ content -}}"
+        "{%- if not thinking and not content.endswith('/nothink') -%}{{- '/nothink' -}}{%- endif -%}"
+        "{%- elif m.role == 'system' -%}{{- '<|system|>\\n' ~ content -}}"
+        "{%- elif m.role == 'tool' -%}"
+        "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' -%}{{- '<|observation|>' -}}{%- endif -%}"
+        "{{- '\\n<tool_response>\\n' ~ content ~ '\\n</tool_response>' -}}"
+        "{%- elif m.role == 'assistant' -%}"
+        "{%- set reasoning = m.reasoning_content if m.reasoning_content is string else '' -%}"
+        "{%- if m.reasoning_content is not string and '</think>' in content -%}"
+        "{%- set reasoning = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') -%}"
+        "{%- set content = content.split('</think>')[-1].lstrip('\\n') -%}"
+        "{%- endif -%}"
+        "{{- '<|assistant|>' -}}"
+        "{%- if thinking and loop.index0 > ns.last_user and reasoning -%}"
+        "{{- '\\n<think>' ~ reasoning.strip() ~ '</think>' -}}"
+        "{%- else -%}{{- " + empty + " -}}{%- endif -%}"
+        "{%- if content.strip() -%}{{- '\\n' ~ content.strip() -}}{%- endif -%}"
+        "{%- for call in m.tool_calls or [] -%}"
+        "{%- set call = call.function if call.function is defined else call -%}"
+        "{{- '\\n<tool_call>' ~ call.name ~ '\\n' -}}"
+        "{%- for key, value in (call.arguments or {}).items() -%}"
+        "{{- '<arg_key>' ~ key ~ '</arg_key>\\n<arg_value>' -}}"
+        "{{- value if value is string else value | tojson(ensure_ascii=False) -}}"
+        "{{- '</arg_value>\\n' -}}"
+        "{%- endfor -%}"
+        "{{- '</tool_call>' -}}"
+        "{%- endfor -%}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- '<|assistant|>' -}}"
+        "{%- if not thinking -%}{{- " + empty + " -}}{%- endif -%}{%- endif -%}"
+    )
