@@ -376,8 +376,9 @@ def from_llamafactory(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         data["finetuning_type"] = "qlora"
     if isinstance(data.get("dataset"), str) and "," in data["dataset"]:
         raise config_error("dataset", "config.one_dataset", value=data["dataset"], show_value=True)
-    if data.get("template") in ("glm4", "glm4_moe", "chatglm3", "chatglm2", "chatglm", None):
-        data["template"] = data.get("template") or "auto"
+    # LLaMA-Factory's GLM template names: glm4_moe (GLM-4.5/4.6) and glm4_7 (GLM-4.7 / 4.7-Flash) are ours too.
+    if data.get("template") in ("glm4", "glm4_moe", "glm4_7", "chatglm3", "chatglm2", "chatglm", None):
+        data["template"] = {"glm4_7": "glm47", None: "auto"}.get(data.get("template"), data.get("template"))
     if "lora_target" in data and isinstance(data["lora_target"], str):
         data["lora_target"] = data["lora_target"].replace(" ", "")
     return data, notes

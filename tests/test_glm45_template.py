@@ -17,6 +17,7 @@ from core.models.demo import DEMOS, build_tokenizer
 
 TEMPLATES = Path(__file__).parent / "fixtures" / "templates"
 REAL = {path.stem: path.read_text(encoding="utf-8") for path in sorted(TEMPLATES.glob("GLM-4*.jinja"))}
+FAMILY = {"GLM-4.5": "glm4_moe", "GLM-4.6": "glm4_moe", "GLM-4.7-Flash": "glm47"}  # our template for each
 
 WEATHER = {
     "type": "function",
@@ -137,14 +138,14 @@ def test_the_fixtures_are_the_real_templates():
 def test_training_ids_equal_the_real_template(tokenizer, real, case, thinking):
     row = CASES[case]
     conversation = convert_row(row, "openai")
-    template = resolve_template("glm4_moe", tokenizer, enable_thinking=thinking)
+    template = resolve_template(FAMILY[real], tokenizer, enable_thinking=thinking)
     ids, labels = TemplateEncoder(tokenizer, template).encode(conversation, 10**9)
     kwargs = {} if thinking else {"enable_thinking": False}
     expected = tokenizer.encode(render(tokenizer, REAL[real], row, **kwargs), add_special_tokens=False)
     assert ids[:-1] == expected
     assert ids[-1] == labels[-1] == tokenizer.convert_tokens_to_ids("<|endoftext|>")  # learn to stop
-    # Our own Jinja (saved with the MoE demo's tokenizer) renders the same text.
-    ours = render(tokenizer, chat_template_jinja("glm4_moe"), row, **kwargs)
+    # Our own Jinja (saved with the tokenizers we write) renders the same text.
+    ours = render(tokenizer, chat_template_jinja(FAMILY[real]), row, **kwargs)
     assert ours == render(tokenizer, REAL[real], row, **kwargs)
 
 
@@ -154,7 +155,7 @@ def test_training_ids_equal_the_real_template(tokenizer, real, case, thinking):
 def test_generation_prompt_equals_the_real_template(tokenizer, real, case, thinking):
     """Every point where the model speaks next: after each user turn and after each run of tool results."""
     row = CASES[case]
-    template = get_template(resolve_template("glm4_moe", tokenizer, enable_thinking=thinking))
+    template = get_template(resolve_template(FAMILY[real], tokenizer, enable_thinking=thinking))
     encoder = TemplateEncoder(tokenizer, template)
     kwargs = {} if thinking else {"enable_thinking": False}
     conversation = convert_row(row, "openai")
@@ -209,9 +210,21 @@ def test_thinking_off_trains_the_empty_think_as_prompt(tokenizer):
     assert "/nothink" in tokenizer.decode(ids) and trained.startswith("\n我是小蓝")
 
 
-def test_auto_picks_glm4_moe_from_the_tokenizer(tokenizer):
+def test_auto_picks_the_generation_from_the_tokenizer_and_its_own_template(tokenizer):
     assert resolve_template("auto", tokenizer) == "glm4_moe"
     assert resolve_template("auto", build_tokenizer(DEMOS["demo"])) == "glm4"
+    for real, family in FAMILY.items():
+        flash = copy.copy(tokenizer)
+        flash.chat_template = REAL[real]
+        assert resolve_template("auto", flash) == family, real
+
+
+def test_llamafactory_template_names_mean_ours():
+    from core.config import from_llamafactory
+
+    for theirs, ours in (("glm4_moe", "glm4_moe"), ("glm4_7", "glm47")):
+        data, _ = from_llamafactory({"stage": "sft", "template": theirs})
+        assert data["template"] == ours
 
 
 BAD_ROWS = [

@@ -38,7 +38,8 @@ TOOLS_OUTRO = (
     "<arg_key>{arg-key-2}</arg_key>\n<arg_value>{arg-value-2}</arg_value>\n...\n</tool_call>"
 )
 NO_THINK = "/nothink"
-# The tokens this format needs in the tokenizer as added (special) tokens, beside GLM's role tokens.
+# The tokens this format needs in the tokenizer as added tokens (not special: decoding keeps them), beside GLM's
+# role tokens.
 FORMAT_TOKENS = (
     "<think>",
     "</think>",
@@ -56,10 +57,46 @@ FORMAT_TOKENS = (
 
 @dataclass(frozen=True)
 class ThinkingFormat:
-    """Where the GLM-4.5-generation templates differ from each other."""
+    """Where the GLM-4.5-generation templates differ from each other: GLM-4.5/4.6 write newlines between the parts
+    and /nothink after a user turn; GLM-4.7/4.7-Flash write everything tight, a bare `</think>` for no reasoning,
+    and open the answer with `<think>` in the prompt."""
 
-    empty_think: str = "<think></think>"  # what an assistant turn without (shown) reasoning opens with
-    enabled: bool = True  # enable_thinking: off trains and prompts with the empty think block and /nothink
+    newline: str = "\n"  # after a role token, and between the think block, the answer and the calls
+    empty_think: str = "<think></think>"  # an assistant turn without (shown) reasoning
+    nothink_suffix: bool = True  # thinking off appends /nothink to every user turn
+    tools_outro: str = TOOLS_OUTRO
+    thinking_prompt: str = ""  # what the generation prompt adds after <|assistant|> when thinking is on
+    enabled: bool = True  # enable_thinking: off trains and prompts without reasoning, as the template renders it
+
+    def generation(self) -> str:
+        """What follows <|assistant|> in the generation prompt."""
+        return self.thinking_prompt if self.enabled else self.newline + self.empty_think
+
+    def tool_call(self, call: dict[str, Any]) -> str:
+        nl = self.newline
+        arguments = "".join(
+            f"<arg_key>{key}</arg_key>{nl}<arg_value>{argument_text(value)}</arg_value>{nl}"
+            for key, value in (call.get("arguments") or {}).items()
+        )
+        return f"{nl}<tool_call>{call['name']}{nl}{arguments}</tool_call>"
+
+    def tool_response(self, content: str) -> str:
+        nl = self.newline
+        return f"{nl}<tool_response>{nl}{content}{nl}</tool_response>"
+
+
+GLM45 = ThinkingFormat()
+GLM47 = ThinkingFormat(
+    newline="",
+    empty_think="</think>",
+    nothink_suffix=False,
+    tools_outro=(
+        "</tools>\n\nFor each function call, output the function name and arguments within the following XML format:"
+        "\n<tool_call>{function-name}<arg_key>{arg-key-1}</arg_key><arg_value>{arg-value-1}</arg_value>"
+        "<arg_key>{arg-key-2}</arg_key><arg_value>{arg-value-2}</arg_value>...</tool_call>"
+    ),
+    thinking_prompt="<think>",
+)
 
 
 def split_reasoning(message: dict[str, Any]) -> tuple[str, str]:
@@ -79,77 +116,78 @@ def argument_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def tool_call_text(call: dict[str, Any]) -> str:
-    """One call as the model writes it (the leading newline included)."""
-    arguments = "".join(
-        f"<arg_key>{key}</arg_key>\n<arg_value>{argument_text(value)}</arg_value>\n"
-        for key, value in (call.get("arguments") or {}).items()
-    )
-    return f"\n<tool_call>{call['name']}\n{arguments}</tool_call>"
-
-
-def tools_text(tools: list[dict[str, Any]]) -> str:
+def tools_text(tools: list[dict[str, Any]], form: ThinkingFormat = GLM45) -> str:
     """The system turn that lists the tools (the role token included)."""
     listed = "".join(json.dumps(tool, ensure_ascii=False) + "\n" for tool in tools)
-    return "<|system|>\n" + TOOLS_INTRO + listed + TOOLS_OUTRO
+    return "<|system|>\n" + TOOLS_INTRO + listed + form.tools_outro
 
 
 def pieces(
     messages: list[dict[str, Any]],
     system: str = "",
     tools: list[dict[str, Any]] | None = None,
-    form: ThinkingFormat = ThinkingFormat(),
+    form: ThinkingFormat = GLM45,
 ) -> list[tuple[str, bool]]:
     """The conversation after the `[gMASK]<sop>` prefix as (text, carries_loss) pieces; see the module docstring."""
-    enable_thinking = form.enabled
+    nl, thinking = form.newline, form.enabled
     out: list[tuple[str, bool]] = []
     if tools:
-        out.append((tools_text(tools), False))
+        out.append((tools_text(tools, form), False))
     if system:
-        out.append(("<|system|>\n" + system, False))
+        out.append(("<|system|>" + nl + system, False))
     last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
     previous = None
     for index, message in enumerate(messages):
         role, content = message["role"], message.get("content") or ""
         ends_answer = previous == "assistant"  # the role token after an answer stops it: the model learns to emit it
         if role == "user":
-            suffix = NO_THINK if not enable_thinking and not content.endswith(NO_THINK) else ""
-            out += [("<|user|>", ends_answer), ("\n" + content + suffix, False)]
+            suffix = NO_THINK if form.nothink_suffix and not thinking and not content.endswith(NO_THINK) else ""
+            out += [("<|user|>", ends_answer), (nl + content + suffix, False)]
         elif role == "tool":
             if previous != "tool":
                 out.append(("<|observation|>", ends_answer))
-            out.append((f"\n<tool_response>\n{content}\n</tool_response>", False))
+            out.append((form.tool_response(content), False))
         elif role == "system":
-            out += [("<|system|>", ends_answer), ("\n" + content, False)]
+            out += [("<|system|>", ends_answer), (nl + content, False)]
         else:
             reasoning, answer = split_reasoning(message)
-            if not enable_thinking:
+            if not thinking:
                 reasoning = ""
-            shown = index > last_user and reasoning
-            think = f"\n<think>{reasoning.strip()}</think>" if shown else "\n" + form.empty_think
-            rest = ("\n" + answer.strip() if answer.strip() else "") + "".join(
-                tool_call_text(call) for call in message.get("tool_calls") or ()
+            latest = index > last_user  # this turn's answers (after the last question) show their reasoning
+            think = f"{nl}<think>{reasoning.strip()}</think>" if latest and reasoning else nl + form.empty_think
+            rest = (nl + answer.strip() if answer.strip() else "") + "".join(
+                form.tool_call(call) for call in message.get("tool_calls") or ()
             )
-            if shown or (index > last_user and enable_thinking):
-                out += [("<|assistant|>", False), (think + rest, True)]  # the model writes its think block
+            out.append(("<|assistant|>", False))
+            prompted = form.generation()  # what the generation prompt already holds: never the model's to write
+            if latest and (think + rest).startswith(prompted):
+                out += [(prompted, False), ((think + rest)[len(prompted) :], True)]
+            elif latest:
+                out.append((think + rest, True))
             else:
-                out += [("<|assistant|>", False), (think, False), (rest, True)]
+                out += [
+                    (think, False),
+                    (rest, True),
+                ]  # history: its empty think block is the template's, not the model's
         previous = role
     return [(text, trains) for text, trains in out if text]
 
 
-def generation_prompt(form: ThinkingFormat = ThinkingFormat()) -> str:
+def generation_prompt(form: ThinkingFormat = GLM45) -> str:
     """What follows the conversation when the model is to answer."""
-    return "<|assistant|>" + ("" if form.enabled else "\n" + form.empty_think)
+    return "<|assistant|>" + form.generation()
 
 
-def jinja(form: ThinkingFormat = ThinkingFormat()) -> str:
+def jinja(form: ThinkingFormat = GLM45) -> str:
     """The format as a Jinja chat template (for tokenizers we write: the MoE demo model), written from the same
     definition as `pieces`; the tests render it beside `pieces` and the real templates."""
-    intro, outro = json.dumps(TOOLS_INTRO), json.dumps(TOOLS_OUTRO)
-    empty = json.dumps("\n" + form.empty_think)
+    nl = json.dumps(form.newline)
+    intro, outro = json.dumps(TOOLS_INTRO), json.dumps(form.tools_outro)
+    empty, prompt_on = json.dumps(form.newline + form.empty_think), json.dumps(form.thinking_prompt)
+    nothink = "true" if form.nothink_suffix else "false"
     return (
         "{{- '[gMASK]<sop>' -}}"
+        "{%- set nl = " + nl + " -%}"
         "{%- if tools -%}{{- '<|system|>\\n' ~ " + intro + " -}}"
         "{%- for tool in tools -%}{{- tool | tojson(ensure_ascii=False) ~ '\\n' -}}{%- endfor -%}"
         "{{- " + outro + " -}}{%- endif -%}"
@@ -160,12 +198,14 @@ def jinja(form: ThinkingFormat = ThinkingFormat()) -> str:
         "{%- for m in messages -%}"
         "{%- set content = m.content if m.content is string else '' -%}"
         "{%- if m.role == 'user' -%}"
-        "{{- '<|user|>\\n' ~ content -}}"
-        "{%- if not thinking and not content.endswith('/nothink') -%}{{- '/nothink' -}}{%- endif -%}"
-        "{%- elif m.role == 'system' -%}{{- '<|system|>\\n' ~ content -}}"
+        "{{- '<|user|>' ~ nl ~ content -}}"
+        "{%- if "
+        + nothink
+        + " and not thinking and not content.endswith('/nothink') -%}{{- '/nothink' -}}{%- endif -%}"
+        "{%- elif m.role == 'system' -%}{{- '<|system|>' ~ nl ~ content -}}"
         "{%- elif m.role == 'tool' -%}"
         "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' -%}{{- '<|observation|>' -}}{%- endif -%}"
-        "{{- '\\n<tool_response>\\n' ~ content ~ '\\n</tool_response>' -}}"
+        "{{- nl ~ '<tool_response>' ~ nl ~ content ~ nl ~ '</tool_response>' -}}"
         "{%- elif m.role == 'assistant' -%}"
         "{%- set reasoning = m.reasoning_content if m.reasoning_content is string else '' -%}"
         "{%- if m.reasoning_content is not string and '</think>' in content -%}"
@@ -174,21 +214,21 @@ def jinja(form: ThinkingFormat = ThinkingFormat()) -> str:
         "{%- endif -%}"
         "{{- '<|assistant|>' -}}"
         "{%- if thinking and loop.index0 > ns.last_user and reasoning -%}"
-        "{{- '\\n<think>' ~ reasoning.strip() ~ '</think>' -}}"
+        "{{- nl ~ '<think>' ~ reasoning.strip() ~ '</think>' -}}"
         "{%- else -%}{{- " + empty + " -}}{%- endif -%}"
-        "{%- if content.strip() -%}{{- '\\n' ~ content.strip() -}}{%- endif -%}"
+        "{%- if content.strip() -%}{{- nl ~ content.strip() -}}{%- endif -%}"
         "{%- for call in m.tool_calls or [] -%}"
         "{%- set call = call.function if call.function is defined else call -%}"
-        "{{- '\\n<tool_call>' ~ call.name ~ '\\n' -}}"
+        "{{- nl ~ '<tool_call>' ~ call.name ~ nl -}}"
         "{%- for key, value in (call.arguments or {}).items() -%}"
-        "{{- '<arg_key>' ~ key ~ '</arg_key>\\n<arg_value>' -}}"
+        "{{- '<arg_key>' ~ key ~ '</arg_key>' ~ nl ~ '<arg_value>' -}}"
         "{{- value if value is string else value | tojson(ensure_ascii=False) -}}"
-        "{{- '</arg_value>\\n' -}}"
+        "{{- '</arg_value>' ~ nl -}}"
         "{%- endfor -%}"
         "{{- '</tool_call>' -}}"
         "{%- endfor -%}"
         "{%- endif -%}"
         "{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{- '<|assistant|>' -}}"
-        "{%- if not thinking -%}{{- " + empty + " -}}{%- endif -%}{%- endif -%}"
+        "{%- if thinking -%}{{- " + prompt_on + " -}}{%- else -%}{{- " + empty + " -}}{%- endif -%}{%- endif -%}"
     )

@@ -17,6 +17,7 @@ DEMO_DATASETS = {
     "advertise_gen": "advertise_gen.jsonl",
     "multiturn": "multiturn.json",
     "identity_pairs": "identity_pairs.json",  # pairwise: the identity answers against wrong ones
+    "tool_calls": "tool_calls.json",  # OpenAI messages with tools, tool calls and reasoning (for demo-moe)
 }
 
 

@@ -100,9 +100,9 @@ class Template:
 TEMPLATES: dict[str, Template] = {
     "glm4": Template("glm4", prefix=("[gMASK]", "<sop>")),
     # GLM-4.5 / 4.5-Air / 4.6 (Glm4MoeForCausalLM): the model writes "\n<think>" after <|assistant|> itself.
-    "glm4_moe": Template(
-        "glm4_moe", prefix=("[gMASK]", "<sop>"), prompt_newline=False, thinking=glm45.ThinkingFormat()
-    ),
+    "glm4_moe": Template("glm4_moe", prefix=("[gMASK]", "<sop>"), prompt_newline=False, thinking=glm45.GLM45),
+    # GLM-4.7 / 4.7-Flash (Glm4MoeLiteForCausalLM) / GLM-5: the same parts written tight, `<think>` in the prompt.
+    "glm47": Template("glm47", prefix=("[gMASK]", "<sop>"), prompt_newline=False, thinking=glm45.GLM47),
     "chatglm3": Template(
         "chatglm3",
         prefix=("[gMASK]", "sop"),
@@ -215,7 +215,7 @@ def detect_template(tokenizer) -> str:
     else chatglm2."""
     vocab = tokenizer.get_vocab()
     if "<sop>" in vocab and "<|user|>" in vocab and "<arg_key>" in vocab and "<think>" in vocab:
-        return "glm4_moe"
+        return thinking_generation(tokenizer)
     if "<sop>" in vocab:
         return "glm4" if "<|user|>" in vocab else "chatglm"
     if "sop" in vocab:
@@ -223,6 +223,19 @@ def detect_template(tokenizer) -> str:
     from core.errors import ModelError
 
     raise ModelError("model.template_unknown", templates=", ".join(TEMPLATES))
+
+
+def thinking_generation(tokenizer) -> str:
+    """glm47 when the tokenizer's own chat template writes GLM-4.7's tight layout (`<|user|>` straight followed by
+    the text), else glm4_moe (GLM-4.5 / 4.6, and a tokenizer without a template)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return "glm4_moe"
+    probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    try:
+        text = tokenizer.apply_chat_template(probe, tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that cannot render the probe: the GLM-4.5 default
+        return "glm4_moe"
+    return "glm47" if "<|user|>x" in text else "glm4_moe"
 
 
 def resolve_template(name: str, tokenizer, enable_thinking: bool = True) -> str:

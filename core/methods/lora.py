@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from core.methods.base import ADAPTER, Field, Method
@@ -36,6 +37,10 @@ def check(config, check) -> None:
     check(bool(config.lora_target.strip()), "lora_target", "config.lora_target")
 
 
+EXPERTS = "experts"  # in lora_target: every routed expert of a MoE model (its fused 3-D weights)
+ROUTER = "router"  # in lora_target: the MoE router (never adapted unless named)
+
+
 def target_modules(spec: str) -> str | list[str]:
     spec = spec.strip()
     if spec == "all":
@@ -43,14 +48,61 @@ def target_modules(spec: str) -> str | list[str]:
     return [name.strip() for name in spec.split(",") if name.strip()]
 
 
-def lora_config(config):
+def expert_parameters(model) -> list[str]:
+    """The routed experts' fused weights of a MoE model (GLM-4.5: `mlp.experts.gate_up_proj`, `.down_proj`, 3-D
+    [experts, out, in]) as peft's `target_parameters` names; none for a dense model."""
+    import re
+
+    names: list[str] = []
+    for name, param in model.named_parameters():
+        if param.ndim == 3 and re.search(r"(^|\.)experts\.[^.]+$", name):
+            short = ".".join(name.split(".")[-2:])
+            if short not in names:
+                names.append(short)
+    return names
+
+
+def router_parameters(model) -> list[str]:
+    """The router's weight of each MoE layer (`mlp.gate.weight`): a module with a weight, not a Linear."""
+    names = {".".join(n.split(".")[-3:]) for n, _ in model.named_parameters() if re.search(r"\.mlp\.gate\.weight$", n)}
+    return sorted(names)
+
+
+def lora_targets(model, spec: str) -> tuple[str | list[str], list[str]]:
+    """(target_modules, target_parameters) for peft. A dense model: peft's own "all-linear", or the names given.
+    A MoE model (transformers 5 fuses its experts into 3-D parameters, which matching Linear modules misses, and
+    peft's all-linear also adapts the router): "all" is every decoder Linear (attention, dense and shared-expert
+    MLPs) plus the routed experts through `target_parameters`, never the router; `experts` and `router` name them
+    in a list."""
+    from core.models import peft_moe
+
+    experts = expert_parameters(model)
+    if not experts:
+        return target_modules(spec), []
+    peft_moe.install()
+    names = linear_layer_names(model) + [EXPERTS] if spec.strip() == "all" else target_modules(spec)
+    modules = [name for name in names if name not in (EXPERTS, ROUTER)]
+    parameters = (experts if EXPERTS in names else []) + (router_parameters(model) if ROUTER in names else [])
+    return modules, parameters
+
+
+def lora_config(config, model=None):
     from peft import LoraConfig
 
+    modules, parameters = (
+        lora_targets(model, config.lora_target)
+        if model is not None
+        else (
+            target_modules(config.lora_target),
+            [],
+        )
+    )
     return LoraConfig(
         r=config.lora_rank,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=target_modules(config.lora_target),
+        target_modules=modules,
+        target_parameters=parameters or None,
         use_dora=config.use_dora,
         use_rslora=config.use_rslora,
         task_type="CAUSAL_LM",
@@ -60,8 +112,6 @@ def lora_config(config):
 def linear_layer_names(model) -> list[str]:
     """The names LoRA can target in this model: its decoder blocks' linear layers, in order of appearance
     (GLM-4: q_proj ... down_proj; ChatGLM-6B: query_key_value, dense, dense_h_to_4h, dense_4h_to_h)."""
-    import re
-
     import torch
 
     names: list[str] = []
@@ -88,10 +138,11 @@ def prepare(model, config):
     if config.adapter_name_or_path:
         return load_for_more_training(model, config)
     try:
-        return get_peft_model(model, lora_config(config))
+        return get_peft_model(model, lora_config(config, model))
     except ValueError as exc:
+        known = linear_layer_names(model) + ([EXPERTS, ROUTER] if expert_parameters(model) else [])
         raise config_error(
-            "lora_target", "config.lora_target_unknown", detail=str(exc), modules=", ".join(linear_layer_names(model))
+            "lora_target", "config.lora_target_unknown", detail=str(exc), modules=", ".join(known)
         ) from None
 
 

@@ -67,8 +67,24 @@ def model_kwargs(config) -> dict:
 
 
 def prepare(model, config):
+    import logging
+
     from peft import prepare_model_for_kbit_training
 
+    experts = lora.expert_parameters(model)
+    if experts:
+        # bitsandbytes quantizes nn.Linear layers only; transformers 5 fuses a MoE's routed experts into 3-D
+        # parameters, which it leaves as they are. Say so: on GLM-4.5 they are most of the model.
+        fused = [p for n, p in model.named_parameters() if any(n.endswith(e) for e in experts)]
+        logging.getLogger("glm_workbench").warning(
+            "qlora: bitsandbytes quantizes the Linear layers (attention, dense and shared-expert MLPs) to %s bits; "
+            "the routed experts' fused weights (%s, %.1fM parameters) cannot be quantized by it and stay in %s, "
+            "frozen, with LoRA on them",
+            config.quantization_bit,
+            ", ".join(experts),
+            sum(p.numel() for p in fused) / 1e6,
+            str(fused[0].dtype).replace("torch.", ""),
+        )
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     return lora.prepare(model, config)
 

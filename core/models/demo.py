@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.data.glm45 import FORMAT_TOKENS
+from core.data.glm45 import FORMAT_TOKENS, TOOLS_INTRO, TOOLS_OUTRO
 from core.data.template import chat_template_jinja
 from core.resources import asset, home_dir
 
@@ -81,6 +81,7 @@ class DemoRecipe:
     architecture: dict = field(default_factory=dict)
     template: str = "glm4"
     extra_tokens: tuple[str, ...] = ()
+    extra_texts: tuple[str, ...] = ()  # more demo datasets the tokenizer learns from
     note: str = ""
 
 
@@ -101,6 +102,7 @@ DEMOS = {
         MOE_ARCHITECTURE,
         template="glm4_moe",
         extra_tokens=FORMAT_TOKENS,
+        extra_texts=("tool_calls.json",),
         note="Tiny GLM-4.5 (MoE) with random weights and GLM-4.5's chat format, for trying the workflow.",
     ),
 }
@@ -135,36 +137,41 @@ def ensure_demo_model(target: str | Path | None = None, name: str = DEMO_NAME) -
 TOKENIZER_DATASETS = ("advertise_gen.jsonl", "identity.json", "multiturn.json")
 
 
-def _tokenizer_texts() -> list[str]:
+def _tokenizer_texts(recipe: DemoRecipe) -> list[str]:
     """The text the tokenizer learns its merges from: our corpus plus the original demo datasets (the package's
-    data, so an installed workbench builds the same tokenizer as a checkout)."""
+    data, so an installed workbench builds the same tokenizer as a checkout), plus the recipe's own (the MoE demo
+    learns the tools block and its tool-calling set, so a row fits the default cutoff)."""
     texts = asset("demo_model", "corpus.txt").read_text(encoding="utf-8").splitlines()
-    for name in TOKENIZER_DATASETS:
+    for name in TOKENIZER_DATASETS + recipe.extra_texts:
         texts += asset("datasets", name).read_text(encoding="utf-8").splitlines()
+    if recipe.extra_texts:
+        texts += (TOOLS_INTRO + TOOLS_OUTRO).splitlines()
     return [line for line in texts if line.strip()]
 
 
 def build_tokenizer(recipe: DemoRecipe = DEMOS[DEMO_NAME]):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    specials = SPECIAL_TOKENS + list(recipe.extra_tokens)
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
-        special_tokens=specials,
+        special_tokens=SPECIAL_TOKENS,
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    core.train_from_iterator(_tokenizer_texts(), trainer)
+    core.train_from_iterator(_tokenizer_texts(recipe), trainer)
+    # GLM-4.5's format tokens are added tokens but not special ones (as in the real tokenizers): split out of text
+    # before it is encoded, kept when decoding (the chat parses the reasoning and the tool calls from them).
+    core.add_tokens([AddedToken(token, normalized=False, special=False) for token in recipe.extra_tokens])
     return PreTrainedTokenizerFast(
         tokenizer_object=core,
         eos_token="<|endoftext|>",
         pad_token="<|endoftext|>",
         padding_side="right",
-        additional_special_tokens=specials[1:],
+        additional_special_tokens=SPECIAL_TOKENS[1:],
         chat_template=chat_template_jinja(recipe.template),
         model_max_length=4096,
     )

@@ -193,7 +193,10 @@ def load_model(
     `attn_implementation`: transformers' name (None: its default, PyTorch's sdpa)."""
     from transformers import AutoModelForCausalLM
 
+    from core.models import peft_moe
+
     register_native_classes()
+    peft_moe.install()  # before any adapter is attached to the model: MoE targets kept as we write them
     device = device or pick_device()
     kwargs = {"dtype": dtype or pick_dtype("auto", device), "trust_remote_code": trust_remote_code}
     if attn_implementation:

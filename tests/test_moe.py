@@ -1,0 +1,136 @@
+"""The MoE generation (GLM-4.5/4.6/4.7: Glm4MoeForCausalLM; GLM-4.7-Flash: Glm4MoeLiteForCausalLM, MLA + MoE) trains
+by LoRA, freeze, full and QLoRA from a tools + reasoning dataset with no row skipped: the loss falls, LoRA adapts
+the routed experts (peft's target_parameters) and never the router, and the result reloads with identical logits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from core.config import RunConfig
+from core.data.template import TemplateEncoder
+from core.models.trained import load_trained
+from core.training.runner import TrainingSession
+
+# GLM-4.7-Flash's layout in miniature: MLA (compressed q and kv, a rotary part of each head), first layer dense,
+# routed experts with a shared one, sigmoid router.
+LITE_ARCHITECTURE = dict(
+    hidden_size=128,
+    intermediate_size=256,
+    moe_intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    n_routed_experts=8,
+    num_experts_per_tok=2,
+    n_shared_experts=1,
+    # Every width a multiple of 64, as bitsandbytes' 4-bit CPU kernels need (GLM-4.7-Flash: kv 512, q 768, rope
+    # 64, nope 192, v 256, 20 heads).
+    kv_lora_rank=64,
+    q_lora_rank=64,
+    qk_rope_head_dim=64,
+    qk_nope_head_dim=64,
+    v_head_dim=64,
+    max_position_embeddings=4096,
+    initializer_range=0.1,
+)
+RUNS = {
+    "lora": dict(learning_rate=5e-3),
+    "qlora": dict(learning_rate=5e-3, quantization_bit=4),
+    "freeze": dict(learning_rate=2e-3, freeze_trainable_layers=2, freeze_extra_modules="lm_head"),
+    "full": dict(learning_rate=1e-3),
+}
+QUESTION = [{"role": "user", "content": "北京今天天气怎么样？"}]
+
+
+@pytest.fixture(scope="session")
+def lite_model_dir(tmp_path_factory):
+    """A tiny random Glm4MoeLiteForCausalLM with the MoE demo's tokenizer and GLM-4.7's template (auto picks glm47)."""
+    from transformers import Glm4MoeLiteConfig, Glm4MoeLiteForCausalLM
+
+    from core.data.template import chat_template_jinja
+    from core.models.demo import DEMOS, STOP_TOKENS, build_tokenizer
+
+    folder = tmp_path_factory.mktemp("glm47-flash-tiny")
+    tokenizer = build_tokenizer(DEMOS["demo-moe"])
+    tokenizer.chat_template = chat_template_jinja("glm47")
+    stop = [tokenizer.convert_tokens_to_ids(token) for token in STOP_TOKENS]
+    config = Glm4MoeLiteConfig(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=stop, **LITE_ARCHITECTURE
+    )
+    torch.manual_seed(0)
+    Glm4MoeLiteForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module", params=[(m, k) for k in ("demo-moe", "lite") for m in RUNS], ids=lambda p: "-".join(p))
+def trained(request, tmp_path_factory, lite_model_dir):
+    method, kind = request.param
+    model = "demo-moe" if kind == "demo-moe" else lite_model_dir
+    config = RunConfig(
+        model_name_or_path=model,
+        dataset="tool_calls",
+        finetuning_type=method,
+        max_steps=36,
+        per_device_train_batch_size=4,
+        **RUNS[method],
+    )
+    run_dir = tmp_path_factory.mktemp(f"{kind}-{method}") / "run"
+    session = TrainingSession(config, run_dir)
+    status = session.run()
+    assert status["state"] == "finished", status
+    session.model.eval()
+    return method, run_dir, session
+
+
+def test_no_row_is_skipped_and_the_template_is_the_models_own(trained):
+    _, run_dir, session = trained
+    template = "glm4_moe" if session.config.model_name_or_path == "demo-moe" else "glm47"
+    log = (run_dir / "log.txt").read_text()
+    assert f"data: format openai, template {template}, 24 train / 0 eval samples, 0 truncated" in log
+    assert not (run_dir / "skipped_rows.txt").exists()
+
+
+def test_loss_falls(trained):
+    _, run_dir, _ = trained
+    losses = [
+        json.loads(line)["loss"]
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
+    quarter = len(losses) // 4
+    assert sum(losses[-quarter:]) / quarter < 0.6 * sum(losses[:quarter]) / quarter, losses
+
+
+def test_lora_adapts_the_routed_experts_and_never_the_router(trained):
+    method, run_dir, _ = trained
+    if method not in ("lora", "qlora"):
+        pytest.skip("trains the base model itself")
+    config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    assert sorted(config["target_parameters"]) == ["experts.down_proj", "experts.gate_up_proj"]
+    with safe_open(str(run_dir / "adapter" / "adapter_model.safetensors"), "pt") as weights:
+        keys = list(weights.keys())
+    assert any(".mlp.experts." in key for key in keys)  # the routed experts
+    assert any(".shared_experts." in key for key in keys)  # the shared expert's Linear layers
+    assert any(".layers.0.mlp.down_proj." in key for key in keys)  # the dense first layer's MLP
+    assert not any(".mlp.gate." in key for key in keys), [k for k in keys if ".mlp.gate." in k]
+
+
+def test_the_result_reloads_with_identical_logits(trained):
+    _, run_dir, session = trained
+    ids = torch.tensor([TemplateEncoder(session.tokenizer, "auto").encode_prompt(QUESTION)])
+    with torch.inference_mode():
+        in_memory = session.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].float()
+    reloaded = load_trained(run_dir).logits(ids)[0, -1].float()
+    assert torch.allclose(reloaded, in_memory, atol=1e-4), (reloaded - in_memory).abs().max()
+
+
+def test_qlora_says_what_it_cannot_quantize(trained):
+    method, run_dir, _ = trained
+    if method != "qlora":
+        pytest.skip("QLoRA only")
+    assert "routed experts' fused weights" in (run_dir / "log.txt").read_text()
