@@ -55,21 +55,120 @@ class ModelShape:
     head_dim: int
     tied_embeddings: bool = False
     glm1: bool = False
+    # The MoE generation (GLM-4.5/4.6/4.7: glm4_moe; GLM-4.7-Flash: glm4_moe_lite): the first `dense_layers` blocks
+    # have a dense MLP, the others `experts` routed experts (`active_experts` per token) of width `moe_intermediate`
+    # fused into 3-D weights, plus `shared_experts` always-on ones and a router.
+    experts: int = 0
+    active_experts: int = 0
+    shared_experts: int = 0
+    moe_intermediate: int = 0
+    dense_layers: int = 0
+    attention_bias: bool = True  # q/k/v biases (GLM-4, GLM-4.5); GLM-4.7-Flash has none
+    qk_norm: bool = False  # GLM-4.5's per-head RMSNorm on q and k
+    # MLA (GLM-4.7-Flash): q and kv through low-rank projections; the cache keeps kv_lora_rank + qk_rope per token.
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    qk_rope: int = 0
+    qk_nope: int = 0
+    v_head_dim: int = 0
 
     @classmethod
     def from_config(cls, config) -> ModelShape:
         heads = config.num_attention_heads
+        get = lambda key, default=0: getattr(config, key, None) or default  # noqa: E731
+        experts = get("n_routed_experts")
         return cls(
             vocab=config.vocab_size,
             hidden=config.hidden_size,
             intermediate=config.intermediate_size,
             layers=config.num_hidden_layers,
             heads=heads,
-            kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            kv_heads=get("num_key_value_heads", heads),
+            head_dim=get("head_dim", config.hidden_size // heads),
             tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
             glm1=getattr(config, "model_type", "") == GLM1_MODEL_TYPE,
+            experts=experts,
+            active_experts=get("num_experts_per_tok") if experts else 0,
+            shared_experts=get("n_shared_experts") if experts else 0,
+            moe_intermediate=get("moe_intermediate_size") if experts else 0,
+            # GLM-4.5: first_k_dense_replace; GLM-4.7-Flash: mlp_layer_types ("dense" for the leading ones)
+            dense_layers=(list(get("mlp_layer_types", [])).count("dense") or get("first_k_dense_replace"))
+            if experts
+            else 0,
+            attention_bias=bool(getattr(config, "attention_bias", True)),
+            qk_norm=bool(getattr(config, "use_qk_norm", False)),
+            q_lora_rank=get("q_lora_rank") if get("kv_lora_rank") else 0,
+            kv_lora_rank=get("kv_lora_rank"),
+            qk_rope=get("qk_rope_head_dim"),
+            qk_nope=get("qk_nope_head_dim"),
+            v_head_dim=get("v_head_dim"),
         )
+
+    # the MoE generation, layer by layer -------------------------------------------------------------------------
+    @property
+    def is_moe(self) -> bool:
+        return self.experts > 0
+
+    def attention_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each attention Linear: GQA (q/k/v/o) or MLA (GLM-4.7-Flash)."""
+        if self.kv_lora_rank:
+            qk = self.qk_nope + self.qk_rope
+            query = (
+                {"q_a_proj": (self.hidden, self.q_lora_rank), "q_b_proj": (self.q_lora_rank, self.heads * qk)}
+                if self.q_lora_rank
+                else {"q_proj": (self.hidden, self.heads * qk)}
+            )
+            return query | {
+                "kv_a_proj_with_mqa": (self.hidden, self.kv_lora_rank + self.qk_rope),
+                "kv_b_proj": (self.kv_lora_rank, self.heads * (self.qk_nope + self.v_head_dim)),
+                "o_proj": (self.heads * self.v_head_dim, self.hidden),
+            }
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return {
+            "q_proj": (self.hidden, q),
+            "k_proj": (self.hidden, kv),
+            "v_proj": (self.hidden, kv),
+            "o_proj": (q, self.hidden),
+        }
+
+    def layer_linears(self, index: int) -> dict[str, tuple[int, int]]:
+        """Layer `index`'s Linear layers (in, out) by module name: attention, then the dense MLP or the shared
+        experts (the routed experts are fused parameters, see `expert_shapes`)."""
+        width = self.intermediate if index < self.dense_layers else self.shared_experts * self.moe_intermediate
+        mlp = {"gate_proj": (self.hidden, width), "up_proj": (self.hidden, width), "down_proj": (width, self.hidden)}
+        return self.attention_shapes() | (mlp if width else {})
+
+    def expert_shapes(self) -> dict[str, tuple[int, int, int]]:
+        """(experts, in, out) of a MoE layer's fused routed-expert weights (peft's target_parameters)."""
+        return {
+            "experts.gate_up_proj": (self.experts, self.hidden, 2 * self.moe_intermediate),
+            "experts.down_proj": (self.experts, self.moe_intermediate, self.hidden),
+        }
+
+    @property
+    def moe_layers(self) -> int:
+        return self.layers - self.dense_layers if self.is_moe else 0
+
+    def _moe_layer_params(self, index: int, experts: int) -> int:
+        linear = self.layer_linears(index)
+        params = sum(i * o for i, o in linear.values())
+        if self.kv_lora_rank:
+            params += self.kv_lora_rank + (self.q_lora_rank or 0)  # the low-rank projections' norms
+        elif self.attention_bias:
+            params += linear["q_proj"][1] + 2 * linear["k_proj"][1]
+        if self.qk_norm:
+            params += 2 * self.head_dim
+        if index >= self.dense_layers:
+            params += experts * 3 * self.hidden * self.moe_intermediate + self.experts * self.hidden  # + router
+        return params + 2 * self.hidden  # two RMSNorms
+
+    @property
+    def active_params(self) -> int:
+        """Parameters one token passes through: every layer with `active_experts` of the routed experts."""
+        if not self.is_moe:
+            return self.total_params
+        layers = sum(self._moe_layer_params(i, self.active_experts) for i in range(self.layers))
+        return self.embedding_params + layers + self.norm_params
 
     # parameter counts -----------------------------------------------------------------------------------------
     @property
@@ -94,6 +193,9 @@ class ModelShape:
 
     @property
     def layer_linear_params(self) -> int:
+        """One layer's Linear weights (a MoE model: the mean over its layers; its experts are not Linear)."""
+        if self.is_moe:
+            return sum(i * o for n in range(self.layers) for i, o in self.layer_linears(n).values()) // self.layers
         return sum(i * o for i, o in self.linear_shapes.values())
 
     @property
@@ -103,6 +205,9 @@ class ModelShape:
 
     @property
     def layer_params(self) -> int:
+        """One decoder layer's parameters (a MoE model: the mean over its dense and MoE layers)."""
+        if self.is_moe:
+            return sum(self._moe_layer_params(i, self.experts) for i in range(self.layers)) // self.layers
         if self.glm1:  # a bias on every linear layer, two LayerNorms
             return self.layer_linear_params + sum(o for _, o in self.linear_shapes.values()) + 2 * self.norm_params
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
@@ -114,12 +219,21 @@ class ModelShape:
 
     @property
     def total_params(self) -> int:
+        if self.is_moe:
+            layers = sum(self._moe_layer_params(i, self.experts) for i in range(self.layers))
+            return self.embedding_params + layers + self.norm_params
         return self.embedding_params + self.layers * self.layer_params + self.norm_params
 
     # activations ----------------------------------------------------------------------------------------------
     @property
     def activation_values(self) -> int:
-        """Values one token keeps per decoder layer for the backward pass (see the module docstring)."""
+        """Values one token keeps per decoder layer for the backward pass (see the module docstring). A MoE layer
+        runs its token through `active_experts` routed and the shared experts: their width stands for the MLP's
+        (the mean over the model's dense and MoE layers)."""
+        if self.is_moe:
+            moe_width = (self.active_experts + self.shared_experts) * self.moe_intermediate
+            width = (self.dense_layers * self.intermediate + self.moe_layers * moe_width) / self.layers
+            return int(12 * self.hidden + 5 * width + self.experts)  # + the router's scores
         return 12 * self.hidden + (2 if self.glm1 else 5) * self.intermediate
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from core.chat.engine import ChatEngine, GenerationSettings
 from core.config import RunConfig, load_yaml, yaml_text
 from core.data import prepare
+from core.data.formats import RowError
 from core.data.prepare import Checked, Peek
 from core.data.readers import DEMO_DATASETS, SUPPORTED_EXTENSIONS
 from core.data.template import IGNORE_INDEX, TemplateEncoder
@@ -161,7 +162,10 @@ class Workbench:
             range(total) if total <= LENGTH_SAMPLE else sorted(random.Random(0).sample(range(total), LENGTH_SAMPLE))
         )
         encoder = TemplateEncoder(self._tokenizer(model), template)
-        encoded = encoder.encode_batch(checked.conversations(list(positions)))
+        try:
+            encoded = encoder.encode_batch(checked.conversations(list(positions)))
+        except RowError as exc:  # a row the template cannot express (tool calls on GLM-4's): say which file
+            raise DataError(exc.message, checked.path) from None
         return TokenLengths([len(input_ids) for input_ids, _ in encoded], total)
 
     def render_sample(
@@ -170,10 +174,14 @@ class Workbench:
         """One conversation as the model will see it: (template name, [(text, carries loss), ...]).
         Consecutive tokens with the same flag are decoded together, so multi-byte characters stay whole."""
         checked = prepare.check(dataset, fmt, columns)
-        conversation = checked.conversations([min(max(index, 0), checked.usable_count - 1)])[0]
+        position = min(max(index, 0), checked.usable_count - 1)
+        conversation = checked.conversations([position])[0]
         tokenizer = self._tokenizer(model)
         encoder = TemplateEncoder(tokenizer, template)
-        input_ids, labels = encoder.encode(conversation, cutoff_len)
+        try:
+            input_ids, labels = encoder.encode(conversation, cutoff_len)
+        except RowError as exc:
+            raise DataError(exc.message, checked.path, row=int(checked.usable[position]) + 1) from None
         pieces: list[tuple[str, bool]] = []
         start = 0
         for end in range(1, len(input_ids) + 1):

@@ -288,3 +288,25 @@ def test_a_template_without_tools_names_the_row_instead_of_dropping_them(tokeniz
 
 def test_jinja_is_generated_from_the_same_definition():
     assert chat_template_jinja("glm4_moe") == glm45.jinja(get_template("glm4_moe").thinking)
+
+
+def test_tool_rows_on_a_model_without_tools_stop_the_run_naming_file_and_row(tmp_path, demo_model_dir):
+    from core.config import RunConfig
+    from core.training.runner import TrainingSession
+
+    status = TrainingSession(RunConfig(dataset="tool_calls"), tmp_path / "run").run()
+    assert status["state"] == "failed"
+    assert "tool_calls.json" in status["error"] and "row 1" in status["error"], status["error"]
+    assert "glm4_moe" in status["error"]
+
+
+def test_the_data_tab_renders_tools_reasoning_and_calls_with_their_loss(tmp_path):
+    from core.workbench import Workbench
+
+    wb = Workbench(tmp_path)
+    template, pieces = wb.render_sample("tool_calls", "auto", "demo-moe", "auto", 0)
+    assert template == "glm4_moe"
+    trained = "".join(text for text, loss in pieces if loss)
+    prompt = "".join(text for text, loss in pieces if not loss)
+    assert "# Tools" in prompt and '"get_weather"' in prompt and "<tool_response>" in prompt
+    assert "<think>用户想知道北京的天气" in trained and "<tool_call>get_weather" in trained

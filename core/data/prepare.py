@@ -419,6 +419,11 @@ def tokenize_batch(
 ) -> dict[str, list]:
     release_pages(source)
     conversations = [convert_row(rename_row(json.loads(text), mapping), fmt) for text in texts]
+    for index, conversation in zip(indices, conversations):
+        try:
+            encoder.check(conversation)
+        except RowError as exc:  # a row the template cannot express: named in the main process (tokenize)
+            raise TemplateRowError(index, json.dumps(exc.message.to_json(), ensure_ascii=False)) from None
     out: dict[str, list] = {"input_ids": [], "labels": [], "attention_mask": [], "sample": [], "truncated": []}
     for index, (input_ids, labels) in zip(indices, encoder.encode_batch(conversations)):
         sample, truncated = cut_sample(input_ids, labels, cutoff_len)
@@ -429,6 +434,11 @@ def tokenize_batch(
         out["sample"].append(index + 1)
         out["truncated"].append(truncated)
     return out
+
+
+class TemplateRowError(Exception):
+    """A usable row (by its position among them) that the template cannot express, with the reason as JSON: plain
+    arguments, so that it crosses from a `datasets` worker process intact."""
 
 
 class ProblemList(Sequence[RowProblem]):
@@ -468,6 +478,19 @@ class Tokenized:
 TOKEN_COLUMNS = ("input_ids", "labels", "attention_mask")
 
 
+@contextmanager
+def _rows_named(checked: Checked):
+    """A TemplateRowError becomes the DataError that names the file and the row (e.g. tool calls on GLM-4's
+    template, which cannot express them: training without them would be silently wrong)."""
+    try:
+        yield
+    except TemplateRowError as exc:
+        position, problem = exc.args
+        found = json.loads(problem)
+        reason = Message.from_json(found) or Message(found["code"], found["params"])
+        raise DataError(reason, checked.path, row=int(checked.usable[position]) + 1) from None
+
+
 def tokenize(checked: Checked, tokenizer, template: str, cutoff_len: int, max_samples: int = 0) -> Tokenized:
     """The checked file's first `max_samples` usable rows (all when 0) as training samples, cached."""
     import numpy as np
@@ -497,7 +520,7 @@ def tokenize(checked: Checked, tokenizer, template: str, cutoff_len: int, max_sa
                 source = source.select(range(len(usable)), new_fingerprint=f"{key}-rows")
         else:
             source = source.select(usable, keep_in_memory=True, new_fingerprint=f"{key}-rows")
-        with _heap_left_alone():
+        with _heap_left_alone(), _rows_named(checked):
             tokenized = source.map(
                 tokenize_batch,
                 batched=True,

@@ -148,9 +148,18 @@ def prepare(model, config):
 
 def trainable_params(shape, config) -> int:
     wanted = None if config.lora_target.strip() == "all" else {name.strip() for name in config.lora_target.split(",")}
-    per_layer = sum(
-        config.lora_rank * (i + o) for name, (i, o) in shape.linear_shapes.items() if wanted is None or name in wanted
-    )
+    rank = config.lora_rank
+    if shape.is_moe:  # layer by layer (dense and MoE layers differ), plus the fused experts: r x experts wide
+        linear = sum(
+            rank * (i + o)
+            for index in range(shape.layers)
+            for name, (i, o) in shape.layer_linears(index).items()
+            if wanted is None or name in wanted
+        )
+        if wanted is None or EXPERTS in wanted:
+            linear += shape.moe_layers * sum(rank * e * (i + o) for e, i, o in shape.expert_shapes().values())
+        return linear
+    per_layer = sum(rank * (i + o) for name, (i, o) in shape.linear_shapes.items() if wanted is None or name in wanted)
     return per_layer * shape.layers
 
 
