@@ -43,6 +43,9 @@ class CommonSettings:
     # GLM-4.5 generation (template glm4_moe): false trains without the reasoning, as the model's own template renders
     # it with enable_thinking=False (/nothink, an empty think block)
     enable_thinking: bool = True
+    # MoE models: weight of the routers' balance loss added to the training loss (core/training/router_balance.py;
+    # LLaMA-Factory's moe_aux_loss_coef); 0 turns it off. Dense models have no router: ignored.
+    router_aux_loss_coef: float = 0.001
     finetuning_type: str = "lora"  # a method of core/methods/
     # data
     dataset: str = "identity"
@@ -191,6 +194,7 @@ class RunConfig(*reversed(_OPTIONS), CommonSettings):  # type: ignore[misc]
         )
         check(0 <= self.warmup_ratio < 1, "warmup_ratio", "config.fraction_open")
         check(self.weight_decay >= 0, "weight_decay", "config.zero_or_more")
+        check(self.router_aux_loss_coef >= 0, "router_aux_loss_coef", "config.zero_or_more")
         check(self.max_grad_norm >= 0, "max_grad_norm", "config.zero_off_or_more")
         check(self.logging_steps >= 1, "logging_steps", "config.at_least", limit=1)
         check(self.save_steps >= 0, "save_steps", "config.save_steps")
@@ -366,6 +370,8 @@ def from_llamafactory(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         data.pop(key)
     if ignored:
         notes.append(str(message("config.llamafactory_ignored", keys=", ".join(ignored))))
+    if "moe_aux_loss_coef" in data:
+        data["router_aux_loss_coef"] = data.pop("moe_aux_loss_coef")
     if data.pop("enable_liger_kernel", False):
         data["use_liger_kernel"] = True
     if data.pop("bf16", False):

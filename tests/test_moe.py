@@ -134,3 +134,27 @@ def test_qlora_says_what_it_cannot_quantize(trained):
     if method != "qlora":
         pytest.skip("QLoRA only")
     assert "routed experts' fused weights" in (run_dir / "log.txt").read_text()
+
+
+def test_the_router_balance_loss_is_logged(trained):
+    method, run_dir, _ = trained
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    values = [r["router_aux_loss"] for r in records if "router_aux_loss" in r]
+    assert values and all(v >= 0.99 for v in values), values  # 1 when the load is even, more when it is not
+    assert "moe: router balance loss on (coef 0.001" in (run_dir / "log.txt").read_text()
+
+
+def test_the_balance_loss_grows_when_routing_collapses():
+    from core.training.router_balance import RouterBalance
+
+    balance = RouterBalance(torch.nn.Linear(1, 1))
+    tokens, experts = 64, 8
+    even = torch.zeros(tokens, experts)
+    chosen_even = torch.arange(tokens * 2).reshape(tokens, 2) % experts
+    collapsed = torch.full((tokens, experts), -4.0)
+    collapsed[:, :2] = 4.0
+    chosen_collapsed = torch.tensor([[0, 1]] * tokens)
+    balance.caught = [(even, chosen_even)]
+    assert balance.loss().item() == pytest.approx(1.0)
+    balance.caught = [(collapsed, chosen_collapsed)]
+    assert balance.loss().item() > 3.5  # two experts take every token: E/K = 4 times their share

@@ -15,7 +15,7 @@ from transformers.trainer_callback import ProgressCallback
 from core.runs import STOP_FILE, append_metrics, update_status
 
 log = logging.getLogger("glm_workbench")
-LOGGED_KEYS = ("loss", "eval_loss", "learning_rate", "grad_norm")
+LOGGED_KEYS = ("loss", "eval_loss", "learning_rate", "grad_norm", "router_aux_loss")
 # A preference stage's figures (TRL's names -> ours in metrics.jsonl); on evaluation both carry an "eval_" prefix.
 # Rewards are beta x (log p_model - log p_reference) of an answer (ORPO: beta x its mean token log-probability);
 # logp_* are the answers' log-probabilities; reward_accuracy is the share of pairs whose chosen answer's reward is

@@ -379,6 +379,11 @@ class TrainingSession:
             from core.training.speed import with_activation_offload
 
             trainer_class = with_activation_offload(trainer_class)
+        from core.training.router_balance import routers, with_router_balance
+
+        balance = self.config.router_aux_loss_coef if routers(model) else 0.0
+        if balance > 0:  # a MoE model: its routers' balance loss joins the training loss (router_balance.py)
+            trainer_class = with_router_balance(trainer_class)
         from core.training.distributed import fsdp_arguments
 
         args = _training_arguments(
@@ -386,7 +391,7 @@ class TrainingSession:
         )
         if method.optimizer is not None:
             extra["optimizers"] = (method.optimizer(model, args, self.config), None)
-        return trainer_class(
+        trainer = trainer_class(
             **extra,
             model=model,
             args=args,
@@ -396,6 +401,9 @@ class TrainingSession:
             processing_class=tokenizer,
             callbacks=callbacks,
         )
+        if balance > 0:
+            trainer.router_aux_loss_coef = balance
+        return trainer
 
     def _train(self) -> dict:
         from transformers import EarlyStoppingCallback, set_seed

@@ -187,6 +187,7 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
             field("offload_activations", "bool")
             field("torch_compile", "bool")
             field("use_liger_kernel", "bool")
+            field("router_aux_loss_coef")
         with gr.Row():
             fields["report_to"] = gr.Dropdown(
                 list(TRACKERS),
