@@ -232,3 +232,66 @@ def jinja(form: ThinkingFormat = GLM45) -> str:
         "{%- if add_generation_prompt -%}{{- '<|assistant|>' -}}"
         "{%- if thinking -%}{{- " + prompt_on + " -}}{%- else -%}{{- " + empty + " -}}{%- endif -%}{%- endif -%}"
     )
+
+
+@dataclass
+class Reply:
+    """A generated answer taken apart: its reasoning, the text for the user and the tool calls (OpenAI's shapes)."""
+
+    reasoning: str
+    content: str
+    tool_calls: list[dict[str, Any]]
+
+
+def parse_reply(text: str, form: ThinkingFormat = GLM45) -> Reply:
+    """What the model wrote after `<|assistant|>` (special tokens kept, the stop token removed) as a Reply: the
+    reasoning from `<think>…</think>` (for GLM-4.7 the generation prompt's `<think>` is not in `text`: everything
+    before `</think>` is reasoning), each `<tool_call>name<arg_key>k</arg_key><arg_value>v</arg_value></tool_call>`
+    as {"name", "arguments"} (a value that reads as JSON is that JSON, else the text), the rest as content. Markup
+    that does not close is left in the content as text: a reply that cannot be parsed is still shown."""
+    reasoning, rest = "", text
+    if "</think>" in rest:
+        head, rest = rest.split("</think>", 1)
+        if form.thinking_prompt or "<think>" in head:
+            reasoning = head.split("<think>", 1)[-1].strip()
+        else:
+            rest = head + "</think>" + rest
+    calls: list[dict[str, Any]] = []
+    content = rest
+    start = rest.find("<tool_call>")
+    if start >= 0:
+        content, tail = rest[:start], rest[start:]
+        while tail.startswith("<tool_call>") and "</tool_call>" in tail:
+            body, tail = tail[len("<tool_call>") :].split("</tool_call>", 1)
+            call = _parse_call(body)
+            if call is None:
+                content += "<tool_call>" + body + "</tool_call>"
+            else:
+                calls.append(call)
+            tail = tail.lstrip("\n")
+        content += tail
+    return Reply(reasoning, content.strip(), calls)
+
+
+def _parse_call(body: str) -> dict[str, Any] | None:
+    """`name<arg_key>k</arg_key><arg_value>v</arg_value>…` (newlines between the parts allowed) -> the call."""
+    name, _, arguments_text = body.partition("<arg_key>")
+    name = name.strip()
+    if not name or "<" in name:
+        return None
+    arguments: dict[str, Any] = {}
+    rest = "<arg_key>" + arguments_text if arguments_text else ""
+    while rest.strip():
+        rest = rest.strip()
+        if not rest.startswith("<arg_key>") or "</arg_key>" not in rest:
+            return None
+        key, rest = rest[len("<arg_key>") :].split("</arg_key>", 1)
+        rest = rest.lstrip("\n")
+        if not rest.startswith("<arg_value>") or "</arg_value>" not in rest:
+            return None
+        value, rest = rest[len("<arg_value>") :].split("</arg_value>", 1)
+        try:
+            arguments[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            arguments[key.strip()] = value
+    return {"name": name, "arguments": arguments}
