@@ -9,6 +9,7 @@ from transformers import Glm4MoeConfig, Glm4MoeForCausalLM, Glm4MoeLiteConfig, G
 
 from core.config import RunConfig
 from core.estimate import ModelShape, estimate_memory
+from tests.moe_shapes import LITE_ARCHITECTURE
 
 TINY_45 = dict(
     vocab_size=512,
@@ -26,23 +27,7 @@ TINY_45 = dict(
     attention_bias=True,
     use_qk_norm=True,
 )
-TINY_FLASH = dict(
-    vocab_size=512,
-    hidden_size=128,
-    intermediate_size=256,
-    moe_intermediate_size=64,
-    num_hidden_layers=3,
-    num_attention_heads=2,
-    num_key_value_heads=2,
-    n_routed_experts=8,
-    num_experts_per_tok=2,
-    n_shared_experts=1,
-    kv_lora_rank=64,
-    q_lora_rank=64,
-    qk_rope_head_dim=64,
-    qk_nope_head_dim=64,
-    v_head_dim=64,
-)
+TINY_FLASH = dict(LITE_ARCHITECTURE, vocab_size=512)
 # The real configs (config.json of zai-org/GLM-4.5, GLM-4.5-Air, GLM-4.7-Flash; GLM-4.6 and 4.7 share GLM-4.5's).
 GLM45 = dict(
     vocab_size=151552,
