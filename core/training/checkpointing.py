@@ -9,6 +9,7 @@ staging folder at once; one cut short by a kill is removed when the run resumes.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -17,7 +18,12 @@ from pathlib import Path
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from core.i18n import Message, message
+
+log = logging.getLogger("glm_workbench")
+
 STAGING_PREFIX = ".partial"
+DAMAGED_PREFIX = "damaged-"  # a checkpoint found damaged on resume, moved out of the way (and out of rotation)
 
 
 def remove_partial_checkpoints(root: Path) -> None:
@@ -25,6 +31,101 @@ def remove_partial_checkpoints(root: Path) -> None:
     if root.is_dir():
         for staging in root.glob(f"{STAGING_PREFIX}*"):
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def damaged_file(checkpoint: Path) -> tuple[str, Message] | None:
+    """(file name, what is wrong) for the first file of `checkpoint` that cannot be loaded, or None when every
+    file is whole. Cheap: reads headers and small JSON files only, never the tensors, so it catches what a kill,
+    a full disk or a copy cut short leaves (a truncated file, an invalid trainer_state.json), not a flipped bit.
+    trainer_state.json must be there: without it transformers cannot resume at all."""
+    state = checkpoint / "trainer_state.json"
+    if not state.is_file():
+        return state.name, message("checkpoint.missing")
+    for path in sorted(checkpoint.rglob("*")):
+        if not path.is_file():
+            continue
+        problem = _file_problem(path)
+        if problem is not None:
+            return str(path.relative_to(checkpoint)), problem
+    return None
+
+
+def _file_problem(path: Path) -> Message | None:
+    import json
+    import struct
+    import zipfile
+
+    size = path.stat().st_size
+    try:
+        if path.suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if path.name == "trainer_state.json" and not (
+                isinstance(data, dict) and isinstance(data.get("global_step"), int)
+            ):
+                return message("checkpoint.invalid_json")
+        elif path.suffix == ".safetensors":
+            with open(path, "rb") as handle:
+                head = handle.read(8)
+                if len(head) < 8:
+                    return message("checkpoint.truncated", size=size, expected=8)
+                (length,) = struct.unpack("<Q", head)
+                if length > size - 8:
+                    return message("checkpoint.truncated", size=size, expected=8 + length)
+                header = json.loads(handle.read(length))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+            if size < 8 + length + end:
+                return message("checkpoint.truncated", size=size, expected=8 + length + end)
+        elif path.suffix in (".pt", ".pth", ".bin"):
+            # torch.save writes a zip archive whose directory is at the end: a cut-short file has none.
+            with zipfile.ZipFile(path) as archive:
+                for item in archive.infolist():
+                    if item.header_offset + item.compress_size > size:
+                        return message("checkpoint.truncated", size=size, expected=item.header_offset)
+    except (ValueError, KeyError, TypeError, IndexError, struct.error, zipfile.BadZipFile, UnicodeDecodeError):
+        return message("checkpoint.unreadable", kind=path.suffix.lstrip("."))
+    except OSError as exc:
+        return message("checkpoint.os_error", detail=str(exc))
+    return None
+
+
+def intact_checkpoint(run_dir: Path, run_name: str, say=None, main: bool = True) -> Path | None:
+    """The newest checkpoint whose files are whole. The main process moves each damaged newer one aside to
+    `checkpoints/damaged-checkpoint-N` (out of the way of rotation, kept for a look), and logs and `say`s a
+    sentence naming it, the damaged file and the checkpoint used instead; other ranks reach the same verdict
+    from the same files without touching them."""
+    from core.runs import CHECKPOINTS_DIR
+
+    folder = Path(run_dir) / CHECKPOINTS_DIR
+    found = sorted(
+        (p for p in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for index, checkpoint in enumerate(found):
+        damage = damaged_file(checkpoint)
+        if damage is None:
+            return checkpoint
+        if not main:
+            continue
+        name, problem = damage
+        aside = checkpoint.parent / f"{DAMAGED_PREFIX}{checkpoint.name}"
+        if aside.exists():
+            shutil.rmtree(aside, ignore_errors=True)  # an older copy this run moved aside before
+        os.replace(checkpoint, aside)
+        fallback = next((p for p in found[index + 1 :] if damaged_file(p) is None), None)
+        note = message(
+            "run.checkpoint_damaged",
+            run=run_name,
+            checkpoint=checkpoint.name,
+            file=name,
+            problem=problem,
+            fallback=fallback.name if fallback is not None else message("run.checkpoint_none"),
+            aside=str(Path(CHECKPOINTS_DIR) / aside.name),
+        )
+        log.warning("%s", note)
+        if say is not None:
+            say(note)
+    return None
 
 
 def is_final(checkpoint: str | Path) -> bool:

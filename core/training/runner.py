@@ -38,12 +38,16 @@ from core.runs import (
     STOP_FILE,
     is_main_process,
     keep_metrics_until,
-    newest_checkpoint,
     read_metrics,
     update_status,
 )
 from core.training.callbacks import LossProgressBar, RunFolderCallback, StopCallback
-from core.training.checkpointing import CheckpointingTrainer, is_final, remove_partial_checkpoints
+from core.training.checkpointing import (
+    CheckpointingTrainer,
+    intact_checkpoint,
+    is_final,
+    remove_partial_checkpoints,
+)
 
 log = logging.getLogger("glm_workbench")
 SKIPPED_SHOWN = 3  # row problems named in the status line and the terminal; all of them go to skipped_rows.txt
@@ -195,14 +199,15 @@ class TrainingSession:
             return fields
 
     def _checkpoint_to_resume(self) -> str | None:
-        """On resume: the newest complete checkpoint; metrics logged after it are dropped (they will be
-        logged again) and the resume is recorded, so the chart shows one continuous run. Without any
-        checkpoint the run trains again from step 0."""
+        """On resume: the newest intact checkpoint (complete, every file whole); metrics logged after it are
+        dropped (they will be logged again) and the resume is recorded, so the chart shows one continuous run.
+        Without any intact checkpoint the run trains again from step 0."""
         if not self.resume:
             return None
         if is_main_process():
             remove_partial_checkpoints(self.run_dir / CHECKPOINTS_DIR)  # a save the previous owner never finished
-        checkpoint = newest_checkpoint(self.run_dir)
+        # A damaged newest checkpoint (a truncated file, an invalid trainer_state.json) is skipped, saying so.
+        checkpoint = intact_checkpoint(self.run_dir, self.run_dir.name, self.notify, main=is_main_process())
         step = int(checkpoint.name.split("-")[-1]) if checkpoint is not None else 0
         keep_metrics_until(self.run_dir, step)
         if checkpoint is None:
