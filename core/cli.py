@@ -141,7 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if status.get("state") != "finished":
         problem = Message.from_json(status.get("error_message")) or status.get("error") or ""
         say(message("cli.training_ended", state=message(f"state.{status.get('state', 'failed')}"), error=problem))
-        if status.get("state") in ("failed", "aborted"):
+        if status.get("state") in ("failed", "aborted") and status.get("cause") != "settings":
             say(message("cli.resume_hint", folder=str(run_dir)))
         print(run_dir)
         return 1

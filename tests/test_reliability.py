@@ -3,6 +3,7 @@ real kills, and what must hold afterwards."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import threading
@@ -88,3 +89,70 @@ def test_every_checkpoint_damaged_trains_again_from_step_0(aborted, tmp_path):
     assert sum("is damaged" in str(note) for note in notes) == 3
     assert any("step 0 (no intact checkpoint is left)" in str(note) for note in notes)
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
+
+
+# ---- 5. settings that cannot run are refused before a run folder exists ----------------------------------------
+BAD_SETTINGS = {
+    "seed": (dict(seed=-1), "seed: must be a whole number from 0 to 4294967295 (got -1)"),
+    "epochs": (dict(num_train_epochs=float("inf")), "num_train_epochs: must be a finite number (got inf)"),
+    "tracker": (dict(report_to="wandb"), "report_to: wandb is not installed here: pip install wandb"),
+    "lora_target": (dict(lora_target="q_proj,nonexistent_proj"), "lora_target: this model has no module named"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SETTINGS))
+def test_settings_that_cannot_run_are_refused_before_a_run_folder(case, tmp_path, demo_model_dir):
+    from core.errors import ConfigError
+    from core.workbench import Workbench
+
+    changes, said = BAD_SETTINGS[case]
+    if case == "tracker" and importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    workspace = tmp_path / "ws"
+    with pytest.raises(ConfigError) as refused:
+        Workbench(workspace).start_training(RunConfig(**changes))
+    text = str(refused.value)
+    assert text.startswith(said) and "\n" not in text, text
+    assert "unexpected" not in text and not (workspace / "runs").exists() or not any((workspace / "runs").iterdir())
+
+
+def test_a_run_that_fails_on_its_settings_says_so_and_resume_is_refused(tmp_path, demo_model_dir):
+    """A run folder whose config cannot run (written by hand, or by an older version that let it through): the
+    run fails naming the setting, not as an unexpected error, and Resume is refused with the same words."""
+    from core.errors import ConfigError
+    from core.training.lifecycle import claim_for_resume
+
+    run = tmp_path / "run"
+    status = TrainingSession(SHORT.replace(lora_target="nonexistent_proj"), run).run()
+    assert status["state"] == "failed" and status["cause"] == "settings"
+    assert status["error"].startswith("The run's settings cannot be used: lora_target: this model has no module")
+    assert "Fix them and start a new run" in status["error"] and "unexpected" not in status["error"]
+    with pytest.raises(ConfigError, match="lora_target: this model has no module named nonexistent_proj"):
+        claim_for_resume(run)
+    assert read_status(run)["state"] == "failed"  # the refused Resume changed nothing
+
+
+@pytest.mark.slow
+def test_the_cli_and_a_yaml_refuse_bad_settings_before_a_run_folder(tmp_path, demo_model_dir):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    workspace = tmp_path / "ws"
+    config = tmp_path / "bad.yaml"
+    config.write_text("dataset: identity\nseed: -1\nnum_train_epochs: .inf\nlora_target: nope\n", encoding="utf-8")
+    refused = subprocess.run(
+        [sys.executable, "-m", "core.cli", "train", str(config), "--workspace", str(workspace)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "GLM_WORKBENCH_LANG": "en"},
+    )
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "seed: must be a whole number from 0 to 4294967295 (got -1)" in refused.stderr
+    assert "num_train_epochs: must be a finite number (got inf)" in refused.stderr
+    assert "Traceback" not in refused.stderr and "unexpected" not in refused.stderr
+    assert not (workspace / "runs").exists() or not any((workspace / "runs").iterdir())

@@ -16,7 +16,7 @@ from pathlib import Path
 from core.config import RunConfig
 from core.data.dataset import TokenizedData, tokenize_dataset
 from core.data.template import IGNORE_INDEX, resolve_template
-from core.errors import WorkbenchError
+from core.errors import ConfigError, WorkbenchError
 from core.files import is_disk_full, staged_dir
 from core.i18n import Message, message
 from core.methods import get_method
@@ -166,7 +166,7 @@ class TrainingSession:
             return self._train()
         except Exception as exc:  # noqa: BLE001 - every failure must end as a readable status, not a dead thread
             log.exception("training failed")
-            return self._fail(explain_error(exc, self.run_dir))
+            return self._fail(explain_error(exc, self.run_dir), settings=isinstance(exc, ConfigError))
         finally:
             for name in ("glm_workbench", "transformers"):
                 logging.getLogger(name).removeHandler(handler)
@@ -189,8 +189,15 @@ class TrainingSession:
             self.lock = create_run(self.run_dir.parent, self.config.replace(output_dir=str(self.run_dir))).lock
         return True
 
-    def _fail(self, problem: Message) -> dict:
-        fields = dict(state="failed", error=str(problem), error_message=problem.to_json(), finished=time.time())
+    def _fail(self, problem: Message, settings: bool = False) -> dict:
+        """`settings`: the run's own settings are the cause, so Resume (which reads them again) is not offered."""
+        fields = dict(
+            state="failed",
+            error=str(problem),
+            error_message=problem.to_json(),
+            finished=time.time(),
+            cause="settings" if settings else None,
+        )
         try:
             return update_status(self.run_dir, last_resort=True, **fields)
         except OSError:
@@ -406,11 +413,14 @@ class TrainingSession:
         from transformers import EarlyStoppingCallback, set_seed
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+        from core.training.preflight import check_settings
+
         config, run_dir = self.config.validate(), self.run_dir
+        check_settings(config)  # also for a session started without check_inputs (a worker, a prepared folder)
         checkpoint = self._checkpoint_to_resume()
         if is_main_process():
             (run_dir / STOP_FILE).unlink(missing_ok=True)  # an old abort request must not stop this start
-        update_status(run_dir, state="running", started=time.time(), error=None, error_message=None)
+        update_status(run_dir, state="running", started=time.time(), error=None, error_message=None, cause=None)
         set_seed(config.seed)
         method = get_method(config.finetuning_type)
         tokenizer, data, model = self._load(method)
@@ -518,6 +528,8 @@ def explain_error(exc: BaseException, where: str | Path | None = None) -> Messag
         if filename:
             return message("run.disk_full_while_writing", file=str(filename), detail=first_line)
         return message("run.disk_full", detail=first_line)
+    if isinstance(exc, ConfigError):  # Resume would read the same settings: say to fix them in a new run
+        return message("run.settings_failed", problems=exc.message)
     if isinstance(exc, WorkbenchError):
         return exc.message
     return message("run.unexpected_error", kind=type(exc).__name__, detail=first_line[:300])
