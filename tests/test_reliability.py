@@ -156,3 +156,40 @@ def test_the_cli_and_a_yaml_refuse_bad_settings_before_a_run_folder(tmp_path, de
     assert "num_train_epochs: must be a finite number (got inf)" in refused.stderr
     assert "Traceback" not in refused.stderr and "unexpected" not in refused.stderr
     assert not (workspace / "runs").exists() or not any((workspace / "runs").iterdir())
+
+
+# ---- 4. opening the page never writes --------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.browser
+def test_opening_the_page_builds_no_zip_and_the_click_downloads_one(browser, tmp_path, demo_model_dir):
+    import time
+    import zipfile
+
+    from playwright.sync_api import expect
+
+    from tests.browser import open_tab
+    from tests.ui_server import running_ui
+    from webui.locale import Translator
+
+    workspace = tmp_path / "ws"
+    status = TrainingSession(SHORT.replace(save_steps=0, max_steps=2), workspace / "runs" / "done").run()
+    assert status["state"] == "finished"
+    exports = workspace / "exports"
+    with running_ui(workspace) as url:
+        page = browser.new_page(accept_downloads=True)
+        page.set_default_timeout(60_000)
+        page.goto(url)
+        expect(page.locator("#data-summary")).not_to_be_empty(timeout=60_000)
+        time.sleep(4)  # the page's load events have run (the Export tab's picker is set among them)
+        assert not list(exports.glob("*.zip")), list(exports.iterdir())
+        open_tab(page, Translator("en")("tab_export"))
+        expect(page.locator("#export-notice")).to_contain_text("done.zip")
+        time.sleep(2)
+        assert not list(exports.glob("*.zip"))  # choosing the run still wrote nothing
+        with page.expect_download() as download:
+            page.locator("#export-download").click()
+        saved = tmp_path / "got.zip"
+        download.value.save_as(saved)
+        page.close()
+    assert (exports / "done.zip").is_file()
+    assert "adapter_model.safetensors" in " ".join(zipfile.ZipFile(saved).namelist())
