@@ -280,24 +280,26 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from core.api import create_api
-    from core.chat.engine import ChatEngine
+    from core.api import MAX_QUEUE, create_api
+    from core.chat.engine import ChatEngine, check_adapter_files
     from core.models.loader import configure_threads
 
     configure_threads()
-    engine = ChatEngine(template=args.template)
-    engine.load_model(args.model)
     adapters: dict[str, str] = {}
-    for item in args.adapter:
+    for item in args.adapter:  # every adapter checked before the model loads: a damaged file is said at start
         name, sep, path = item.partition("=")
         if not sep or not name:
             raise ModelError("cli.adapter_syntax", item=item)
         adapters[name] = str(resolve_adapter(path))
+        check_adapter_files(adapters[name])
+    engine = ChatEngine(template=args.template)
+    engine.load_model(args.model)
     base_name = Path(args.model).name if args.model != "demo" else "demo"
     api_key = args.api_key or os.environ.get("GLM_WORKBENCH_API_KEY")
     if args.host not in LOOPBACK_HOSTS and not api_key:
         say(message("cli.api_open_warning", host=args.host))
-    app = create_api(engine, base_name, lambda: adapters, api_key)
+    max_queue = args.max_queue if args.max_queue is not None else MAX_QUEUE
+    app = create_api(engine, base_name, lambda: adapters, api_key, max_queue=max_queue)
     say(
         message("cli.api_listening", url=f"http://{args.host}:{args.port}/v1", models=", ".join([base_name, *adapters]))
     )
@@ -472,6 +474,14 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8000)
     api.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set GLM_WORKBENCH_API_KEY)")
     api.add_argument("--template", default="auto")
+    api.add_argument(
+        "--max-queue",
+        type=int,
+        default=None,
+        metavar="N",
+        help="requests that may wait while one generates; more are answered 429 with Retry-After "
+        "(default: 16; -1: no limit)",
+    )
     api.set_defaults(func=cmd_api)
 
     export = commands.add_parser("export", help="zip a run's adapter (or model), or merge a LoRA into its base")

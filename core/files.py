@@ -156,3 +156,63 @@ def check_target_free(target: Path, kind: str | None = None, replace: str = "nev
     if replace == "ours" and kind is not None and output_kind(target) == kind:
         return
     raise TargetNotFreeError(target, "not_empty")
+
+
+def damaged_file(folder: Path, required: tuple[str, ...] = ()) -> tuple[str, Any] | None:
+    """(file name, a Message saying what is wrong) for the first file of `folder` (a checkpoint, an adapter, a
+    model) that cannot be loaded, or None when every file is whole. Cheap: reads headers and small JSON files
+    only, never the tensors, so it catches what a kill, a full disk or a copy cut short leaves (a truncated
+    file, invalid JSON), not a flipped bit. Each name in `required` must be there."""
+    from core.i18n import message
+
+    folder = Path(folder)
+    for name in required:
+        if not (folder / name).is_file():
+            return name, message("checkpoint.missing")
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            problem = file_problem(path)
+            if problem is not None:
+                return str(path.relative_to(folder)), problem
+    return None
+
+
+def file_problem(path: Path):
+    """What is wrong with one file the trainer or peft wrote (a Message), or None if it looks whole."""
+    import struct
+    import zipfile
+
+    from core.i18n import message
+
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        if path.suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if path.name == "trainer_state.json" and not (
+                isinstance(data, dict) and isinstance(data.get("global_step"), int)
+            ):
+                return message("checkpoint.invalid_json")
+        elif path.suffix == ".safetensors":
+            with open(path, "rb") as handle:
+                head = handle.read(8)
+                if len(head) < 8:
+                    return message("checkpoint.truncated", size=size, expected=8)
+                (length,) = struct.unpack("<Q", head)
+                if length > size - 8:
+                    return message("checkpoint.truncated", size=size, expected=8 + length)
+                header = json.loads(handle.read(length))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+            if size < 8 + length + end:
+                return message("checkpoint.truncated", size=size, expected=8 + length + end)
+        elif path.suffix in (".pt", ".pth", ".bin"):
+            # torch.save writes a zip archive whose directory is at the end: a cut-short file has none.
+            with zipfile.ZipFile(path) as archive:
+                for item in archive.infolist():
+                    if item.header_offset + item.compress_size > size:
+                        return message("checkpoint.truncated", size=size, expected=item.header_offset)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, struct.error, zipfile.BadZipFile):
+        return message("checkpoint.unreadable", kind=path.suffix.lstrip("."))
+    except OSError as exc:
+        return message("checkpoint.os_error", detail=str(exc))
+    return None

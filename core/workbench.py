@@ -508,10 +508,15 @@ class Workbench:
 
     # ---- OpenAI-compatible API ----------------------------------------------------------------------------
     def start_api(
-        self, model: str = BASE_MODEL_CHOICE, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None
+        self,
+        model: str = BASE_MODEL_CHOICE,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        api_key: str | None = None,
+        max_queue: int | None = None,
     ) -> str:
         """Serve the chat engine's model and every finished run's adapter as an OpenAI-compatible API."""
-        from core.api import ApiServer, create_api
+        from core.api import MAX_QUEUE, ApiServer, create_api
 
         self.stop_api()
         self.chat_engine.load_model(self._model_path(model))
@@ -523,7 +528,10 @@ class Workbench:
                 if run.adapter_dir is not None and run.state in ("finished", "aborted")
             }
 
-        self.api_server = ApiServer(create_api(self.chat_engine, model, adapters, api_key), host, port).start()
+        app = create_api(
+            self.chat_engine, model, adapters, api_key, max_queue=MAX_QUEUE if max_queue is None else max_queue
+        )
+        self.api_server = ApiServer(app, host, port).start()
         return self.api_server.url
 
     def stop_api(self) -> None:

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,158 @@ def test_opening_the_page_builds_no_zip_and_the_click_downloads_one(browser, tmp
         page.close()
     assert (exports / "done.zip").is_file()
     assert "adapter_model.safetensors" in " ".join(zipfile.ZipFile(saved).namelist())
+
+
+# ---- 6. every API answer is an OpenAI error, adapters checked at start, a bounded queue -------------------------
+@pytest.fixture(scope="module")
+def adapter_run(tmp_path_factory, demo_model_dir) -> Path:
+    run = tmp_path_factory.mktemp("adapter") / "run"
+    assert TrainingSession(SHORT.replace(save_steps=0, max_steps=2), run).run()["state"] == "finished"
+    return run
+
+
+@pytest.fixture(scope="module")
+def api(adapter_run, tmp_path_factory):
+    """The API over the demo model, with a good adapter and a truncated copy of it; no waiting room."""
+    from core.api import ApiServer, create_api
+    from core.chat.engine import ChatEngine
+    from tests.ui_server import free_port
+
+    damaged = Path(shutil.copytree(adapter_run / "adapter", tmp_path_factory.mktemp("damaged") / "adapter"))
+    truncate(damaged / "adapter_model.safetensors")
+    adapters = {"good": str(adapter_run / "adapter"), "damaged": str(damaged)}
+    engine = ChatEngine()
+    engine.load_model("demo")
+    app = create_api(engine, "demo", lambda: adapters, api_key="sk-right", max_queue=0)
+    server = ApiServer(app, port=free_port()).start()
+    server.app, server.engine = app, engine
+    yield server
+    server.stop()
+
+
+def call(server, path: str, body: bytes | None = None, key: str = "sk-right", method: str | None = None):
+    """(status, headers, parsed JSON body); a body that is not JSON fails the test."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        server.url.removesuffix("/v1") + path,
+        data=body,
+        method=method or ("POST" if body is not None else "GET"),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.headers, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        text = error.read()
+        try:
+            return error.code, error.headers, json.loads(text)
+        except ValueError:
+            pytest.fail(f"{error.code} answered with plain text: {text[:200]!r}")
+
+
+def openai_error(answer) -> dict:
+    status, _, body = answer
+    assert set(body) == {"error"} and {"message", "type", "param", "code"} <= set(body["error"]), body
+    return body["error"]
+
+
+def chat_body(model: str = "demo", **extra) -> bytes:
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": "你是谁？"}], "max_tokens": 4, **extra})
+
+
+def test_a_deeply_nested_body_is_a_400_openai_error(api, caplog):
+    for body in ("[" * 1000 + "]" * 1000, '{"model": "demo", "messages": ' + "[" * 1000 + "]" * 1000 + "}"):
+        answer = call(api, "/v1/chat/completions", body.encode())
+        assert answer[0] == 400, answer
+        assert openai_error(answer)["type"] == "invalid_request_error"
+    assert "RecursionError" not in caplog.text and "Traceback" not in caplog.text
+
+
+def test_unknown_routes_and_internal_errors_are_openai_errors(api):
+    missing = call(api, "/v1/completions", chat_body().encode())
+    assert missing[0] == 404 and "POST /v1/completions" in openai_error(missing)["message"]
+    assert call(api, "/v1/models", method="DELETE")[0] == 405
+    assert openai_error(call(api, "/nowhere"))["code"] == "not_found"
+
+
+def test_an_internal_error_is_an_openai_500(adapter_run):
+    """Whatever escapes a route (here: the adapter list cannot be read) is a 500 in OpenAI's shape."""
+    from fastapi.testclient import TestClient
+
+    from core.api import create_api
+    from core.chat.engine import ChatEngine
+
+    def broken() -> dict:
+        raise RuntimeError("the adapter list is unreadable")
+
+    engine = ChatEngine()
+    engine.load_model("demo")
+    with TestClient(create_api(engine, "demo", broken), raise_server_exceptions=False) as client:
+        answer = client.get("/v1/models")
+    assert answer.status_code == 500 and answer.headers["content-type"].startswith("application/json")
+    body = answer.json()["error"]
+    assert body["type"] == "server_error" and "RuntimeError" in body["message"]
+
+
+def test_a_damaged_adapter_is_a_400_naming_its_file(api):
+    answer = call(api, "/v1/chat/completions", chat_body("damaged").encode())
+    error = openai_error(answer)
+    assert answer[0] == 400 and error["param"] == "model" and error["code"] == "model_unavailable"
+    assert "adapter_model.safetensors is damaged" in error["message"] and "cut short" in error["message"]
+    assert call(api, "/v1/chat/completions", chat_body("good").encode())[0] == 200  # the good one still serves
+
+
+def test_past_the_queue_a_request_gets_429_with_retry_after(api):
+    """max_queue=0: while one request waits for the model (held here, as a chat in the same process would), the
+    next is refused at once; when the model is free the first is answered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine, queue = api.engine, api.app.state.queue
+    engine._lock.acquire()  # noqa: SLF001 - the model is busy
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(call, api, "/v1/chat/completions", chat_body().encode())
+            deadline = time.time() + 60
+            while queue.count < 1 and time.time() < deadline:
+                time.sleep(0.05)
+            status, headers, body = refused = call(api, "/v1/chat/completions", chat_body().encode())
+            assert status == 429 and int(headers["Retry-After"]) >= 1
+            assert openai_error(refused)["type"] == "rate_limit_error"
+            engine._lock.release()  # noqa: SLF001
+            assert first.result(timeout=120)[0] == 200
+    finally:
+        if engine._lock._is_owned():  # noqa: SLF001
+            engine._lock.release()  # noqa: SLF001
+    assert queue.count == 0 and call(api, "/v1/chat/completions", chat_body().encode())[0] == 200
+
+
+def test_wrong_keys_are_refused_whatever_their_length(api):
+    for key in ("", "sk-righ", "sk-right-and-more", "sk-wrong", "clé"):
+        answer = call(api, "/v1/models", key=key)
+        assert answer[0] == 401 and openai_error(answer)["code"] == "invalid_api_key"
+    assert call(api, "/v1/models")[0] == 200
+
+
+@pytest.mark.slow
+def test_the_api_command_refuses_a_damaged_adapter_at_start(adapter_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.ui_server import free_port
+
+    damaged = Path(shutil.copytree(adapter_run / "adapter", tmp_path / "adapter"))
+    truncate(damaged / "adapter_model.safetensors")
+    started = subprocess.run(
+        [sys.executable, "-m", "core.cli", "api", "--adapter", f"bad={damaged}", "--port", str(free_port())],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "GLM_WORKBENCH_LANG": "en"},
+    )
+    assert started.returncode == 2, started.stderr[-2000:]
+    assert "adapter_model.safetensors is damaged" in started.stderr and "Traceback" not in started.stderr

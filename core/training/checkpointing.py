@@ -35,57 +35,11 @@ def remove_partial_checkpoints(root: Path) -> None:
 
 def damaged_file(checkpoint: Path) -> tuple[str, Message] | None:
     """(file name, what is wrong) for the first file of `checkpoint` that cannot be loaded, or None when every
-    file is whole. Cheap: reads headers and small JSON files only, never the tensors, so it catches what a kill,
-    a full disk or a copy cut short leaves (a truncated file, an invalid trainer_state.json), not a flipped bit.
-    trainer_state.json must be there: without it transformers cannot resume at all."""
-    state = checkpoint / "trainer_state.json"
-    if not state.is_file():
-        return state.name, message("checkpoint.missing")
-    for path in sorted(checkpoint.rglob("*")):
-        if not path.is_file():
-            continue
-        problem = _file_problem(path)
-        if problem is not None:
-            return str(path.relative_to(checkpoint)), problem
-    return None
+    file is whole (core.files.damaged_file: headers and small JSON files only). trainer_state.json must be
+    there: without it transformers cannot resume at all."""
+    from core.files import damaged_file as damaged
 
-
-def _file_problem(path: Path) -> Message | None:
-    import json
-    import struct
-    import zipfile
-
-    size = path.stat().st_size
-    try:
-        if path.suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if path.name == "trainer_state.json" and not (
-                isinstance(data, dict) and isinstance(data.get("global_step"), int)
-            ):
-                return message("checkpoint.invalid_json")
-        elif path.suffix == ".safetensors":
-            with open(path, "rb") as handle:
-                head = handle.read(8)
-                if len(head) < 8:
-                    return message("checkpoint.truncated", size=size, expected=8)
-                (length,) = struct.unpack("<Q", head)
-                if length > size - 8:
-                    return message("checkpoint.truncated", size=size, expected=8 + length)
-                header = json.loads(handle.read(length))
-            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-            if size < 8 + length + end:
-                return message("checkpoint.truncated", size=size, expected=8 + length + end)
-        elif path.suffix in (".pt", ".pth", ".bin"):
-            # torch.save writes a zip archive whose directory is at the end: a cut-short file has none.
-            with zipfile.ZipFile(path) as archive:
-                for item in archive.infolist():
-                    if item.header_offset + item.compress_size > size:
-                        return message("checkpoint.truncated", size=size, expected=item.header_offset)
-    except (ValueError, KeyError, TypeError, IndexError, struct.error, zipfile.BadZipFile, UnicodeDecodeError):
-        return message("checkpoint.unreadable", kind=path.suffix.lstrip("."))
-    except OSError as exc:
-        return message("checkpoint.os_error", detail=str(exc))
-    return None
+    return damaged(checkpoint, required=("trainer_state.json",))
 
 
 def intact_checkpoint(run_dir: Path, run_name: str, say=None, main: bool = True) -> Path | None:
