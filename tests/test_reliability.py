@@ -349,3 +349,305 @@ def test_the_api_command_refuses_a_damaged_adapter_at_start(adapter_run, tmp_pat
     )
     assert started.returncode == 2, started.stderr[-2000:]
     assert "adapter_model.safetensors is damaged" in started.stderr and "Traceback" not in started.stderr
+
+
+# ---- 3. staging leftovers of killed writes are reclaimed -----------------------------------------------------------
+def cli_killed_when(args: list[str], folder_glob, tries: int = 3) -> Path:
+    """Run `glm-workbench ARGS` and SIGKILL it the moment `folder_glob()` finds a staging entry; returns that
+    entry. A write that finished before it was seen is tried again (a busy machine), up to `tries` times."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    for _ in range(tries):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "core.cli", *args],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "GLM_WORKBENCH_LANG": "en"},
+        )
+        try:
+            deadline = time.time() + 300
+            while process.poll() is None and time.time() < deadline:
+                found = folder_glob()
+                if found:
+                    process.send_signal(signal.SIGKILL)
+                    process.wait(timeout=30)
+                    return found[0]
+                time.sleep(0.002)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+    pytest.fail(f"never saw the staging entry of: {' '.join(args)}")
+
+
+def staging(folder: Path, pattern: str):
+    return lambda: sorted(folder.glob(pattern)) if folder.is_dir() else []
+
+
+@pytest.mark.slow
+def test_a_kill_during_a_full_model_save_leaves_nothing_after_restart_or_resume(tmp_path, demo_model_dir):
+    from core.workbench import Workbench
+
+    workspace = tmp_path / "ws"
+    args = ["train", "--workspace", str(workspace), "--set", "finetuning_type=full", "--set", "max_steps=2"]
+    args += ["--set", "num_train_epochs=0", "--set", "learning_rate=1e-4"]
+    leftover = cli_killed_when(args, lambda: sorted((workspace / "runs").glob("*/.model.partial-*")))
+    run = leftover.parent
+    assert leftover.is_dir() and not (run / "model").exists()
+    copy = Path(shutil.copytree(run, tmp_path / "copy" / "runs" / run.name))  # the same state, twice
+    time.sleep(2.5)  # FRESH_SECONDS: an entry this young might still be someone's
+
+    # A restart of the workbench (the UI) reclaims it, saying so in the run's log.
+    Workbench(workspace)
+    assert not list(run.glob(".model.partial-*"))
+    assert "reclaimed staging leftovers" in (run / "log.txt").read_text(encoding="utf-8")
+
+    # Resume reclaims it too, and the finished run holds its model and nothing half-written.
+    config = RunConfig.from_dict(dict(finetuning_type="full", max_steps=2, num_train_epochs=0, learning_rate=1e-4))
+    status = TrainingSession(config, copy, resume=True).run()
+    assert status["state"] == "finished", status.get("error")
+    assert not [p.name for p in copy.iterdir() if ".partial" in p.name] and (copy / "model").is_dir()
+    assert "reclaimed staging leftovers" in (copy / "log.txt").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_a_kill_during_a_merge_or_zip_leaves_nothing_in_exports(adapter_run, tmp_path, caplog):
+    import logging
+
+    from core.workbench import Workbench
+
+    workspace = tmp_path / "ws"
+    run = Path(shutil.copytree(adapter_run, workspace / "runs" / "lora"))
+    exports = workspace / "exports"
+    merged = cli_killed_when(
+        ["export", "--run", str(run), "--merge", str(exports / "merged")], staging(exports, ".merged.partial-*")
+    )
+    assert merged.is_dir() and not (exports / "merged").exists()
+    time.sleep(2.5)
+    with caplog.at_level(logging.WARNING, logger="glm_workbench"):
+        wb = Workbench(workspace)
+    assert not merged.exists() and "reclaimed staging leftovers" in caplog.text and merged.name in caplog.text
+
+    # A zip cut short (the full run's model, big enough to be caught) is reclaimed when the next export completes.
+    full = tmp_path / "full"
+    config = RunConfig.from_dict(dict(finetuning_type="full", max_steps=1, num_train_epochs=0, learning_rate=1e-4))
+    assert TrainingSession(config, full).run()["state"] == "finished"
+    zipped = cli_killed_when(
+        ["export", "--run", str(full), "--zip", str(exports / "full.zip")], staging(exports, ".*.partial")
+    )
+    assert zipped.is_file()
+    time.sleep(2.5)
+    assert Path(wb.export_zip("lora")).is_file()
+    assert not zipped.exists() and not [p.name for p in exports.iterdir() if p.name.startswith(".")]
+
+
+# ---- 1. a UI killed while a dataset is prepared leaves no worker and a free port --------------------------------
+def start_ui(workspace: Path, port: int, log: Path):
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.conftest import REPO
+
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "launch.py"), "--port", str(port), "--workspace", str(workspace), "--lang", "en"],
+        cwd=REPO,
+        stdout=open(log, "ab"),  # noqa: SIM115 - the child keeps it
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "GLM_WORKBENCH_DATA_PROCS": "2", "GLM_WORKBENCH_LANG": "en"},
+    )
+    deadline = time.time() + 180
+    while True:
+        if process.poll() is not None:
+            return process  # it exited: the caller reads why
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/en/", timeout=2)
+            return process
+        except OSError:
+            if time.time() > deadline:
+                process.kill()
+                raise TimeoutError(log.read_text()) from None
+            time.sleep(0.3)
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found |= {int(c) for c in (task / "children").read_text().split()}
+        except OSError:
+            continue
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_a_ui_killed_while_preparing_data_leaves_no_worker_and_restarts_on_its_port(tmp_path, demo_model_dir):
+    import os
+    import signal
+    import socket
+
+    from gradio_client import Client, handle_file
+
+    from tests.ui_server import free_port
+
+    rows = tmp_path / "big.jsonl"
+    with open(rows, "w", encoding="utf-8") as handle:
+        for number in range(60_000):
+            handle.write(json.dumps({"instruction": f"question {number} " * 4, "output": f"answer {number} " * 8}))
+            handle.write("\n")
+    workspace, port, log = tmp_path / "ws", free_port(), tmp_path / "ui.log"
+    server = start_ui(workspace, port, log)
+    workers: set[int] = set()
+    try:
+        client = Client(f"http://127.0.0.1:{port}/en/", verbose=False)
+        client.submit(handle_file(str(rows)), "auto", "", "identity", api_name="/upload_dataset")
+        deadline = time.time() + 120
+        while len(workers) < 2 and time.time() < deadline:  # the datasets workers are at work
+            workers |= children(server.pid)
+            time.sleep(0.02)
+        assert workers, f"no data worker was started: {log.read_text()[-2000:]}"
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    deadline = time.time() + 20
+    while any(alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    survivors = [pid for pid in workers if alive(pid)]
+    for pid in survivors:  # leave the machine clean whatever the verdict
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    assert not survivors, "data workers outlived the killed UI"
+    from core.processes import port_holders
+
+    holders = port_holders(port)
+    for pid, _ in holders:  # forked from the killed UI: ours to clean up, whatever the verdict
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    assert not holders, f"the killed UI's port is still held by {holders}"
+    with socket.socket() as probe:  # the port is free again at once
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
+    again = start_ui(workspace, port, log)
+    try:
+        assert again.poll() is None, log.read_text()[-2000:]
+    finally:
+        again.terminate()
+        again.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_taken_port_is_refused_naming_the_process_that_holds_it(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        refused = subprocess.run(
+            [sys.executable, str(REPO / "launch.py"), "--port", str(port), "--workspace", str(tmp_path / "ws")],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "GLM_WORKBENCH_LANG": "en"},
+        )
+    assert refused.returncode == 2
+    assert f"port {port} on 127.0.0.1 is already in use by process {os.getpid()}" in refused.stderr
+    assert "pytest" in refused.stderr or "python" in refused.stderr
+
+
+# ---- 7. a shared workbench only uses paths inside its allowed folders ------------------------------------------
+def test_allowed_dirs_refuse_every_typed_path_outside_them(tmp_path, demo_model_dir):
+    from core.access import AccessError
+    from core.workbench import Workbench
+
+    outside = tmp_path / "private"
+    outside.mkdir()
+    secret = outside / "secret.jsonl"
+    secret.write_text(json.dumps({"instruction": "pin", "output": "1234"}) + "\n", encoding="utf-8")
+    (outside / "model").mkdir()
+    (outside / "model" / "config.json").write_text("{}", encoding="utf-8")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    inside = shared / "ok.jsonl"
+    inside.write_text(secret.read_text(encoding="utf-8"), encoding="utf-8")
+    wb = Workbench(tmp_path / "ws", allowed_dirs=[shared])
+    for attempt in (
+        lambda: wb.preview_dataset(str(secret)),
+        lambda: wb.peek_dataset(str(secret), "auto", "", 10),
+        lambda: wb.render_sample(str(secret), "auto", "demo", "auto", 0),
+        lambda: wb.start_training(RunConfig(dataset=str(secret))),
+        lambda: wb.start_training(RunConfig(model_name_or_path=str(outside / "model"))),
+        lambda: wb.start_training(RunConfig(adapter_name_or_path=str(outside / "model"))),
+        lambda: wb.start_training(RunConfig(output_dir=str(outside / "run"))),
+        lambda: wb.estimate(RunConfig(model_name_or_path=str(outside / "model"))),
+        lambda: wb.merge_run("any", str(outside / "merged")),
+        lambda: list(wb.chat_stream([{"role": "user", "content": "hi"}], model=str(outside / "model"))),
+    ):
+        with pytest.raises(AccessError, match="is outside the folders this workbench may use"):
+            attempt()
+    assert not (tmp_path / "ws" / "runs").exists() or not any((tmp_path / "ws" / "runs").iterdir())
+    assert wb.preview_dataset(str(inside)).row_count == 1  # an allowed folder, the demo sets and the workspace
+    assert wb.preview_dataset("identity").row_count > 0
+    assert Workbench(tmp_path / "open").preview_dataset(str(secret)).row_count == 1  # not limited: as before
+
+
+@pytest.mark.slow
+def test_with_auth_a_logged_in_user_reads_and_copies_no_server_file(tmp_path, demo_model_dir):
+    import uuid
+
+    import httpx
+    from gradio_client import Client, handle_file
+
+    from tests.ui_server import running_ui
+
+    pin = uuid.uuid4().hex  # this run's secret: a copy found anywhere came from this run
+    secret = tmp_path / "private" / "secret.jsonl"
+    secret.parent.mkdir()
+    secret.write_text(json.dumps({"instruction": "pin", "output": pin}) + "\n", encoding="utf-8")
+    workspace = tmp_path / "ws"
+    with running_ui(workspace, extra_args=("--auth", "alice:s3cret")) as url:
+        client = Client(url, auth=("alice", "s3cret"), verbose=False)
+        summary, table, _ = client.predict(str(secret), "auto", 1, "", api_name="/preview_dataset")
+        assert "is outside the folders this workbench may use" in summary and pin not in json.dumps(table)
+        # A raw FileData naming a server file, never uploaded: refused, nothing copied into uploads/.
+        raw = {"path": str(secret), "orig_name": "secret.jsonl", "meta": {"_type": "gradio.FileData"}}
+        with httpx.Client(cookies=client.cookies, timeout=120) as http:
+            event = http.post(f"{url}gradio_api/call/upload_dataset", json={"data": [raw, "auto", "", "identity"]})
+            answer = http.get(f"{url}gradio_api/call/upload_dataset/{event.json()['event_id']}").text
+        assert "was not uploaded by a user" in answer and pin not in answer
+        assert not (workspace / "uploads").exists() or not list((workspace / "uploads").iterdir())
+        from gradio.utils import get_upload_folder
+
+        cached = [p for p in Path(get_upload_folder()).rglob("secret.jsonl") if pin in p.read_text()]
+        assert not cached, cached  # not even copied into gradio's cache
+        # A real upload still works, and is kept in the workspace.
+        upload = tmp_path / "mine.jsonl"
+        upload.write_text(json.dumps({"instruction": "q", "output": "a"}) + "\n", encoding="utf-8")
+        chosen = client.predict(handle_file(str(upload)), "auto", "", "identity", api_name="/upload_dataset")[0]
+        assert (workspace / "uploads" / "mine.jsonl").is_file(), chosen

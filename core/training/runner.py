@@ -39,6 +39,7 @@ from core.runs import (
     is_main_process,
     keep_metrics_until,
     read_metrics,
+    reclaim_run,
     update_status,
 )
 from core.training.callbacks import LossProgressBar, RunFolderCallback, StopCallback
@@ -212,7 +213,8 @@ class TrainingSession:
         if not self.resume:
             return None
         if is_main_process():
-            remove_partial_checkpoints(self.run_dir / CHECKPOINTS_DIR)  # a save the previous owner never finished
+            reclaim_run(self.run_dir, owned=True)  # saves the previous owner never finished, said in log.txt
+            remove_partial_checkpoints(self.run_dir / CHECKPOINTS_DIR)  # and any checkpoint staging left
         # A damaged newest checkpoint (a truncated file, an invalid trainer_state.json) is skipped, saying so.
         checkpoint = intact_checkpoint(self.run_dir, self.run_dir.name, self.notify, main=is_main_process())
         step = int(checkpoint.name.split("-")[-1]) if checkpoint is not None else 0
@@ -466,6 +468,8 @@ class TrainingSession:
             with staged_dir(run_dir / method.output_dir, replace="owned") as folder:
                 save(trainer.model, tokenizer, folder)
         self.model, self.tokenizer = trainer.model, tokenizer
+        if is_main_process():  # the run is complete: what a killed earlier attempt left is only in the way
+            reclaim_run(run_dir, owned=True)
         losses = [m["loss"] for m in read_metrics(run_dir) if m.get("loss") is not None]
         final = dict(
             state="aborted" if aborted else "finished",
