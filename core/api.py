@@ -14,7 +14,9 @@ come from the locale tables, in the client's Accept-Language (English by default
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
+import logging
 import threading
 import time
 import uuid
@@ -25,12 +27,18 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.chat.engine import ChatEngine, GenerationSettings
+from core.chat.engine import ChatEngine, GenerationSettings, check_adapter_files
+from core.errors import ModelError, WorkbenchError, internal_error
 from core.i18n import Message, message
+
+log = logging.getLogger("glm_workbench")
 
 AdapterResolver = Callable[[], dict[str, str]]  # adapter name -> folder, read at request time
 MAX_BODY_BYTES = 2 * 2**20  # a prompt of 128k tokens is under 1 MB of text
+MAX_QUEUE = 16  # requests that may wait while one generates; more get 429 with Retry-After
 DEFAULT_MAX_TOKENS = 512
 SEED_LIMIT = 2**63 - 1
 
@@ -43,9 +51,11 @@ class APIError(Exception):
         kind: str = "invalid_request_error",
         code: str | None = None,
         param: str | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(str(problem))
         self.status, self.problem, self.kind, self.code, self.param = status, problem, kind, code, param
+        self.headers = dict(headers or {})
 
     def body(self, lang: str = "en") -> dict:
         return {
@@ -53,7 +63,7 @@ class APIError(Exception):
         }
 
     def response(self, lang: str = "en") -> JSONResponse:
-        return JSONResponse(status_code=self.status, content=self.body(lang))
+        return JSONResponse(status_code=self.status, content=self.body(lang), headers=self.headers or None)
 
 
 def request_language(request: Request) -> str:
@@ -135,6 +145,8 @@ async def read_body(request: Request, limit: int) -> dict:
         raise APIError(400, message("api.body_not_utf8")) from None
     except json.JSONDecodeError:
         raise APIError(400, message("api.body_not_json")) from None
+    except RecursionError:  # [[[[... a thousand deep: 2 KB that would exhaust the parser's stack
+        raise APIError(400, message("api.body_too_deep")) from None
     if not isinstance(body, dict):
         raise APIError(400, message("api.body_not_object"))
     return body
@@ -145,15 +157,82 @@ def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[: min(positions)], True) if positions else (text, False)
 
 
+class Queue:
+    """Requests in flight (one generating, the rest waiting for the model): beyond `limit` waiting, a request is
+    answered 429 at once with a Retry-After from the recent answers' duration, instead of queueing without end."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.count = 0
+        self.lock = threading.Lock()
+        self.recent = 5.0  # seconds one request takes, as an average of the latest ones
+
+    def enter(self) -> Callable[[], None]:
+        with self.lock:
+            if self.limit >= 0 and self.count > self.limit:
+                waiting = self.count
+                raise APIError(
+                    429,
+                    message("api.queue_full", waiting=waiting - 1, limit=self.limit),
+                    kind="rate_limit_error",
+                    code="queue_full",
+                    headers={"Retry-After": str(max(1, min(600, round(self.recent * waiting))))},
+                )
+            self.count += 1
+        started, left = time.monotonic(), [False]
+
+        def leave() -> None:  # idempotent: a stream's end and its response's background task both call it
+            with self.lock:
+                if left[0]:
+                    return
+                left[0] = True
+                self.count -= 1
+                self.recent = 0.8 * self.recent + 0.2 * (time.monotonic() - started)
+
+        return leave
+
+
+class OpenAIErrors:
+    """The outermost guard: whatever escapes a route (a bug, a library's error) is answered as OpenAI's error
+    JSON with a 500, never as starlette's plain-text page; the traceback goes to the log once."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def watched(event):
+            nonlocal started
+            started = started or event["type"] == "http.response.start"
+            await send(event)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:  # noqa: BLE001 - answered, and logged with its traceback
+            log.exception("API request failed")
+            if started:
+                return  # the answer has begun (a stream): its error event, if any, was already sent
+            problem = internal_error(exc)
+            response = APIError(500, problem, kind="server_error").response()
+            await response(scope, receive, send)
+
+
 def create_api(
     engine: ChatEngine,
     base_name: str,
     adapters: AdapterResolver,
     api_key: str | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    max_queue: int = MAX_QUEUE,
 ) -> FastAPI:
-    """The FastAPI app. `engine` must already hold the base model; `adapters()` lists what may be named."""
+    """The FastAPI app. `engine` must already hold the base model; `adapters()` lists what may be named.
+    `max_queue`: how many requests may wait while one generates (-1: no limit)."""
     app = FastAPI(title="GLM Workbench OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(OpenAIErrors)
+    queue = app.state.queue = Queue(max_queue)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
@@ -163,8 +242,27 @@ def create_api(
     async def invalid_request(request: Request, exc: RequestValidationError):
         return validation_error(exc).response(request_language(request))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        """An unknown path or method: OpenAI's shape, not starlette's {"detail": ...}."""
+        code = "not_found" if exc.status_code == 404 else None
+        problem = message("api.no_such_route", method=request.method, path=request.url.path)
+        return APIError(exc.status_code, problem, code=code, headers=exc.headers).response(request_language(request))
+
+    @app.exception_handler(WorkbenchError)
+    async def workbench_error(request: Request, exc: WorkbenchError):
+        """A file at fault (a damaged adapter, a missing model folder): said, with a 4xx, never as a bug."""
+        if isinstance(exc, ModelError):
+            error = APIError(400, exc.message, code="model_unavailable", param="model")
+        else:
+            error = APIError(400, exc.message)
+        return error.response(request_language(request))
+
+    expected_key = f"Bearer {api_key}".encode() if api_key else None
+
     def check_key(request: Request) -> None:
-        if api_key and request.headers.get("authorization", "") != f"Bearer {api_key}":
+        given = request.headers.get("authorization", "").encode("utf-8", "surrogateescape")
+        if expected_key is not None and not hmac.compare_digest(given, expected_key):  # constant time
             raise APIError(401, message("api.wrong_key"), kind="authentication_error", code="invalid_api_key")
 
     @app.get("/v1/models", dependencies=[Depends(check_key)])
@@ -199,10 +297,22 @@ def create_api(
             greedy=chat.temperature == 0,
             seed=chat.seed,
         )
-        completion = Completion(engine, chat, turns, system, adapter, settings, prompt_tokens)
-        if chat.stream:
-            return StreamingResponse(completion.events(request), media_type="text/event-stream")
-        return await completion.whole(request)
+        leave = queue.enter()
+        handed_over = False  # a stream gives its place up when it ends
+        try:
+            if adapter is not None:  # a damaged adapter is named now, as a 400, before the answer begins
+                check_adapter_files(adapter[1])
+            completion = Completion(engine, chat, turns, system, adapter, settings, prompt_tokens, leave)
+            if chat.stream:
+                response = StreamingResponse(
+                    completion.events(request), media_type="text/event-stream", background=BackgroundTask(leave)
+                )
+                handed_over = True
+                return response
+            return await completion.whole(request)
+        finally:
+            if not handed_over:
+                leave()
 
     return app
 
@@ -226,10 +336,19 @@ class Completion:
     """One request's generation, stopped as soon as its client is gone."""
 
     def __init__(
-        self, engine: ChatEngine, chat: ChatCompletionRequest, turns, system, adapter, settings, prompt_tokens: int
+        self,
+        engine: ChatEngine,
+        chat: ChatCompletionRequest,
+        turns,
+        system,
+        adapter,
+        settings,
+        prompt_tokens: int,
+        leave: Callable[[], None] = lambda: None,
     ):
         self.engine, self.chat, self.turns, self.system = engine, chat, turns, system
         self.adapter, self.settings, self.prompt_tokens = adapter, settings, prompt_tokens
+        self.leave = leave  # the request's place in the queue, given up when the stream ends
         self.cancel = threading.Event()
         self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
@@ -324,6 +443,7 @@ class Completion:
         finally:
             self.cancel.set()
             replies.close()
+            self.leave()
         yield self._chunk({}, finish)
         yield "data: [DONE]\n\n"
 

@@ -57,12 +57,32 @@ def bind_port(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
+            from core.processes import port_holders
+
+            holders = port_holders(port)
+            if holders:  # say exactly which process holds it (an orphan of a killed workbench, say)
+                pid, command = holders[0]
+                raise config_error(
+                    "--port",
+                    "cli.port_taken_by",
+                    host=host,
+                    port=port,
+                    pid=pid,
+                    command=command,
+                    free=free_port_after(host, port),
+                ) from None
             raise config_error(
                 "--port", "cli.port_taken", host=host, port=port, free=free_port_after(host, port)
             ) from None
         detail = exc.strerror or str(exc)
         raise config_error("--host", "cli.cannot_listen", host=host, port=port, detail=detail) from None
-    sock.set_inheritable(True)
+    # Never passed on: not to programs it starts (close-on-exec), nor to processes it forks (the data workers
+    # of `datasets`), which close it at once and die with this process (core/processes.py).
+    sock.set_inheritable(False)
+    from core.processes import close_in_children, guard_children
+
+    guard_children()
+    close_in_children(sock.fileno())
     return sock
 
 
@@ -95,8 +115,13 @@ def cmd_webui(args: argparse.Namespace) -> int:
         if not is_demo_model(default_demo_dir()):
             say(message("cli.demo_building"))
         say(message("cli.demo_ready", folder=str(ensure_demo_model()), threads=threads))
-        workbench = Workbench(args.workspace)
+        # Reachable by others (a login, another address, a public link): typed paths stay in allowed folders.
+        limited = auth is not None or args.host not in LOOPBACK_HOSTS or args.share or bool(args.allowed_dirs)
+        extra = [d for item in args.allowed_dirs for d in item.split(os.pathsep) if d]
+        workbench = Workbench(args.workspace, allowed_dirs=extra if limited else None)
         say(message("cli.workspace", folder=str(workbench.workspace)))
+        if workbench.access.limited:
+            say(message("cli.allowed_dirs", folders=", ".join(str(r) for r in workbench.access.roots)))
         # The UI layer, and gradio with it, is loaded for this command only: the engine's commands never need it.
         from webui.serve import serve
 
@@ -141,7 +166,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if status.get("state") != "finished":
         problem = Message.from_json(status.get("error_message")) or status.get("error") or ""
         say(message("cli.training_ended", state=message(f"state.{status.get('state', 'failed')}"), error=problem))
-        if status.get("state") in ("failed", "aborted"):
+        if status.get("state") in ("failed", "aborted") and status.get("cause") != "settings":
             say(message("cli.resume_hint", folder=str(run_dir)))
         print(run_dir)
         return 1
@@ -280,24 +305,26 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from core.api import create_api
-    from core.chat.engine import ChatEngine
+    from core.api import MAX_QUEUE, create_api
+    from core.chat.engine import ChatEngine, check_adapter_files
     from core.models.loader import configure_threads
 
     configure_threads()
-    engine = ChatEngine(template=args.template)
-    engine.load_model(args.model)
     adapters: dict[str, str] = {}
-    for item in args.adapter:
+    for item in args.adapter:  # every adapter checked before the model loads: a damaged file is said at start
         name, sep, path = item.partition("=")
         if not sep or not name:
             raise ModelError("cli.adapter_syntax", item=item)
         adapters[name] = str(resolve_adapter(path))
+        check_adapter_files(adapters[name])
+    engine = ChatEngine(template=args.template)
+    engine.load_model(args.model)
     base_name = Path(args.model).name if args.model != "demo" else "demo"
     api_key = args.api_key or os.environ.get("GLM_WORKBENCH_API_KEY")
     if args.host not in LOOPBACK_HOSTS and not api_key:
         say(message("cli.api_open_warning", host=args.host))
-    app = create_api(engine, base_name, lambda: adapters, api_key)
+    max_queue = args.max_queue if args.max_queue is not None else MAX_QUEUE
+    app = create_api(engine, base_name, lambda: adapters, api_key, max_queue=max_queue)
     say(
         message("cli.api_listening", url=f"http://{args.host}:{args.port}/v1", models=", ".join([base_name, *adapters]))
     )
@@ -337,6 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ui.add_argument(
         "--lang", default="zh", choices=["zh", "en"], help="language / leads to (both are served: /zh/ and /en/)"
+    )
+    ui.add_argument(
+        "--allowed-dirs",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder whose files the page may use (datasets, models, adapters, merge targets), besides the "
+        "workspace, the workbench home and GLM_WORKBENCH_MODEL_DIRS; repeatable, or separated like PATH. Paths are "
+        "limited this way whenever it is given, and always with --auth, --share or a --host other than this machine",
     )
     ui.add_argument(
         "--auth",
@@ -472,6 +508,14 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8000)
     api.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set GLM_WORKBENCH_API_KEY)")
     api.add_argument("--template", default="auto")
+    api.add_argument(
+        "--max-queue",
+        type=int,
+        default=None,
+        metavar="N",
+        help="requests that may wait while one generates; more are answered 429 with Retry-After "
+        "(default: 16; -1: no limit)",
+    )
     api.set_defaults(func=cmd_api)
 
     export = commands.add_parser("export", help="zip a run's adapter (or model), or merge a LoRA into its base")
@@ -503,6 +547,9 @@ def package_version() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from core.processes import guard_children
+
+    guard_children()  # data workers forked by any command die with it
     try:
         return args.func(args)
     except WorkbenchError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import shlex
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -199,6 +200,7 @@ class RunConfig(*reversed(_OPTIONS), CommonSettings):  # type: ignore[misc]
         check(self.logging_steps >= 1, "logging_steps", "config.at_least", limit=1)
         check(self.save_steps >= 0, "save_steps", "config.save_steps")
         check(self.save_total_limit >= 1, "save_total_limit", "config.at_least", limit=1)
+        check(0 <= self.seed < 2**32, "seed", "config.seed_range", limit=2**32 - 1)  # numpy's and torch's range
         check(self.nproc_per_node >= 1, "nproc_per_node", "config.at_least", limit=1)
         check(self.distributed in DISTRIBUTED, "distributed", "config.one_of", choices=", ".join(DISTRIBUTED))
         check(
@@ -254,7 +256,7 @@ class RunConfig(*reversed(_OPTIONS), CommonSettings):  # type: ignore[misc]
             parse_columns(self.columns)
         except DataError as exc:
             found.append(ConfigProblem("columns", exc.message, show_value=False))
-        return found
+        return _finite_first(self, found)
 
     def _check_stage(self, check) -> None:
         check(self.stage in STAGES, "stage", "config.one_of", choices=", ".join(STAGES))
@@ -286,6 +288,18 @@ class RunConfig(*reversed(_OPTIONS), CommonSettings):  # type: ignore[misc]
         if problems:
             raise ConfigError(problems)
         return self
+
+
+def _finite_first(config: RunConfig, found: list[ConfigProblem]) -> list[ConfigProblem]:
+    """inf and nan pass comparisons like `>= 0` and fail late (transformers' ValueError inside the run): every
+    number must be finite, and a key that is not says only that."""
+    infinite = [
+        f.name
+        for f in fields(config)
+        if isinstance(getattr(config, f.name), float) and not math.isfinite(getattr(config, f.name))
+    ]
+    kept = [problem for problem in found if problem.key not in infinite]
+    return [ConfigProblem(key, message("config.finite"), getattr(config, key)) for key in infinite] + kept
 
 
 def _coerce(raw: Any, default: Any) -> Any:

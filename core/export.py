@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 from core.errors import ExportError, RunStateError
+from core.files import held, reclaim_staging
 from core.models.loader import DTYPES
 from core.runs import ADAPTER_CONFIG, ADAPTER_DIR, CONFIG_FILE, METRICS_FILE, MODEL_DIR
 
@@ -50,18 +51,24 @@ def zip_run(run_dir: str | Path, zip_path: str | Path, overwrite: bool = False) 
     handle, partial = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".partial", dir=zip_path.parent)
     os.close(handle)
     try:
-        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for file in sorted(output.rglob("*")):
-                if file.is_file() and not file.name.startswith(".glm_workbench"):
-                    archive.write(file, file.relative_to(output).as_posix())
-            for extra in (CONFIG_FILE, METRICS_FILE):
-                if (run_dir / extra).is_file():
-                    archive.write(run_dir / extra, extra)
-            archive.comment = ZIP_COMMENT
+        with held(Path(partial)):  # a reclaim of leftovers (core/files.py) leaves it alone while we live
+            _write_zip(run_dir, output, partial)
         os.replace(partial, zip_path)
     finally:
         Path(partial).unlink(missing_ok=True)
+    reclaim_staging(zip_path.parent, zip_path.name)  # earlier attempts at this zip that a kill cut short
     return zip_path
+
+
+def _write_zip(run_dir: Path, output: Path, partial: str) -> None:
+    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for file in sorted(output.rglob("*")):
+            if file.is_file() and not file.name.startswith(".glm_workbench"):
+                archive.write(file, file.relative_to(output).as_posix())
+        for extra in (CONFIG_FILE, METRICS_FILE):
+            if (run_dir / extra).is_file():
+                archive.write(run_dir / extra, extra)
+        archive.comment = ZIP_COMMENT
 
 
 def merge_run(
@@ -106,4 +113,5 @@ def merge_run(
             load_tokenizer(base_path).save_pretrained(folder)
     except TargetNotFreeError as exc:
         raise refusal(exc) from None
+    reclaim_staging(target.parent, target.name)  # earlier merges into this folder that a kill cut short
     return target

@@ -12,10 +12,13 @@ workbench promises about your files").
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -128,6 +131,11 @@ def staged_dir(target: Path, kind: str | None = None, replace: str = "never") ->
     check_target_free(target, kind, replace)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    with held(staging):  # a reclaim (in any process) leaves it alone while this process lives
+        yield from _staged(staging, target, kind, replace)
+
+
+def _staged(staging: Path, target: Path, kind: str | None, replace: str) -> Iterator[Path]:
     try:
         yield staging
         if kind is not None:
@@ -135,9 +143,10 @@ def staged_dir(target: Path, kind: str | None = None, replace: str = "never") ->
         check_target_free(target, kind, replace)  # nothing of someone else's appeared there meanwhile
         if target.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, retired / target.name)
-            os.replace(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
+            with held(retired):
+                os.replace(target, retired / target.name)
+                os.replace(staging, target)
+                shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, target)
     finally:
@@ -156,3 +165,154 @@ def check_target_free(target: Path, kind: str | None = None, replace: str = "nev
     if replace == "ours" and kind is not None and output_kind(target) == kind:
         return
     raise TargetNotFreeError(target, "not_empty")
+
+
+def damaged_file(folder: Path, required: tuple[str, ...] = ()) -> tuple[str, Any] | None:
+    """(file name, a Message saying what is wrong) for the first file of `folder` (a checkpoint, an adapter, a
+    model) that cannot be loaded, or None when every file is whole. Cheap: reads headers and small JSON files
+    only, never the tensors, so it catches what a kill, a full disk or a copy cut short leaves (a truncated
+    file, invalid JSON), not a flipped bit. Each name in `required` must be there."""
+    from core.i18n import message
+
+    folder = Path(folder)
+    for name in required:
+        if not (folder / name).is_file():
+            return name, message("checkpoint.missing")
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            problem = file_problem(path)
+            if problem is not None:
+                return str(path.relative_to(folder)), problem
+    return None
+
+
+def file_problem(path: Path):
+    """What is wrong with one file the trainer or peft wrote (a Message), or None if it looks whole."""
+    import struct
+    import zipfile
+
+    from core.i18n import message
+
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        if path.suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if path.name == "trainer_state.json" and not (
+                isinstance(data, dict) and isinstance(data.get("global_step"), int)
+            ):
+                return message("checkpoint.invalid_json")
+        elif path.suffix == ".safetensors":
+            with open(path, "rb") as handle:
+                head = handle.read(8)
+                if len(head) < 8:
+                    return message("checkpoint.truncated", size=size, expected=8)
+                (length,) = struct.unpack("<Q", head)
+                if length > size - 8:
+                    return message("checkpoint.truncated", size=size, expected=8 + length)
+                header = json.loads(handle.read(length))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+            if size < 8 + length + end:
+                return message("checkpoint.truncated", size=size, expected=8 + length + end)
+        elif path.suffix in (".pt", ".pth", ".bin"):
+            # torch.save writes a zip archive whose directory is at the end: a cut-short file has none.
+            with zipfile.ZipFile(path) as archive:
+                for item in archive.infolist():
+                    if item.header_offset + item.compress_size > size:
+                        return message("checkpoint.truncated", size=size, expected=item.header_offset)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, struct.error, zipfile.BadZipFile):
+        return message("checkpoint.unreadable", kind=path.suffix.lstrip("."))
+    except OSError as exc:
+        return message("checkpoint.os_error", detail=str(exc))
+    return None
+
+
+# ---- staging leftovers ------------------------------------------------------------------------------------------
+# What a write killed half-way leaves: staged_dir's `.NAME.partial-*` and `.NAME.old-*` folders, a zip's
+# `.NAME.*.partial`, write_text_atomic's `.NAME.*.tmp`, a checkpoint's `.partial-*` (tempfile's random part is
+# [a-z0-9_]). Only names of this shape are ever reclaimed, and only when no process is writing them: each writer
+# holds an flock on its staging folder or file while it writes (`held`), which the OS drops when it dies.
+STAGING_NAME = re.compile(
+    r"^\.(?:partial-[a-z0-9_]+|.+\.(?:partial-[a-z0-9_]+|old-[a-z0-9_]+|[a-z0-9_]+\.partial|[a-z0-9_]+\.tmp))$"
+)
+FRESH_SECONDS = 2.0  # younger entries are left alone: a writer may be between creating one and locking it
+
+
+@contextmanager
+def held(path: Path) -> Iterator[None]:
+    """A shared flock on a staging folder or file for as long as it is being written."""
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(handle)
+
+
+def _in_use(path: Path) -> bool:
+    try:
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return True  # cannot tell: leave it
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(handle)
+    return False
+
+
+def staging_leftovers(folder: Path, target: str | None = None) -> list[Path]:
+    """The staging entries directly in `folder` that no live process is writing (all of them, or only those of
+    the output named `target`)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    now = time.time()
+    for entry in sorted(folder.iterdir()):
+        if not STAGING_NAME.match(entry.name) or entry.is_symlink():
+            continue
+        if target is not None and not entry.name.startswith(f".{target}."):
+            continue
+        try:
+            if now - entry.stat().st_mtime < FRESH_SECONDS:
+                continue
+        except OSError:
+            continue
+        if not _in_use(entry):
+            found.append(entry)
+    return found
+
+
+def reclaim_staging(folder: Path, target: str | None = None) -> list[tuple[str, int]]:
+    """Remove the staging leftovers in `folder` (see staging_leftovers); returns (name, bytes) of each."""
+    removed = []
+    for entry in staging_leftovers(folder, target):
+        size = _size(entry)
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        if not entry.exists():
+            removed.append((entry.name, size))
+    return removed
+
+
+def _size(path: Path) -> int:
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def describe_reclaimed(removed: list[tuple[str, int]]) -> str:
+    total = sum(size for _, size in removed)
+    return f"{', '.join(name for name, _ in removed)} ({total / 2**20:.1f} MiB)"

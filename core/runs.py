@@ -201,3 +201,44 @@ def find_run(workspace: str | Path, name: str) -> RunInfo | None:
     if not (path / STATUS_FILE).is_file():
         return None
     return RunInfo(path, read_status(path))
+
+
+def reclaim_run(run_dir: str | Path, owned: bool = False) -> list[tuple[str, int]]:
+    """Remove what writes cut short by a kill left in a run folder: a model or adapter save's staging copy
+    (`.model.partial-*`: a whole model), a replaced output's `.old-*`, a checkpoint's `checkpoints/.partial-*`,
+    atomic writes' `.*.tmp`. Only while no process owns the run (`owned`: the caller does), since the owner may
+    be writing them right now. Each removal is said in the run's log.txt."""
+    import fcntl
+    import logging
+
+    from core.files import describe_reclaimed, reclaim_staging
+    from core.ownership import LOCK_FILE
+
+    run_dir = Path(run_dir)
+    handle = None
+    if not owned:
+        try:
+            handle = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # no lock file (not a run of ours), or someone trains it: theirs to write
+            if handle is not None:
+                os.close(handle)
+            return []
+    try:
+        removed = reclaim_staging(run_dir) + reclaim_staging(run_dir / CHECKPOINTS_DIR)
+    finally:
+        if handle is not None:
+            os.close(handle)
+    if removed:
+        line = f"reclaimed staging leftovers of writes cut short: {describe_reclaimed(removed)}"
+        logging.getLogger("glm_workbench").warning("run %s: %s", run_dir.name, line)
+        if is_main_process() and not any(
+            isinstance(h, logging.FileHandler) and h.baseFilename == os.path.abspath(run_dir / LOG_FILE)
+            for h in logging.getLogger("glm_workbench").handlers
+        ):
+            try:
+                with open(run_dir / LOG_FILE, "a", encoding="utf-8") as log:
+                    log.write(f"{time.strftime('%H:%M:%S')} WARNING {line}\n")
+            except OSError:
+                pass  # a full disk: the removal itself freed room, the line is only a note
+    return removed

@@ -7,6 +7,7 @@ Tests drive it directly; `webui/` only turns its results into components.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import random
 import re
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.access import AllowedDirs, default_roots
 from core.chat.engine import ChatEngine, GenerationSettings
 from core.config import RunConfig, load_yaml, yaml_text
 from core.data import prepare
@@ -33,6 +35,7 @@ from core.evaluation.evaluate import EvalResult, EvalSettings, evaluate_run
 from core.export import is_our_zip, merge_run, zip_run
 from core.feedback import DEFAULT_NAME as DEFAULT_FEEDBACK
 from core.feedback import FEEDBACK_DIR, FeedbackStore
+from core.files import describe_reclaimed, reclaim_staging
 from core.i18n import Message, message
 from core.models.demo import MOE_DEMO_NAME
 from core.models.loader import check_model_reference, locate_model, reading_tokenizer
@@ -46,10 +49,12 @@ from core.runs import (
     read_log_tail,
     read_metrics,
     read_status,
+    reclaim_run,
 )
 from core.training.job import JobManager
 from core.training.lifecycle import check_inputs
 
+log = logging.getLogger("glm_workbench")
 BASE_MODEL_CHOICE = "demo"
 LENGTH_SAMPLE = 2_000  # samples measured for the length histogram of a large dataset
 
@@ -81,9 +86,12 @@ class RunSnapshot:
 
 
 class Workbench:
-    def __init__(self, workspace: str | Path = "workspace"):
+    def __init__(self, workspace: str | Path = "workspace", allowed_dirs: list[str | Path] | None = None):
+        """`allowed_dirs`: None, any path may be used (this machine, no login); a list, every typed path must be
+        inside the workspace, the workbench home, GLM_WORKBENCH_MODEL_DIRS or one of these (core/access.py)."""
         self.workspace = Path(workspace).resolve()
         self.workspace.mkdir(parents=True, exist_ok=True)
+        self.access = AllowedDirs(None if allowed_dirs is None else default_roots(self.workspace, allowed_dirs))
         self.uploads = self.workspace / "uploads"
         self.exports = self.workspace / "exports"
         self.jobs = JobManager(self.workspace)
@@ -91,6 +99,9 @@ class Workbench:
         self._evaluations: set[threading.Event] = set()  # one stop event per evaluation (or arena) in progress
         self.feedback = FeedbackStore(self.workspace)  # the chat's judgments: workspace/feedback/
         self.api_server = None
+        # What kills left half-written (a model save, a checkpoint, a zip, a merge) is reclaimed on start.
+        self.reclaim_runs()
+        self.reclaim_exports()
 
     # ---- data -----------------------------------------------------------------------------------------------
     def dataset_choices(self) -> list[tuple[str, str]]:
@@ -146,16 +157,24 @@ class Workbench:
     def preview_dataset(self, dataset: str, fmt: str = "auto", columns: str = "") -> Checked:
         """The dataset read and checked (format, rows, usable rows, row problems) through the data cache: a
         large file is read once, later pages and checks come from the cache (core/data/prepare.py)."""
+        self.access.check_dataset(dataset)
         return prepare.check(dataset, fmt, columns)
+
+    def preview_upload(self, path: str, fmt: str = "auto", columns: str = "") -> Checked:
+        """preview_dataset for a file the UI's upload box received (the UI checks it was uploaded): it lies in the
+        upload folder, outside the allowed folders, until add_upload keeps it in the workspace."""
+        return prepare.check(path, fmt, columns)
 
     def peek_dataset(self, dataset: str, fmt: str, columns: str, rows: int) -> Peek | None:
         """The first `rows` rows of a large file straight from the file, shown while it is checked whole; None
         when there is nothing to show before the check (a small file, or first rows the check must explain)."""
+        self.access.check_dataset(dataset)
         return prepare.peek(dataset, fmt, columns, rows)
 
     def token_lengths(self, dataset: str, fmt: str, model: str, template: str, columns: str = "") -> TokenLengths:
         """Tokens per sample in the chat template (before truncation), for the length histogram: every sample,
         or a random sample of LENGTH_SAMPLE of them when there are more (always the same ones for a file)."""
+        self.access.check_dataset(dataset)
         checked = prepare.check(dataset, fmt, columns)
         total = checked.usable_count
         positions = (
@@ -173,6 +192,7 @@ class Workbench:
     ) -> tuple[str, list[tuple[str, bool]]]:
         """One conversation as the model will see it: (template name, [(text, carries loss), ...]).
         Consecutive tokens with the same flag are decoded together, so multi-byte characters stay whole."""
+        self.access.check_dataset(dataset)
         checked = prepare.check(dataset, fmt, columns)
         position = min(max(index, 0), checked.usable_count - 1)
         conversation = checked.conversations([position])[0]
@@ -192,6 +212,7 @@ class Workbench:
 
     def _tokenizer(self, model: str):
         """The model's tokenizer, read without preparing the model (no conversion is written for a preview)."""
+        self.access.check_model(self._model_path(model))
         return reading_tokenizer(locate_model(self._model_path(model)))
 
     # ---- training -------------------------------------------------------------------------------------------
@@ -199,6 +220,7 @@ class Workbench:
         """Start a run in the background; returns its name. Raises BusyError / ConfigError / DataError /
         RunStateError. The model reference and the dataset are checked first, so what cannot be used is refused
         before a run folder exists."""
+        self.access.check_config(config)
         check_inputs(config)
         return self.jobs.start(config).name
 
@@ -320,6 +342,7 @@ class Workbench:
     def estimate(self, config: RunConfig) -> tuple[MemoryEstimate, tuple[str, float] | None]:
         """The run's estimated peak GPU memory, and the GPU here (name, bytes) if there is one. Reads the
         model's config file only."""
+        self.access.check_model(config.model_name_or_path)
         return estimate_for_run(config, on_gpu=True), device_memory_bytes()
 
     def process_plan(
@@ -394,6 +417,7 @@ class Workbench:
     ) -> Iterator[str]:
         """Stream a reply from the base model, or with a finished run's adapter hot-loaded onto it."""
         model_path = self._model_path(model)
+        self.access.check_model(model_path)
         check_model_reference(model_path)  # a missing model is named here, before anything streams
         adapter = None
         if adapter_run:
@@ -470,6 +494,7 @@ class Workbench:
         Abort (abort_evaluation) keeps the items both answered. Returns the blind view."""
         from core.evaluation.arena import start_arena, view
 
+        self.access.check_dataset(dataset)
         first = self._result_run(first_run)
         second = self._result_run(second_run) if second_run else None
         stop = threading.Event()
@@ -519,11 +544,17 @@ class Workbench:
 
     # ---- OpenAI-compatible API ----------------------------------------------------------------------------
     def start_api(
-        self, model: str = BASE_MODEL_CHOICE, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None
+        self,
+        model: str = BASE_MODEL_CHOICE,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        api_key: str | None = None,
+        max_queue: int | None = None,
     ) -> str:
         """Serve the chat engine's model and every finished run's adapter as an OpenAI-compatible API."""
-        from core.api import ApiServer, create_api
+        from core.api import MAX_QUEUE, ApiServer, create_api
 
+        self.access.check_model(self._model_path(model))
         self.stop_api()
         self.chat_engine.load_model(self._model_path(model))
 
@@ -534,7 +565,10 @@ class Workbench:
                 if run.adapter_dir is not None and run.state in ("finished", "aborted")
             }
 
-        self.api_server = ApiServer(create_api(self.chat_engine, model, adapters, api_key), host, port).start()
+        app = create_api(
+            self.chat_engine, model, adapters, api_key, max_queue=MAX_QUEUE if max_queue is None else max_queue
+        )
+        self.api_server = ApiServer(app, host, port).start()
         return self.api_server.url
 
     def stop_api(self) -> None:
@@ -547,6 +581,7 @@ class Workbench:
         self, run_name: str, dataset: str, fmt: str = "auto", settings: EvalSettings | None = None
     ) -> EvalResult:
         """Loss, perplexity and ChatGLM's BLEU/ROUGE of a finished run on a dataset (written to RUN/eval/)."""
+        self.access.check_dataset(dataset)
         run = find_run(self.workspace, run_name)
         if run is None or (run.adapter_dir is None and run.model_dir is None):
             raise RunStateError("run.nothing_to_evaluate", run=run_name)
@@ -573,7 +608,25 @@ class Workbench:
         while target.exists() and not is_our_zip(target):
             counter += 1
             target = self.exports / f"{path.name}-{counter}.zip"
-        return str(zip_run(path, target, overwrite=True))
+        try:
+            return str(zip_run(path, target, overwrite=True))
+        finally:
+            self.reclaim_exports()
+
+    def reclaim_exports(self) -> list[tuple[str, int]]:
+        """Remove what zips and merges killed half-way left in exports/ (when no export is being written)."""
+        removed = reclaim_staging(self.exports)
+        if removed:
+            log.warning("reclaimed staging leftovers in %s: %s", self.exports, describe_reclaimed(removed))
+        return removed
+
+    def reclaim_runs(self) -> list[tuple[str, int]]:
+        """Remove the staging leftovers of every run that no process owns (a save or checkpoint cut short by a
+        kill), saying so in the run's log.txt."""
+        removed = []
+        for run in list_runs(self.workspace):
+            removed += reclaim_run(run.path)
+        return removed
 
     def merge_run(
         self, run_name: str, target: str, dtype: str = "auto", max_shard_size: str = "2GB", overwrite: bool = False
@@ -582,7 +635,11 @@ class Workbench:
         an earlier merge of ours there may be replaced; nothing else ever is)."""
         if not target.strip():
             raise ExportError("export.choose_folder")
-        return str(merge_run(self.run_path(run_name), Path(target).expanduser(), dtype, max_shard_size, overwrite))
+        self.access.check(Path(target).expanduser(), "merge_target")
+        try:
+            return str(merge_run(self.run_path(run_name), Path(target).expanduser(), dtype, max_shard_size, overwrite))
+        finally:
+            self.reclaim_exports()
 
 
 def _file_digest(path: Path) -> str:

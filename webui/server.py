@@ -43,6 +43,9 @@ def build_server(workbench: Workbench, default_lang: str = "zh", auth: tuple[str
             js=KEEP_TAB_ACROSS_LANGUAGES,
             **options,
         )
+        # gradio checks that a file an event receives was uploaded (not a server path sent as FileData) only in
+        # apps it launched itself: mounted, it would copy any file the process can read into its cache.
+        blocks.has_launched = True
     return server
 
 

@@ -43,6 +43,15 @@ class GenerationSettings:
         }
 
 
+def check_adapter_files(folder: str | Path) -> None:
+    """Refuse an adapter folder with a damaged file (cut short, invalid JSON), naming the file."""
+    from core.files import damaged_file
+
+    found = damaged_file(Path(folder))
+    if found is not None:
+        raise ModelError("model.adapter_damaged", folder=str(folder), file=found[0], problem=found[1])
+
+
 def adapter_key(name: str) -> str:
     """peft stores adapters in a ModuleDict: names may not contain dots."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", name)
@@ -109,6 +118,7 @@ class ChatEngine:
         known = self._adapters.get(name)
         if known and (known.folder, known.stamp) == (str(folder), stamp):
             return known
+        check_adapter_files(folder)  # a truncated file is named, not met as a library's error mid-load
         log.info("chat: hot-loading adapter %s from %s", name, folder)
         if is_prefix_adapter(folder):
             # A prefix is not a layer in the model: keep it aside and hand it to generate (see ptuning_v2).

@@ -9,6 +9,7 @@ staging folder at once; one cut short by a kill is removed when the run resumes.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -17,7 +18,12 @@ from pathlib import Path
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from core.i18n import Message, message
+
+log = logging.getLogger("glm_workbench")
+
 STAGING_PREFIX = ".partial"
+DAMAGED_PREFIX = "damaged-"  # a checkpoint found damaged on resume, moved out of the way (and out of rotation)
 
 
 def remove_partial_checkpoints(root: Path) -> None:
@@ -25,6 +31,55 @@ def remove_partial_checkpoints(root: Path) -> None:
     if root.is_dir():
         for staging in root.glob(f"{STAGING_PREFIX}*"):
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def damaged_file(checkpoint: Path) -> tuple[str, Message] | None:
+    """(file name, what is wrong) for the first file of `checkpoint` that cannot be loaded, or None when every
+    file is whole (core.files.damaged_file: headers and small JSON files only). trainer_state.json must be
+    there: without it transformers cannot resume at all."""
+    from core.files import damaged_file as damaged
+
+    return damaged(checkpoint, required=("trainer_state.json",))
+
+
+def intact_checkpoint(run_dir: Path, run_name: str, say=None, main: bool = True) -> Path | None:
+    """The newest checkpoint whose files are whole. The main process moves each damaged newer one aside to
+    `checkpoints/damaged-checkpoint-N` (out of the way of rotation, kept for a look), and logs and `say`s a
+    sentence naming it, the damaged file and the checkpoint used instead; other ranks reach the same verdict
+    from the same files without touching them."""
+    from core.runs import CHECKPOINTS_DIR
+
+    folder = Path(run_dir) / CHECKPOINTS_DIR
+    found = sorted(
+        (p for p in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for index, checkpoint in enumerate(found):
+        damage = damaged_file(checkpoint)
+        if damage is None:
+            return checkpoint
+        if not main:
+            continue
+        name, problem = damage
+        aside = checkpoint.parent / f"{DAMAGED_PREFIX}{checkpoint.name}"
+        if aside.exists():
+            shutil.rmtree(aside, ignore_errors=True)  # an older copy this run moved aside before
+        os.replace(checkpoint, aside)
+        fallback = next((p for p in found[index + 1 :] if damaged_file(p) is None), None)
+        note = message(
+            "run.checkpoint_damaged",
+            run=run_name,
+            checkpoint=checkpoint.name,
+            file=name,
+            problem=problem,
+            fallback=fallback.name if fallback is not None else message("run.checkpoint_none"),
+            aside=str(Path(CHECKPOINTS_DIR) / aside.name),
+        )
+        log.warning("%s", note)
+        if say is not None:
+            say(note)
+    return None
 
 
 def is_final(checkpoint: str | Path) -> bool:

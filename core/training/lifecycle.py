@@ -46,9 +46,11 @@ def check_inputs(config: RunConfig) -> None:
     """Refuse, before any run folder exists, what cannot be used: wrong settings, a model that is not there, a
     dataset that cannot be read (its file, its format, its rows; for a preference stage, no pair in it)."""
     from core.models.loader import check_model_fits_config, check_model_reference, locate_model
+    from core.training.preflight import check_settings
     from core.training.speed import check_speed_settings
 
     config.validate()
+    check_settings(config)
     check_speed_settings(config)
     check_model_reference(config.model_name_or_path)
     check_model_fits_config(locate_model(config.model_name_or_path), config)
@@ -150,6 +152,9 @@ def claim_for_resume(run_dir: str | Path) -> ClaimedRun:
         if state not in RESUMABLE_STATES:
             raise RunStateError("run.not_resumable", run=run_dir.name, state=state)
         config = load_yaml(run_dir / CONFIG_FILE).validate()
+        from core.training.preflight import check_settings
+
+        check_settings(config)  # settings that cannot run would fail the same way again: refused, saying which
         lock.announce()
         # Until the session has loaded data and model, the page must not read the old end state.
         update_status(run_dir, state="queued", error=None, error_message=None)

@@ -16,7 +16,7 @@ from pathlib import Path
 from core.config import RunConfig
 from core.data.dataset import TokenizedData, tokenize_dataset
 from core.data.template import IGNORE_INDEX, resolve_template
-from core.errors import WorkbenchError
+from core.errors import ConfigError, WorkbenchError
 from core.files import is_disk_full, staged_dir
 from core.i18n import Message, message
 from core.methods import get_method
@@ -38,12 +38,17 @@ from core.runs import (
     STOP_FILE,
     is_main_process,
     keep_metrics_until,
-    newest_checkpoint,
     read_metrics,
+    reclaim_run,
     update_status,
 )
 from core.training.callbacks import LossProgressBar, RunFolderCallback, StopCallback
-from core.training.checkpointing import CheckpointingTrainer, is_final, remove_partial_checkpoints
+from core.training.checkpointing import (
+    CheckpointingTrainer,
+    intact_checkpoint,
+    is_final,
+    remove_partial_checkpoints,
+)
 
 log = logging.getLogger("glm_workbench")
 SKIPPED_SHOWN = 3  # row problems named in the status line and the terminal; all of them go to skipped_rows.txt
@@ -162,7 +167,7 @@ class TrainingSession:
             return self._train()
         except Exception as exc:  # noqa: BLE001 - every failure must end as a readable status, not a dead thread
             log.exception("training failed")
-            return self._fail(explain_error(exc, self.run_dir))
+            return self._fail(explain_error(exc, self.run_dir), settings=isinstance(exc, ConfigError))
         finally:
             for name in ("glm_workbench", "transformers"):
                 logging.getLogger(name).removeHandler(handler)
@@ -185,8 +190,15 @@ class TrainingSession:
             self.lock = create_run(self.run_dir.parent, self.config.replace(output_dir=str(self.run_dir))).lock
         return True
 
-    def _fail(self, problem: Message) -> dict:
-        fields = dict(state="failed", error=str(problem), error_message=problem.to_json(), finished=time.time())
+    def _fail(self, problem: Message, settings: bool = False) -> dict:
+        """`settings`: the run's own settings are the cause, so Resume (which reads them again) is not offered."""
+        fields = dict(
+            state="failed",
+            error=str(problem),
+            error_message=problem.to_json(),
+            finished=time.time(),
+            cause="settings" if settings else None,
+        )
         try:
             return update_status(self.run_dir, last_resort=True, **fields)
         except OSError:
@@ -195,14 +207,16 @@ class TrainingSession:
             return fields
 
     def _checkpoint_to_resume(self) -> str | None:
-        """On resume: the newest complete checkpoint; metrics logged after it are dropped (they will be
-        logged again) and the resume is recorded, so the chart shows one continuous run. Without any
-        checkpoint the run trains again from step 0."""
+        """On resume: the newest intact checkpoint (complete, every file whole); metrics logged after it are
+        dropped (they will be logged again) and the resume is recorded, so the chart shows one continuous run.
+        Without any intact checkpoint the run trains again from step 0."""
         if not self.resume:
             return None
         if is_main_process():
-            remove_partial_checkpoints(self.run_dir / CHECKPOINTS_DIR)  # a save the previous owner never finished
-        checkpoint = newest_checkpoint(self.run_dir)
+            reclaim_run(self.run_dir, owned=True)  # saves the previous owner never finished, said in log.txt
+            remove_partial_checkpoints(self.run_dir / CHECKPOINTS_DIR)  # and any checkpoint staging left
+        # A damaged newest checkpoint (a truncated file, an invalid trainer_state.json) is skipped, saying so.
+        checkpoint = intact_checkpoint(self.run_dir, self.run_dir.name, self.notify, main=is_main_process())
         step = int(checkpoint.name.split("-")[-1]) if checkpoint is not None else 0
         keep_metrics_until(self.run_dir, step)
         if checkpoint is None:
@@ -409,11 +423,14 @@ class TrainingSession:
         from transformers import EarlyStoppingCallback, set_seed
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+        from core.training.preflight import check_settings
+
         config, run_dir = self.config.validate(), self.run_dir
+        check_settings(config)  # also for a session started without check_inputs (a worker, a prepared folder)
         checkpoint = self._checkpoint_to_resume()
         if is_main_process():
             (run_dir / STOP_FILE).unlink(missing_ok=True)  # an old abort request must not stop this start
-        update_status(run_dir, state="running", started=time.time(), error=None, error_message=None)
+        update_status(run_dir, state="running", started=time.time(), error=None, error_message=None, cause=None)
         set_seed(config.seed)
         method = get_method(config.finetuning_type)
         tokenizer, data, model = self._load(method)
@@ -459,6 +476,8 @@ class TrainingSession:
             with staged_dir(run_dir / method.output_dir, replace="owned") as folder:
                 save(trainer.model, tokenizer, folder)
         self.model, self.tokenizer = trainer.model, tokenizer
+        if is_main_process():  # the run is complete: what a killed earlier attempt left is only in the way
+            reclaim_run(run_dir, owned=True)
         losses = [m["loss"] for m in read_metrics(run_dir) if m.get("loss") is not None]
         final = dict(
             state="aborted" if aborted else "finished",
@@ -521,6 +540,8 @@ def explain_error(exc: BaseException, where: str | Path | None = None) -> Messag
         if filename:
             return message("run.disk_full_while_writing", file=str(filename), detail=first_line)
         return message("run.disk_full", detail=first_line)
+    if isinstance(exc, ConfigError):  # Resume would read the same settings: say to fix them in a new run
+        return message("run.settings_failed", problems=exc.message)
     if isinstance(exc, WorkbenchError):
         return exc.message
     return message("run.unexpected_error", kind=type(exc).__name__, detail=first_line[:300])

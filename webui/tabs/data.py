@@ -51,6 +51,18 @@ def dataset_options(ctx: UIContext) -> list[tuple[str, str]]:
     return options
 
 
+def uploaded_by_gradio(path: str) -> bool:
+    """Whether `path` is a file gradio wrote into its upload folder. The upload event's FileData can name any
+    path; gradio checks that only under its own launch(), which this server does not use."""
+    from gradio.utils import get_upload_folder
+
+    folder = Path(get_upload_folder()).resolve()
+    try:
+        return Path(path).resolve().is_relative_to(folder) and Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
     t = ctx.t
     with gr.Row():
@@ -107,7 +119,11 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
         """The summary and a page of rows. A large file shows its first rows at once, straight from the file, and
         the summary once every row is checked (the next time, both come from the data cache)."""
         page_number = max(int(page_number or 1), 1)
-        peek = ctx.wb.peek_dataset(name, format_name, mapping, page_number * PAGE_SIZE)
+        try:
+            peek = ctx.wb.peek_dataset(name, format_name, mapping, page_number * PAGE_SIZE)
+        except Exception as exc:  # noqa: BLE001 - a path outside the allowed folders, say
+            yield ctx.error(exc), pd.DataFrame(), gr.update()
+            return
         if peek is not None:
             text = t("data_checking", path=Path(name).name, format=peek.format or "?") + f" · {page_number}"
             yield text, page_table(peek.rows[(page_number - 1) * PAGE_SIZE :]), page_number
@@ -144,8 +160,12 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
         if not file_path:
             yield gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
             return
+        if not uploaded_by_gradio(file_path):  # a file path sent as if uploaded: never read, never copied
+            kept = t("data_upload_kept", dataset=Path(current or "identity").name)
+            yield gr.skip(), f"**{t('error')}:** {t('data_not_uploaded')}\n\n{kept}", gr.skip(), gr.skip(), None
+            return
         try:
-            ctx.wb.preview_dataset(file_path, format_name, mapping)
+            ctx.wb.preview_upload(file_path, format_name, mapping)
         except UnknownColumnsError as exc:
             # The rows read fine: keep the file selected so a column mapping can be typed in and applied.
             saved = ctx.wb.add_upload(file_path)

@@ -1,4 +1,4 @@
-"""Export tab: one click downloads a finished run's adapter (or model) as a zip."""
+"""Export tab: one click builds a finished run's adapter (or model) zip and downloads it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,13 @@ import gradio as gr
 from core.models.loader import DTYPES
 from webui.context import UIContext
 
+# After the zip is built: the hidden DownloadButton holds it; clicking it makes the browser download it.
+CLICK_DOWNLOAD = """() => {
+  const holder = document.querySelector('#export-file');
+  const target = holder && (holder.matches('a,button') ? holder : holder.querySelector('a,button'));
+  if (target && !target.hasAttribute('disabled')) target.click();
+}"""
+
 
 def create_export_tab(ctx: UIContext) -> dict:
     t = ctx.t
@@ -18,7 +25,10 @@ def create_export_tab(ctx: UIContext) -> dict:
         # Filled when the tab opens: nothing of the workspace is in the page before login.
         run = gr.Dropdown([], label=t("export_run"), allow_custom_value=True, scale=4, elem_id="export-run")
         refresh = gr.Button(t("refresh"), scale=0, min_width=100)
-    download = gr.DownloadButton(t("export_download"), variant="primary", elem_id="export-download")
+    # Reading never writes: choosing a run (which the page does on load) only checks it; the zip is built when
+    # the button is clicked, then handed to a hidden DownloadButton that the browser clicks for the download.
+    build = gr.Button(t("export_download"), variant="primary", elem_id="export-download")
+    download = gr.DownloadButton(visible="hidden", elem_id="export-file")
     notice = gr.Markdown(elem_id="export-notice")
     with gr.Accordion(t("export_merge_title"), open=False):
         with gr.Row():
@@ -31,10 +41,20 @@ def create_export_tab(ctx: UIContext) -> dict:
         merge = gr.Button(t("export_merge"))
         merge_notice = gr.Markdown()
 
-    def prepare(name: str | None):
-        """Build the zip as soon as a run is chosen, so the button downloads it in one click."""
+    def chosen(name: str | None):
+        """A run chosen (by the user, or by the page as it opens): checked, nothing written."""
         if not name:
             return None, ""
+        try:
+            path = ctx.wb.run_path(name)
+        except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
+            return None, ctx.error(exc)
+        return None, t("export_will_build", file=f"{path.name}.zip")
+
+    def prepare(name: str | None):
+        """The click: build the zip now; the browser then downloads it."""
+        if not name:
+            return None, t("export_choose_run")
         try:
             path = ctx.wb.export_zip(name)
         except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
@@ -56,7 +76,10 @@ def create_export_tab(ctx: UIContext) -> dict:
             return ctx.error(exc)
         return t("export_merged", path=path)
 
-    run.change(prepare, run, [download, notice], api_name="export_zip")
+    run.change(chosen, run, [download, notice], api_name=False)
+    build.click(prepare, run, [download, notice], api_name="export_zip").then(
+        None, None, None, js=CLICK_DOWNLOAD, api_name=False
+    )
     merge.click(merge_run, [run, merge_dir, merge_dtype, shard_size, overwrite], merge_notice, api_name="merge_run")
     refresh.click(refresh_runs, [merge_dir, run], [run, notice, merge_dir], api_name=False)
     return {"run": run, "refresh": (refresh_runs, [merge_dir, run], [run, notice, merge_dir])}

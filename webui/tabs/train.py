@@ -379,19 +379,20 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
             snapshot.log_tail,
             snapshot.status,
             key,
-            *buttons_for(snapshot.state),
+            *buttons_for(snapshot.state, snapshot.status.get("cause") == "settings"),
             message_update,
             snapshot.name if finished else gr.skip(),
             gr.update(visible=finished and snapshot.name in ctx.wb.runs_with_results()),
             gr.skip() if log_by_hand or use_log == log_now else use_log,
         )
 
-    def buttons_for(state: str | None):
-        """Abort and Resume are clickable only when they have something to act on. Start stays clickable: from a
-        second tab it answers 'busy' with the running run's name."""
+    def buttons_for(state: str | None, settings_failed: bool = False):
+        """Abort and Resume are clickable only when they have something to act on (a run that failed on its own
+        settings would fail the same way again). Start stays clickable: from a second tab it answers 'busy' with
+        the running run's name."""
         return (
             gr.update(interactive=state in ("queued", "running")),
-            gr.update(interactive=state in ("aborted", "failed", "interrupted")),
+            gr.update(interactive=state in ("aborted", "failed", "interrupted") and not settings_failed),
         )
 
     def method_groups(method: str) -> list:
