@@ -31,6 +31,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.chat.engine import ChatEngine, GenerationSettings, check_adapter_files
+from core.data.glm45 import parse_reply
 from core.errors import ModelError, WorkbenchError, internal_error
 from core.i18n import Message, message
 
@@ -70,10 +71,47 @@ def request_language(request: Request) -> str:
     return "zh" if request.headers.get("accept-language", "").lower().startswith("zh") else "en"
 
 
+class ToolFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(min_length=1)
+    arguments: str | dict[str, Any] | None = None
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str = ""
+    type: str = "function"
+    function: ToolFunction
+
+
+class ToolSpec(BaseModel):
+    """One of `tools`: OpenAI's {"type": "function", "function": {"name", "description", "parameters"}}."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["function"] = "function"
+    function: dict[str, Any]
+
+    @field_validator("function")
+    @classmethod
+    def has_a_name(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(value.get("name"), str) or not value["name"].strip():
+            raise ValueError("a function needs a name")
+        return value
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None  # text, OpenAI's content parts, or null (a call-only answer)
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+        return self.content or ""
 
 
 class ChatCompletionRequest(BaseModel):
@@ -90,6 +128,9 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=SEED_LIMIT)
     stream: bool = False
     n: int = Field(1, ge=1, le=1)
+    tools: list[ToolSpec] | None = None
+    tool_choice: str | dict[str, Any] | None = None  # auto, none, required, or {"type": "function", "function": …}
+    chat_template_kwargs: dict[str, Any] | None = None  # {"enable_thinking": false}, as vLLM and SGLang take it
 
     @field_validator("temperature", "top_p", mode="before")
     @classmethod
@@ -104,17 +145,75 @@ class ChatCompletionRequest(BaseModel):
     def requested_tokens(self) -> int | None:
         return self.max_tokens or self.max_completion_tokens
 
-    def conversation(self) -> tuple[str, list[dict[str, str]]]:
-        """(system prompt, the user/assistant turns), or APIError if it does not end with the user."""
-        system, turns = "", []
-        for item in self.messages:
+    @property
+    def enable_thinking(self) -> bool:
+        return bool((self.chat_template_kwargs or {}).get("enable_thinking", True))
+
+    def tool_list(self) -> list[dict[str, Any]] | None:
+        """The tools to put in the prompt: none for tool_choice none, only the named one for a named choice."""
+        tools = [tool.model_dump(exclude_none=True) for tool in self.tools or ()]
+        choice = self.tool_choice
+        if choice in (None, "auto", "required") or not tools:
+            return tools or None
+        if choice == "none":
+            return None
+        name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+        named = [tool for tool in tools if tool["function"]["name"] == name]
+        if not named:
+            known = ", ".join(tool["function"]["name"] for tool in tools)
+            raise APIError(400, message("api.tool_choice_unknown", name=str(name), tools=known), param="tool_choice")
+        return named
+
+    def conversation(self) -> tuple[str, list[dict[str, Any]]]:
+        """(system prompt, the turns), or APIError: it must end with the user or a tool's result; a tool result
+        answers a call made before it; call arguments are JSON objects."""
+        system, turns, call_ids = "", [], set()
+        for number, item in enumerate(self.messages):
+            if item.content is None and not (item.role == "assistant" and item.tool_calls):
+                param = f"messages[{number}].content"  # only an answer that calls tools may come without text
+                raise APIError(400, message("api.invalid_parameter", param=param, detail="required"), param=param)
             if item.role == "system":
-                system = item.content
-            else:
-                turns.append({"role": item.role, "content": item.content})
-        if not turns or turns[-1]["role"] != "user":
+                system = item.text
+                continue
+            turn: dict[str, Any] = {"role": item.role, "content": item.text}
+            if item.role == "assistant" and item.reasoning_content:  # sent back, as GLM's own API asks
+                turn["reasoning"] = item.reasoning_content
+            if item.role == "assistant" and item.tool_calls:
+                turn["tool_calls"] = [self._call(call, number) for call in item.tool_calls]
+                call_ids.update(call.id for call in item.tool_calls if call.id)
+            if item.role == "tool":
+                if (
+                    not turns
+                    or turns[-1]["role"] not in ("assistant", "tool")
+                    or (item.tool_call_id and call_ids and item.tool_call_id not in call_ids)
+                ):
+                    raise APIError(
+                        400, message("api.unknown_tool_call", id=str(item.tool_call_id)), param=f"messages[{number}]"
+                    )
+            turns.append(turn)
+        if not turns or turns[-1]["role"] not in ("user", "tool"):
             raise APIError(400, message("api.last_message_user"), param="messages")
         return system, turns
+
+    @staticmethod
+    def _call(call: ToolCall, number: int) -> dict[str, Any]:
+        arguments = call.function.arguments
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise APIError(
+                    400,
+                    message("api.tool_arguments", name=call.function.name, detail=exc.msg),
+                    param=f"messages[{number}].tool_calls",
+                ) from None
+        if not isinstance(arguments, dict):
+            raise APIError(
+                400,
+                message("api.tool_arguments", name=call.function.name, detail=type(arguments).__name__),
+                param=f"messages[{number}].tool_calls",
+            )
+        return {"name": call.function.name, "arguments": arguments}
 
 
 def validation_error(exc: ValidationError | RequestValidationError) -> APIError:
@@ -289,20 +388,24 @@ def create_api(
                 param="model",
             )
         adapter = (chat.model, available[chat.model]) if chat.model != base_name else None
-        prompt_tokens = len(engine.encoder.encode_prompt(turns, system))
+        tools = chat.tool_list()
+        if engine.thinking_format is None and (tools or any(t["role"] == "tool" for t in turns)):
+            raise APIError(400, message("api.model_has_no_tools", model=chat.model), param="tools")
+        prompt_tokens = len(engine.prompt_ids(turns, system, tools, chat.enable_thinking))
         settings = GenerationSettings(
             max_new_tokens=fit_to_context(engine, prompt_tokens, chat.requested_tokens),
             temperature=chat.temperature,
             top_p=chat.top_p or 1.0,
             greedy=chat.temperature == 0,
             seed=chat.seed,
+            enable_thinking=chat.enable_thinking,
         )
         leave = queue.enter()
         handed_over = False  # a stream gives its place up when it ends
         try:
             if adapter is not None:  # a damaged adapter is named now, as a 400, before the answer begins
                 check_adapter_files(adapter[1])
-            completion = Completion(engine, chat, turns, system, adapter, settings, prompt_tokens, leave)
+            completion = Completion(engine, chat, turns, system, adapter, settings, prompt_tokens, leave, tools)
             if chat.stream:
                 response = StreamingResponse(
                     completion.events(request), media_type="text/event-stream", background=BackgroundTask(leave)
@@ -345,7 +448,10 @@ class Completion:
         settings,
         prompt_tokens: int,
         leave: Callable[[], None] = lambda: None,
+        tools: list[dict[str, Any]] | None = None,
     ):
+        self.tools = tools
+        self.form = engine.thinking_format  # a GLM-4.5-generation model: its reply is taken apart (glm45)
         self.engine, self.chat, self.turns, self.system = engine, chat, turns, system
         self.adapter, self.settings, self.prompt_tokens = adapter, settings, prompt_tokens
         self.leave = leave  # the request's place in the queue, given up when the stream ends
@@ -354,7 +460,9 @@ class Completion:
         self.created = int(time.time())
 
     def _replies(self) -> Iterator[str]:
-        return self.engine.stream(self.turns, self.system, self.adapter, self.settings, cancel=self.cancel)
+        return self.engine.stream(
+            self.turns, self.system, self.adapter, self.settings, cancel=self.cancel, tools=self.tools
+        )
 
     async def whole(self, request: Request) -> dict:
         import anyio
@@ -376,20 +484,57 @@ class Completion:
                 break
         else:
             finish = "length" if self._count(reply) >= self.settings.max_new_tokens else "stop"
-        reply = reply.strip()
-        completion_tokens = self._count(reply) if reply else 0
+        completion_tokens = self._count(reply.strip()) if reply.strip() else 0
+        answer: dict[str, Any] = {"role": "assistant", "content": reply.strip()}
+        if self.form is not None:
+            parsed = parse_reply(reply, self.form)
+            answer = {"role": "assistant", "content": parsed.content or None, "reasoning_content": parsed.reasoning}
+            if parsed.tool_calls:
+                answer["tool_calls"] = self._tool_calls(parsed.tool_calls)
+                finish = "tool_calls"
+            elif answer["content"] is None:
+                answer["content"] = ""
         return {
             "id": self.id,
             "object": "chat.completion",
             "created": self.created,
             "model": self.chat.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": finish}],
+            "choices": [{"index": 0, "message": answer, "finish_reason": finish}],
             "usage": {
                 "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": self.prompt_tokens + completion_tokens,
             },
         }
+
+    def _tool_calls(self, calls: list[dict[str, Any]], delta: bool = False) -> list[dict[str, Any]]:
+        """The model's calls as OpenAI's tool_calls (ids made here; arguments as JSON text)."""
+        return [
+            {
+                **({"index": index} if delta else {}),
+                "id": f"call_{uuid.uuid4().hex[:24]}",
+                "type": "function",
+                "function": {"name": call["name"], "arguments": json.dumps(call["arguments"], ensure_ascii=False)},
+            }
+            for index, call in enumerate(calls)
+        ]
+
+    def _visible(self, text: str) -> tuple[str, str]:
+        """(reasoning, content) of a reply still being written, for streaming: the reasoning until `</think>`, then
+        the content up to a tool call (and never the start of `<tool_call>` that is still arriving)."""
+        if "</think>" in text:
+            head, content = text.split("</think>", 1)
+            reasoning = head.split("<think>", 1)[-1]
+        elif self.form.thinking_prompt or text.lstrip().startswith("<think>"):
+            reasoning, content = text.split("<think>", 1)[-1], ""
+        else:
+            reasoning, content = "", text
+        content = content.split("<tool_call>", 1)[0]
+        for cut in range(min(len(content), len("<tool_call>") - 1), 0, -1):
+            if "<tool_call>".startswith(content[-cut:]):
+                content = content[:-cut]
+                break
+        return reasoning.lstrip("\n"), content.lstrip("\n")
 
     def _count(self, text: str) -> int:
         return len(self.engine.tokenizer.encode(text, add_special_tokens=False))
@@ -413,6 +558,7 @@ class Completion:
         done = object()
         yield self._chunk({"role": "assistant", "content": ""})
         sent, finish = "", "stop"
+        thought, whole = "", ""
         try:
             while True:
                 if await request.is_disconnected():
@@ -420,12 +566,23 @@ class Completion:
                 reply = await anyio.to_thread.run_sync(next, replies, done)
                 if reply is done:
                     break
-                reply, stopped = cut_at_stop(reply.strip(), self.chat.stops)
+                whole = reply
+                if self.form is not None:  # reasoning and content as separate deltas; tool calls at the end
+                    reasoning, reply = self._visible(reply)
+                    if len(reasoning) > len(thought):
+                        yield self._chunk({"reasoning_content": reasoning[len(thought) :]})
+                        thought = reasoning
+                reply, stopped = cut_at_stop(reply.strip() if self.form is None else reply, self.chat.stops)
                 if len(reply) > len(sent):
                     yield self._chunk({"content": reply[len(sent) :]})
                     sent = reply
                 if stopped:
                     break
+            if self.form is not None:
+                calls = parse_reply(whole, self.form).tool_calls
+                if calls:
+                    yield self._chunk({"tool_calls": self._tool_calls(calls, delta=True)})
+                    finish = "tool_calls"
         except Exception as exc:  # noqa: BLE001 - the client gets an error event, not a dropped connection
             from core.errors import describe
 

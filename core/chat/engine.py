@@ -31,6 +31,8 @@ class GenerationSettings:
     repetition_penalty: float = 1.0
     greedy: bool = False
     seed: int | None = None  # makes sampling reproducible
+    # The GLM-4.5 generation: false answers without reasoning, as its template's enable_thinking=False prompts it
+    enable_thinking: bool = True
 
     def generate_kwargs(self) -> dict:
         if self.greedy or self.temperature <= 0:
@@ -171,8 +173,13 @@ class ChatEngine:
         settings: GenerationSettings | None = None,
         model: str | None = None,
         cancel: threading.Event | None = None,
+        tools: list[dict] | None = None,
     ) -> Iterator[str]:
         """Yield the reply as it grows (each item is the whole reply so far).
+
+        `tools` (OpenAI's list) go into the prompt of a model whose template has them (the GLM-4.5 generation);
+        messages may then hold tool calls and tool results. Such a model's reply keeps its `<think>` and
+        `<tool_call>` markup, for `core.data.glm45.parse_reply` to take apart.
 
         `adapter` is (name, folder) of a LoRA or P-tuning v2 adapter, or None for the base model; `model`, when
         given, is loaded first (if it is not the loaded one) under the same lock as the generation. Setting
@@ -205,7 +212,7 @@ class ChatEngine:
                     context, prefix = self._select(adapter)
                     if settings.seed is not None:
                         torch.manual_seed(settings.seed)
-                    prompt = self.encoder.encode_prompt(messages, system)
+                    prompt = self.prompt_ids(messages, system, tools, settings.enable_thinking)
                     room = self.context_length - len(prompt) - (prefix.length if prefix is not None else 0)
                     if room < 1:
                         raise ModelError("model.prompt_too_long", tokens=len(prompt), context=self.context_length)
@@ -249,6 +256,28 @@ class ChatEngine:
             whole = self._shown(self.tokenizer.decode(answers[0], skip_special_tokens=True))
             if whole != shown:
                 yield whole
+
+    @property
+    def thinking_format(self):
+        """The loaded model's GLM-4.5-generation format (core.data.glm45), or None for a template without one."""
+        return self.encoder.template.thinking if self.encoder is not None else None
+
+    def prompt_ids(
+        self, messages: list[dict], system: str = "", tools: list[dict] | None = None, enable_thinking: bool = True
+    ) -> list[int]:
+        """The generation prompt's ids; tools and thinking off only where the template has them."""
+        from core.data.template import NO_THINKING, TemplateEncoder, get_template
+
+        if self.thinking_format is None:
+            if tools:
+                raise ModelError("model.template_no_tools", template=self.encoder.template.name)
+            return self.encoder.encode_prompt(messages, system)
+        encoder = self.encoder
+        if not enable_thinking:
+            encoder = TemplateEncoder(
+                self.tokenizer, get_template(encoder.template.name.removesuffix(NO_THINKING) + NO_THINKING)
+            )
+        return encoder.encode_prompt(messages, system, tools)
 
     def _shown(self, text: str) -> str:
         """A (partial) decoded reply as the template's chat code shows it: ChatGLM-6B's through THUDM's
