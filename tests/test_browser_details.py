@@ -40,6 +40,56 @@ LIBRARY_PHRASES = (
 )
 
 
+# Gradio 6.31's own words (its i18n keys upload_text.drop_file, upload_text.click_to_upload, common.*), which it
+# shows in the language it reads from the browser at start-up: each page must show them in its own language.
+GRADIO_WORDS = {
+    "en": (
+        "Drop File Here",
+        "Click to Upload",
+        "Use via API",
+        "Built with Gradio",
+        "Loading",
+        "Clear",
+        "Download",
+        "Settings",
+        "Undo",
+        "Remove",
+        "Share",
+    ),
+    "zh": (
+        "将文件拖放到此处",
+        "点击上传",
+        "通过 API 使用",
+        "使用 Gradio 构建",
+        "加载中",
+        "清除",
+        "下载",
+        "设置",
+        "撤销",
+        "移除",
+        "分享",
+    ),
+}
+BROWSER_LOCALE = {"zh": "en-US", "en": "zh-CN"}  # each page opened by a browser set to the other language
+TABS = ("tab_data", "tab_train", "tab_runs", "tab_evaluate", "tab_chat", "tab_export")
+# The page's own visible words: the dataset's rows, samples and predictions are the user's data, not the page's.
+PAGE_WORDS_JS = """() => {
+  const skip = '#data-table, #data-sample, #eval-predictions, script, style';
+  const words = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const owner = node.parentElement;
+    if (owner && !owner.closest(skip) && owner.getClientRects().length) { words.push(node.textContent); }
+  }
+  for (const e of document.querySelectorAll('[aria-label], [title], [placeholder]')) {
+    if (!e.closest(skip) && e.getClientRects().length) {
+      for (const name of ['aria-label', 'title', 'placeholder']) { words.push(e.getAttribute(name) || ''); }
+    }
+  }
+  return words.join('\\n');
+}"""
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, demo_model_dir):
     workspace = tmp_path_factory.mktemp("details") / "workspace"
@@ -105,6 +155,34 @@ def test_a_fresh_workspace_page_in_both_languages(browser, server):
             assert t("resume") != t("continue_from")  # two different actions, two different words
         assert page.request.get(f"{root}favicon.ico").status == 200
         page.close()
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_gradio_speaks_the_page_language_whatever_the_browser_says(browser, server, lang):
+    """/zh/ in an English browser, /en/ in a Chinese one, opened as a person does: a fresh browser (context) in that
+    locale, the address typed, then every tab in turn. Gradio's own words are the page's, never the browser's."""
+    root, _ = server
+    t = Translator(lang)
+    other = "en" if lang == "zh" else "zh"
+    context = browser.new_context(locale=BROWSER_LOCALE[lang], viewport={"width": 1360, "height": 900})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(f"{root}{lang}/")
+        assert page.evaluate("() => navigator.language") == {"zh": "zh-CN", "en": "en"}[lang]
+        for tab in TABS:
+            open_tab(page, t(tab))
+            expect(page.get_by_role("tab", name=t(tab), exact=True)).to_have_attribute("aria-selected", "true")
+            for _ in range(2):  # as the tab appears, and once its lists have loaded
+                words = page.evaluate(PAGE_WORDS_JS)
+                found = [word for word in GRADIO_WORDS[other] if re.search(rf"(?<![A-Za-z]){word}(?![A-Za-z])", words)]
+                assert not found, (tab, found)
+                page.wait_for_timeout(1500)
+            if tab == "tab_data":  # the upload box speaks the page's language (not merely no other one)
+                expect(page.locator("#data-upload")).to_contain_text(GRADIO_WORDS[lang][0])
+                expect(page.locator("#data-upload")).to_contain_text(GRADIO_WORDS[lang][1])
+    finally:
+        context.close()
 
 
 @pytest.mark.parametrize("lang", ["zh", "en"])
