@@ -15,7 +15,7 @@ import shutil
 
 import pytest
 
-from tests.browser import fill_number, open_accordion, open_tab, settled_text
+from tests.browser import PAGE_MS, SLOW_MS, fill_number, open_accordion, open_tab, settled_text
 from tests.conftest import REPO
 from tests.ui_server import running_ui
 from webui.locale import Translator
@@ -24,7 +24,6 @@ pytestmark = pytest.mark.browser
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
-SLOW = 300_000
 # Words of gradio, plotly and pandas that once reached the zh page.
 LIBRARY_PHRASES = (
     "Drop File Here",
@@ -100,9 +99,9 @@ def server(tmp_path_factory, demo_model_dir):
 def new_page(browser, url: str):
     # An English browser: the zh page must still be all Chinese.
     page = browser.new_page(viewport={"width": 1360, "height": 900}, locale="en-US")
-    page.set_default_timeout(60_000)
+    page.set_default_timeout(PAGE_MS)
     page.goto(url)
-    expect(page.locator("#data-summary")).not_to_be_empty(timeout=30_000)
+    expect(page.locator("#data-summary")).not_to_be_empty(timeout=PAGE_MS)
     return page
 
 
@@ -141,7 +140,7 @@ def test_a_fresh_workspace_page_in_both_languages(browser, server):
         # The tab in use survives a refresh.
         page.reload()
         expect(page.get_by_role("tab", name=t("tab_chat"), exact=True)).to_have_attribute(
-            "aria-selected", "true", timeout=30_000
+            "aria-selected", "true", timeout=PAGE_MS
         )
         if lang == "zh":
             text = visible_text(page)
@@ -167,7 +166,7 @@ def test_gradio_speaks_the_page_language_whatever_the_browser_says(browser, serv
     context = browser.new_context(locale=BROWSER_LOCALE[lang], viewport={"width": 1360, "height": 900})
     try:
         page = context.new_page()
-        page.set_default_timeout(60_000)
+        page.set_default_timeout(PAGE_MS)
         page.goto(f"{root}{lang}/")
         assert page.evaluate("() => navigator.language") == {"zh": "zh-CN", "en": "en"}[lang]
         for tab in TABS:
@@ -216,7 +215,7 @@ def test_uploads_runs_and_evaluation_always_show_the_current_state(browser, serv
     open_tab(page, t("tab_train"))
     fill_number(page, "field-max_steps", 60)
     page.locator("#train-start").click()
-    expect(page.locator("#train-progress")).to_contain_text(t.state("finished"), timeout=SLOW)
+    expect(page.locator("#train-progress")).to_contain_text(t.state("finished"), timeout=SLOW_MS)
     run = max((workspace / "runs").iterdir(), key=lambda p: p.stat().st_mtime).name
     expect(page.locator("#train-log-scale input")).to_be_checked()  # the loss fell more than a decade
     assert page.evaluate("() => document.querySelector('#train-chart .js-plotly-plot').layout.yaxis.type") == "log"
@@ -229,7 +228,7 @@ def test_uploads_runs_and_evaluation_always_show_the_current_state(browser, serv
         "() => { const b = document.querySelector('#train-log textarea');"
         " return b.scrollHeight > b.clientHeight && b.scrollTop + b.clientHeight >= b.scrollHeight - 4; }"
     )
-    expect(page.locator("#compare-choice-2 input[role=combobox]")).to_have_value(run, timeout=30_000)
+    expect(page.locator("#compare-choice-2 input[role=combobox]")).to_have_value(run, timeout=PAGE_MS)
     page.locator("#train-try-chat").click()
     expect(page.locator("#chat-adapter input[role=combobox]")).to_have_value(run)
     # A refused Start now steps the finished run's 100% bar aside instead of leaving it under the error.
@@ -244,7 +243,7 @@ def test_uploads_runs_and_evaluation_always_show_the_current_state(browser, serv
     open_tab(page, t("tab_evaluate"))
     fill_number(page, "eval-samples", 3)
     page.locator("#eval-start").click()
-    expect(page.locator("#eval-predictions")).to_contain_text(t("eval_col_prediction"), timeout=SLOW)
+    expect(page.locator("#eval-predictions")).to_contain_text(t("eval_col_prediction"), timeout=SLOW_MS)
     expect(page.locator("#eval-metrics")).to_contain_text(t("metric_perplexity"))
     expect(page.locator("#eval-abort")).to_be_disabled()
     right = page.evaluate("() => document.querySelector('#eval-predictions').getBoundingClientRect().right")
