@@ -176,26 +176,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def resolve_adapter(path: str) -> Path:
-    """An adapter folder, or a run folder holding adapter/."""
-    from core.runs import adapter_folder
+    """An adapter folder, or a run folder holding adapter/; anything else is refused naming the path."""
+    from core.runs import resolve_adapter as resolve
 
-    folder = adapter_folder(path)
-    if folder is None:
-        raise ModelError("model.not_an_adapter", folder=path)
-    return folder
+    return resolve(path)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from core.chat.engine import ChatEngine, GenerationSettings
     from core.models.loader import configure_threads
 
+    adapter = None
+    if args.adapter:  # refused before the model loads
+        folder = resolve_adapter(args.adapter)
+        adapter = (folder.parent.name if folder.name == "adapter" else folder.name, str(folder))
     configure_threads()
     engine = ChatEngine(template=args.template)
     engine.load_model(args.model, trust_remote_code=args.trust_remote_code)
-    adapter = None
-    if args.adapter:
-        folder = resolve_adapter(args.adapter)
-        adapter = (folder.parent.name if folder.name == "adapter" else folder.name, str(folder))
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, greedy=args.greedy
     )
@@ -311,7 +308,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     configure_threads()
     adapters: dict[str, str] = {}
-    for item in args.adapter:  # every adapter checked before the model loads: a damaged file is said at start
+    for item in args.adapter:  # each refused before the model loads: not an adapter, or a damaged file in it
         name, sep, path = item.partition("=")
         if not sep or not name:
             raise ModelError("cli.adapter_syntax", item=item)

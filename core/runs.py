@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from core.files import rewrite_in_place, write_json_atomic
+from core.i18n import Message, message
 from core.ownership import has_live_owner
 
 STATUS_FILE = "status.json"
@@ -145,11 +146,34 @@ def effective_state(run_dir: str | Path, status: dict[str, Any]) -> str:
 
 def adapter_folder(path: str | Path) -> Path | None:
     """A PEFT adapter folder given itself or a run folder holding adapter/; None if it is neither."""
-    folder = Path(path)
+    folder = Path(path).expanduser()
     for candidate in (folder / ADAPTER_DIR, folder):
         if (candidate / ADAPTER_CONFIG).is_file():
             return candidate
     return None
+
+
+def adapter_problem(path: str | Path) -> Message | None:
+    """Why `path` cannot be used as an adapter (naming it and what was expected), or None if it can: an adapter
+    folder (adapter_config.json in it) or a run folder holding adapter/. Reads only."""
+    if adapter_folder(path) is not None:
+        return None
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return message("model.adapter_not_found", folder=str(path))
+    if (folder / MODEL_DIR / "config.json").is_file() or (folder / "config.json").is_file():
+        return message("model.adapter_is_model", folder=str(path))
+    return message("model.not_an_adapter", folder=str(path))
+
+
+def resolve_adapter(path: str | Path) -> Path:
+    """The adapter folder `path` names (itself, or a run folder's adapter/); anything else raises ModelError."""
+    from core.errors import ModelError
+
+    problem = adapter_problem(path)
+    if problem is not None:
+        raise ModelError(problem)
+    return adapter_folder(path)  # type: ignore[return-value]
 
 
 @dataclass

@@ -244,6 +244,8 @@ class Workbench:
                 model_name_or_path=parent_config.model_name_or_path,
                 adapter_name_or_path=str(parent.adapter_dir),
             )
+        if parent.model_dir is None:  # aborted before it saved anything
+            raise RunStateError("run.parent_saved_nothing", run=parent.name)
         return config.replace(**common, model_name_or_path=str(parent.model_dir))
 
     def save_config(self, config: RunConfig) -> str:

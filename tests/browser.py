@@ -23,6 +23,10 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# Timeouts sized for a machine running 4 other CPU-bound processes beside the test: each `expect` polls for a
+# state and returns as soon as it holds, so a generous limit costs nothing when the machine is quick.
+PAGE_MS = 180_000  # one click's result: an upload checked, a list filled, a tab shown
+SLOW_MS = 1_200_000  # a training run or an evaluation to its end
 SCREENSHOTS = os.environ.get("GLM_WORKBENCH_SCREENSHOTS", "")  # a folder: save each tab's screenshot there
 
 
@@ -66,7 +70,7 @@ def pick(page, elem_id: str, value: str) -> None:
     page.mouse.click(2, 2)  # close the option list (it would cover the page in screenshots)
 
 
-def settled_text(locator, timeout: float = 120, quiet: float = 1.5) -> str:
+def settled_text(locator, timeout: float = 600, quiet: float = 1.5) -> str:
     """The element's text once it is non-empty and has stopped changing (a streamed reply is complete)."""
     deadline, last, since = time.time() + timeout, None, time.time()
     while time.time() < deadline:

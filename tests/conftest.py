@@ -12,6 +12,8 @@ import pytest
 os.environ["GLM_WORKBENCH_HOME"] = tempfile.mkdtemp(prefix="glm-workbench-test-home-")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("GLM_WORKBENCH_THREADS", "2")
+# As core/__init__.py sets it for the workbench: set before this process (or a test module) first imports torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Tests only talk to servers on loopback: a proxy set in the environment must never be asked for them.
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = ",".join(
     filter(None, ["127.0.0.1,localhost", os.environ.get("NO_PROXY")])
@@ -59,10 +61,13 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="module")
 def browser():
     """Debian's chromium through Playwright, one per test module (tests/browser.py says how it is found)."""
-    from tests.browser import CHROMIUM_ARGS, ensure_chromium
+    from tests.browser import CHROMIUM_ARGS, PAGE_MS, ensure_chromium
 
     playwright_api = pytest.importorskip("playwright.sync_api")
     executable = ensure_chromium()
+    # An `expect` waits 5 s unless told (a page's set_default_timeout does not reach it): too short for a state a
+    # busy machine reaches late. Each expect still returns as soon as its state holds.
+    playwright_api.expect.set_options(timeout=PAGE_MS)
     with playwright_api.sync_playwright() as driver:
         chromium = driver.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield chromium

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.browser import (
+    PAGE_MS,
+    SLOW_MS,
     chart_points,
     fill_number,
     open_accordion,
@@ -33,7 +35,6 @@ pytestmark = pytest.mark.browser
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
 QUESTION = "你是谁？"
-SLOW = 300_000  # ms: training steps on a shared 2-core machine
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +47,9 @@ def server(tmp_path_factory, demo_model_dir):
 
 def new_page(browser, url: str):
     page = browser.new_page(viewport={"width": 1360, "height": 900}, accept_downloads=True)
-    page.set_default_timeout(60_000)
+    page.set_default_timeout(PAGE_MS)
     page.goto(url)
-    expect(page.locator("#data-summary")).not_to_be_empty(timeout=30_000)
+    expect(page.locator("#data-summary")).not_to_be_empty(timeout=PAGE_MS)
     return page
 
 
@@ -95,16 +96,16 @@ def test_whole_flow_in_the_browser(browser, server, lang, tmp_path, demo_model_d
     page.wait_for_function(
         "() => { const p = document.querySelector('#train-chart .js-plotly-plot');"
         " return p && p.data && p.data[0] && p.data[0].y && p.data[0].y.length >= 3; }",
-        timeout=SLOW,
+        timeout=SLOW_MS,
     )
     screenshot(page, f"{lang}-2-train", shots)
     page.locator("#train-abort").click()
-    expect(page.locator("#train-progress")).to_contain_text(t.state("aborted"), timeout=SLOW)
+    expect(page.locator("#train-progress")).to_contain_text(t.state("aborted"), timeout=SLOW_MS)
     aborted_points = chart_points(page, "train-chart")
     assert 3 <= aborted_points < 300
     expect(page.locator("#train-resume")).to_be_enabled()
     page.locator("#train-resume").click()
-    expect(page.locator("#train-progress")).to_contain_text(t.state("finished"), timeout=SLOW)
+    expect(page.locator("#train-progress")).to_contain_text(t.state("finished"), timeout=SLOW_MS)
     expect(page.locator("#train-progress")).to_contain_text("300/300")
     page.wait_for_function(
         "() => { const p = document.querySelector('#train-chart .js-plotly-plot');"
@@ -169,7 +170,7 @@ def test_language_switch_keeps_the_same_workbench(browser, server):
     page.wait_for_function("() => location.hash === '#runs'")
     page.locator("#switch-language").click()
     runs_tab = page.get_by_role("tab", name=Translator("zh")("tab_runs"), exact=True)
-    expect(runs_tab).to_have_attribute("aria-selected", "true", timeout=30_000)  # the same tab, the other language
+    expect(runs_tab).to_have_attribute("aria-selected", "true", timeout=PAGE_MS)  # the same tab, the other language
     assert page.url.endswith("/zh/#runs")
     page.close()
 
@@ -183,7 +184,7 @@ def test_refresh_second_tab_and_closed_browser_during_training(browser, server):
     first.locator("#train-start").click()
     expect(first.locator("#train-message")).to_contain_text(t("started", run="").split(" ")[0])
     run = newest_run(workspace)
-    expect(first.locator("#train-progress")).to_contain_text(t.state("running"), timeout=SLOW)
+    expect(first.locator("#train-progress")).to_contain_text(t.state("running"), timeout=SLOW_MS)
 
     # A refresh shows the same run, still training, with its chart and its settings in the form.
     first.reload()
@@ -194,7 +195,7 @@ def test_refresh_second_tab_and_closed_browser_during_training(browser, server):
     first.wait_for_function(
         "() => { const p = document.querySelector('#train-chart .js-plotly-plot');"
         " return p && p.data && p.data[0] && p.data[0].y && p.data[0].y.length >= 1; }",
-        timeout=SLOW,
+        timeout=SLOW_MS,
     )
 
     # A second tab (here in the other language) sees it and its Start is refused with the run's name.
@@ -209,7 +210,7 @@ def test_refresh_second_tab_and_closed_browser_during_training(browser, server):
     from core.runs import read_status
 
     step = read_status(workspace / "runs" / run).get("step", 0)
-    deadline = time.time() + 120
+    deadline = time.time() + 900  # a state to reach, not a time: it returns at the next step
     while read_status(workspace / "runs" / run).get("step", 0) <= step:  # it keeps stepping with no page open
         assert time.time() < deadline and read_status(workspace / "runs" / run)["state"] == "running"
         time.sleep(0.2)
@@ -218,7 +219,7 @@ def test_refresh_second_tab_and_closed_browser_during_training(browser, server):
     third = new_page(browser, f"{root}en/")
     open_tab(third, t("tab_train"))
     third.locator("#train-abort").click()
-    expect(third.locator("#train-progress")).to_contain_text(t.state("aborted"), timeout=SLOW)
+    expect(third.locator("#train-progress")).to_contain_text(t.state("aborted"), timeout=SLOW_MS)
     expect(third.locator("#train-abort")).to_be_disabled()
     third.close()
 
@@ -238,7 +239,7 @@ def test_auth_is_required_when_set(browser, tmp_path, demo_model_dir):
         page.locator("input[type=text], input[name=username]").first.fill("alice")
         page.locator("input[type=password]").fill("s3cret")
         page.locator("input[type=password]").press("Enter")
-        expect(page.locator("#data-summary")).to_contain_text("alpaca", timeout=60_000)
+        expect(page.locator("#data-summary")).to_contain_text("alpaca", timeout=PAGE_MS)
         page.close()
 
 

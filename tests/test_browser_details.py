@@ -15,7 +15,7 @@ import shutil
 
 import pytest
 
-from tests.browser import fill_number, open_accordion, open_tab, settled_text
+from tests.browser import PAGE_MS, SLOW_MS, fill_number, open_accordion, open_tab, settled_text
 from tests.conftest import REPO
 from tests.ui_server import running_ui
 from webui.locale import Translator
@@ -24,7 +24,6 @@ pytestmark = pytest.mark.browser
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
-SLOW = 300_000
 # Words of gradio, plotly and pandas that once reached the zh page.
 LIBRARY_PHRASES = (
     "Drop File Here",
@@ -40,6 +39,56 @@ LIBRARY_PHRASES = (
 )
 
 
+# Gradio 6.31's own words (its i18n keys upload_text.drop_file, upload_text.click_to_upload, common.*), which it
+# shows in the language it reads from the browser at start-up: each page must show them in its own language.
+GRADIO_WORDS = {
+    "en": (
+        "Drop File Here",
+        "Click to Upload",
+        "Use via API",
+        "Built with Gradio",
+        "Loading",
+        "Clear",
+        "Download",
+        "Settings",
+        "Undo",
+        "Remove",
+        "Share",
+    ),
+    "zh": (
+        "将文件拖放到此处",
+        "点击上传",
+        "通过 API 使用",
+        "使用 Gradio 构建",
+        "加载中",
+        "清除",
+        "下载",
+        "设置",
+        "撤销",
+        "移除",
+        "分享",
+    ),
+}
+BROWSER_LOCALE = {"zh": "en-US", "en": "zh-CN"}  # each page opened by a browser set to the other language
+TABS = ("tab_data", "tab_train", "tab_runs", "tab_evaluate", "tab_chat", "tab_export")
+# The page's own visible words: the dataset's rows, samples and predictions are the user's data, not the page's.
+PAGE_WORDS_JS = """() => {
+  const skip = '#data-table, #data-sample, #eval-predictions, script, style';
+  const words = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const owner = node.parentElement;
+    if (owner && !owner.closest(skip) && owner.getClientRects().length) { words.push(node.textContent); }
+  }
+  for (const e of document.querySelectorAll('[aria-label], [title], [placeholder]')) {
+    if (!e.closest(skip) && e.getClientRects().length) {
+      for (const name of ['aria-label', 'title', 'placeholder']) { words.push(e.getAttribute(name) || ''); }
+    }
+  }
+  return words.join('\\n');
+}"""
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, demo_model_dir):
     workspace = tmp_path_factory.mktemp("details") / "workspace"
@@ -50,9 +99,9 @@ def server(tmp_path_factory, demo_model_dir):
 def new_page(browser, url: str):
     # An English browser: the zh page must still be all Chinese.
     page = browser.new_page(viewport={"width": 1360, "height": 900}, locale="en-US")
-    page.set_default_timeout(60_000)
+    page.set_default_timeout(PAGE_MS)
     page.goto(url)
-    expect(page.locator("#data-summary")).not_to_be_empty(timeout=30_000)
+    expect(page.locator("#data-summary")).not_to_be_empty(timeout=PAGE_MS)
     return page
 
 
@@ -91,7 +140,7 @@ def test_a_fresh_workspace_page_in_both_languages(browser, server):
         # The tab in use survives a refresh.
         page.reload()
         expect(page.get_by_role("tab", name=t("tab_chat"), exact=True)).to_have_attribute(
-            "aria-selected", "true", timeout=30_000
+            "aria-selected", "true", timeout=PAGE_MS
         )
         if lang == "zh":
             text = visible_text(page)
@@ -105,6 +154,34 @@ def test_a_fresh_workspace_page_in_both_languages(browser, server):
             assert t("resume") != t("continue_from")  # two different actions, two different words
         assert page.request.get(f"{root}favicon.ico").status == 200
         page.close()
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_gradio_speaks_the_page_language_whatever_the_browser_says(browser, server, lang):
+    """/zh/ in an English browser, /en/ in a Chinese one, opened as a person does: a fresh browser (context) in that
+    locale, the address typed, then every tab in turn. Gradio's own words are the page's, never the browser's."""
+    root, _ = server
+    t = Translator(lang)
+    other = "en" if lang == "zh" else "zh"
+    context = browser.new_context(locale=BROWSER_LOCALE[lang], viewport={"width": 1360, "height": 900})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(PAGE_MS)
+        page.goto(f"{root}{lang}/")
+        assert page.evaluate("() => navigator.language") == {"zh": "zh-CN", "en": "en"}[lang]
+        for tab in TABS:
+            open_tab(page, t(tab))
+            expect(page.get_by_role("tab", name=t(tab), exact=True)).to_have_attribute("aria-selected", "true")
+            for _ in range(2):  # as the tab appears, and once its lists have loaded
+                words = page.evaluate(PAGE_WORDS_JS)
+                found = [word for word in GRADIO_WORDS[other] if re.search(rf"(?<![A-Za-z]){word}(?![A-Za-z])", words)]
+                assert not found, (tab, found)
+                page.wait_for_timeout(1500)
+            if tab == "tab_data":  # the upload box speaks the page's language (not merely no other one)
+                expect(page.locator("#data-upload")).to_contain_text(GRADIO_WORDS[lang][0])
+                expect(page.locator("#data-upload")).to_contain_text(GRADIO_WORDS[lang][1])
+    finally:
+        context.close()
 
 
 @pytest.mark.parametrize("lang", ["zh", "en"])
@@ -138,12 +215,12 @@ def test_uploads_runs_and_evaluation_always_show_the_current_state(browser, serv
     open_tab(page, t("tab_train"))
     fill_number(page, "field-max_steps", 60)
     page.locator("#train-start").click()
-    expect(page.locator("#train-progress")).to_contain_text(t.state("finished"), timeout=SLOW)
+    expect(page.locator("#train-progress")).to_contain_text(t.state("finished"), timeout=SLOW_MS)
     run = max((workspace / "runs").iterdir(), key=lambda p: p.stat().st_mtime).name
     expect(page.locator("#train-log-scale input")).to_be_checked()  # the loss fell more than a decade
     assert page.evaluate("() => document.querySelector('#train-chart .js-plotly-plot').layout.yaxis.type") == "log"
     expect(page.locator("#train-try-chat")).to_be_visible()
-    # The log opens on its newest lines.
+    # The log opens on its newest lines (on a busy machine too: the box is laid out late there).
     open_accordion(page, t("log_label"))
     log_box = page.locator("#train-log textarea")
     expect(log_box).to_have_value(re.compile("finished after"))
@@ -151,7 +228,7 @@ def test_uploads_runs_and_evaluation_always_show_the_current_state(browser, serv
         "() => { const b = document.querySelector('#train-log textarea');"
         " return b.scrollHeight > b.clientHeight && b.scrollTop + b.clientHeight >= b.scrollHeight - 4; }"
     )
-    expect(page.locator("#compare-choice-2 input[role=combobox]")).to_have_value(run, timeout=30_000)
+    expect(page.locator("#compare-choice-2 input[role=combobox]")).to_have_value(run, timeout=PAGE_MS)
     page.locator("#train-try-chat").click()
     expect(page.locator("#chat-adapter input[role=combobox]")).to_have_value(run)
     # A refused Start now steps the finished run's 100% bar aside instead of leaving it under the error.
@@ -166,7 +243,7 @@ def test_uploads_runs_and_evaluation_always_show_the_current_state(browser, serv
     open_tab(page, t("tab_evaluate"))
     fill_number(page, "eval-samples", 3)
     page.locator("#eval-start").click()
-    expect(page.locator("#eval-predictions")).to_contain_text(t("eval_col_prediction"), timeout=SLOW)
+    expect(page.locator("#eval-predictions")).to_contain_text(t("eval_col_prediction"), timeout=SLOW_MS)
     expect(page.locator("#eval-metrics")).to_contain_text(t("metric_perplexity"))
     expect(page.locator("#eval-abort")).to_be_disabled()
     right = page.evaluate("() => document.querySelector('#eval-predictions').getBoundingClientRect().right")

@@ -13,6 +13,8 @@ import pytest
 from core.config import RunConfig
 from core.workbench import Workbench
 from tests.browser import (
+    PAGE_MS,
+    SLOW_MS,
     fill_number,
     open_accordion,
     open_tab,
@@ -34,10 +36,17 @@ def server(tmp_path_factory, demo_model_dir):
     workspace = tmp_path_factory.mktemp("preference") / "workspace"
     wb = Workbench(workspace)
     run = wb.start_training(RunConfig(dataset="identity", num_train_epochs=10, learning_rate=2e-3))
-    wb.wait_for_job(300)
+    wb.wait_for_job(1800)  # returns when the run ends; the limit is for a machine far busier than ours
     assert wb.snapshot(run).state == "finished"
     with running_ui(workspace, lang="zh") as url:
         yield url.removesuffix("zh/"), workspace, run
+
+
+def arena_status(t: Translator, judged: int, total: int) -> re.Pattern:
+    """The arena's status line with `judged` of `total` judged (any arena name, any prompt number)."""
+    parts = re.split(r"(\{\w+\})", t.strings["arena_status"])
+    fixed = {"{judged}": str(judged), "{total}": str(total)}
+    return re.compile("".join(fixed.get(part, ".*?" if part.startswith("{") else re.escape(part)) for part in parts))
 
 
 def feedback_rows(workspace, suffix: str = ".jsonl") -> list[dict]:
@@ -50,22 +59,22 @@ def test_votes_become_pairs_and_the_arena_scores_blind(browser, server, lang):
     root, workspace, run = server
     t = Translator(lang)
     page = browser.new_page(viewport={"width": 1360, "height": 900}, locale="en-US")
-    page.set_default_timeout(60_000)
+    page.set_default_timeout(PAGE_MS)
     page.goto(f"{root}{lang}/")
-    expect(page.locator("#data-summary")).not_to_be_empty(timeout=30_000)
+    expect(page.locator("#data-summary")).not_to_be_empty(timeout=PAGE_MS)
     pairs_before, written_before = len(feedback_rows(workspace)), len(feedback_rows(workspace, ".sft.jsonl"))
 
     # Side by side: base | the run | base (the same as column 1: answered once, not a comparison of its own).
     open_tab(page, t("tab_chat"))
     open_accordion(page, t("compare_title"))
-    expect(page.locator("#compare-choice-2 input")).to_have_value(run, timeout=30_000)
+    expect(page.locator("#compare-choice-2 input")).to_have_value(run, timeout=PAGE_MS)
     expect(page.locator("#vote-better-2")).to_be_disabled()  # nothing to judge yet
     page.locator("#compare-prompt textarea").fill("你是谁？")
     page.locator("#compare-go").click()
     settled_text(page.locator("#compare-answer-3"))
     expect(page.locator("#vote-better-2")).to_be_enabled()
     page.locator("#vote-better-2").click()
-    expect(page.locator("#vote-notice")).to_contain_text(t("vote_recorded_better", column=2), timeout=30_000)
+    expect(page.locator("#vote-notice")).to_contain_text(t("vote_recorded_better", column=2), timeout=PAGE_MS)
     rows = feedback_rows(workspace)
     assert len(rows) == pairs_before + 1  # columns 1 and 3 hold the same answer: one pair, not two
     assert (rows[-1]["chosen_run"], rows[-1]["rejected_run"], rows[-1]["judgment"]) == (run, "", "better")
@@ -84,7 +93,7 @@ def test_votes_become_pairs_and_the_arena_scores_blind(browser, server, lang):
     expect(box).not_to_have_value("")
     box.fill("我是小智，一个乐于助人的助手。")
     page.locator("#vote-write-save").click()
-    expect(page.locator("#vote-notice")).to_contain_text(t("vote_written_saved"), timeout=30_000)
+    expect(page.locator("#vote-notice")).to_contain_text(t("vote_written_saved"), timeout=PAGE_MS)
     sft = feedback_rows(workspace, ".sft.jsonl")
     assert len(sft) == written_before + 1 and sft[-1]["output"] == "我是小智，一个乐于助人的助手。"
     written = [row for row in feedback_rows(workspace)[pairs_before + 1 :] if row["judgment"] == "written"]
@@ -93,7 +102,7 @@ def test_votes_become_pairs_and_the_arena_scores_blind(browser, server, lang):
 
     # The Data tab lists the feedback dataset with its counts; the Train tab's dpo stage shows its settings.
     page.reload()
-    expect(page.locator("#data-summary")).not_to_be_empty(timeout=30_000)
+    expect(page.locator("#data-summary")).not_to_be_empty(timeout=PAGE_MS)
     pairs = len(feedback_rows(workspace))
     open_tab(page, t("tab_data"))
     page.locator("#data-dataset input[role=combobox]").click()
@@ -113,16 +122,17 @@ def test_votes_become_pairs_and_the_arena_scores_blind(browser, server, lang):
     # The arena: the run against its base on three prompts, judged blind, then the names and the score.
     open_tab(page, t("tab_evaluate"))
     open_accordion(page, t("arena_title"))
-    expect(page.locator("#arena-first input")).to_have_value(run, timeout=30_000)
+    expect(page.locator("#arena-first input")).to_have_value(run, timeout=PAGE_MS)
     fill_number(page, "arena-samples", 3)
     page.locator("#arena-start").click()
-    expect(page.locator("#arena-left-better")).to_be_enabled(timeout=120_000)
+    expect(page.locator("#arena-left-better")).to_be_enabled(timeout=SLOW_MS)
     assert run not in page.locator("#arena-left").inner_text() + page.locator("#arena-right").inner_text()
-    for _ in range(3):  # the side that says who it is wins each prompt
+    for judged in range(3):  # the side that says who it is wins each prompt
+        # Read the answers only once the page shows this prompt (a slow machine may still show the last one).
+        expect(page.locator("#arena-status")).to_contain_text(arena_status(t, judged, 3))
         left = page.locator("#arena-left").inner_text()
         page.locator("#arena-left-better" if "小智" in left else "#arena-right-better").click()
-        page.wait_for_timeout(700)
-    expect(page.locator("#arena-result")).to_contain_text(t("arena_judge_person"), timeout=30_000)
+    expect(page.locator("#arena-result")).to_contain_text(t("arena_judge_person"), timeout=PAGE_MS)
     screenshot(page, f"{lang}-9-arena", workspace.parent / "shots")
     expect(page.locator("#arena-open input[role=combobox]")).to_have_value(re.compile("3/3"))
     result = page.locator("#arena-result").inner_text()

@@ -66,9 +66,11 @@ def ui_in_this_process(workspace):
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.time() + 60
+    deadline = time.time() + 600  # returns once started; the limit is for a machine far busier than ours
     while not server.started and time.time() < deadline:
+        assert thread.is_alive(), "the UI server stopped while starting"
         time.sleep(0.1)
+    assert server.started, "the UI server did not start"
     try:
         yield f"http://127.0.0.1:{port}/en/"
     finally:

@@ -4,6 +4,10 @@ a run names its speed features in its log; what a machine cannot do is refused b
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -13,6 +17,7 @@ from core.estimate import ModelShape, estimate_memory
 from core.training import speed
 from core.training.speed import offloaded_checkpoint, pick_batch, use_offloaded_checkpointing
 from core.workbench import Workbench
+from tests.conftest import REPO
 from tests.test_fused_loss import padded_batch, tiny_model
 
 
@@ -127,3 +132,18 @@ def test_ptuning_with_gradient_checkpointing_is_refused_on_glm4_before_a_run_exi
     with pytest.raises(ConfigError, match="gradient_checkpointing"):
         wb.start_training(RunConfig(finetuning_type="ptuning_v2", gradient_checkpointing=True))
     assert not (tmp_path / "ws" / "runs").exists() or not any((tmp_path / "ws" / "runs").iterdir())
+
+
+@pytest.mark.parametrize("given, used", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_wait_passively_unless_the_user_says_otherwise(given, used):
+    """Spinning OpenMP threads made a demo training step 17x slower beside busy processes (core/__init__.py): any
+    process of the workbench has the passive policy in its environment before torch loads OpenMP, unless the user
+    chose one."""
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    script = "import os, core.cli, torch; torch.ones(64, 64) @ torch.ones(64, 64); print(os.environ['OMP_WAIT_POLICY'])"
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.stdout.strip() == used, result.stderr[-2000:]

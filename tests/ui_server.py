@@ -23,7 +23,7 @@ def free_port() -> int:
 
 @contextmanager
 def running_ui(
-    workspace: Path, lang: str = "en", timeout: float = 120, extra_args: tuple[str, ...] = ()
+    workspace: Path, lang: str = "en", timeout: float = 600, extra_args: tuple[str, ...] = ()
 ) -> Iterator[str]:
     """Yield the page's address in `lang` (/en/ or /zh/); both languages are served by the one process."""
     port = free_port()

@@ -35,10 +35,19 @@ def serve(
 
     host, port = listener.getsockname()[:2]
     if share:
+        from starlette.middleware import Middleware
+
+        from webui.server import PageLanguage
+
         listener.close()  # gradio binds the port itself; it was free a moment ago
         app = build_app(workbench, lang)
         app.queue(default_concurrency_limit=4).launch(
-            server_name=host, server_port=port, auth=auth, share=True, **launch_kwargs(workbench)
+            server_name=host,
+            server_port=port,
+            auth=auth,
+            share=True,
+            app_kwargs={"middleware": [Middleware(PageLanguage, pages={"/": lang})]},  # gradio's words in `lang`
+            **launch_kwargs(workbench),
         )
         return 0
     import uvicorn

@@ -39,13 +39,13 @@ def build_server(workbench: Workbench, default_lang: str = "zh", auth: tuple[str
             path=f"/{lang}",
             auth=auth,
             footer_links=[],  # gradio's own API page and settings: not this tool's; their words stay English
-            head=page_language_script(lang),
             js=KEEP_TAB_ACROSS_LANGUAGES,
             **options,
         )
         # gradio checks that a file an event receives was uploaded (not a server path sent as FileData) only in
         # apps it launched itself: mounted, it would copy any file the process can read into its cache.
         blocks.has_launched = True
+    server.add_middleware(PageLanguage, pages={path: lang for lang in LANGUAGES for path in (f"/{lang}", f"/{lang}/")})
     return server
 
 
@@ -68,8 +68,10 @@ KEEP_TAB_ACROSS_LANGUAGES = """() => {
 
 
 def page_language_script(lang: str) -> str:
-    """Gradio translates its own words (the upload box, Clear, "Use via API", accessible names) into the
-    browser's language. Each page here has one language: tell gradio that one, before it starts."""
+    """Gradio 6 translates its own words (the upload box, Clear, accessible names) into the language it reads from
+    `navigator.language` once, when its first module starts. Each page here has one language: this classic script,
+    put first in the page's <head> by PageLanguage, runs before any module and gives gradio that language. (As
+    gradio's `head=` it would run after gradio had chosen: too late in a fresh browser.)"""
     locale = {"zh": "zh-CN", "en": "en"}[lang]
     return (
         "<script>(function(){try{"
@@ -78,3 +80,43 @@ def page_language_script(lang: str) -> str:
         f"document.documentElement.lang='{locale}';"
         "}catch(e){}})();</script>"
     )
+
+
+class PageLanguage:
+    """ASGI middleware: the HTML of each page in `pages` (request path -> language) gets page_language_script
+    as the first thing in its <head>. The page is asked for uncompressed (gradio would brotli it) and rewritten
+    whole; every other request passes untouched."""
+
+    def __init__(self, app, pages: dict[str, str]):
+        self.app = app
+        self.scripts = {path: page_language_script(lang).encode() for path, lang in pages.items()}
+
+    async def __call__(self, scope, receive, send) -> None:
+        script = self.scripts.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if script is None or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        headers = [(name, value) for name, value in scope["headers"] if name.lower() != b"accept-encoding"]
+        start: dict = {}
+        body: list[bytes] = []
+
+        async def rewrite(message) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            body.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            page = b"".join(body)
+            response_headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            content_type = next((v for k, v in response_headers if k.lower() == b"content-type"), b"")
+            if content_type.startswith(b"text/html") and b"<head>" in page:
+                page = page.replace(b"<head>", b"<head>" + script, 1)
+            response_headers.append((b"content-length", str(len(page)).encode()))
+            await send({**start, "headers": response_headers})
+            await send({"type": "http.response.body", "body": page})
+
+        await self.app({**scope, "headers": headers}, receive, rewrite)

@@ -49,14 +49,14 @@ def check(config, check) -> None:
 def load_teacher(config, device: str):
     """The teacher in eval mode, its adapter merged in, and its tokenizer."""
     from core.models.loader import load_model, load_tokenizer, pick_dtype, prepare_model
-    from core.runs import adapter_folder
+    from core.runs import resolve_adapter
 
     path = prepare_model(config.model_name_or_path, config.trust_remote_code)
     teacher = load_model(path, dtype=pick_dtype(config.precision, device), device=device)
     if config.teacher_adapter:
         from peft import PeftModel
 
-        adapter = adapter_folder(config.teacher_adapter) or config.teacher_adapter
+        adapter = resolve_adapter(config.teacher_adapter)  # an adapter folder, or a run folder's adapter/
         teacher = PeftModel.from_pretrained(teacher, str(adapter)).merge_and_unload()
     teacher.requires_grad_(False)
     return teacher.eval(), load_tokenizer(path, config.trust_remote_code)

@@ -127,7 +127,9 @@ def load_for_more_training(model, config):
     """Continued training: the earlier run's adapter, trainable, instead of a fresh one."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, config.adapter_name_or_path, is_trainable=True)
+    from core.runs import resolve_adapter  # a run folder stands for its adapter/
+
+    return PeftModel.from_pretrained(model, str(resolve_adapter(config.adapter_name_or_path)), is_trainable=True)
 
 
 def prepare(model, config):

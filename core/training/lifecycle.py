@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import RunConfig, load_yaml, save_yaml
-from core.errors import RunStateError
+from core.errors import ConfigError, ConfigProblem, RunStateError
 from core.files import is_disk_full
 from core.ownership import RunLock
 from core.runs import (
@@ -25,6 +25,7 @@ from core.runs import (
     CONFIG_FILE,
     RESUMABLE_STATES,
     STATUS_FILE,
+    adapter_problem,
     is_run_folder,
     new_run_dir,
     read_status,
@@ -51,6 +52,7 @@ def check_inputs(config: RunConfig) -> None:
 
     config.validate()
     check_settings(config)
+    check_adapters(config)
     check_speed_settings(config)
     check_model_reference(config.model_name_or_path)
     check_model_fits_config(locate_model(config.model_name_or_path), config)
@@ -65,8 +67,23 @@ def check_inputs(config: RunConfig) -> None:
             check_preference_rows(dataset, config.stage, config.dataset_format, config.columns)
 
 
+def check_adapters(config: RunConfig) -> None:
+    """Refuse an adapter setting that names no adapter (a run folder counts: its adapter/ is used), naming the
+    setting, the path and what was expected; reads only."""
+    keys = ["adapter_name_or_path"] + (["teacher_adapter"] if config.finetuning_type == "distill" else [])
+    problems = []
+    for key in keys:
+        value = str(getattr(config, key, "") or "").strip()
+        problem = adapter_problem(value) if value else None
+        if problem is not None:
+            problems.append(ConfigProblem(key, problem, value, show_value=False))
+    if problems:
+        raise ConfigError(problems)
+
+
 def create_run(workspace: str | Path, config: RunConfig) -> ClaimedRun:
     config.validate()
+    check_adapters(config)
     run_dir, created = _fresh_folder(workspace, config)
     lock = RunLock(run_dir)
     try:

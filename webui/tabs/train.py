@@ -36,10 +36,20 @@ from webui.formatting import format_duration
 from webui.tabs.data import dataset_options
 
 POLL_SECONDS = 1.0
-SCROLL_LOG_TO_END = """() => setTimeout(() => {
+# Opening the log shows its newest lines. The box is laid out some frames after the click (later on a busy
+# machine), and scrolling a box not yet laid out does nothing: try each frame until it is, for up to 10 s.
+SCROLL_LOG_TO_END = """() => {
+  const until = Date.now() + 10000;
+  const scroll = () => {
     const box = document.querySelector('#train-log textarea');
-    if (box) box.scrollTop = box.scrollHeight;
-}, 50)"""
+    if (box && box.clientHeight > 0) {
+      box.scrollTop = box.scrollHeight;
+      if (box.scrollTop + box.clientHeight >= box.scrollHeight - 4) return;
+    }
+    if (Date.now() < until) requestAnimationFrame(scroll);
+  };
+  requestAnimationFrame(scroll);
+}"""
 # The form's defaults suit the tiny demo model: it learns the identity set in well under a minute.
 DEMO_DEFAULTS = RunConfig(learning_rate=4e-3, num_train_epochs=5, cutoff_len=512, prefix_projection=True)
 
