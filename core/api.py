@@ -39,7 +39,7 @@ log = logging.getLogger("glm_workbench")
 
 AdapterResolver = Callable[[], dict[str, str]]  # adapter name -> folder, read at request time
 MAX_BODY_BYTES = 2 * 2**20  # a prompt of 128k tokens is under 1 MB of text
-MAX_QUEUE = 16  # requests that may wait while one generates; more get 429 with Retry-After
+MAX_QUEUE = 64  # requests that may wait while one generates (a few clients, a batch of 20); more: 429
 DEFAULT_MAX_TOKENS = 512
 SEED_LIMIT = 2**63 - 1
 

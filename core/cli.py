@@ -511,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="requests that may wait while one generates; more are answered 429 with Retry-After "
-        "(default: 16; -1: no limit)",
+        "(default: 64; -1: no limit)",
     )
     api.set_defaults(func=cmd_api)
 

@@ -185,9 +185,13 @@ def test_unusable_data_is_refused_before_a_run_starts(tmp_path, demo_model_dir):
 
 
 def test_a_run_that_fails_while_training_reports_a_readable_error(tmp_path, demo_model_dir):
+    from core.errors import ConfigError
+    from core.training.runner import TrainingSession
+
     wb = Workbench(tmp_path / "ws")
-    run = wb.start_training(DEMO_RUN.replace(lora_target="nonexistent_proj"))
-    wb.wait_for_job(timeout=600)
-    status = wb.snapshot(run).status
-    assert status["state"] == "failed"
-    assert status["error"].startswith("lora_target:") and "q_proj" in status["error"]
+    bad = DEMO_RUN.replace(lora_target="nonexistent_proj")
+    with pytest.raises(ConfigError, match="lora_target: this model has no module named nonexistent_proj"):
+        wb.start_training(bad)  # refused before a run folder exists (issue 28)
+    status = TrainingSession(bad, tmp_path / "run").run()  # a run that got past Start (a worker, an old folder)
+    assert status["state"] == "failed" and status["cause"] == "settings"
+    assert "lora_target:" in status["error"] and "q_proj" in status["error"]

@@ -45,13 +45,26 @@ class GenerationSettings:
         }
 
 
+_CHECKED: dict[str, tuple] = {}  # adapter folder -> the state of its files when they were last found whole
+
+
 def check_adapter_files(folder: str | Path) -> None:
-    """Refuse an adapter folder with a damaged file (cut short, invalid JSON), naming the file."""
+    """Refuse an adapter folder with a damaged file (cut short, invalid JSON), naming the file. A folder whose
+    files have not changed since they were found whole is not read again (the API checks before each request)."""
     from core.files import damaged_file
 
-    found = damaged_file(Path(folder))
+    folder = Path(folder)
+    try:
+        state = tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()))
+    except OSError:
+        state = None
+    if state is not None and _CHECKED.get(str(folder)) == state:
+        return
+    found = damaged_file(folder)
     if found is not None:
         raise ModelError("model.adapter_damaged", folder=str(folder), file=found[0], problem=found[1])
+    if state is not None:
+        _CHECKED[str(folder)] = state
 
 
 def adapter_key(name: str) -> str:
