@@ -137,3 +137,12 @@ def test_the_balance_loss_grows_when_routing_collapses():
     assert balance.loss().item() == pytest.approx(1.0)
     balance.caught = [(collapsed, chosen_collapsed)]
     assert balance.loss().item() > 3.5  # two experts take every token: E/K = 4 times their share
+
+
+def test_lora_target_names_the_experts_and_the_router_on_a_moe_only():
+    from core.errors import ConfigError
+    from core.training.preflight import check_settings
+
+    check_settings(RunConfig(model_name_or_path="demo-moe", lora_target="q_proj,experts,router"))
+    with pytest.raises(ConfigError, match="experts"):
+        check_settings(RunConfig(model_name_or_path="demo", lora_target="q_proj,experts"))

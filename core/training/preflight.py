@@ -55,12 +55,17 @@ def lora_target_problems(config) -> list[ConfigProblem]:
     names = model_names(config.model_name_or_path)
     if names is None:
         return []
-    missing = [target for target in wanted if not any(n == target or n.endswith("." + target) for n in names)]
+    from core.methods.lora import EXPERTS, ROUTER, expert_parameters, linear_layer_names
+
+    keywords = (EXPERTS, ROUTER) if expert_parameters(names.model) else ()  # a MoE's routed experts, its router
+    missing = [
+        target
+        for target in wanted
+        if target not in keywords and not any(n == target or n.endswith("." + target) for n in names)
+    ]
     if not missing:
         return []
-    from core.methods.lora import linear_layer_names
-
-    available = ", ".join(linear_layer_names(names.model)) or "-"
+    available = ", ".join(linear_layer_names(names.model) + list(keywords)) or "-"
     return [
         ConfigProblem(
             "lora_target",
