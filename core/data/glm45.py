@@ -13,6 +13,8 @@ What the models' own chat_template.jinja renders, and therefore what they were t
 - `enable_thinking: false` appends `/nothink` to every user turn and opens the answer with the empty think block,
   which is then part of the prompt (the real template's generation prompt ends with it).
 - Argument values that are strings are written as they are, anything else as JSON.
+- GLM-4.7 / 4.7-Flash (`GLM47`) write the same parts without the newlines, a bare `</think>` for no reasoning, no
+  `/nothink`, and their generation prompt ends with `<think>` (thinking) or `</think>` (off).
 
 This module turns one conversation into *pieces*: (text, carries_loss). Every piece boundary sits next to a special
 token (`<|assistant|>`, `</think>`, a role token), and the tokenizer splits its special tokens out before it encodes
