@@ -186,7 +186,9 @@ def test_lora_names_the_models_own_linear_layers(dataset):
 
     model = load_model(prepare_model(str(CHECKPOINT)), dtype=torch.float32, device="cpu")
     config = RunConfig(finetuning_type="lora", lora_target="q_proj,v_proj")
-    with pytest.raises(ConfigError, match="its linear layers are query_key_value, dense, dense_h_to_4h, dense_4h_to_h"):
+    with pytest.raises(
+        ConfigError, match="its decoder layers have: query_key_value, dense, dense_h_to_4h, dense_4h_to_h"
+    ):
         get_method("lora").prepare(model, config)
 
 

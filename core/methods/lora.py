@@ -141,10 +141,10 @@ def prepare(model, config):
         return load_for_more_training(model, config)
     try:
         return get_peft_model(model, lora_config(config, model))
-    except ValueError as exc:
+    except ValueError:
         known = linear_layer_names(model) + ([EXPERTS, ROUTER] if expert_parameters(model) else [])
         raise config_error(
-            "lora_target", "config.lora_target_unknown", detail=str(exc), modules=", ".join(known)
+            "lora_target", "config.lora_target_unknown", names=config.lora_target, available=", ".join(known)
         ) from None
 
 
