@@ -310,3 +310,21 @@ def test_the_data_tab_renders_tools_reasoning_and_calls_with_their_loss(tmp_path
     prompt = "".join(text for text, loss in pieces if not loss)
     assert "# Tools" in prompt and '"get_weather"' in prompt and "<tool_response>" in prompt
     assert "<think>用户想知道北京的天气" in trained and "<tool_call>get_weather" in trained
+
+
+@pytest.mark.parametrize("template", ["glm4_moe", "glm47", "glm4_moe/nothink", "glm47/nothink"])
+def test_a_preference_pair_splits_where_training_does(tokenizer, template):
+    """DPO's prompt + completion is exactly SFT's sequence, also for GLM-4.7 (whose prompt opens `<think>` while an
+    answer without reasoning starts with `</think>`)."""
+    encoder = TemplateEncoder(tokenizer, get_template(template))
+    for answer in ("我是小蓝。", "<think>想一想</think>我是小蓝。"):
+        prompt, completion = encoder.encode_completion([{"role": "user", "content": "你是谁？"}], answer)
+        full, labels = encoder.encode(
+            convert_row(
+                {"messages": [{"role": "user", "content": "你是谁？"}, {"role": "assistant", "content": answer}]},
+                "openai",
+            ),
+            10**9,
+        )
+        assert prompt + completion == full
+        assert all(label == -100 for label in labels[: len(prompt)])

@@ -403,6 +403,11 @@ class TemplateEncoder:
         after `<|assistant|>`)."""
         prompt = self.encode_prompt(messages, system)
         full, _ = self.encode(Conversation([*messages, {"role": "assistant", "content": answer}], system), 10**9)
+        opened = self.template.thinking.generation() if self.template.thinking is not None else ""
+        if full[: len(prompt)] != prompt and opened:
+            # GLM-4.7 prompts with `<think>` open, but its template writes an answer without reasoning as `</think>`
+            # straight after <|assistant|>: the pair is split there, where SFT's loss starts too.
+            prompt = prompt[: len(prompt) - len(self._text(opened))]
         if full[: len(prompt)] != prompt:  # every template builds both from the same segments; a guard, not a path
             raise AssertionError(f"template {self.template.name}: the prompt is not a prefix of the conversation")
         return prompt, full[len(prompt) :]
