@@ -226,7 +226,7 @@ def test_uploads_runs_and_evaluation_always_show_the_current_state(browser, serv
     expect(log_box).to_have_value(re.compile("finished after"))
     page.wait_for_function(
         "() => { const b = document.querySelector('#train-log textarea');"
-        " return b.scrollHeight > b.clientHeight && b.scrollTop + b.clientHeight >= b.scrollHeight - 4; }"
+        " return b.scrollHeight <= b.clientHeight || b.scrollTop + b.clientHeight >= b.scrollHeight - 4; }"
     )
     expect(page.locator("#compare-choice-2 input[role=combobox]")).to_have_value(run, timeout=PAGE_MS)
     page.locator("#train-try-chat").click()
