@@ -136,8 +136,8 @@ NO_THINKING = "/nothink"  # a template name with this suffix: the same template 
 
 
 def get_template(name: str) -> Template:
-    if name.endswith(NO_THINKING) and TEMPLATES.get(name.removesuffix(NO_THINKING), TEMPLATES["glm4"]).thinking:
-        base = TEMPLATES[name.removesuffix(NO_THINKING)]
+    base = TEMPLATES.get(name.removesuffix(NO_THINKING))
+    if name.endswith(NO_THINKING) and base is not None and base.thinking is not None:
         return dataclasses.replace(base, name=name, thinking=dataclasses.replace(base.thinking, enabled=False))
     if name not in TEMPLATES:
         from core.errors import config_error
