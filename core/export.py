@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 from core.errors import ExportError, RunStateError
-from core.files import held, reclaim_staging
+from core.files import STAGING_TAG, held, reclaim_staging
 from core.models.loader import DTYPES
 from core.runs import ADAPTER_CONFIG, ADAPTER_DIR, CONFIG_FILE, METRICS_FILE, MODEL_DIR
 
@@ -48,7 +48,7 @@ def zip_run(run_dir: str | Path, zip_path: str | Path, overwrite: bool = False) 
         code = "files.target_exists_overwrite" if is_our_zip(zip_path) else "files.target_exists"
         raise RunStateError(code, folder=str(zip_path))
     zip_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".partial", dir=zip_path.parent)
+    handle, partial = tempfile.mkstemp(prefix=f".{zip_path.name}.{STAGING_TAG}", suffix=".partial", dir=zip_path.parent)
     os.close(handle)
     try:
         with held(Path(partial)):  # a reclaim of leftovers (core/files.py) leaves it alone while we live

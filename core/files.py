@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 OUTPUT_MARKER = ".glm_workbench_output.json"  # in folders we wrote: what they are (merge, conversion, ...)
+STAGING_TAG = "glmwb"  # in the random part of every staging name we make: reclaim removes only names carrying it
 LOW_DISK_BYTES = 1 << 20  # below this much free space, a failed write is taken to be a full disk
 
 
@@ -32,7 +33,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Write under a unique temporary name, then rename: readers never see a half-written file. A write that
     fails (a full disk) leaves no temporary file behind."""
     path = Path(path)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.{STAGING_TAG}", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
@@ -130,7 +131,7 @@ def staged_dir(target: Path, kind: str | None = None, replace: str = "never") ->
     target = Path(target)
     check_target_free(target, kind, replace)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{STAGING_TAG}", dir=target.parent))
     with held(staging):  # a reclaim (in any process) leaves it alone while this process lives
         yield from _staged(staging, target, kind, replace)
 
@@ -142,7 +143,7 @@ def _staged(staging: Path, target: Path, kind: str | None, replace: str) -> Iter
             (staging / OUTPUT_MARKER).write_text(json.dumps({"kind": kind}), encoding="utf-8")
         check_target_free(target, kind, replace)  # nothing of someone else's appeared there meanwhile
         if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{STAGING_TAG}", dir=target.parent))
             with held(retired):
                 os.replace(target, retired / target.name)
                 os.replace(staging, target)
@@ -230,10 +231,12 @@ def file_problem(path: Path):
 # ---- staging leftovers ------------------------------------------------------------------------------------------
 # What a write killed half-way leaves: staged_dir's `.NAME.partial-*` and `.NAME.old-*` folders, a zip's
 # `.NAME.*.partial`, write_text_atomic's `.NAME.*.tmp`, a checkpoint's `.partial-*` (tempfile's random part is
-# [a-z0-9_]). Only names of this shape are ever reclaimed, and only when no process is writing them: each writer
+# [a-z0-9_], and we start it with STAGING_TAG). Only names of this shape are ever reclaimed, so a user's file that
+# merely looks like one (`.notes.old-2024`) is never touched, and only when no process is writing them: each writer
 # holds an flock on its staging folder or file while it writes (`held`), which the OS drops when it dies.
 STAGING_NAME = re.compile(
-    r"^\.(?:partial-[a-z0-9_]+|.+\.(?:partial-[a-z0-9_]+|old-[a-z0-9_]+|[a-z0-9_]+\.partial|[a-z0-9_]+\.tmp))$"
+    rf"^\.(?:partial-{STAGING_TAG}[a-z0-9_]+|.+\.(?:partial-{STAGING_TAG}[a-z0-9_]+|old-{STAGING_TAG}[a-z0-9_]+"
+    rf"|{STAGING_TAG}[a-z0-9_]+\.partial|{STAGING_TAG}[a-z0-9_]+\.tmp))$"
 )
 FRESH_SECONDS = 2.0  # younger entries are left alone: a writer may be between creating one and locking it
 

@@ -224,7 +224,7 @@ def test_a_damaged_entry_is_rebuilt_and_a_folder_not_ours_is_left_alone(tmp_path
     assert list(tokenize_dataset(str(path), demo_tokenizer, "glm4", 64).train) == good
     (rows,) = cache_root().glob("rows-*")
     (rows / "meta.json").unlink()
-    (cache_root() / f".{rows.name}.partial-dead").mkdir()  # left by a process killed while writing
+    (cache_root() / f".{rows.name}.partial-glmwbdead").mkdir()  # left by a process killed while writing
     assert list(tokenize_dataset(str(path), demo_tokenizer, "glm4", 64).train) == good
     assert not list(cache_root().glob(".*.partial-*"))
     (checked,) = cache_root().glob("checked-*")

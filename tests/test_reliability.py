@@ -447,6 +447,25 @@ def test_a_kill_during_a_merge_or_zip_leaves_nothing_in_exports(adapter_run, tmp
     assert not zipped.exists() and not [p.name for p in exports.iterdir() if p.name.startswith(".")]
 
 
+def test_reclaim_removes_only_staging_names_the_workbench_made(tmp_path):
+    """A user's files that merely look like staging leftovers (a merge target's parent is any folder the user
+    names) survive a reclaim; ours, aged and unlocked, are removed."""
+    import os
+
+    from core.files import STAGING_TAG, reclaim_staging
+
+    ours = [f".merged.partial-{STAGING_TAG}k2j", f".merged.old-{STAGING_TAG}x9", f".a.zip.{STAGING_TAG}q1.partial"]
+    ours += [f".notes.json.{STAGING_TAG}z_3.tmp", f".partial-{STAGING_TAG}u7"]
+    theirs = [".merged.partial-v2", ".thesis.old-2024", ".a.zip.draft.partial", ".notes.json.bak.tmp", ".partial-x"]
+    for name in ours + theirs:
+        path = tmp_path / name
+        path.mkdir() if "partial-" in name or ".old-" in name else path.write_text("keep me", encoding="utf-8")
+        os.utime(path, (time.time() - 60, time.time() - 60))  # old enough to be a dead writer's
+    removed = {name for name, _ in reclaim_staging(tmp_path)}
+    assert removed == set(ours)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs)
+
+
 # ---- 1. a UI killed while a dataset is prepared leaves no worker and a free port --------------------------------
 def start_ui(workspace: Path, port: int, log: Path):
     import os

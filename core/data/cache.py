@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import DataError
-from core.files import OUTPUT_MARKER, TargetNotFreeError, is_disk_full, output_kind, staged_dir
+from core.files import OUTPUT_MARKER, STAGING_TAG, TargetNotFreeError, is_disk_full, output_kind, staged_dir
 
 CACHE_KIND = "data-cache"  # the marker's kind in every entry
 LAYOUT_VERSION = 1  # part of every key, with a hash of the data code: what made an entry is what reads it
@@ -170,7 +170,7 @@ def _locked(target: Path):
 def _remove_leftovers(target: Path) -> None:
     """Staging and retired folders of this entry left by a process that died while writing it. Only called under
     the entry's lock, so none of them is in use; the names are ours (core/files.py's staged_dir)."""
-    for prefix in (f".{target.name}.partial-", f".{target.name}.old-"):
+    for prefix in (f".{target.name}.partial-{STAGING_TAG}", f".{target.name}.old-{STAGING_TAG}"):
         for leftover in target.parent.glob(f"{prefix}*"):
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)

@@ -18,18 +18,19 @@ from pathlib import Path
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from core.files import STAGING_TAG
 from core.i18n import Message, message
 
 log = logging.getLogger("glm_workbench")
 
-STAGING_PREFIX = ".partial"
+STAGING_PREFIX = ".partial"  # + "-" + core.files.STAGING_TAG + random: see core/files.py's staging names
 DAMAGED_PREFIX = "damaged-"  # a checkpoint found damaged on resume, moved out of the way (and out of rotation)
 
 
 def remove_partial_checkpoints(root: Path) -> None:
     """Staging folders of saves that never finished (the process was killed): never loadable, only in the way."""
     if root.is_dir():
-        for staging in root.glob(f"{STAGING_PREFIX}*"):
+        for staging in root.glob(f"{STAGING_PREFIX}-{STAGING_TAG}*"):
             shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -129,7 +130,7 @@ class CheckpointingTrainer(Trainer):
     def _save_checkpoint(self, model, trial) -> None:
         final_root = Path(super()._get_output_dir(trial))
         final_root.mkdir(parents=True, exist_ok=True)
-        staging_root = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}-", dir=final_root))
+        staging_root = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}-{STAGING_TAG}", dir=final_root))
         self._staging_root = str(staging_root)
         try:
             super()._save_checkpoint(model, trial)
