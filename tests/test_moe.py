@@ -14,7 +14,7 @@ from core.config import RunConfig
 from core.data.template import TemplateEncoder
 from core.models.trained import load_trained
 from core.training.runner import TrainingSession
-from tests.moe_shapes import LITE_ARCHITECTURE
+from tests.moe_shapes import LITE_ARCHITECTURE, write_tiny_model
 
 RUNS = {
     "lora": dict(learning_rate=5e-3),
@@ -30,20 +30,8 @@ def lite_model_dir(tmp_path_factory):
     """A tiny random Glm4MoeLiteForCausalLM with the MoE demo's tokenizer and GLM-4.7's template (auto picks glm47)."""
     from transformers import Glm4MoeLiteConfig, Glm4MoeLiteForCausalLM
 
-    from core.data.template import chat_template_jinja
-    from core.models.demo import DEMOS, STOP_TOKENS, build_tokenizer
-
     folder = tmp_path_factory.mktemp("glm47-flash-tiny")
-    tokenizer = build_tokenizer(DEMOS["demo-moe"])
-    tokenizer.chat_template = chat_template_jinja("glm47")
-    stop = [tokenizer.convert_tokens_to_ids(token) for token in STOP_TOKENS]
-    config = Glm4MoeLiteConfig(
-        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=stop, **LITE_ARCHITECTURE
-    )
-    torch.manual_seed(0)
-    Glm4MoeLiteForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return write_tiny_model(folder, Glm4MoeLiteConfig, Glm4MoeLiteForCausalLM, LITE_ARCHITECTURE, "glm47")
 
 
 @pytest.fixture(scope="module", params=[(m, k) for k in ("demo-moe", "lite") for m in RUNS], ids=lambda p: "-".join(p))
