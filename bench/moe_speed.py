@@ -60,6 +60,12 @@ def lf_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
+def experts_implementation(model) -> str:
+    """Which experts forward transformers runs (eager, grouped_mm, batched_mm); 5.6 has no public getter."""
+    chosen = model.config._experts_implementation  # noqa: SLF001
+    return str(chosen.get("", chosen) if isinstance(chosen, dict) else chosen)
+
+
 def lf_child(model: str, steps: int, cutoff: int, batch: int) -> dict:
     """LLaMA-Factory's own entry point (run_exp), in its venv; nothing of the workbench imported."""
     import torch
@@ -85,7 +91,7 @@ def lf_child(model: str, steps: int, cutoff: int, batch: int) -> dict:
 
     class Watch(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            seen["experts"] = str(model.get_base_model().get_experts_implementation())
+            seen["experts"] = experts_implementation(model.get_base_model())
             seen["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
             seen["start"] = time.time()
 
@@ -204,7 +210,7 @@ def workbench_child(model: str, steps: int, cutoff: int, batch: int, target: str
         "samples_per_second": steps * batch / seconds,
         "real_tokens_per_second": tokens / seconds,
         "seconds": seconds,
-        "experts": str(base.get_experts_implementation()),
+        "experts": experts_implementation(base),
         "trainable": status["trainable_params"],
     }
 
