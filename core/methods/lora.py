@@ -103,7 +103,9 @@ def lora_config(config, model=None):
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=modules,
-        target_parameters=parameters or None,
+        # A MoE model's config always carries a list (empty when no expert is targeted): it marks the targets as
+        # written in transformers-5 terms, which peft_moe keeps from peft's transformers-4 renaming.
+        target_parameters=parameters if model is not None and expert_parameters(model) else None,
         use_dora=config.use_dora,
         use_rslora=config.use_rslora,
         task_type="CAUSAL_LM",
