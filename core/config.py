@@ -396,9 +396,13 @@ def from_llamafactory(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         data["finetuning_type"] = "qlora"
     if isinstance(data.get("dataset"), str) and "," in data["dataset"]:
         raise config_error("dataset", "config.one_dataset", value=data["dataset"], show_value=True)
-    # LLaMA-Factory's GLM template names: glm4_moe (GLM-4.5/4.6) and glm4_7 (GLM-4.7 / 4.7-Flash) are ours too.
-    if data.get("template") in ("glm4", "glm4_moe", "glm4_7", "chatglm3", "chatglm2", "chatglm", None):
-        data["template"] = {"glm4_7": "glm47", None: "auto"}.get(data.get("template"), data.get("template"))
+    # LLaMA-Factory's GLM template names: glm4_moe (GLM-4.5/4.6) and glm4_7 (GLM-4.7 / 4.7-Flash) are ours too;
+    # glmz1 (GLM-Z1-0414, a Glm4ForCausalLM) is glm4's text format: reasoning written as <think>…</think> in an
+    # answer trains as its text. LLaMA-Factory's glmz1 also puts an empty thought before an answer without one, a
+    # guess no public copy of GLM-Z1's chat template confirms, so it is not copied.
+    if data.get("template") in ("glm4", "glm4_moe", "glm4_7", "glmz1", "chatglm3", "chatglm2", "chatglm", None):
+        renamed = {"glm4_7": "glm47", "glmz1": "glm4", None: "auto"}
+        data["template"] = renamed.get(data.get("template"), data.get("template"))
     if "lora_target" in data and isinstance(data["lora_target"], str):
         data["lora_target"] = data["lora_target"].replace(" ", "")
     return data, notes

@@ -71,6 +71,10 @@ class ModelShape:
     qk_rope: int = 0
     qk_nope: int = 0
     v_head_dim: int = 0
+    # GLM-5's DeepSeek sparse attention: every layer's indexer (wq_b from the q low-rank, wk, a LayerNorm on its keys,
+    # weights_proj) scores the tokens each query attends to. Not a LoRA target (top-k passes it no gradient).
+    index_heads: int = 0
+    index_head_dim: int = 0
 
     @classmethod
     def from_config(cls, config) -> ModelShape:
@@ -102,6 +106,8 @@ class ModelShape:
             qk_rope=get("qk_rope_head_dim"),
             qk_nope=get("qk_nope_head_dim"),
             v_head_dim=get("v_head_dim"),
+            index_heads=get("index_n_heads"),
+            index_head_dim=get("index_head_dim") if get("index_n_heads") else 0,
         )
 
     # the MoE generation, layer by layer -------------------------------------------------------------------------
@@ -158,6 +164,10 @@ class ModelShape:
             params += linear["q_proj"][1] + 2 * linear["k_proj"][1]
         if self.qk_norm:
             params += 2 * self.head_dim
+        if self.index_heads:
+            width = self.index_heads * self.index_head_dim
+            params += self.q_lora_rank * width + self.hidden * (self.index_head_dim + self.index_heads)
+            params += 2 * self.index_head_dim
         if index >= self.dense_layers:
             params += experts * 3 * self.hidden * self.moe_intermediate + self.experts * self.hidden  # + router
         return params + 2 * self.hidden  # two RMSNorms

@@ -22,3 +22,26 @@ LITE_ARCHITECTURE = dict(
     max_position_embeddings=4096,
     initializer_range=0.1,
 )
+
+
+def write_tiny_model(folder, config_class, model_class, shape: dict, template: str) -> str:
+    """A tiny random model of `model_class` with the MoE demo's tokenizer carrying `template`'s chat template
+    (template: auto picks it back), saved into `folder`."""
+    import torch
+
+    from core.data.template import chat_template_jinja
+    from core.models.demo import DEMOS, STOP_TOKENS, build_tokenizer
+
+    tokenizer = build_tokenizer(DEMOS["demo-moe"])
+    tokenizer.chat_template = chat_template_jinja(template)
+    stop = [tokenizer.convert_tokens_to_ids(token) for token in STOP_TOKENS]
+    config = config_class(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=stop, **shape)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        model = model_class(config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)

@@ -5,7 +5,14 @@ configs give the published sizes."""
 from __future__ import annotations
 
 import pytest
-from transformers import Glm4MoeConfig, Glm4MoeForCausalLM, Glm4MoeLiteConfig, Glm4MoeLiteForCausalLM
+from transformers import (
+    Glm4MoeConfig,
+    Glm4MoeForCausalLM,
+    Glm4MoeLiteConfig,
+    Glm4MoeLiteForCausalLM,
+    GlmMoeDsaConfig,
+    GlmMoeDsaForCausalLM,
+)
 
 from core.config import RunConfig
 from core.estimate import ModelShape, estimate_memory
@@ -28,6 +35,8 @@ TINY_45 = dict(
     use_qk_norm=True,
 )
 TINY_FLASH = dict(LITE_ARCHITECTURE, vocab_size=512)
+TINY_GLM5 = dict(TINY_FLASH, first_k_dense_replace=1, index_topk=16, index_head_dim=64, index_n_heads=2)
+CLASSES = {"glm4_moe": Glm4MoeForCausalLM, "glm4_moe_lite": Glm4MoeLiteForCausalLM, "glm_moe_dsa": GlmMoeDsaForCausalLM}
 # The real configs (config.json of zai-org/GLM-4.5, GLM-4.5-Air, GLM-4.7-Flash; GLM-4.6 and 4.7 share GLM-4.5's).
 GLM45 = dict(
     vocab_size=151552,
@@ -80,11 +89,12 @@ FLASH = dict(
         Glm4MoeConfig(**TINY_45),
         Glm4MoeLiteConfig(**TINY_FLASH),
         Glm4MoeLiteConfig(**{**TINY_FLASH, "q_lora_rank": None}),
+        GlmMoeDsaConfig(**TINY_GLM5),
     ],
-    ids=["glm4_moe", "glm4_moe_lite", "glm4_moe_lite-no-q-lora"],
+    ids=["glm4_moe", "glm4_moe_lite", "glm4_moe_lite-no-q-lora", "glm_moe_dsa"],
 )
 def test_parameter_counts_equal_transformers(config):
-    model = (Glm4MoeForCausalLM if config.model_type == "glm4_moe" else Glm4MoeLiteForCausalLM)(config)
+    model = CLASSES[config.model_type](config)
     shape = ModelShape.from_config(config)
     assert shape.total_params == model.num_parameters()
     unused = (config.n_routed_experts - config.num_experts_per_tok) * 3 * config.hidden_size
@@ -107,12 +117,14 @@ def test_lora_trainable_count_equals_what_peft_trains():
         (Glm4MoeConfig(**GLM45), (352, 354), (32, 33)),
         (Glm4MoeConfig(**AIR), (106, 107.5), (12, 13)),
         (Glm4MoeLiteConfig(**FLASH), (29.5, 30.5), (3, 3.7)),
+        (GlmMoeDsaConfig(), (743, 745), (40, 41.5)),
     ],
-    ids=["GLM-4.5", "GLM-4.5-Air", "GLM-4.7-Flash"],
+    ids=["GLM-4.5", "GLM-4.5-Air", "GLM-4.7-Flash", "GLM-5"],
 )
 def test_the_real_configs_give_the_published_sizes(config, total, active):
     """Billions: GLM-4.5 355B-A32B (the hub's 358B counts its multi-token-prediction layer, which transformers does
-    not load), Air 106B-A12B, 4.7-Flash 30B-A3B (labels rounded down); active counts leave out the input embedding."""
+    not load), Air 106B-A12B, 4.7-Flash 30B-A3B (labels rounded down), GLM-5 744B-A40B (transformers'
+    GlmMoeDsaConfig defaults, documented as zai-org/GLM-5's); active counts leave out the input embedding."""
     shape = ModelShape.from_config(config)
     assert total[0] < shape.total_params / 1e9 < total[1]
     active_published = (shape.active_params - shape.vocab * shape.hidden) / 1e9

@@ -12,9 +12,10 @@ from safetensors import safe_open
 
 from core.config import RunConfig
 from core.data.template import TemplateEncoder
+from core.models.loader import load_tokenizer
 from core.models.trained import load_trained
 from core.training.runner import TrainingSession
-from tests.moe_shapes import LITE_ARCHITECTURE
+from tests.moe_shapes import LITE_ARCHITECTURE, write_tiny_model
 
 RUNS = {
     "lora": dict(learning_rate=5e-3),
@@ -30,20 +31,8 @@ def lite_model_dir(tmp_path_factory):
     """A tiny random Glm4MoeLiteForCausalLM with the MoE demo's tokenizer and GLM-4.7's template (auto picks glm47)."""
     from transformers import Glm4MoeLiteConfig, Glm4MoeLiteForCausalLM
 
-    from core.data.template import chat_template_jinja
-    from core.models.demo import DEMOS, STOP_TOKENS, build_tokenizer
-
     folder = tmp_path_factory.mktemp("glm47-flash-tiny")
-    tokenizer = build_tokenizer(DEMOS["demo-moe"])
-    tokenizer.chat_template = chat_template_jinja("glm47")
-    stop = [tokenizer.convert_tokens_to_ids(token) for token in STOP_TOKENS]
-    config = Glm4MoeLiteConfig(
-        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=stop, **LITE_ARCHITECTURE
-    )
-    torch.manual_seed(0)
-    Glm4MoeLiteForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return write_tiny_model(folder, Glm4MoeLiteConfig, Glm4MoeLiteForCausalLM, LITE_ARCHITECTURE, "glm47")
 
 
 @pytest.fixture(scope="module", params=[(m, k) for k in ("demo-moe", "lite") for m in RUNS], ids=lambda p: "-".join(p))
@@ -146,3 +135,30 @@ def test_lora_target_names_the_experts_and_the_router_on_a_moe_only():
     check_settings(RunConfig(model_name_or_path="demo-moe", lora_target="q_proj,experts,router"))
     with pytest.raises(ConfigError, match="experts"):
         check_settings(RunConfig(model_name_or_path="demo", lora_target="q_proj,experts"))
+
+
+def test_named_linear_targets_stay_the_linear_layers_and_reload(tmp_path):
+    """`lora_target: gate_proj,up_proj,down_proj` on a MoE model means the dense first layer's and the shared
+    experts' Linear layers (transformers 5's names), not peft's transformers-4 reading of them as the routed experts;
+    the adapter reloads with the same outputs."""
+    from peft import PeftModel
+
+    from core.methods.lora import prepare
+    from core.models.demo import MOE_DEMO_NAME, ensure_demo_model
+    from core.models.loader import load_model
+
+    path = str(ensure_demo_model(name=MOE_DEMO_NAME))
+    config = RunConfig(model_name_or_path=path, lora_target="q_proj,gate_proj,up_proj,down_proj", lora_rank=4)
+    model = prepare(load_model(path, device="cpu"), config)
+    trained = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert any(".shared_experts.gate_proj.lora_A" in name for name in trained)
+    assert any(".layers.0.mlp.down_proj.lora_A" in name for name in trained)
+    assert not any(".experts." in name.replace("shared_experts", "") for name in trained), trained
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter)  # a trained-looking adapter: the reload check means something
+    model.save_pretrained(tmp_path)
+    ids = torch.tensor([TemplateEncoder(load_tokenizer(path), "auto").encode_prompt(QUESTION)])
+    reloaded = PeftModel.from_pretrained(load_model(path, device="cpu"), str(tmp_path))
+    with torch.inference_mode():
+        assert torch.allclose(model(input_ids=ids).logits, reloaded(input_ids=ids).logits, atol=1e-5)

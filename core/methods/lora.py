@@ -73,14 +73,15 @@ def lora_targets(model, spec: str) -> tuple[str | list[str], list[str]]:
     A MoE model (transformers 5 fuses its experts into 3-D parameters, which matching Linear modules misses, and
     peft's all-linear also adapts the router): "all" is every decoder Linear (attention, dense and shared-expert
     MLPs) plus the routed experts through `target_parameters`, never the router; `experts` and `router` name them
-    in a list."""
+    in a list. GLM-5's sparse-attention indexer is left out of "all": it picks tokens by top-k, so no gradient
+    reaches it (its adapters would stay at zero)."""
     from core.models import peft_moe
 
     experts = expert_parameters(model)
     if not experts:
         return target_modules(spec), []
     peft_moe.install()
-    names = linear_layer_names(model) + [EXPERTS] if spec.strip() == "all" else target_modules(spec)
+    names = linear_layer_names(model, skip="indexer") + [EXPERTS] if spec.strip() == "all" else target_modules(spec)
     modules = [name for name in names if name not in (EXPERTS, ROUTER)]
     parameters = (experts if EXPERTS in names else []) + (router_parameters(model) if ROUTER in names else [])
     return modules, parameters
@@ -102,20 +103,25 @@ def lora_config(config, model=None):
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=modules,
-        target_parameters=parameters or None,
+        # A MoE model's config always carries a list (empty when no expert is targeted): it marks the targets as
+        # written in transformers-5 terms, which peft_moe keeps from peft's transformers-4 renaming.
+        target_parameters=parameters if model is not None and expert_parameters(model) else None,
         use_dora=config.use_dora,
         use_rslora=config.use_rslora,
         task_type="CAUSAL_LM",
     )
 
 
-def linear_layer_names(model) -> list[str]:
+def linear_layer_names(model, skip: str = "") -> list[str]:
     """The names LoRA can target in this model: its decoder blocks' linear layers, in order of appearance
-    (GLM-4: q_proj ... down_proj; ChatGLM-6B: query_key_value, dense, dense_h_to_4h, dense_4h_to_h)."""
+    (GLM-4: q_proj ... down_proj; ChatGLM-6B: query_key_value, dense, dense_h_to_4h, dense_4h_to_h); those inside
+    a submodule named `skip` left out."""
     import torch
 
     names: list[str] = []
     for name, module in model.named_modules():
+        if skip and f".{skip}." in name:
+            continue
         if isinstance(module, torch.nn.Linear) and re.search(r"(^|\.)layers\.\d+\.", name):
             leaf = name.rsplit(".", 1)[-1]
             if leaf not in names:

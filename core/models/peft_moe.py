@@ -5,9 +5,10 @@ transformers`): it reads them as transformers-4 names, where `gate_proj` / `up_p
 routed experts' per-expert Linear layers, and moves those names to the fused expert parameters. That is right for
 an adapter trained under transformers 4, but on a GLM-4.5 model in transformers 5 the same names are the dense first
 layer's and the shared expert's Linear layers, which would silently lose their adapters (and an adapter saved with
-them would no longer load). Our MoE adapters name the fused experts themselves (`experts.gate_up_proj`), so a
-config that does is already in transformers-5 terms and is left alone; every other config (an adapter trained
-under transformers 4) is converted as peft does.
+them would no longer load). Our MoE adapters name the fused experts themselves (`experts.gate_up_proj`) or, when
+they leave the experts out, carry an empty `target_parameters` list (core/methods/lora.py), so a config that does
+either is already in transformers-5 terms and is left alone; every other config (an adapter trained under
+transformers 4, whose `target_parameters` is absent) is converted as peft does.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ _installed = False
 
 
 def written_for_fused_experts(peft_config) -> bool:
-    return any(str(name).startswith("experts.") for name in getattr(peft_config, "target_parameters", None) or ())
+    names = getattr(peft_config, "target_parameters", None)
+    if names is None:
+        return False
+    return not names or any(str(name).startswith("experts.") for name in names)
 
 
 def install() -> None:

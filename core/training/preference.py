@@ -192,8 +192,15 @@ def preference_trainer(session, method, tokenizer, data, model, callbacks, args)
     from datasets import Dataset
     from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
+    from core.training.router_balance import routers, with_router_balance
+
     config = session.config
     trainer_class = _trainer_class(config.stage)
+    # A MoE model: the routers' balance loss joins the stage's loss as in SFT (the reference's passes run without
+    # gradients, so they are not counted).
+    balance = config.router_aux_loss_coef if routers(model) else 0.0
+    if balance > 0:
+        trainer_class = with_router_balance(trainer_class)
     extra = {}
     if config.stage != "orpo":
         extra["ref_model"] = reference_model(config, method)
@@ -214,6 +221,8 @@ def preference_trainer(session, method, tokenizer, data, model, callbacks, args)
     finally:
         if not quiet:
             enable_progress_bars()
+    if balance > 0:
+        trainer.router_aux_loss_coef = balance
     if is_peft_model(model) and REFERENCE_ADAPTER in model.peft_config:
         if config.adapter_name_or_path:
             log.info("reference: the base with the adapter this run starts from (%s)", config.adapter_name_or_path)
