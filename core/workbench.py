@@ -493,10 +493,12 @@ class Workbench:
         judgment: str,
         system: str = "",
         feedback: str = DEFAULT_FEEDBACK,
+        tools: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Side by side's vote under column `column` (0-based): "better", "worse" or "tie" against each other column
-        whose answer differs. `runs` name the columns' runs ("" for the base model). Returns the counts."""
-        return self.feedback.record_column(feedback, messages, answers, runs, column, judgment, system).to_dict()
+        whose answer differs. `runs` name the columns' runs ("" for the base model); answers that think or call
+        tools come in their markup (core/chat/turns.reply_markup), with the `tools` offered. Returns the counts."""
+        return self.feedback.record_column(feedback, messages, answers, runs, column, judgment, system, tools).to_dict()
 
     def record_written_answer(
         self,
@@ -506,11 +508,12 @@ class Workbench:
         shown_runs: list[str] | None = None,
         system: str = "",
         feedback: str = DEFAULT_FEEDBACK,
+        tools: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """The right answer, written by the person ("write the right answer"): `written` beats each answer in
         `shown` (one pair each, `shown_runs` naming who wrote them) and becomes an SFT row in
         feedback/<feedback>.sft.jsonl. Returns the counts."""
-        return self.feedback.record_written(feedback, messages, written, shown, shown_runs, system).to_dict()
+        return self.feedback.record_written(feedback, messages, written, shown, shown_runs, system, tools).to_dict()
 
     def feedback_datasets(self) -> list[dict[str, Any]]:
         """Every feedback dataset, newest first: name, path (the pairs file, a dataset for dpo/orpo/kto), pairs,

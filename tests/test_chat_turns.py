@@ -26,6 +26,7 @@ from core.data.formats import convert_row
 from core.data.glm45 import GLM45, GLM47
 from core.data.template import TemplateEncoder
 from core.errors import DataError
+from core.feedback import FeedbackStore
 from core.models.demo import DEMOS, build_tokenizer
 
 TEMPLATES = Path(__file__).parent / "fixtures" / "templates"
@@ -138,13 +139,16 @@ def test_the_tools_box_names_what_is_wrong():
 
 
 @pytest.mark.parametrize(("name", "template", "form"), CASES)
-def test_a_feedback_answer_in_markup_trains_its_reasoning_and_call(tokenizer, name, template, form):
-    """A vote stores the answers as reply_markup; a pairwise row of them is encoded by the template with the
-    reasoning and the call in place: the same ids as the model's own template writes for that answer."""
+def test_a_vote_keeps_the_reasoning_and_call_and_trains_them(tokenizer, tmp_path, name, template, form):
+    """A vote stores the answers as reply_markup with the prompt's tools; the row read back is encoded by the
+    template with the reasoning and the call in place: the same ids as the model's own template writes."""
     reply = read_reply(written_by_model(tokenizer, name, [QUESTION], CALLING), form, done=True)
     chosen = reply_markup(reply, form)
     assert answer_only(chosen).startswith("<tool_call>get_weather") and reasoning_of(chosen) == reply.reasoning
-    row = {"instruction": QUESTION["content"], "chosen": chosen, "rejected": "不知道。", "tools": EXAMPLE_TOOLS}
+    store = FeedbackStore(tmp_path)
+    store.record_column("chat", [QUESTION], [chosen, "不知道。"], ["run", ""], 0, "better", tools=EXAMPLE_TOOLS)
+    (row,) = [json.loads(line) for line in (tmp_path / "feedback" / "chat.jsonl").read_text().splitlines()]
+    assert row["tools"] == EXAMPLE_TOOLS and reasoning_of(row["chosen"]) == CALLING["reasoning_content"]
     pair = convert_row(row, "alpaca_pairwise")
     encoder = TemplateEncoder(tokenizer, template)
     prompt, completion = encoder.encode_completion(pair.messages[:-1], pair.messages[-1]["content"], "", pair.tools)

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.data.glm45 import Reply, ThinkingFormat, parse_reply
+from core.data.glm45 import GLM45, Reply, ThinkingFormat, parse_reply
 from core.errors import DataError
 
 REASONING, CALL, RESULT = "reasoning", "call", "result"  # the tags (metadata id prefixes) of the special entries
@@ -119,9 +119,9 @@ def read_reply(text: str, form: ThinkingFormat | None, done: bool, count_tokens=
     return ChatReply(parsed.content, parsed.reasoning, parsed.tool_calls, tokens, done, form is not None)
 
 
-def call_text(call: dict[str, Any]) -> str:
-    """A call's arguments as the page shows them: JSON, one argument a line."""
-    return json.dumps(call.get("arguments") or {}, ensure_ascii=False, indent=1)
+def call_text(call: dict[str, Any], indent: int | None = 1) -> str:
+    """A call's arguments as the page shows them: JSON, one argument a line (indent None: on one line)."""
+    return json.dumps(call.get("arguments") or {}, ensure_ascii=False, indent=indent)
 
 
 def reply_entries(reply: ChatReply, turn: int, thinking_title: str, tokens_log: str, call_title) -> list[dict]:
@@ -248,3 +248,10 @@ def reasoning_of(text: str) -> str:
     """The reasoning of a reply kept in markup ("" when it has none)."""
     text = text or ""
     return text.split("</think>", 1)[0].split("<think>", 1)[-1].strip() if "</think>" in text else ""
+
+
+def reply_from_markup(text: str) -> ChatReply:
+    """A reply kept in markup (reply_markup: feedback, the arena, predictions) taken apart again."""
+    if "</think>" not in text and "<tool_call>" not in text:
+        return ChatReply(text, done=True)
+    return read_reply(text, GLM45, done=True)

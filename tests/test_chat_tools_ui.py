@@ -1,0 +1,105 @@
+"""The chat tab with a thinking, tool-calling model, through the page's own API (gradio_client) against a real
+`launch.py`: the MoE demo trained on the demo tool-calling set shows its reasoning as a collapsed thought (with its
+length in tokens) and its call as a call; the typed result continues the conversation to the final answer; the
+Thinking switch off gives no reasoning; a bad Tools box is named; side by side folds the reasoning away and shows
+the call (its vote, storing both, is driven in tests/test_browser_chat_tools.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.chat.turns import EXAMPLE_TOOLS
+from core.config import RunConfig
+from core.data.readers import resolve_dataset
+from core.workbench import Workbench
+from tests.ui_server import running_ui
+from webui.locale import Translator
+
+pytestmark = pytest.mark.slow
+gradio_client = pytest.importorskip("gradio_client")
+
+ROWS = json.loads(resolve_dataset("tool_calls").read_text(encoding="utf-8"))
+QUESTION = "北京今天天气怎么样？"
+RESULT, ANSWER = ROWS[0]["messages"][2]["content"], ROWS[0]["messages"][3]["content"]
+TOOLS = json.dumps(EXAMPLE_TOOLS, ensure_ascii=False)
+T = Translator("en")
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory):
+    workspace = tmp_path_factory.mktemp("chat-tools") / "workspace"
+    wb = Workbench(workspace)
+    run = wb.start_training(
+        RunConfig(model_name_or_path="demo-moe", dataset="tool_calls", num_train_epochs=20, learning_rate=5e-3)
+    )
+    wb.wait_for_job(1800)
+    assert wb.snapshot(run).state == "finished"
+    with running_ui(workspace) as url:
+        yield gradio_client.Client(url, verbose=False), workspace, run
+
+
+def chat(client, run, text, history=(), thinking=True, tools=TOOLS):
+    return client.predict(
+        text, list(history), "demo-moe", run, "", 0.7, 0.9, 96, True, 1.0, thinking, tools, api_name="/chat"
+    )
+
+
+def shown(output):
+    return output.get("value", output) if isinstance(output, dict) and "__type__" in output else output
+
+
+def text_of(entry) -> str:
+    content = entry["content"]
+    return "".join(p.get("text", "") for p in content) if isinstance(content, list) else str(content)
+
+
+def test_reasoning_folds_away_the_call_shows_and_its_result_gets_the_answer(ui):
+    client, _, run = ui
+    history, message, notice, box, label, _ = chat(client, run, QUESTION)
+    thought, call = history[1], history[-1]
+    assert thought["metadata"]["title"] == T("chat_thinking") and thought["metadata"]["status"] == "done"
+    assert "get_weather" in text_of(thought) and thought["metadata"]["log"].endswith(" tokens")
+    assert int(thought["metadata"]["log"].split()[0]) > 3
+    assert call["metadata"]["title"] == T("chat_tool_call", name="get_weather")
+    city = json.loads(text_of(call).strip("`").removeprefix("json"))["city"]
+    assert "<tool_call>" not in json.dumps(history, ensure_ascii=False)  # calls, not markup
+    assert shown(box)["visible"] is True and "get_weather" in shown(label)
+
+    result = next(r["messages"][2]["content"] for r in ROWS if f'"city": "{city}"' in r["messages"][2]["content"])
+    final = client.predict(
+        result, history, "demo-moe", run, "", 0.7, 0.9, 96, True, 1.0, True, TOOLS, api_name="/chat_tool_result"
+    )
+    history = final[0]
+    assert history[-3]["metadata"]["title"] == T("chat_tool_result_title", name="get_weather")
+    answers = [text_of(e) for e in history if e["role"] == "assistant" and not e.get("metadata", {}).get("title")]
+    assert city in answers[-1] and "°C" in answers[-1]  # the result's weather, as the demo set answers
+    assert shown(final[3])["visible"] is False  # nothing waits for a result any more
+
+
+def test_thinking_off_answers_without_reasoning(ui):
+    client, _, run = ui
+    history = chat(client, run, "你是谁？", thinking=False)[0]
+    assert not [e for e in history if (e.get("metadata") or {}).get("title") == T("chat_thinking")]
+    assert "小蓝" in text_of(history[-1])
+    thinking = chat(client, run, "你是谁？")[0]
+    assert (thinking[1].get("metadata") or {}).get("title") == T("chat_thinking")
+
+
+def test_a_bad_tools_box_is_named_and_nothing_is_lost(ui):
+    client, _, run = ui
+    history, message, notice, *_ = chat(client, run, QUESTION, tools='[{"type": "function"')
+    assert "line 1, column" in shown(notice) and "Tools box" in shown(notice)
+    assert history == []  # the question is not sent...
+    assert shown(message) == QUESTION  # ...and stays in the box, to send again
+
+
+def test_side_by_side_folds_the_reasoning_and_shows_the_call(ui):
+    client, workspace, run = ui
+    outputs = client.predict(
+        QUESTION, "demo-moe", "", 0.7, 0.9, 96, True, "", run, "", 1.0, True, TOOLS, api_name="/compare"
+    )
+    tuned = outputs[1]
+    assert "<details><summary>" in tuned and T("chat_tool_call", name="get_weather") in tuned
+    assert "<tool_call>" not in tuned
