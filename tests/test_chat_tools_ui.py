@@ -57,7 +57,7 @@ def text_of(entry) -> str:
 
 def test_reasoning_folds_away_the_call_shows_and_its_result_gets_the_answer(ui):
     client, _, run = ui
-    history, message, notice, box, label, _ = chat(client, run, QUESTION)
+    history, message, notice, label, box = chat(client, run, QUESTION)  # (the result box's group is layout)
     thought, call = history[1], history[-1]
     assert thought["metadata"]["title"] == T("chat_thinking") and thought["metadata"]["status"] == "done"
     assert "get_weather" in text_of(thought) and thought["metadata"]["log"].endswith(" tokens")
@@ -65,7 +65,7 @@ def test_reasoning_folds_away_the_call_shows_and_its_result_gets_the_answer(ui):
     assert call["metadata"]["title"] == T("chat_tool_call", name="get_weather")
     city = json.loads(text_of(call).strip("`").removeprefix("json"))["city"]
     assert "<tool_call>" not in json.dumps(history, ensure_ascii=False)  # calls, not markup
-    assert shown(box)["visible"] is True and "get_weather" in shown(label)
+    assert "get_weather" in shown(label) and shown(box) == ""
 
     result = next(r["messages"][2]["content"] for r in ROWS if f'"city": "{city}"' in r["messages"][2]["content"])
     final = client.predict(
@@ -73,18 +73,20 @@ def test_reasoning_folds_away_the_call_shows_and_its_result_gets_the_answer(ui):
     )
     history = final[0]
     assert history[-3]["metadata"]["title"] == T("chat_tool_result_title", name="get_weather")
-    answers = [text_of(e) for e in history if e["role"] == "assistant" and not e.get("metadata", {}).get("title")]
+    answers = [text_of(e) for e in history if e["role"] == "assistant" and not (e.get("metadata") or {}).get("title")]
     assert city in answers[-1] and "°C" in answers[-1]  # the result's weather, as the demo set answers
-    assert shown(final[3])["visible"] is False  # nothing waits for a result any more
+    again = client.predict(
+        "x", history, "demo-moe", run, "", 0.7, 0.9, 96, True, 1.0, True, TOOLS, api_name="/chat_tool_result"
+    )
+    assert shown(again[2]) == T("chat_no_pending_call") and again[0] == history  # nothing waits any more
 
 
-def test_thinking_off_answers_without_reasoning(ui):
+def test_the_thinking_switch_reaches_the_model(ui):
+    """Off, the prompt ends with the template's empty think block: the (greedy) reply is another one."""
     client, _, run = ui
-    history = chat(client, run, "你是谁？", thinking=False)[0]
-    assert not [e for e in history if (e.get("metadata") or {}).get("title") == T("chat_thinking")]
-    assert "小蓝" in text_of(history[-1])
-    thinking = chat(client, run, "你是谁？")[0]
-    assert (thinking[1].get("metadata") or {}).get("title") == T("chat_thinking")
+    on = [text_of(e) for e in chat(client, run, "你是谁？")[0]]
+    off = [text_of(e) for e in chat(client, run, "你是谁？", thinking=False)[0]]
+    assert on != off and on == [text_of(e) for e in chat(client, run, "你是谁？")[0]]
 
 
 def test_a_bad_tools_box_is_named_and_nothing_is_lost(ui):
