@@ -1,12 +1,18 @@
-"""The chat tab with a thinking, tool-calling model, through the page's own API (gradio_client) against a real
-`launch.py`: the MoE demo trained on the demo tool-calling set shows its reasoning as a collapsed thought (with its
-length in tokens) and its call as a call; the typed result continues the conversation to the final answer; the
-Thinking switch off gives no reasoning; a bad Tools box is named; side by side folds the reasoning away and shows
-the call (its vote, storing both, is driven in tests/test_browser_chat_tools.py)."""
+"""A thinking, tool-calling model (the MoE demo trained on the demo tool-calling set) in the chat tab, the CLI and
+evaluation. The chat tab, through the page's own API (gradio_client) against a real `launch.py`: the reasoning is a
+collapsed thought (with its length in tokens), the call a call; the typed result continues the conversation to the
+final answer; the Thinking switch reaches the model; a bad Tools box is named; side by side folds the reasoning
+away and shows the call (its vote, storing both, is driven in tests/test_browser_chat_tools.py). The CLI dims the
+reasoning and prints the call; evaluation scores answers without the reasoning and matches tool names and
+arguments."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -14,6 +20,7 @@ from core.chat.turns import EXAMPLE_TOOLS
 from core.config import RunConfig
 from core.data.readers import resolve_dataset
 from core.workbench import Workbench
+from tests.conftest import REPO
 from tests.ui_server import running_ui
 from webui.locale import Translator
 
@@ -92,7 +99,7 @@ def test_the_thinking_switch_reaches_the_model(ui):
 def test_a_bad_tools_box_is_named_and_nothing_is_lost(ui):
     client, _, run = ui
     history, message, notice, *_ = chat(client, run, QUESTION, tools='[{"type": "function"')
-    assert "line 1, column" in shown(notice) and "Tools box" in shown(notice)
+    assert "line 1, column" in shown(notice) and "not valid JSON" in shown(notice)
     assert history == []  # the question is not sent...
     assert shown(message) == QUESTION  # ...and stays in the box, to send again
 
@@ -105,3 +112,48 @@ def test_side_by_side_folds_the_reasoning_and_shows_the_call(ui):
     tuned = outputs[1]
     assert "<details><summary>" in tuned and T("chat_tool_call", name="get_weather") in tuned
     assert "<tool_call>" not in tuned
+
+
+def cli(*args: str, **env: str):
+    return subprocess.run(
+        [sys.executable, "-m", "core.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **env},
+    )
+
+
+def test_the_cli_dims_the_reasoning_and_prints_the_call(ui, tmp_path):
+    _, workspace, run = ui
+    tools = tmp_path / "tools.json"
+    tools.write_text(TOOLS, encoding="utf-8")
+    common = ("chat", "--model", "demo-moe", "--adapter", str(workspace / "runs" / run), "--greedy")
+    shown_ = cli(*common, "--tools", str(tools), "--prompt", QUESTION, "--max-new-tokens", "96")
+    assert shown_.returncode == 0, shown_.stderr[-2000:]
+    dimmed = re.search(r"\x1b\[2m(.+?)\x1b\[0m", shown_.stdout, re.S)
+    assert dimmed and "get_weather" in dimmed.group(1)  # the reasoning, dimmed
+    assert re.search(r"^tool call: get_weather \{\"city\": \"\w+\"\}$", shown_.stdout, re.M), shown_.stdout
+    plain = cli(*common, "--tools", str(tools), "--prompt", QUESTION, "--max-new-tokens", "96", NO_COLOR="1")
+    assert "\x1b[" not in plain.stdout and dimmed.group(1) in plain.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"type": "function"', encoding="utf-8")
+    refused = cli(*common, "--tools", str(bad), "--prompt", QUESTION)
+    assert refused.returncode != 0 and "bad.json" in refused.stderr and "line 1, column" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_evaluation_scores_answers_without_reasoning_and_matches_tool_calls(ui):
+    from core.evaluation.evaluate import EvalSettings, evaluate_run
+
+    _, workspace, run = ui
+    result = evaluate_run(workspace / "runs" / run, "tool_calls", settings=EvalSettings(max_samples=3))
+    # Three weather rows: each has a call (a prediction of its own) and a final answer.
+    assert result.metrics["samples"] == 3 and len(result.predictions) == 6
+    assert result.metrics["tool-name-match"] == 100.0  # the trained model calls get_weather every time
+    assert 0 <= result.metrics["tool-arguments-match"] <= 100.0
+    answers = result.predictions[1::2]
+    assert all("<think>" not in p["prediction"] and p["reasoning"] for p in answers)
+    assert all(p["prediction"].startswith("get_weather {") for p in result.predictions[0::2])
+    assert result.metrics["bleu-4"] > 0  # the answers' text, scored against the labels' text
