@@ -386,7 +386,11 @@ def create_chat_tab(ctx: UIContext) -> dict:
         except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
             return comparison, ctx.error(exc), *unchanged
         marked = [
-            gr.update(variant="primary") if (number, name) == (column, verdict) else gr.update(interactive=False)
+            gr.update(variant="primary")
+            if (number, name) == (column, verdict)
+            else gr.skip()
+            if name == "write"  # a written answer is still welcome after a vote
+            else gr.update(interactive=False)
             for number in range(COLUMNS)
             for name in VOTES
         ]
