@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from core.config import RunConfig, load_yaml_with_notes, parse_overrides
-from core.errors import ModelError, WorkbenchError, config_error, describe
+from core.errors import DataError, ModelError, WorkbenchError, config_error, describe
 from core.i18n import Message, default_language, message
 from core.models.loader import DTYPES
 
@@ -183,21 +183,48 @@ def resolve_adapter(path: str) -> Path:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    """One prompt's answer on stdout. A model that thinks (the GLM-4.5 generation) prints its reasoning first,
+    dimmed (plain when NO_COLOR is set), unless --no-thinking; its tool calls print as calls, one a line."""
     from core.chat.engine import ChatEngine, GenerationSettings
+    from core.chat.turns import parse_tools, read_reply
     from core.models.loader import configure_threads
 
     adapter = None
     if args.adapter:  # refused before the model loads
         folder = resolve_adapter(args.adapter)
         adapter = (folder.parent.name if folder.name == "adapter" else folder.name, str(folder))
+    tools = None
+    if args.tools:
+        try:
+            tools = parse_tools(Path(args.tools).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise DataError("chat.tools_unreadable", args.tools, detail=exc.strerror or str(exc)) from None
+        except DataError as exc:
+            raise DataError(exc.detail, args.tools) from None
     configure_threads()
     engine = ChatEngine(template=args.template)
     engine.load_model(args.model, trust_remote_code=args.trust_remote_code)
     settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, greedy=args.greedy
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        greedy=args.greedy,
+        enable_thinking=not args.no_thinking,
     )
     messages = [{"role": "user", "content": args.prompt}]
-    print(engine.chat(messages, system=args.system, adapter=adapter, settings=settings))
+    offered = tools if engine.thinking_format is not None else None  # a plain template has no tools
+    text = ""
+    for text in engine.stream(messages, args.system, adapter, settings, tools=offered):  # noqa: B007
+        pass  # each item is the whole reply so far: the last one is the answer
+    reply = read_reply(text, engine.thinking_format, done=True)
+    if reply.reasoning and not args.no_thinking:
+        dim, plain = ("", "") if os.environ.get("NO_COLOR") else ("\033[2m", "\033[0m")
+        print(dim + reply.reasoning + plain)
+    if reply.content:
+        print(reply.content)
+    for call in reply.tool_calls:
+        arguments = json.dumps(call["arguments"], ensure_ascii=False)
+        print(message("cli.tool_call", name=call["name"], arguments=arguments).render(default_language()))
     return 0
 
 
@@ -417,6 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="let transformers run the Python code shipped with a model the workbench has no class for; never "
         "needed for GLM-4, ChatGLM-6B or ChatGLM2/3 (THUDM checkpoints are converted and never run their code)",
     )
+    chat.add_argument(
+        "--no-thinking",
+        action="store_true",
+        help="GLM-4.5 generation: answer without reasoning (enable_thinking off); else the reasoning prints dimmed",
+    )
+    chat.add_argument("--tools", metavar="FILE", help="a JSON file with OpenAI's tools list, offered to the model")
     chat.add_argument("--greedy", action="store_true", help="deterministic decoding")
     chat.add_argument("--max-new-tokens", type=int, default=256)
     chat.add_argument("--temperature", type=float, default=0.7)

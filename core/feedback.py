@@ -11,6 +11,10 @@
 - written ("write the right answer"): the written answer beats each shown answer that differs from it (one pair
   each, `rejected_run` naming the shown answer's run, `chosen_run` empty), and is also an SFT row in
   `<name>.sft.jsonl` (alpaca: instruction, input, output, system, history, time).
+- Answers of a model that thinks or calls tools (the GLM-4.5 generation) are kept as the model writes them:
+  `<think>reasoning</think>`, the answer, the calls as `<tool_call>` markup (core/chat/turns.reply_markup), and the
+  row's `tools` (LLaMA-Factory's column) lists the functions the prompt offered; the template reads both back, so
+  DPO/ORPO/KTO on the file learn the reasoning and the calls.
 - tie: no preference either way. DPO and LLaMA-Factory have no tie, so a tie never enters `<name>.jsonl`: it is
   kept in `<name>.ties.jsonl` (instruction, input, system, history, "answers": [first, second], "runs": [...],
   "time"). No trainer reads that file (its rows have no chosen/rejected: a preference stage refuses it), the
@@ -85,12 +89,14 @@ class FeedbackStore:
         first_run: str = "",
         second_run: str = "",
         system: str = "",
+        tools: list[dict[str, Any]] | None = None,
     ) -> FeedbackCounts:
-        """One judgment of two answers to the conversation `messages` (ending with the user's turn)."""
+        """One judgment of two answers to the conversation `messages` (ending with the user's turn). `tools`: the
+        functions the prompt offered (kept in the row: a call in an answer is only learnt beside them)."""
         name = check_name(name)
         if judgment not in JUDGMENTS:
             raise DataError("feedback.judgment", judgment=judgment, choices=", ".join(JUDGMENTS))
-        prompt = _prompt(messages, system)
+        prompt = _prompt(messages, system, tools)
         first, second = _answer(first), _answer(second)
         if judgment == "tie":
             row = {**prompt, "answers": [first, second], "runs": [first_run, second_run], "time": _now()}
@@ -113,6 +119,7 @@ class FeedbackStore:
         column: int,
         judgment: str,
         system: str = "",
+        tools: list[dict[str, Any]] | None = None,
     ) -> FeedbackCounts:
         """Side by side's verdict on one column: its answer is better than, worse than, or as good as each other
         column's answer (one row each; a column with the same answer, or none, is no comparison). Refused when no
@@ -131,7 +138,7 @@ class FeedbackStore:
             raise DataError("feedback.same_answers")
         run = runs[column] if column < len(runs) else ""
         for answer, other_run in others:
-            self.record(name, messages, judged, answer, judgment, run, other_run, system)
+            self.record(name, messages, judged, answer, judgment, run, other_run, system, tools)
         return self.counts(name)
 
     def record_written(
@@ -142,11 +149,12 @@ class FeedbackStore:
         shown: list[str],
         shown_runs: list[str] | None = None,
         system: str = "",
+        tools: list[dict[str, Any]] | None = None,
     ) -> FeedbackCounts:
         """The right answer, written by the user: it beats each shown answer (one pair each, an answer equal to it
         is no pair) and becomes an SFT row."""
         name = check_name(name)
-        prompt = _prompt(messages, system)
+        prompt = _prompt(messages, system, tools)
         written = _answer(written)
         runs = list(shown_runs or []) + [""] * len(shown)
         pairs = [
@@ -157,7 +165,7 @@ class FeedbackStore:
         if pairs:
             self._append(self.root / f"{name}.jsonl", pairs)
         sft = {k: prompt[k] for k in ("instruction", "input")} | {"output": written}
-        sft |= {k: prompt[k] for k in ("system", "history")} | {"time": _now()}
+        sft |= {k: v for k, v in prompt.items() if k not in ("instruction", "input")} | {"time": _now()}
         self._append(self.root / f"{name}{SFT_SUFFIX}", [sft])
         return self.counts(name)
 
@@ -237,7 +245,7 @@ def _answer(text: Any) -> str:
     return text
 
 
-def _prompt(messages: list[dict[str, str]], system: str = "") -> dict[str, Any]:
+def _prompt(messages: list[dict[str, str]], system: str = "", tools: list[dict] | None = None) -> dict[str, Any]:
     """The conversation the answers reply to, in LLaMA-Factory's alpaca fields. `messages` alternate user and
     assistant and end with the user (a leading system message is taken as the system prompt)."""
     messages = list(messages or [])
@@ -251,7 +259,8 @@ def _prompt(messages: list[dict[str, str]], system: str = "") -> dict[str, Any]:
     if not all(isinstance(m.get("content"), str) for m in messages) or not messages[-1]["content"].strip():
         raise DataError("feedback.bad_conversation")
     history = [[messages[i]["content"], messages[i + 1]["content"]] for i in range(0, len(messages) - 1, 2)]
-    return {"instruction": messages[-1]["content"], "input": "", "system": system, "history": history}
+    prompt = {"instruction": messages[-1]["content"], "input": "", "system": system, "history": history}
+    return prompt | ({"tools": list(tools)} if tools else {})
 
 
 def _pair(prompt: dict[str, Any], chosen: str, rejected: str, judgment: str, chosen_run: str, rejected_run: str):
@@ -262,6 +271,7 @@ def _pair(prompt: dict[str, Any], chosen: str, rejected: str, judgment: str, cho
         "rejected": rejected,
         "system": prompt["system"],
         "history": prompt["history"],
+        **({"tools": prompt["tools"]} if "tools" in prompt else {}),
         "judgment": judgment,
         "chosen_run": chosen_run,
         "rejected_run": rejected_run,

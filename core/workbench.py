@@ -22,6 +22,7 @@ from typing import Any
 
 from core.access import AllowedDirs, default_roots
 from core.chat.engine import ChatEngine, GenerationSettings
+from core.chat.turns import ChatReply
 from core.config import RunConfig, load_yaml, yaml_text
 from core.data import prepare
 from core.data.formats import RowError
@@ -416,8 +417,10 @@ class Workbench:
         adapter_run: str | None = None,
         system: str = "",
         settings: GenerationSettings | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> Iterator[str]:
-        """Stream a reply from the base model, or with a finished run's adapter hot-loaded onto it."""
+        """Stream a reply from the base model, or with a finished run's adapter hot-loaded onto it. A model of the
+        GLM-4.5 generation's reply keeps its `<think>` / `<tool_call>` markup (see chat_replies)."""
         model_path = self._model_path(model)
         self.access.check_model(model_path)
         check_model_reference(model_path)  # a missing model is named here, before anything streams
@@ -427,7 +430,39 @@ class Workbench:
             if run is None or run.adapter_dir is None:
                 raise RunStateError("run.no_adapter", run=adapter_run)
             adapter = (run.name, str(run.adapter_dir))
-        yield from self.chat_engine.stream(messages, system, adapter, settings, model=model_path)
+        yield from self.chat_engine.stream(messages, system, adapter, settings, model=model_path, tools=tools)
+
+    def chat_replies(
+        self,
+        messages: list[dict[str, Any]],
+        model: str = BASE_MODEL_CHOICE,
+        adapter_run: str | None = None,
+        system: str = "",
+        settings: GenerationSettings | None = None,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> Iterator[ChatReply]:
+        """chat_stream taken apart as it grows (core/chat/turns.py): reasoning (with its length in tokens), answer
+        and, once whole, the tool calls. `tools` are offered only to a model whose template lists them; the last
+        reply says `tools_ignored` when a plain model got some."""
+        from core.chat.turns import read_reply
+
+        engine = self.chat_engine
+        model_path = self._model_path(model)
+        self.access.check_model(model_path)
+        check_model_reference(model_path)
+        engine.load_model(model_path)  # its template decides how replies read and whether tools fit
+        form = engine.thinking_format
+        offered = tools if form is not None else None
+
+        def count(text: str) -> int:
+            return len(engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        text = ""
+        for text in self.chat_stream(messages, model, adapter_run, system, settings, offered):
+            yield read_reply(text, form, False, count)
+        last = read_reply(text, form, True, count)
+        last.tools_ignored = bool(tools) and offered is None
+        yield last
 
     # ---- feedback: the chat's judgments, kept as preference data (core/feedback.py) ----------------------------------
     def record_judgment(
@@ -458,10 +493,12 @@ class Workbench:
         judgment: str,
         system: str = "",
         feedback: str = DEFAULT_FEEDBACK,
+        tools: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Side by side's vote under column `column` (0-based): "better", "worse" or "tie" against each other column
-        whose answer differs. `runs` name the columns' runs ("" for the base model). Returns the counts."""
-        return self.feedback.record_column(feedback, messages, answers, runs, column, judgment, system).to_dict()
+        whose answer differs. `runs` name the columns' runs ("" for the base model); answers that think or call
+        tools come in their markup (core/chat/turns.reply_markup), with the `tools` offered. Returns the counts."""
+        return self.feedback.record_column(feedback, messages, answers, runs, column, judgment, system, tools).to_dict()
 
     def record_written_answer(
         self,
@@ -471,11 +508,12 @@ class Workbench:
         shown_runs: list[str] | None = None,
         system: str = "",
         feedback: str = DEFAULT_FEEDBACK,
+        tools: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """The right answer, written by the person ("write the right answer"): `written` beats each answer in
         `shown` (one pair each, `shown_runs` naming who wrote them) and becomes an SFT row in
         feedback/<feedback>.sft.jsonl. Returns the counts."""
-        return self.feedback.record_written(feedback, messages, written, shown, shown_runs, system).to_dict()
+        return self.feedback.record_written(feedback, messages, written, shown, shown_runs, system, tools).to_dict()
 
     def feedback_datasets(self) -> list[dict[str, Any]]:
         """Every feedback dataset, newest first: name, path (the pairs file, a dataset for dpo/orpo/kto), pairs,

@@ -81,8 +81,10 @@ def test_votes_become_pairs_and_the_arena_scores_blind(browser, server, lang):
     assert rows[-1]["instruction"] == "你是谁？" and rows[-1]["chosen"] != rows[-1]["rejected"]
     assert "小智" in rows[-1]["chosen"]  # the run's answer, which knows who it is
     screenshot(page, f"{lang}-8-votes", workspace.parent / "shots")
-    page.locator("#vote-worse-2").click()  # one verdict per comparison: a second click records nothing
-    expect(page.locator("#vote-notice")).to_contain_text(t("vote_already"))
+    # One verdict per comparison: the chosen button stays marked, the other verdicts are done until the next answers.
+    expect(page.locator("#vote-better-2")).to_have_class(re.compile("primary"))
+    expect(page.locator("#vote-worse-2")).to_be_disabled()
+    expect(page.locator("#vote-tie-1")).to_be_disabled()
     assert len(feedback_rows(workspace)) == pairs_before + 1
 
     # Write the right answer: it starts from that column's answer, and becomes pairs plus an SFT row.

@@ -15,3 +15,19 @@ def format_duration(seconds: float | None) -> str:
 
 def format_loss(value: float | None) -> float | None:
     return round(value, 4) if value is not None else None
+
+
+def reply_markdown(reply, t, tokens: int | None = None) -> str:
+    """A reply (core.chat.turns.ChatReply) as Markdown: the reasoning folded away and opened on demand (with its
+    length in tokens when known), the answer, then each tool call as a call (its name and JSON arguments)."""
+    from core.chat.turns import call_text
+
+    parts = []
+    if reply.reasoning:
+        summary = t("chat_thinking") + (" · " + t("chat_thinking_tokens", n=tokens) if tokens else "")
+        parts.append(f"<details><summary>{summary}</summary>\n\n{reply.reasoning}\n\n</details>\n")
+    if reply.content:
+        parts.append(reply.content)
+    for call in reply.tool_calls:
+        parts.append(f"**{t('chat_tool_call', name=call['name'])}**\n```json\n{call_text(call)}\n```")
+    return "\n\n".join(parts)

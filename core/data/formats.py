@@ -239,7 +239,7 @@ def _alpaca(row: dict[str, Any]) -> Conversation:
     if reasoning:
         answer["reasoning"] = reasoning  # a reasoning column (mapped in Column mapping): the answer's thinking
     messages = _pairs(row, "history") + [{"role": "user", "content": prompt}, answer]
-    return Conversation(messages, _text(row, "system", required=False))
+    return Conversation(messages, _text(row, "system", required=False), tools=_tools(row))
 
 
 def _chatglm(row: dict[str, Any]) -> Conversation:
@@ -413,7 +413,8 @@ def _alpaca_pairwise(row: dict[str, Any]) -> Conversation:
     if extra:
         prompt = f"{prompt}\n{extra}" if prompt else extra
     messages = _pairs(row, "history") + [{"role": "user", "content": prompt}]
-    return _with_pair(Conversation(messages, _text(row, "system", required=False)), row)
+    # `tools`: the functions the prompt offered (the chat's feedback keeps them, with the answers' calls as markup)
+    return _with_pair(Conversation(messages, _text(row, "system", required=False), tools=_tools(row)), row)
 
 
 def _trl_pairwise(row: dict[str, Any]) -> Conversation:

@@ -121,12 +121,13 @@ def _encode_row(
 ) -> tuple[list[dict[str, Any]] | None, int]:
     """The row's samples and whether an answer was cut at cutoff_len; (None, 0) when the prompt fills it."""
     history, chosen = conversation.messages[:-1], conversation.messages[-1]["content"]
-    prompt, chosen_ids = encoder.encode_completion(history, chosen, conversation.system)
+    tools = conversation.tools
+    prompt, chosen_ids = encoder.encode_completion(history, chosen, conversation.system, tools)
     room = cutoff_len - len(prompt)
     if room < 1:
         return None, 0
     if conversation.is_pair:
-        _, rejected_ids = encoder.encode_completion(history, conversation.rejected, conversation.system)
+        _, rejected_ids = encoder.encode_completion(history, conversation.rejected, conversation.system, tools)
         cut = int(len(chosen_ids) > room or len(rejected_ids) > room)
         chosen_ids, rejected_ids = chosen_ids[:room], rejected_ids[:room]
         if stage in UNPAIRED_STAGES:

@@ -393,7 +393,7 @@ class TemplateEncoder:
         return [self._assemble(plan, known.__getitem__) for plan in plans]
 
     def encode_completion(
-        self, messages: list[dict[str, str]], answer: str, system: str = ""
+        self, messages: list[dict[str, str]], answer: str, system: str = "", tools: list[dict] | None = None
     ) -> tuple[list[int], list[int]]:
         """(prompt ids, completion ids) of `answer` to a history ending with a user turn, for preference training.
 
@@ -401,8 +401,10 @@ class TemplateEncoder:
         exactly the ids SFT trains on for that conversation (`encode`), so the completion is the answer's tokens
         that carry loss there: the answer and the end token (and, for chatglm3, the newline the model writes
         after `<|assistant|>`)."""
-        prompt = self.encode_prompt(messages, system)
-        full, _ = self.encode(Conversation([*messages, {"role": "assistant", "content": answer}], system), 10**9)
+        prompt = self.encode_prompt(messages, system, tools)
+        full, _ = self.encode(
+            Conversation([*messages, {"role": "assistant", "content": answer}], system, tools=tools), 10**9
+        )
         opened = self.template.thinking.generation() if self.template.thinking is not None else ""
         if full[: len(prompt)] != prompt and opened:
             # GLM-4.7 prompts with `<think>` open, but its template writes an answer without reasoning as `</think>`

@@ -219,7 +219,13 @@ def start_arena(
             if stop_event is not None and stop_event.is_set():
                 break
             reply = generate_answer(
-                contestant, encoder, conversation.messages[:-1], conversation.system, generation, stop
+                contestant,
+                encoder,
+                conversation.messages[:-1],
+                conversation.system,
+                generation,
+                stop,
+                conversation.tools,
             )
             if stop_event is not None and stop_event.is_set():
                 break
@@ -299,13 +305,15 @@ def reveal(run_dir: str | Path, arena_id: str) -> Arena:
 
 def auto_judge(run_dir: str | Path, arena_id: str) -> Arena:
     """ROUGE-L of each answer against the item's reference decides it; equal scores are a tie."""
+    from core.chat.turns import answer_only
     from core.evaluation.metrics import score as text_scores
 
     arena = Arena.load(run_dir, arena_id)
     with _lock(arena.path):
         arena = Arena.load(run_dir, arena_id)
         for item in arena.items:
-            first, second = (text_scores(answer, item["reference"])["rouge-l"] for answer in item["answers"])
+            reference = answer_only(item["reference"])  # the answers without their reasoning are judged
+            first, second = (text_scores(answer_only(a), reference)["rouge-l"] for a in item["answers"])
             item["rouge_l"] = [first, second]
             item["auto"] = "first" if first > second else "second" if second > first else "tie"
         arena.save()

@@ -2,6 +2,12 @@
 
 Writes RUN/eval/metrics.json and RUN/eval/predictions.jsonl (`prompt`, `label`, `prediction` per line).
 The last assistant turn of each conversation is the label; everything before it is the prompt.
+
+A model that thinks or calls tools (the GLM-4.5 generation) is scored on its answer without the reasoning (BLEU-4
+and ROUGE compare the answers' text, over the rows whose label has text); its reasoning is kept beside the
+prediction (`reasoning`), calls are written `name {arguments}` after the answer, and a dataset whose labels call
+tools also reports `tool-name-match` (the share of those rows, x100, where the predicted calls name exactly the
+label's tools) and `tool-arguments-match` (names and arguments exactly equal).
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.chat.engine import StopOnEvent
+from core.chat.turns import ChatReply, call_text, read_reply, reply_markup
 from core.data.dataset import load_conversations
+from core.data.glm45 import GLM45, split_reasoning
 from core.data.template import IGNORE_INDEX, TemplateEncoder
 from core.evaluation.metrics import average, score
 from core.files import write_json_atomic, write_text_atomic
@@ -39,12 +47,16 @@ class EvalResult:
     predictions: list[dict[str, str]] = field(default_factory=list)
 
 
-def generate_answer(trained, encoder: TemplateEncoder, messages, system: str, settings: EvalSettings, stop_criteria):
-    """A model's answer to a conversation ending with the user's turn, decoded (evaluation and the arena)."""
+def generate_answer(
+    trained, encoder: TemplateEncoder, messages, system: str, settings: EvalSettings, stop_criteria, tools=None
+):
+    """A model's answer to a conversation ending with the user's (or a tool's) turn, decoded (evaluation and the
+    arena). A model that thinks answers in its markup, always with `<think>…</think>` when it reasoned (GLM-4.7's
+    prompt holds the opening tag: it is put back), calls as `<tool_call>` markup (core/chat/turns.reply_markup)."""
     import torch
 
     model = trained.model
-    prompt_ids = torch.tensor([encoder.encode_prompt(messages, system)], device=model.device)
+    prompt_ids = torch.tensor([encoder.encode_prompt(messages, system, tools)], device=model.device)
     sampling = (
         {"do_sample": False}
         if settings.greedy
@@ -60,9 +72,29 @@ def generate_answer(trained, encoder: TemplateEncoder, messages, system: str, se
             **sampling,
         )
     # As the model's own chat code returns it (ChatGLM-6B: THUDM's process_response), which is what chat shows.
-    return encoder.template.clean_answer(
+    text = encoder.template.clean_answer(
         trained.tokenizer.decode(output[0, prompt_ids.shape[1] :], skip_special_tokens=True)
     ).strip()
+    form = encoder.template.thinking
+    return reply_markup(read_reply(text, form, done=True), form) if form is not None else text
+
+
+def label_reply(message: dict) -> ChatReply:
+    """A dataset's answer (reasoning, text, calls) in the same parts as a parsed prediction."""
+    reasoning, content = split_reasoning(message)
+    return ChatReply(content, reasoning.strip(), list(message.get("tool_calls") or []), done=True)
+
+
+def tool_matches(predicted: list[dict], expected: list[dict]) -> tuple[bool, bool]:
+    """(the same tool names in order, and the same names with the same arguments)."""
+    names = [c["name"] for c in predicted] == [c["name"] for c in expected]
+    arguments = names and [c.get("arguments") or {} for c in predicted] == [c.get("arguments") or {} for c in expected]
+    return names, arguments
+
+
+def shown_text(reply: ChatReply) -> str:
+    """A reply's answer with its calls, as the predictions table shows it."""
+    return "\n".join([reply.content, *(f"{c['name']} {call_text(c, indent=None)}" for c in reply.tool_calls)]).strip()
 
 
 def evaluate_run(
@@ -85,9 +117,12 @@ def evaluate_run(
         conversations = conversations[: settings.max_samples]
     started = time.time()
     total_loss, total_tokens, scores, predictions = 0.0, 0, [], []
+    names_matched, arguments_matched, with_calls = 0, 0, 0
     stop_criteria = StoppingCriteriaList([StopOnEvent(stop_event)] if stop_event is not None else [])
+    stopped, evaluated = False, 0
     for conversation in conversations:
         if stop_event is not None and stop_event.is_set():
+            stopped = True
             break
         ids, labels = encoder.encode(conversation, settings.cutoff_len)
         counted = sum(label != IGNORE_INDEX for label in labels[1:])  # the model predicts token t from t-1
@@ -96,24 +131,57 @@ def evaluate_run(
             with torch.inference_mode():
                 inputs = trained.forward_kwargs(torch.tensor([ids], device=model.device))
                 sample_loss = model(**inputs, labels=torch.tensor([labels], device=model.device)).loss.item()
-        prompt_messages, label = conversation.messages[:-1], conversation.messages[-1]["content"]
-        prediction = generate_answer(trained, encoder, prompt_messages, conversation.system, settings, stop_criteria)
-        if stop_event is not None and stop_event.is_set():
-            break  # this sample's answer was cut short by Abort: it is not counted
+        # The last answer, and (in a tool-calling dataset) each earlier answer that calls tools, are predicted.
+        points = [
+            i for i, m in enumerate(conversation.messages[:-1]) if m["role"] == "assistant" and m.get("tool_calls")
+        ]
+        rows, aborted = [], False
+        for end in [*points, len(conversation.messages) - 1]:
+            prompt_messages, expected = conversation.messages[:end], label_reply(conversation.messages[end])
+            answer = generate_answer(
+                trained, encoder, prompt_messages, conversation.system, settings, stop_criteria, conversation.tools
+            )
+            if stop_event is not None and stop_event.is_set():
+                aborted = True  # this sample's answer was cut short by Abort: it is not counted
+                break
+            rows.append((prompt_messages, expected, answer))
+        if aborted:
+            stopped = True
+            break
         total_loss += sample_loss * counted
         total_tokens += counted
-        scores.append(score(prediction, label))
-        predictions.append({"prompt": prompt_messages[-1]["content"], "label": label, "prediction": prediction})
+        evaluated += 1
+        for prompt_messages, expected, answer in rows:
+            predicted = read_reply(answer, GLM45, done=True) if encoder.template.thinking else ChatReply(answer)
+            if expected.content or not expected.tool_calls:  # a label that only calls tools has no text to score
+                scores.append(score(predicted.content, expected.content))
+            if expected.tool_calls:
+                names, arguments = tool_matches(predicted.tool_calls, expected.tool_calls)
+                with_calls, names_matched = with_calls + 1, names_matched + names
+                arguments_matched += arguments
+            question = next((m["content"] for m in reversed(prompt_messages) if m["role"] == "user"), "")
+            row = {"prompt": question, "label": shown_text(expected), "prediction": shown_text(predicted)}
+            if predicted.reasoning or expected.reasoning:
+                row["reasoning"] = predicted.reasoning
+            predictions.append(row)
     eval_loss = total_loss / total_tokens if total_tokens else float("nan")
     metrics = {
         "eval_loss": round(eval_loss, 6),
         "perplexity": round(math.exp(min(eval_loss, 50)), 4),
         **{name: round(value, 4) for name, value in average(scores).items()},
-        "samples": len(predictions),
+        **(
+            {
+                "tool-name-match": round(100 * names_matched / with_calls, 4),
+                "tool-arguments-match": round(100 * arguments_matched / with_calls, 4),
+            }
+            if with_calls
+            else {}
+        ),
+        "samples": evaluated,  # conversations (a tool-calling one may give several predictions)
         "dataset": str(dataset),
         "seconds": round(time.time() - started, 1),
         "planned": len(conversations),
-        "stopped_early": len(predictions) < len(conversations),
+        "stopped_early": stopped,
     }
     if not metrics["stopped_early"]:  # an aborted evaluation is shown, but never replaces a complete one on disk
         folder = run_dir / EVAL_DIR

@@ -1,27 +1,48 @@
-"""Chat tab: a model plus an optional adapter (hot-loaded, the base stays loaded), streaming, multi-turn."""
+"""Chat tab: a model plus an optional adapter (hot-loaded, the base stays loaded), streaming, multi-turn.
+
+A model of the GLM-4.5 generation thinks and calls tools: its reasoning streams into a collapsed thought above the
+answer, its calls show as calls, and a box takes each tool's result (core/chat/turns.py turns replies into the
+Chatbot's messages and back into the conversation the template renders)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import gradio as gr
 
 from core.chat.engine import GenerationSettings
+from core.chat.turns import (
+    EXAMPLE_TOOLS,
+    ChatReply,
+    conversation,
+    parse_tools,
+    pending_calls,
+    reply_entries,
+    reply_markup,
+    result_entry,
+)
 from core.feedback import DEFAULT_NAME as DEFAULT_FEEDBACK
 from webui.context import UIContext
+from webui.formatting import reply_markdown
 
 COLUMNS = 3  # side by side: the base model and two runs, by default
 VOTES = ("better", "worse", "tie", "write")  # the buttons under each answer
 
 
-def plain_messages(history: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """Gradio 6 hands messages back with content as a list of parts; the engine wants plain text."""
+def plain_messages(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Gradio 6 hands messages back with content as a list of parts; they go back as plain text, with the metadata
+    that makes a thought, a tool call or a tool's result (core/chat/turns.py reads them by it)."""
     messages = []
     for message in history or []:
         content = message.get("content")
         if isinstance(content, list):
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-        messages.append({"role": message["role"], "content": str(content or "")})
+        entry = {"role": message["role"], "content": str(content or "")}
+        metadata = {k: v for k, v in (message.get("metadata") or {}).items() if v is not None}
+        if metadata:
+            entry["metadata"] = metadata
+        messages.append(entry)
     return messages
 
 
@@ -61,7 +82,34 @@ def create_chat_tab(ctx: UIContext) -> dict:
         send = gr.Button(t("send"), variant="primary", scale=1, elem_id="chat-send")
         stop = gr.Button(t("stop"), scale=1)
         clear = gr.Button(t("clear"), scale=1)
-    notice = gr.Markdown()
+    # A tool call waits here for its result, which continues the conversation as a tool turn (<|observation|>).
+    with gr.Group(visible=False, elem_id="chat-tool-result-group") as result_group:
+        result_label = gr.Markdown(elem_id="chat-tool-result-label")
+        with gr.Row():
+            result_box = gr.Textbox(
+                label=t("chat_tool_result"),
+                info=t("chat_tool_result_info"),
+                lines=2,
+                scale=5,
+                elem_id="chat-tool-result",
+            )
+            result_send = gr.Button(
+                t("chat_tool_result_send"), variant="primary", scale=1, elem_id="chat-tool-result-send"
+            )
+    notice = gr.Markdown(elem_id="chat-notice")
+    with gr.Row():
+        thinking = gr.Checkbox(
+            True, label=t("chat_thinking_switch"), info=t("chat_thinking_switch_info"), scale=1, elem_id="chat-thinking"
+        )
+        with gr.Accordion(t("chat_tools"), open=False, elem_id="chat-tools-accordion"):
+            tools_box = gr.Textbox(
+                json.dumps(EXAMPLE_TOOLS, ensure_ascii=False, indent=1),
+                label=t("chat_tools"),
+                info=t("chat_tools_info"),
+                lines=8,
+                max_lines=20,
+                elem_id="chat-tools",
+            )
     with gr.Accordion(t("gen_settings"), open=False):
         system = gr.Textbox(label=t("system_prompt"), lines=2)
         with gr.Row():
@@ -89,25 +137,113 @@ def create_chat_tab(ctx: UIContext) -> dict:
             ],
         )
 
-    def respond(text, history, model_, adapter_, system_, temperature_, top_p_, max_new_, greedy_, penalty_=1.0):
-        if not (text or "").strip():
-            yield history, "", gr.update()
-            return
-        messages = plain_messages(history) + [{"role": "user", "content": text}]
-        settings = GenerationSettings(
+    def settings_of(temperature_, top_p_, max_new_, greedy_, penalty_, thinking_) -> GenerationSettings:
+        return GenerationSettings(
             max_new_tokens=int(max_new_),
             temperature=temperature_,
             top_p=top_p_,
             greedy=bool(greedy_),
             repetition_penalty=float(penalty_ or 1.0),
+            enable_thinking=bool(thinking_),
         )
-        shown = messages + [{"role": "assistant", "content": ""}]
+
+    def entries(reply: ChatReply, turn: int) -> list[dict[str, Any]]:
+        title = t("chat_thinking") if reply.done or reply.content else t("chat_thinking_now")
+        tokens = t("chat_thinking_tokens", n=reply.reasoning_tokens)
+        return reply_entries(reply, turn, title, tokens, lambda name: t("chat_tool_call", name=name))
+
+    def result_prompt(shown: list[dict[str, Any]]):
+        """The box for the next call that waits for its result (hidden when none does)."""
+        waiting = pending_calls(shown)
+        if not waiting:
+            return gr.update(visible=False), gr.update(), gr.update()
+        call = waiting[0]
+        arguments = json.dumps(call["arguments"], ensure_ascii=False)
+        label = t("chat_tool_result_for", name=call["name"], arguments=arguments)
+        return gr.update(visible=True), label, ""
+
+    def reply_after(shown, model_, adapter_, system_, settings, tools_text_, message_=""):
+        """Stream the model's next turn after `shown` (the Chatbot's messages); yields every output of the chat
+        (`message_`: what the message box shows meanwhile)."""
+        tools = parse_tools(tools_text_)  # checked by the caller: a bad box never gets this far
+        hidden = (gr.update(visible=False), gr.update(), gr.update())
+        reply = None
+        for reply in ctx.wb.chat_replies(conversation(shown), model_, adapter_ or None, system_, settings, tools):
+            yield shown + entries(reply, len(shown)), message_, "", *hidden
+        done = shown + entries(reply, len(shown)) if reply is not None else shown
+        notice = t("chat_tools_ignored") if reply is not None and reply.tools_ignored else ""
+        yield done, message_, notice, *result_prompt(done)
+
+    def respond(
+        text,
+        history,
+        model_,
+        adapter_,
+        system_,
+        temperature_,
+        top_p_,
+        max_new_,
+        greedy_,
+        penalty_=1.0,
+        thinking_=True,
+        tools_text_="",
+    ):
+        history = plain_messages(history)
+        if not (text or "").strip():
+            yield history, "", gr.update(), *result_prompt(history)
+            return
+        shown = history + [{"role": "user", "content": text}]
+        settings = settings_of(temperature_, top_p_, max_new_, greedy_, penalty_, thinking_)
         try:
-            for reply in ctx.wb.chat_stream(messages, model_, adapter_ or None, system_, settings):
-                shown[-1]["content"] = reply
-                yield shown, "", ""
+            parse_tools(tools_text_)  # a bad Tools box is named before anything is sent; the question stays
+            yield from reply_after(shown, model_, adapter_, system_, settings, tools_text_)
         except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
-            yield plain_messages(history), text, ctx.error(exc)
+            yield history, text, ctx.error(exc), *result_prompt(history)
+
+    def send_result(
+        result,
+        history,
+        model_,
+        adapter_,
+        system_,
+        temperature_,
+        top_p_,
+        max_new_,
+        greedy_,
+        penalty_=1.0,
+        thinking_=True,
+        tools_text_="",
+    ):
+        """The tool's result for the first call that waits for one; once every call has its result, the model
+        answers (the results are its next turn's context)."""
+        history = plain_messages(history)
+        waiting = pending_calls(history)
+        if not waiting:
+            yield history, gr.update(), t("chat_no_pending_call"), *result_prompt(history)
+            return
+        call = waiting[0]
+        try:
+            parse_tools(tools_text_)
+        except Exception as exc:  # noqa: BLE001 - a DataError that names what is wrong in the box
+            yield history, gr.update(), ctx.error(exc), *result_prompt(history)
+            return
+        shown = history + [
+            result_entry(
+                call["name"],
+                result or "",
+                int(call["turn"]),
+                int(call["index"]),
+                t("chat_tool_result_title", name=call["name"]),
+            )
+        ]
+        if len(waiting) > 1:
+            yield shown, gr.update(), "", *result_prompt(shown)
+            return
+        settings = settings_of(temperature_, top_p_, max_new_, greedy_, penalty_, thinking_)
+        try:
+            yield from reply_after(shown, model_, adapter_, system_, settings, tools_text_, gr.update())
+        except Exception as exc:  # noqa: BLE001
+            yield history, gr.update(), ctx.error(exc), *result_prompt(history)
 
     with gr.Accordion(t("compare_title"), open=False):
         compare_prompt = gr.Textbox(label=t("compare_prompt"), elem_id="compare-prompt")
@@ -173,60 +309,69 @@ def create_chat_tab(ctx: UIContext) -> dict:
 
     serve.change(toggle_api, [serve, model, api_port, api_key], api_notice, api_name="serve_api")
 
-    def compare(prompt, model_, system_, temperature_, top_p_, max_new_, greedy_, *columns_and_penalty):
+    def compare(prompt, model_, system_, temperature_, top_p_, max_new_, greedy_, *columns_and_more):
         """The same prompt through each column's adapter (or the base), one after another, streaming. A column
         that names the same adapter as an earlier one shows that answer again instead of generating twice. Once
-        every column has answered, the vote buttons judge this comparison."""
-        *adapters, penalty_ = columns_and_penalty
+        every column has answered, the vote buttons judge this comparison. Answers that think or call tools are
+        judged (and stored) whole: reasoning, answer and calls in the model's markup."""
+        *adapters, penalty_, thinking_, tools_text_ = columns_and_more
         adapters = [a or "" for a in adapters]
+        shown = ["" for _ in adapters]
         answers = ["" for _ in adapters]
         failed = [False for _ in adapters]
-        settings = GenerationSettings(
-            max_new_tokens=int(max_new_),
-            temperature=temperature_,
-            top_p=top_p_,
-            greedy=bool(greedy_),
-            repetition_penalty=float(penalty_ or 1.0),
-        )
-        waiting = [gr.update(interactive=False)] * (COLUMNS * len(VOTES))
+        settings = settings_of(temperature_, top_p_, max_new_, greedy_, penalty_, thinking_)
+        waiting = [gr.update(interactive=False, variant="secondary")] * (COLUMNS * len(VOTES))
         if not (prompt or "").strip():
-            yield *answers, None, *waiting, t("compare_no_prompt")
+            yield *shown, None, *waiting, t("compare_no_prompt")
+            return
+        try:
+            tools = parse_tools(tools_text_)
+        except Exception as exc:  # noqa: BLE001 - a DataError that names what is wrong in the box
+            yield *shown, None, *waiting, ctx.error(exc)
             return
         messages = [{"role": "user", "content": prompt}]
+        notice = ""
         for index, adapter_ in enumerate(adapters):
             if adapter_ in adapters[:index]:
                 earlier = adapters.index(adapter_)
-                answers[index], failed[index] = answers[earlier], failed[earlier]
-                yield *answers, None, *waiting, ""
+                shown[index], answers[index], failed[index] = shown[earlier], answers[earlier], failed[earlier]
+                yield *shown, None, *waiting, notice
                 continue
             try:
-                for reply in ctx.wb.chat_stream(messages, model_, adapter_ or None, system_, settings):
-                    answers[index] = reply
-                    yield *answers, None, *waiting, ""
+                for reply in ctx.wb.chat_replies(messages, model_, adapter_ or None, system_, settings, tools):
+                    shown[index] = reply_markdown(reply, t, reply.reasoning_tokens)
+                    yield *shown, None, *waiting, notice
+                answers[index] = reply_markup(reply, ctx.wb.chat_engine.thinking_format)
+                notice = t("chat_tools_ignored") if reply.tools_ignored else notice
             except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
-                answers[index], failed[index] = ctx.error(exc), True
-                yield *answers, None, *waiting, ""
+                shown[index], failed[index] = ctx.error(exc), True
+                yield *shown, None, *waiting, notice
         comparison = {
             "messages": messages,
             "system": system_ or "",
             "answers": ["" if bad else answer for answer, bad in zip(answers, failed)],
             "runs": adapters,
+            "tools": tools if ctx.wb.chat_engine.thinking_format is not None else None,
             "judged": False,
         }
         votable = [not bad and answer.strip() for answer, bad in zip(answers, failed)]
         # A vote needs two different answers to compare.
         distinct = len({a.strip() for a, ok in zip(comparison["answers"], votable) if ok}) >= 2
         buttons = [
-            gr.update(interactive=bool(ok) and (verdict == "write" or distinct)) for ok in votable for verdict in VOTES
+            gr.update(interactive=bool(ok) and (verdict == "write" or distinct), variant="secondary")
+            for ok in votable
+            for verdict in VOTES
         ]
-        yield *answers, comparison, *buttons, ""
+        yield *shown, comparison, *buttons, notice
 
     def vote(comparison, column: int, verdict: str, feedback: str):
-        """One verdict on the shown comparison, recorded against each other column's (different) answer."""
+        """One verdict on the shown comparison, recorded against each other column's (different) answer. The
+        chosen button stays marked; the others are done for this comparison."""
+        unchanged = [gr.skip()] * (COLUMNS * len(VOTES))
         if not comparison:
-            return comparison, t("vote_nothing")
+            return comparison, t("vote_nothing"), *unchanged
         if comparison.get("judged"):
-            return comparison, t("vote_already")
+            return comparison, t("vote_already"), *unchanged
         try:
             counts = ctx.wb.record_column_judgment(
                 comparison["messages"],
@@ -236,12 +381,21 @@ def create_chat_tab(ctx: UIContext) -> dict:
                 verdict,
                 comparison["system"],
                 feedback=feedback,
+                tools=comparison.get("tools"),
             )
         except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
-            return comparison, ctx.error(exc)
-        return {**comparison, "judged": True}, t(f"vote_recorded_{verdict}", column=column + 1) + " " + counts_text(
-            counts
-        )
+            return comparison, ctx.error(exc), *unchanged
+        marked = [
+            gr.update(variant="primary")
+            if (number, name) == (column, verdict)
+            else gr.skip()
+            if name == "write"  # a written answer is still welcome after a vote
+            else gr.update(interactive=False)
+            for number in range(COLUMNS)
+            for name in VOTES
+        ]
+        text = t(f"vote_recorded_{verdict}", column=column + 1) + " " + counts_text(counts)
+        return {**comparison, "judged": True}, text, *marked
 
     def counts_text(counts: dict) -> str:
         return t(
@@ -256,7 +410,9 @@ def create_chat_tab(ctx: UIContext) -> dict:
         """The text box starts from that column's answer: correcting it is quicker than writing from nothing."""
         if not comparison:
             return gr.skip(), gr.update(visible=False), t("vote_nothing")
-        return comparison["answers"][column], gr.update(visible=True), t("vote_write_hint")
+        answer = comparison["answers"][column]
+        hint = t("vote_write_hint_markup") if "</think>" in answer or "<tool_call>" in answer else t("vote_write_hint")
+        return answer, gr.update(visible=True), hint
 
     def save_writing(comparison, text: str, feedback: str):
         if not comparison:
@@ -269,6 +425,7 @@ def create_chat_tab(ctx: UIContext) -> dict:
                 [r for r, a in zip(comparison["runs"], comparison["answers"]) if a],
                 comparison["system"],
                 feedback=feedback,
+                tools=comparison.get("tools"),
             )
         except Exception as exc:  # noqa: BLE001
             return gr.skip(), ctx.error(exc)
@@ -287,11 +444,16 @@ def create_chat_tab(ctx: UIContext) -> dict:
             max_new_tokens,
             greedy,
             repetition_penalty,
+            thinking,
+            tools_box,
         ],
-        outputs=[chatbot, message, notice],
+        outputs=[chatbot, message, notice, result_group, result_label, result_box],
     )
     sent = send.click(**chat_io, api_name="chat")
     submitted = message.submit(**chat_io, api_name=False)
+    result_io = {**chat_io, "fn": send_result, "inputs": [result_box, *chat_io["inputs"][1:]]}
+    resulted = result_send.click(**result_io, api_name="chat_tool_result")
+    result_submitted = result_box.submit(**result_io, api_name=False)
     vote_buttons = [button for buttons in votes for button in buttons.values()]
     comparing = compare_go.click(
         compare,
@@ -305,6 +467,8 @@ def create_chat_tab(ctx: UIContext) -> dict:
             greedy,
             *[c for c, _ in columns],
             repetition_penalty,
+            thinking,
+            tools_box,
         ],
         [*[a for _, a in columns], compared, *vote_buttons, vote_notice],
         api_name="compare",
@@ -316,7 +480,7 @@ def create_chat_tab(ctx: UIContext) -> dict:
                     comparison, column, verdict, feedback
                 ),
                 [compared, feedback_name],
-                [compared, vote_notice],
+                [compared, vote_notice, *vote_buttons],
                 api_name=False,
             )
         buttons["write"].click(
@@ -327,11 +491,12 @@ def create_chat_tab(ctx: UIContext) -> dict:
         )
     save_written.click(save_writing, [compared, written, feedback_name], [write_group, vote_notice], api_name=False)
     # Stopping cancels the streaming event; the engine then ends generation at the next token.
-    stop.click(None, None, None, cancels=[sent, submitted, comparing], api_name=False)
-    clear.click(lambda: ([], ""), None, [chatbot, notice], api_name=False)
+    stop.click(None, None, None, cancels=[sent, submitted, resulted, result_submitted, comparing], api_name=False)
+    fresh = [chatbot, notice, result_group]
+    clear.click(lambda: ([], "", gr.update(visible=False)), None, fresh, api_name=False)
     # A different model or adapter starts a new conversation: old answers came from other weights.
     for selector in (model, adapter):
-        selector.input(lambda: ([], ""), None, [chatbot, notice], api_name=False)
+        selector.input(lambda: ([], "", gr.update(visible=False)), None, fresh, api_name=False)
     choice_outputs = [model, adapter, *[c for c, _ in columns]]
     picked_by_hand = gr.State(False)
     for choice, _ in columns:

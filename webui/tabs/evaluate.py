@@ -7,9 +7,11 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from core.chat.turns import reply_from_markup
 from core.evaluation.arena import BASE
 from core.evaluation.evaluate import EvalSettings
 from webui.context import UIContext
+from webui.formatting import reply_markdown
 from webui.tabs.data import dataset_options
 
 
@@ -67,7 +69,9 @@ def create_evaluate_tab(ctx: UIContext) -> dict:
             if result.metrics.get("stopped_early")
             else ""
         )
-        rows = pd.DataFrame(result.predictions, columns=["prompt", "label", "prediction"])
+        # A model that thinks: its reasoning beside the prediction (scored without it).
+        reasoning = ["reasoning"] if any("reasoning" in p for p in result.predictions) else []
+        rows = pd.DataFrame(result.predictions, columns=["prompt", "label", "prediction", *reasoning])
         rows = rows.rename(columns={c: t(f"eval_col_{c}") for c in rows.columns})
         return note, pd.DataFrame([shown]), rows, gr.update(visible=True)
 
@@ -203,7 +207,7 @@ def create_arena(ctx: UIContext, eval_start: gr.Button, abort: gr.Button) -> dic
         def side(answer: str, name: str | None, rouge: float | None) -> str:
             heading = f"**{contestant(name, t)}**\n\n" if view.revealed else ""
             note = f"\n\n*ROUGE-L {rouge:.1f}*" if rouge is not None else ""
-            return heading + (answer or "") + note
+            return heading + reply_markdown(reply_from_markup(answer or ""), t) + note  # reasoning on demand
 
         open_ = item is not None and not view.revealed
         rouge = item.rouge_l if item is not None else None
