@@ -72,6 +72,15 @@ def identity_run_dir(identity_run) -> Path:
     return wb.run_path(run)
 
 
+def copy_run(run_dir: Path, workspace: Path) -> str:
+    """A finished run copied into another workspace (its name kept), for a test that writes beside it: arenas,
+    evaluations and votes then land in that copy, never in the session's shared run."""
+    import shutil
+
+    shutil.copytree(run_dir, workspace / "runs" / run_dir.name)
+    return run_dir.name
+
+
 def reply(wb, messages, **kwargs) -> str:
     """The Workbench's streamed greedy answer, as the chat page shows it at the end."""
     text = ""
