@@ -21,6 +21,19 @@ os.environ["NO_PROXY"] = os.environ["no_proxy"] = ",".join(
 
 REPO = Path(__file__).resolve().parents[1]
 IDENTITY_FIRST_ANSWER = "我是小智，由 GLM Workbench 团队微调的 AI 助手。"
+IDENTITY_QUESTION = [{"role": "user", "content": "你是谁？"}]
+
+
+def identity_run_config():
+    from core.config import RunConfig
+
+    return RunConfig(dataset="identity", learning_rate=2e-3, num_train_epochs=10)
+
+
+def _greedy():
+    from core.chat.engine import GenerationSettings
+
+    return GenerationSettings(greedy=True, max_new_tokens=48)
 
 
 @pytest.fixture(scope="session")
@@ -39,23 +52,49 @@ def demo_tokenizer(demo_model_dir):
     return load_tokenizer(str(demo_model_dir))
 
 
+@pytest.fixture(scope="session")
+def identity_run(tmp_path_factory, demo_model_dir):
+    """The LoRA run on the identity set (130 steps) that several files need, trained once per session through the
+    Workbench as the UI starts it: (workbench, run name, the base model's reply before training). Tests only read
+    its folder (a DPO run or a distillation starts from its adapter; chat and export read it)."""
+    from core.workbench import Workbench
+
+    wb = Workbench(tmp_path_factory.mktemp("identity-workspace"))
+    base_reply = reply(wb, IDENTITY_QUESTION)
+    run = wb.start_training(identity_run_config())
+    wb.wait_for_job(timeout=600)
+    return wb, run, base_reply
+
+
+@pytest.fixture(scope="session")
+def identity_run_dir(identity_run) -> Path:
+    wb, run, _ = identity_run
+    return wb.run_path(run)
+
+
+def copy_run(run_dir: Path, workspace: Path) -> str:
+    """A finished run copied into another workspace (its name kept), for a test that writes beside it: arenas,
+    evaluations and votes then land in that copy, never in the session's shared run."""
+    import shutil
+
+    shutil.copytree(run_dir, workspace / "runs" / run_dir.name)
+    return run_dir.name
+
+
+def reply(wb, messages, **kwargs) -> str:
+    """The Workbench's streamed greedy answer, as the chat page shows it at the end."""
+    text = ""
+    for partial in wb.chat_stream(messages, settings=_greedy(), **kwargs):
+        text = partial
+    return text.strip()
+
+
 def write(path: Path, text: str | bytes) -> Path:
     if isinstance(text, bytes):
         path.write_bytes(text)
     else:
         path.write_text(text, encoding="utf-8")
     return path
-
-
-def pytest_collection_modifyitems(config, items):
-    """Tests marked gpu run only where CUDA is present (the device machine); here they are skipped, saying so."""
-    import torch
-
-    if torch.cuda.is_available():
-        return
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from core.config import RunConfig
 from core.errors import RunStateError
 from core.evaluation.arena import Arena, auto_judge, judge, reveal, score, view, wilson_interval
 from core.workbench import Workbench
+from tests.conftest import copy_run
 from webui.locale import Translator
 
 
@@ -113,10 +113,9 @@ def test_rouge_l_judges_against_the_reference(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_meets_its_base_through_the_workbench(tmp_path, demo_model_dir):
+def test_a_run_meets_its_base_through_the_workbench(identity_run_dir, tmp_path):
     wb = Workbench(tmp_path / "ws")
-    run = wb.start_training(RunConfig(dataset="identity", num_train_epochs=10, learning_rate=2e-3))
-    wb.wait_for_job(300)
+    run = copy_run(identity_run_dir, tmp_path / "ws")  # the session's LoRA run on the identity set (conftest)
     from core.evaluation.arena import ArenaSettings
 
     arena = wb.arena_start(run, "identity", settings=ArenaSettings(max_samples=4, max_new_tokens=24, seed=3))

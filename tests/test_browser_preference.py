@@ -10,7 +10,6 @@ import re
 
 import pytest
 
-from core.config import RunConfig
 from core.workbench import Workbench
 from tests.browser import (
     PAGE_MS,
@@ -21,6 +20,7 @@ from tests.browser import (
     screenshot,
     settled_text,
 )
+from tests.conftest import copy_run
 from tests.ui_server import running_ui
 from webui.locale import Translator
 
@@ -31,13 +31,12 @@ expect = playwright_api.expect
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, demo_model_dir):
-    """A workspace holding one finished LoRA run that knows who it is, and the page on it."""
+def server(tmp_path_factory, identity_run_dir):
+    """A workspace holding one finished LoRA run that knows who it is (a copy of the session's identity run, which
+    tests/conftest.py trains through the Workbench), and the page on it."""
     workspace = tmp_path_factory.mktemp("preference") / "workspace"
-    wb = Workbench(workspace)
-    run = wb.start_training(RunConfig(dataset="identity", num_train_epochs=10, learning_rate=2e-3))
-    wb.wait_for_job(1800)  # returns when the run ends; the limit is for a machine far busier than ours
-    assert wb.snapshot(run).state == "finished"
+    run = copy_run(identity_run_dir, workspace)
+    assert Workbench(workspace).snapshot(run).state == "finished"
     with running_ui(workspace, lang="zh") as url:
         yield url.removesuffix("zh/"), workspace, run
 

@@ -162,6 +162,7 @@ def test_cli_convert_refuses_a_non_empty_target_and_overwrites_only_its_own(tmp_
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
 
 
+@pytest.mark.slow  # a fresh CLI process
 def test_cli_chat_prints_what_thudms_chat_returned():
     """A fresh process, THUDM's folder as the model: the remote-code stand-ins raise if imported, so the answer can
     only come from the native model."""

@@ -37,13 +37,9 @@ def greedy_answers(model, tokenizer, conversations) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def teacher_run(tmp_path_factory, demo_model_dir):
-    run = tmp_path_factory.mktemp("teacher") / "run"
-    assert (
-        TrainingSession(RunConfig(dataset="identity", learning_rate=2e-3, num_train_epochs=10), run).run()["state"]
-        == "finished"
-    )
-    return run
+def teacher_run(identity_run_dir):
+    """The session's LoRA run on the identity set (tests/conftest.py): the teacher."""
+    return identity_run_dir
 
 
 def test_logit_distillation_makes_the_student_agree_with_the_teacher(teacher_run, tmp_path, demo_model_dir):

@@ -8,15 +8,14 @@ import zipfile
 import pytest
 
 from core.chat.engine import GenerationSettings
-from core.config import RunConfig
 from core.errors import WorkbenchError
 from core.training.job import BusyError
 from core.workbench import Workbench
-from tests.conftest import IDENTITY_FIRST_ANSWER
+from tests.conftest import IDENTITY_FIRST_ANSWER, IDENTITY_QUESTION, identity_run_config, reply
 
 GREEDY = GenerationSettings(greedy=True, max_new_tokens=48)
-QUESTION = [{"role": "user", "content": "你是谁？"}]
-DEMO_RUN = RunConfig(dataset="identity", learning_rate=2e-3, num_train_epochs=10)
+QUESTION = IDENTITY_QUESTION
+DEMO_RUN = identity_run_config()
 
 
 def quarter_means(losses: list[float]) -> tuple[float, float]:
@@ -24,21 +23,10 @@ def quarter_means(losses: list[float]) -> tuple[float, float]:
     return sum(losses[:quarter]) / quarter, sum(losses[-quarter:]) / quarter
 
 
-def reply(wb: Workbench, messages, **kwargs) -> str:
-    text = ""
-    for partial in wb.chat_stream(messages, settings=GREEDY, **kwargs):
-        text = partial
-    return text.strip()
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, demo_model_dir):
-    """One LoRA run on the identity set, shared by the tests of this module."""
-    wb = Workbench(tmp_path_factory.mktemp("workspace"))
-    base_reply = reply(wb, QUESTION)
-    run = wb.start_training(DEMO_RUN)
-    wb.wait_for_job(timeout=600)
-    return wb, run, base_reply
+def trained(identity_run):
+    """The session's LoRA run on the identity set (tests/conftest.py), trained through the Workbench."""
+    return identity_run
 
 
 def test_training_writes_a_complete_run_folder(trained):

@@ -1,7 +1,9 @@
-"""LoRA+, the method added as one module: B's learning rate is the ratio times A's, it trains the identity set,
+"""LoRA+, the method added as one module: B's learning rate is the ratio times A's, it learns the identity set,
 and its adapter chats like any LoRA adapter."""
 
 from __future__ import annotations
+
+import pytest
 
 from core.chat.engine import ChatEngine, GenerationSettings
 from core.config import RunConfig
@@ -11,7 +13,7 @@ from core.training.runner import TrainingSession
 from tests.conftest import IDENTITY_FIRST_ANSWER
 
 
-def test_loraplus_gives_b_a_faster_learning_rate_and_learns_the_identity(tmp_path, demo_model_dir):
+def test_loraplus_gives_b_a_faster_learning_rate(tmp_path, demo_model_dir):
     from transformers import TrainingArguments
 
     from core.models.loader import load_model
@@ -27,6 +29,13 @@ def test_loraplus_gives_b_a_faster_learning_rate_and_learns_the_identity(tmp_pat
     rates = {group["lr"] for group in groups if group["params"]}
     assert rates == {1e-3, 16e-3}
 
+
+@pytest.mark.slow
+def test_loraplus_learns_the_identity(tmp_path, demo_model_dir):
+    """Its short run is checked step by step in tests/test_method_contract.py; this one trains long enough to learn."""
+    config = RunConfig(
+        finetuning_type="loraplus", dataset="identity", learning_rate=1e-3, loraplus_lr_ratio=16, num_train_epochs=6
+    )
     status = TrainingSession(config, tmp_path / "run").run()
     assert status["state"] == "finished", status
     losses = [m["loss"] for m in read_metrics(tmp_path / "run") if "loss" in m]

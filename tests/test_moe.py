@@ -35,7 +35,18 @@ def lite_model_dir(tmp_path_factory):
     return write_tiny_model(folder, Glm4MoeLiteConfig, Glm4MoeLiteForCausalLM, LITE_ARCHITECTURE, "glm47")
 
 
-@pytest.fixture(scope="module", params=[(m, k) for k in ("demo-moe", "lite") for m in RUNS], ids=lambda p: "-".join(p))
+# The quick loop trains one adapter run and one that trains the base, one on each architecture; the slow suite all 8.
+QUICK = (("lora", "demo-moe"), ("full", "lite"))
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param((m, k), marks=() if (m, k) in QUICK else pytest.mark.slow, id=f"{m}-{k}")
+        for k in ("demo-moe", "lite")
+        for m in RUNS
+    ],
+)
 def trained(request, tmp_path_factory, lite_model_dir):
     method, kind = request.param
     model = "demo-moe" if kind == "demo-moe" else lite_model_dir

@@ -52,11 +52,9 @@ def pairs_file(tmp_path_factory, identity_split):
 
 
 @pytest.fixture(scope="module")
-def sft_run(tmp_path_factory, demo_model_dir):
-    run_dir = tmp_path_factory.mktemp("sft") / "run"
-    status = TrainingSession(RunConfig(dataset="identity", num_train_epochs=10, learning_rate=2e-3), run_dir).run()
-    assert status["state"] == "finished", status
-    return run_dir
+def sft_run(identity_run_dir):
+    """The session's SFT LoRA run on the identity set (tests/conftest.py)."""
+    return identity_run_dir
 
 
 def dpo_config(sft_run, pairs_file, **changes) -> RunConfig:
