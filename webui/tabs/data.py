@@ -94,6 +94,8 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
     # No file_types filter: our own check names the file and the supported types in the page, not a toast.
     upload = gr.File(label=t("upload_label"), type="filepath", height=120, elem_id="data-upload")
     summary = gr.Markdown(elem_id="data-summary")
+    # Up front, before the table: a dataset whose answers all lie beyond cutoff_len cannot train.
+    cutoff_note = gr.Markdown(elem_id="data-cutoff")
     table = gr.Dataframe(interactive=False, wrap=True, max_height=520, elem_id="data-table")
     histogram = gr.Plot(label=t("tokens"), show_label=False, elem_id="data-lengths")
     with gr.Accordion(t("sample_title"), open=True):
@@ -167,10 +169,15 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
         try:
             ctx.wb.preview_upload(file_path, format_name, mapping)
         except UnknownColumnsError as exc:
-            # The rows read fine: keep the file selected so a column mapping can be typed in and applied.
-            saved = ctx.wb.add_upload(file_path)
-            options = gr.update(choices=dataset_options(ctx), value=saved)
-            yield options, ctx.error(exc), pd.DataFrame(), gr.update(), None
+            # The rows read fine but their columns need a mapping: typed in above, the file uploaded again.
+            kept = t("data_upload_kept", dataset=Path(current or "identity").name)
+            yield (
+                gr.skip(),
+                f"{ctx.error(exc)}\n\n{t('data_unknown_columns_hint')}\n\n{kept}",
+                gr.skip(),
+                gr.skip(),
+                None,
+            )
             return
         except Exception as exc:  # noqa: BLE001 - a file that cannot be used never becomes the selected dataset
             kept = t("data_upload_kept", dataset=Path(current or "identity").name)
@@ -182,7 +189,10 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
 
     # `.input` fires on the user's own changes only, so an upload that selects its file does not preview twice.
     preview_io = dict(fn=preview, inputs=[dataset, fmt, page, columns], outputs=[summary, table, page])
-    dataset.input(**preview_io, api_name="preview_dataset")
+    # Another dataset starts at its first sample and page, with no column mapping meant for the last one.
+    dataset.input(lambda: (1, "", 1), None, [sample_index, columns, page], api_name=False).then(
+        **preview_io, api_name="preview_dataset"
+    )
     fmt.input(**preview_io, api_name=False)
     page.submit(**preview_io, api_name=False)
     columns.submit(**preview_io, api_name=False)
@@ -195,11 +205,25 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
     )
 
     def lengths(name: str, format_name: str, model: str, template: str, cutoff_len: float, mapping: str = ""):
+        """The histogram, and a line up front when samples lose every answer token to the cutoff."""
         try:
             found = ctx.wb.token_lengths(name, format_name, model, template, mapping)
         except Exception:  # noqa: BLE001 - the preview above already names data problems
-            return None  # no histogram rather than another dataset's
-        return length_histogram(found.lengths, int(cutoff_len or 0), t, total=found.total)
+            return None, ""  # no histogram rather than another dataset's
+        cutoff = int(cutoff_len or 0)
+        return length_histogram(found.lengths, cutoff, t, total=found.total), cutoff_line(found, cutoff)
+
+    def cutoff_line(found, cutoff: int) -> str:
+        measured = len(found.answer_starts)
+        kept = found.keeping_answer(cutoff)
+        if kept == measured:
+            return ""
+        if found.sampled:  # a random sample of the samples: scaled to the whole, as the histogram's title does
+            kept = round(kept * found.total / max(measured, 1))
+        total = found.total
+        if kept == 0:
+            return t("data_cutoff_none", kept=0, total=total, cutoff=cutoff)
+        return t("data_cutoff_some", kept=kept, total=total, cutoff=cutoff, dropped=total - kept)
 
     def refresh(current: str | None):
         options = dataset_options(ctx)
@@ -215,7 +239,7 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
         "table": table,
         "preview": preview_io,
         "lengths": lengths,
-        "histogram": histogram,
+        "histogram": [histogram, cutoff_note],
         "render": render,
         "sample_index": sample_index,
         "rendered": [legend, rendered],
