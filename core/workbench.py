@@ -691,6 +691,17 @@ class Workbench:
         finally:
             self.reclaim_exports()
 
+    def merged_zip(self, folder: str) -> str:
+        """A merged model folder (written by merge_run) as exports/<folder name>.zip, for the browser to download."""
+        from core.export import zip_merged
+
+        source = Path(folder).expanduser()
+        self.access.check(source, "merge_target")
+        try:
+            return str(zip_merged(source, self.exports / f"{source.name}.zip"))
+        finally:
+            self.reclaim_exports()
+
 
 def _file_digest(path: Path) -> str:
     digest = hashlib.sha256()

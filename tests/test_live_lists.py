@@ -106,3 +106,26 @@ def test_the_data_tab_knows_when_no_answer_survives_the_cutoff(tmp_path, demo_mo
     assert found.keeping_answer(64) == 0 and found.keeping_answer(100_000) == 3
     line = Translator("en")("data_cutoff_none", kept=0, total=3, cutoff=64)
     assert line.startswith("**0 of 3 conversations keep an answer token within cutoff 64**")
+
+
+def test_the_exported_zip_carries_a_model_card_and_a_merged_model_zips(tmp_path, demo_model_dir):
+    import zipfile
+
+    from core.config import RunConfig
+
+    wb = Workbench(tmp_path / "ws")
+    run = wb.start_training(RunConfig(dataset="identity", max_steps=4, learning_rate=4e-3))
+    wb.wait_for_job(900)
+    assert wb.snapshot(run).state == "finished"
+    with zipfile.ZipFile(wb.export_zip(run)) as archive:
+        card = archive.read("README.md").decode()
+        adapter_config = json.loads(archive.read("adapter_config.json"))
+    assert "[More Information Needed]" not in card
+    for fact in ("**demo**", "| method | lora |", "| stage | sft |", "| training data | identity |", "4/4"):
+        assert fact in card, fact
+    assert 'PeftModel.from_pretrained(base, "path/to/this/unzipped/folder")' in card
+    assert adapter_config["base_model_name_or_path"] == "demo"  # not the server's path to the demo model
+    merged = wb.merge_run(run, str(tmp_path / "ws" / "exports" / "merged"))
+    with zipfile.ZipFile(wb.merged_zip(merged)) as archive:
+        names = archive.namelist()
+    assert "config.json" in names and any(name.endswith(".safetensors") for name in names)

@@ -253,7 +253,7 @@ def length_histogram(lengths: list[int], cutoff_len: int, t, total: int | None =
         histogram = go.Histogram(x=lengths, nbinsx=min(50, max(5, len(set(lengths)))))
     figure = go.Figure(histogram.update(name=t("tokens")))
     if outliers:
-        _note(figure, t("length_outliers", count=len(outliers), limit=int(upper * 1.1), longest=longest), 0.98, 0.9)
+        _note(figure, t("length_outliers", count=len(outliers), limit=int(upper * 1.1), longest=longest), 0.98, 0.75)
         figure.layout.annotations[-1].xanchor = "right"
     if cutoff_len <= (upper * 1.1 if outliers else longest * 1.5):  # far to the right it would squash the bars
         figure.add_vline(

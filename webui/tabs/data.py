@@ -16,22 +16,29 @@ from core.data.readers import DEMO_DATASETS
 from core.errors import UnknownColumnsError
 from webui.charts import length_histogram
 from webui.context import UIContext
+from webui.formatting import clip_cell, column_widths
 
 PAGE_SIZE = 20
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, more: str) -> str:
     if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False)
-    return "" if value is None else str(value)
+        value = json.dumps(value, ensure_ascii=False)
+    return "" if value is None else clip_cell(str(value), more)
 
 
-def page_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """One page of rows as a table: the columns of these rows, in the order they first appear."""
+def page_table(rows: list[dict[str, Any]], more: str = "… (+{count})") -> pd.DataFrame:
+    """One page of rows as a table: the columns of these rows, in the order they first appear; a very long cell
+    clipped (`more` says how much was left out)."""
     columns: list[str] = []
     for row in rows:
         columns += [key for key in row if key not in columns]
-    return pd.DataFrame([[_cell(row.get(c)) for c in columns] for row in rows], columns=columns)
+    return pd.DataFrame([[_cell(row.get(c), more) for c in columns] for row in rows], columns=columns)
+
+
+def shown_table(frame: pd.DataFrame) -> dict:
+    """A table update whose columns share the width by what they hold (webui/formatting.py)."""
+    return gr.update(value=frame, column_widths=column_widths(frame) if len(frame.columns) else None)
 
 
 def dataset_options(ctx: UIContext) -> list[tuple[str, str]]:
@@ -121,6 +128,7 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
         """The summary and a page of rows. A large file shows its first rows at once, straight from the file, and
         the summary once every row is checked (the next time, both come from the data cache)."""
         page_number = max(int(page_number or 1), 1)
+        more = t.strings["cell_clipped"]  # filled in per cell by clip_cell
         try:
             peek = ctx.wb.peek_dataset(name, format_name, mapping, page_number * PAGE_SIZE)
         except Exception as exc:  # noqa: BLE001 - a path outside the allowed folders, say
@@ -128,7 +136,7 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
             return
         if peek is not None:
             text = t("data_checking", path=Path(name).name, format=peek.format or "?") + f" · {page_number}"
-            yield text, page_table(peek.rows[(page_number - 1) * PAGE_SIZE :]), page_number
+            yield text, shown_table(page_table(peek.rows[(page_number - 1) * PAGE_SIZE :], more)), page_number
         try:
             checked = ctx.wb.preview_dataset(name, format_name, mapping)
         except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
@@ -153,7 +161,7 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
                 + "\n"
                 + "\n".join(f"- {t.message(p)}" for p in checked.problems(20))
             )
-        yield text, page_table(checked.page(page_number, PAGE_SIZE)), page_number
+        yield text, shown_table(page_table(checked.page(page_number, PAGE_SIZE), more)), page_number
 
     def on_upload(file_path: str | None, format_name: str, mapping: str = "", current: str = ""):
         """Check the file where it was uploaded; keep it in the workspace (and select it) only if it can be used,

@@ -7,7 +7,7 @@ import pandas as pd
 
 from webui.charts import overlay_figure
 from webui.context import UIContext
-from webui.formatting import format_duration, format_loss
+from webui.formatting import column_widths, format_duration, format_loss
 
 COLUMNS = (
     "run",
@@ -79,13 +79,17 @@ def create_runs_tab(ctx: UIContext) -> dict:
             gr.Warning(t.message(exc))
             return gr.skip()
 
+    def shown_runs():
+        frame = runs_frame(ctx)
+        return gr.update(value=frame, column_widths=column_widths(frame))
+
     def refresh(chosen: list[str] | None = None, one: str | None = None):
         """The table and lists read afresh; what the user chose stays chosen while it exists (a list refreshed
         because another run started must not undo their choice)."""
         current = [run.name for run in ctx.wb.runs()]
         kept = [name for name in chosen or [] if name in current]
         return (
-            runs_frame(ctx),
+            shown_runs(),
             gr.update(choices=current, value=kept or current[:2]),
             gr.update(choices=current, value=one if one in current else (current[0] if current else None)),
             gr.update(visible=False),

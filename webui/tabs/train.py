@@ -81,6 +81,9 @@ def progress_html(snapshot, ctx: UIContext) -> str:
         elapsed=format_duration(status.get("elapsed")),
         eta=format_duration(eta),
     )
+    if state in ("finished", "failed", "aborted", "interrupted"):
+        # Not what the form below will train: after a reload the form shows fresh settings, this line the past.
+        text = t("progress_last", text=text)
     notes = []
     if state == "interrupted":
         checkpoint = status.get("checkpoint")
