@@ -60,6 +60,23 @@ def zip_run(run_dir: str | Path, zip_path: str | Path, overwrite: bool = False) 
     return zip_path
 
 
+# How to load an export, for its model card (code, not a sentence: the same in every language).
+LOAD_ADAPTER = """```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+base = AutoModelForCausalLM.from_pretrained("{base}")
+tokenizer = AutoTokenizer.from_pretrained("{base}")
+model = PeftModel.from_pretrained(base, "path/to/this/unzipped/folder")
+```"""
+LOAD_MODEL = """```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("path/to/this/unzipped/folder")
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/unzipped/folder")
+```"""
+
+
 def base_model_name(model: str) -> str:
     """The base model as a reader elsewhere can find it: a hub name as given, a local folder by its name (the
     server's absolute path means nothing on another machine)."""
@@ -94,6 +111,8 @@ def model_card(run_dir: Path, output: Path) -> str:
         final_loss=f"{final:.4g}" if isinstance(final, (int, float)) else "-",
         best_eval_loss=f"{best:.4g}" if best is not None else "-",
         template=config.template,
+        load=LOAD_ADAPTER.format(base=base) if adapter else LOAD_MODEL,
+        command="glm-workbench train config.yaml",
     ).render("en")
 
 
