@@ -66,6 +66,7 @@ def test_smoothing_is_debiased_time_weighted_and_follows_a_fast_drop():
     assert on_log[-1] < 1e-30
     figure = loss_figure([{"step": s, "loss": v} for s, v in enumerate(dpo, 1)], Translator("en"))
     assert figure.layout.yaxis.type == "log" and figure.layout.yaxis.exponentformat == "power"  # 10⁻⁹, not "1n"
+    assert figure.layout.yaxis.dtick == 6  # 36 decades: a label every 6th, not every digit
     assert [trace.name for trace in figure.data[:2]] == ["loss", "loss (smoothed)"]
     raw_only = loss_figure([{"step": s, "loss": v} for s, v in enumerate(dpo, 1)], Translator("en"), smoothing=False)
     assert "loss (smoothed)" not in [trace.name for trace in raw_only.data]

@@ -69,9 +69,14 @@ def _note(figure: go.Figure, text: str, x: float, y: float) -> None:
     figure.add_annotation(text=text, showarrow=False, x=x, y=y, xref="paper", yref="paper", font={"color": "#64748b"})
 
 
-def log_axis(figure: go.Figure, **where) -> None:
-    """A log axis with powers of ten written out (10⁻⁹), never SI prefixes: plotly's "1n" reads as a typo."""
-    figure.update_yaxes(type="log", exponentformat="power", **where)
+def log_axis(figure: go.Figure, values: list[float], **where) -> None:
+    """A log axis with powers of ten written out (10⁻⁹), never SI prefixes (plotly's "1n" reads as a typo), and
+    few labels: 1, 2, 5 of each decade over a short span, whole decades (every k-th) over a long one, where
+    plotly would label every digit and stack them."""
+    positive = [v for v in values if v > 0 and math.isfinite(v)]
+    span = math.log10(max(positive) / min(positive)) if positive else 1.0
+    dtick: str | int = "D2" if span <= 3 else max(1, math.ceil(span / 6))
+    figure.update_yaxes(type="log", exponentformat="power", dtick=dtick, **where)
 
 
 def loss_figure(metrics: list[dict[str, Any]], t, log_scale: bool | None = None, smoothing: bool = True) -> go.Figure:
@@ -191,7 +196,7 @@ def loss_figure(metrics: list[dict[str, Any]], t, log_scale: bool | None = None,
     if preference:
         _add_preference(figure, metrics, t)
     if use_log:
-        log_axis(figure, row=1, col=1)
+        log_axis(figure, losses + eval_losses, row=1, col=1)
     figure.update_layout(
         height=760 if preference else 520,
         margin={"l": 50, "r": 30, "t": 40, "b": 40},
@@ -322,5 +327,5 @@ def overlay_figure(metrics_by_run: dict[str, list[dict[str, Any]]], t) -> go.Fig
         _hide_axes(figure)
         _note(figure, t("no_data_yet"), 0.5, 0.5)
     elif any(wants_log_scale(metrics) for metrics in metrics_by_run.values()):
-        log_axis(figure)
+        log_axis(figure, [v for trace in figure.data for v in trace.y or ()])
     return figure

@@ -19,6 +19,7 @@ from webui.context import UIContext
 from webui.formatting import clip_cell, column_widths
 
 PAGE_SIZE = 20
+SAMPLE_CHARS = 20_000  # the most of one rendered sample the page shows
 
 
 def _cell(value: Any, more: str) -> str:
@@ -118,10 +119,16 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
             )
         except Exception as exc:  # noqa: BLE001 - the preview above already names data problems
             return "", f"<div class='gw-error'>{html.escape(t.message(exc))}</div>"
-        spans = "".join(
-            f"<span class='{'gw-loss' if trains else 'gw-prompt'}'>{html.escape(text)}</span>"
-            for text, trains in pieces
-        )
+        spans, room = [], SAMPLE_CHARS  # a 1M-token row shows its start, not megabytes of page
+        for text, trains in pieces:
+            shown = text[:room]
+            spans.append(f"<span class='{'gw-loss' if trains else 'gw-prompt'}'>{html.escape(shown)}</span>")
+            room -= len(shown)
+            if room <= 0:
+                left = sum(len(piece) for piece, _ in pieces) - SAMPLE_CHARS
+                spans.append(html.escape(t("cell_clipped", count=f"{left:,}")))
+                break
+        spans = "".join(spans)
         return t("sample_legend", template=used), f"<pre class='gw-sample'>{spans}</pre>"
 
     def preview(name: str, format_name: str, page_number: float, mapping: str = ""):

@@ -54,10 +54,18 @@ def create_evaluate_tab(ctx: UIContext) -> dict:
             greedy=bool(greedy_),
             temperature=float(temperature_),
         )
+        if run_name:  # generating takes a while: the page says what it is doing at once
+            yield (
+                t("eval_running", run=run_name, dataset=Path(dataset_name or "").name),
+                gr.skip(),
+                gr.skip(),
+                gr.skip(),
+            )
         try:
             result = ctx.wb.evaluate(run_name or "", dataset_name, settings=settings)
         except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
-            return ctx.error(exc), gr.skip(), gr.skip(), gr.update(visible=False)
+            yield ctx.error(exc), gr.skip(), gr.skip(), gr.update(visible=False)
+            return
         shown = {
             t.get(f"metric_{key}", key): value
             for key, value in result.metrics.items()
@@ -70,7 +78,7 @@ def create_evaluate_tab(ctx: UIContext) -> dict:
         )
         rows = pd.DataFrame(result.predictions, columns=["prompt", "label", "prediction"])
         rows = rows.rename(columns={c: t(f"eval_col_{c}") for c in rows.columns})
-        return note, pd.DataFrame([shown]), rows, gr.update(visible=True)
+        yield note, pd.DataFrame([shown]), rows, gr.update(visible=True)
 
     def abort_evaluation():
         return t("eval_aborting") if ctx.wb.abort_evaluation() else t("eval_nothing_running")
