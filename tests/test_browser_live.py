@@ -25,6 +25,13 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
 
 BROWSER_LOCALE = {"zh": "en-US", "en": "zh-CN"}  # each page opened by a browser set to the other language
+# Gradio's announcements to screen readers last a moment (a role=status region, emptied again): keep each one.
+HEAR = """() => {
+  window.heard = [];
+  new MutationObserver(() => document.querySelectorAll('.sr-only[role=status]').forEach(e => {
+    if (e.textContent.trim()) window.heard.push(e.textContent.trim());
+  })).observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +64,7 @@ def test_votes_reach_every_tab_and_train_dpo_without_a_reload(browser, server, l
     for page in (voter, other):
         page.goto(f"{root}{lang}/")
         expect(page.locator("#data-summary")).not_to_be_empty()
+    voter.evaluate(HEAR)
 
     # A file with unknown columns: the message says what is wrong and that identity is still in use.
     odd = tmp_path / "unknown_columns.jsonl"
@@ -101,8 +109,8 @@ def test_votes_reach_every_tab_and_train_dpo_without_a_reload(browser, server, l
     expect(other.locator("#field-learning_rate input")).to_have_value("0.0005")
     expect(other.locator("#train-stage-note")).to_contain_text("dpo")
     expect(other.locator("#field-pref_beta")).to_be_visible()
-    other.keyboard.press("Escape")
-    other.mouse.click(2, 2)
+    other.locator("h1").click()  # the option list closed before the screenshot
+    expect(other.locator("#train-dataset [role=option]")).to_have_count(0)
     screenshot(other, f"{lang}-10-train-follows-votes", shots)
     open_tab(other, t("tab_data"))
     expect(box).to_have_value(shown)  # the Data tab shows the dataset the Train tab picked
@@ -125,7 +133,7 @@ def test_votes_reach_every_tab_and_train_dpo_without_a_reload(browser, server, l
     ticks = other.evaluate(ticks_js)
     assert ticks and not [tick for tick in ticks if re.search(r"\d[munpfazy]$", tick)], ticks
     open_tab(voter, t("tab_runs"))
-    row = voter.locator("#runs-table tr", has_text=dpo_run)
+    row = voter.locator("#runs-table [role=row]", has_text=dpo_run)
     expect(row).to_contain_text("dpo", timeout=PAGE_MS)
     expect(voter.locator("#runs-table")).to_contain_text(t("runs_col_stage"))
     screenshot(voter, f"{lang}-11-runs-stage", shots)
@@ -142,9 +150,9 @@ def test_votes_reach_every_tab_and_train_dpo_without_a_reload(browser, server, l
     expect(voter.locator("#arena-left-better")).to_be_enabled(timeout=SLOW_MS)
     voter.locator("#arena-auto").click()
     expect(voter.locator("#arena-status")).to_contain_text(t("arena_rouge_status", judged=2, total=2))
+    voter.locator("h1").click()  # the run picker's option list closed before the screenshot
     screenshot(voter, f"{lang}-12-arena-held-out", shots)
-    # What screen readers hear as each event ends: the page's word for it, never gradio's key "common.complete".
-    heard_js = "() => Array.from(document.querySelectorAll('.sr-only[role=status]')).map(e => e.textContent).join('|')"
-    voter.wait_for_function(f"() => ({heard_js})().includes({json.dumps(t('status_complete'))})")
-    assert "common." not in voter.evaluate(heard_js)
+    # What screen readers heard as each event ended: the page's word for it, never gradio's key "common.complete".
+    heard = voter.evaluate("() => window.heard.join('|')")
+    assert t("status_complete") in heard and "common." not in heard, heard
     context.close()

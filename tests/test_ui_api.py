@@ -97,8 +97,8 @@ def test_bad_uploads_show_a_specific_message_and_the_ui_keeps_working(ui, tmp_pa
     result = client.predict(gradio_client.handle_file(str(path)), "auto", api_name="/upload_dataset")
     summary = result[1]
     assert summary.startswith("**Error:**") and message in summary
-    if case != "unknown columns":  # (those rows read fine: the file stays selected for a column mapping)
-        assert "value" not in result[0]  # the dataset choice stays where it was: a broken file is not selected
+    assert "value" not in result[0]  # the dataset choice stays where it was: a file that cannot train is not selected
+    assert "is still the dataset in use" in summary
     assert "Traceback" not in summary
     # The UI still answers: a good dataset previews fine afterwards.
     assert "format **sharegpt**" in client.predict("multiturn", "auto", 1, api_name="/preview_dataset")[0]
@@ -136,8 +136,12 @@ def test_a_column_mapping_makes_a_differently_named_file_usable(ui, tmp_path):
     )
     dataset, summary, *_ = client.predict(gradio_client.handle_file(str(path)), "auto", "", api_name="/upload_dataset")
     assert summary.startswith("**Error:**") and "column mapping such as question=instruction" in summary
-    uploaded = dataset["value"]  # kept and selected: the mapping can be applied without uploading again
+    assert "value" not in dataset and "upload the file again" in summary  # never the dataset in use as it is
     mapping = "question=instruction, answer=output"
+    dataset, summary, *_ = client.predict(
+        gradio_client.handle_file(str(path)), "auto", mapping, api_name="/upload_dataset"
+    )
+    uploaded = dataset["value"]  # with the mapping typed in first, it is kept and selected
     summary, table, _ = client.predict(uploaded, "auto", 1, mapping, api_name="/preview_dataset")
     assert "format **alpaca**" in summary and "2 rows" in summary
     assert table["headers"] == ["question", "answer"]  # the table shows the file as it is
