@@ -438,13 +438,13 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     method_inputs = [fields["finetuning_type"], fields["model_name_or_path"], fields["stage"]]
     for trigger in (fields["finetuning_type"], fields["model_name_or_path"]):
         trigger.input(method_changed, method_inputs, method_outputs, api_name=False)
-    # A stage picked by hand brings its own learning rate (dpo steps are far smaller than sft's).
-    fields["stage"].input(
-        lambda method, model, stage: suggested_learning_rate(model, method, stage),
-        method_inputs,
-        fields["learning_rate"],
-        api_name=False,
-    )
+
+    # A stage picked by hand brings its own learning rate (dpo steps are far smaller than sft's). `select` fires on
+    # the user's click only: a stage set by the dataset (follow_data) comes with its rate already.
+    def stage_picked(method: str, model: str, picked: gr.SelectData):
+        return suggested_learning_rate(model, method, str(picked.value))
+
+    fields["stage"].select(stage_picked, method_inputs[:2], fields["learning_rate"], api_name=False)
 
     fields["stage"].change(
         lambda stage: gr.update(visible=stage != "sft"), fields["stage"], preference_group, api_name=False
