@@ -60,15 +60,119 @@ def zip_run(run_dir: str | Path, zip_path: str | Path, overwrite: bool = False) 
     return zip_path
 
 
+# How to load an export, for its model card (code, not a sentence: the same in every language).
+LOAD_ADAPTER = """```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+base = AutoModelForCausalLM.from_pretrained("{base}")
+tokenizer = AutoTokenizer.from_pretrained("{base}")
+model = PeftModel.from_pretrained(base, "path/to/this/unzipped/folder")
+```"""
+LOAD_MODEL = """```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("path/to/this/unzipped/folder")
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/unzipped/folder")
+```"""
+
+
+def base_model_name(model: str) -> str:
+    """The base model as a reader elsewhere can find it: a hub name as given, a local folder by its name (the
+    server's absolute path means nothing on another machine)."""
+    return Path(model).name if Path(model).is_absolute() else model
+
+
+def model_card(run_dir: Path, output: Path) -> str:
+    """README.md for the zip: base model by name, method and stage, data, steps, the final and best eval loss,
+    and how to load it (in English, as model cards on the hub are)."""
+    from core.config import load_yaml
+    from core.i18n import message
+    from core.runs import read_metrics, read_status
+
+    config = load_yaml(run_dir / CONFIG_FILE)
+    status = read_status(run_dir)
+    evals = [m["eval_loss"] for m in read_metrics(run_dir) if m.get("eval_loss") is not None]
+    base = base_model_name(config.model_name_or_path)
+    adapter = output.name == ADAPTER_DIR
+    final, best = status.get("final_loss"), min(evals) if evals else None
+    return message(
+        "export.model_card_adapter" if adapter else "export.model_card_model",
+        name=run_dir.name,
+        base=base,
+        method=config.finetuning_type,
+        stage=config.stage,
+        dataset=Path(config.dataset).name,
+        eval_dataset=Path(config.eval_dataset).name if config.eval_dataset else "-",
+        steps=f"{status.get('step', 0)}/{status.get('max_steps', 0)}",
+        epochs=config.num_train_epochs,
+        learning_rate=config.learning_rate,
+        cutoff_len=config.cutoff_len,
+        final_loss=f"{final:.4g}" if isinstance(final, (int, float)) else "-",
+        best_eval_loss=f"{best:.4g}" if best is not None else "-",
+        template=config.template,
+        load=LOAD_ADAPTER.format(base=base) if adapter else LOAD_MODEL,
+        command="glm-workbench train config.yaml",
+    ).render("en")
+
+
+def _portable_adapter_config(path: Path, base: str) -> bytes:
+    """adapter_config.json with the base model by the name it was chosen by, not the training machine's path."""
+    import json
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if "base_model_name_or_path" in data:
+        data["base_model_name_or_path"] = base
+    return json.dumps(data, indent=2, ensure_ascii=False).encode()
+
+
 def _write_zip(run_dir: Path, output: Path, partial: str) -> None:
+    from core.config import load_yaml
+
     with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for file in sorted(output.rglob("*")):
-            if file.is_file() and not file.name.startswith(".glm_workbench"):
-                archive.write(file, file.relative_to(output).as_posix())
+            if not file.is_file() or file.name.startswith(".glm_workbench"):
+                continue
+            name = file.relative_to(output).as_posix()
+            if name == "README.md":  # peft's empty card ("[More Information Needed]"): ours is written below
+                continue
+            if name == ADAPTER_CONFIG and (run_dir / CONFIG_FILE).is_file():
+                base = base_model_name(load_yaml(run_dir / CONFIG_FILE).model_name_or_path)
+                archive.writestr(name, _portable_adapter_config(file, base))
+            else:
+                archive.write(file, name)
+        if (run_dir / CONFIG_FILE).is_file():
+            archive.writestr("README.md", model_card(run_dir, output))
         for extra in (CONFIG_FILE, METRICS_FILE):
             if (run_dir / extra).is_file():
                 archive.write(run_dir / extra, extra)
         archive.comment = ZIP_COMMENT
+
+
+def zip_merged(folder: str | Path, zip_path: str | Path) -> Path:
+    """A merged model folder (ours: merge_run wrote it) as a zip to download, its files at the root; stored, not
+    compressed (weights do not shrink, and deflating gigabytes would hold the download for minutes)."""
+    from core.files import output_kind
+
+    folder, zip_path = Path(folder), Path(zip_path)
+    if not folder.is_dir() or output_kind(folder) != MERGED_KIND:  # only a merge of ours is zipped
+        raise ExportError("export.nothing_saved", run=folder.name)
+    if zip_path.exists() and not is_our_zip(zip_path):
+        raise RunStateError("files.target_exists", folder=str(zip_path))
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".partial", dir=zip_path.parent)
+    os.close(handle)
+    try:
+        with held(Path(partial)):
+            with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as archive:
+                for file in sorted(folder.rglob("*")):
+                    if file.is_file() and not file.name.startswith(".glm_workbench"):
+                        archive.write(file, file.relative_to(folder).as_posix())
+                archive.comment = ZIP_COMMENT
+        os.replace(partial, zip_path)
+    finally:
+        Path(partial).unlink(missing_ok=True)
+    return zip_path
 
 
 def merge_run(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -50,7 +51,7 @@ class Message:
         lang = lang or "en"
         text = table(lang).get(self.code) or table("en").get(self.code) or self.code
         values = {key: render_value(value, lang) for key, value in self.params.items()}
-        return text.format(**values) if values else text
+        return with_plurals(text, values).format(**values) if values else text
 
     def __str__(self) -> str:
         return self.render("en")
@@ -74,6 +75,20 @@ class Message:
             for key, value in (data.get("params") or {}).items()
         }
         return cls(data["code"], params)
+
+
+_PLURAL = re.compile(r"\{(\w+)\|([^|{}]*)\|([^|{}]*)\}")
+
+
+def with_plurals(text: str, values: Mapping[str, Any]) -> str:
+    """English number agreement: `{rows|row|rows}` becomes "row" when `rows` is 1, else "rows" (Chinese needs
+    none). Done before str.format fills in the values."""
+
+    def word(found: re.Match) -> str:
+        value = values.get(found[1])
+        return found[2] if value == 1 or value == "1" else found[3]
+
+    return _PLURAL.sub(word, text)
 
 
 def message(code: str, **params: Any) -> Message:

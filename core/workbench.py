@@ -66,6 +66,12 @@ class TokenLengths:
 
     lengths: list[int]
     total: int
+    answer_starts: list[int] = field(default_factory=list)  # per sample: where its first answer token lies
+
+    def keeping_answer(self, cutoff_len: int) -> int:
+        """How many of the measured samples keep at least one answer token within `cutoff_len` (the others are
+        skipped by training, which has nothing to learn from them)."""
+        return sum(start < cutoff_len for start in self.answer_starts)
 
     @property
     def sampled(self) -> bool:
@@ -124,6 +130,34 @@ class Workbench:
             if counts.sft_rows:
                 feedback.append((f"{FEEDBACK_DIR}/{Path(counts.sft_path).name}", counts.sft_path))
         return [(name, name) for name in DEMO_DATASETS] + [(p.name, str(p)) for p in uploaded] + feedback
+
+    def lists_version(self) -> dict[str, str]:
+        """A cheap fingerprint of what the page lists, so every open page can refresh a list as soon as (and only
+        when) it changes: "datasets" (uploads and feedback files: names, sizes, times) and "runs" (names, states).
+        A run's progress alone does not change it: a list does not redraw under the user at every step."""
+        files = []
+        for folder in (self.uploads, self.feedback.root):
+            if folder.is_dir():
+                for path in sorted(folder.iterdir()):
+                    try:
+                        stat = path.stat()
+                    except OSError:  # removed meanwhile
+                        continue
+                    files.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
+        runs = [f"{run.name}:{run.state}" for run in self.runs()]
+        return {"datasets": hashlib.sha1("|".join(files).encode()).hexdigest(), "runs": "|".join(runs) or "-"}
+
+    def suggest_stage(
+        self, dataset: str, fmt: str = "auto", columns: str = "", model: str = "demo", method: str = "lora"
+    ) -> tuple[str, float] | None:
+        """(stage, learning rate) the dataset's format asks for (core/suggest.py); None if it cannot be read."""
+        from core.suggest import suggest_stage
+
+        try:
+            found = self.preview_dataset(dataset, fmt, columns).format
+        except Exception:  # noqa: BLE001 - the Data tab names the problem; a suggestion just stays away
+            return None
+        return suggest_stage(found, model, method)
 
     def add_upload(self, source: str | Path, original_name: str | None = None) -> str:
         """Keep an uploaded file in the workspace so runs can refer to it later; returns its path. A file of the
@@ -186,7 +220,10 @@ class Workbench:
             encoded = encoder.encode_batch(checked.conversations(list(positions)))
         except RowError as exc:  # a row the template cannot express (tool calls on GLM-4's): say which file
             raise DataError(exc.message, checked.path) from None
-        return TokenLengths([len(input_ids) for input_ids, _ in encoded], total)
+        starts = [
+            next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels)) for _, labels in encoded
+        ]
+        return TokenLengths([len(input_ids) for input_ids, _ in encoded], total, starts)
 
     def render_sample(
         self, dataset: str, fmt: str, model: str, template: str, index: int, cutoff_len: int = 10**9, columns: str = ""
@@ -632,6 +669,17 @@ class Workbench:
         finally:
             self._evaluations.discard(stop)
 
+    def run_datasets(self, run_name: str) -> tuple[str, str]:
+        """(training dataset, eval dataset or "") a run was trained with, from its config.yaml: Evaluate and the
+        Arena start on the eval data (prompts it never learned from), and say so when they score training data.
+        ("", "") for a run without a readable config."""
+        run = find_run(self.workspace, run_name)
+        try:
+            config = load_yaml(run.path / CONFIG_FILE) if run is not None else None
+        except Exception:  # noqa: BLE001 - an unreadable config: nothing known about its data
+            config = None
+        return (config.dataset, config.eval_dataset) if config is not None else ("", "")
+
     def abort_evaluation(self) -> bool:
         """Stop every evaluation and arena in progress (each keeps what it finished); False if none was running."""
         running = list(self._evaluations)
@@ -678,6 +726,17 @@ class Workbench:
         self.access.check(Path(target).expanduser(), "merge_target")
         try:
             return str(merge_run(self.run_path(run_name), Path(target).expanduser(), dtype, max_shard_size, overwrite))
+        finally:
+            self.reclaim_exports()
+
+    def merged_zip(self, folder: str) -> str:
+        """A merged model folder (written by merge_run) as exports/<folder name>.zip, for the browser to download."""
+        from core.export import zip_merged
+
+        source = Path(folder).expanduser()
+        self.access.check(source, "merge_target")
+        try:
+            return str(zip_merged(source, self.exports / f"{source.name}.zip"))
         finally:
             self.reclaim_exports()
 

@@ -48,6 +48,7 @@ def test_before_login_nothing_of_the_workspace_is_served(tmp_path, demo_model_di
                 assert secret not in text, (path, secret)
         client = gradio_client.Client(url, auth=("alice", "s3cret"), verbose=False)
         table = client.predict(api_name="/refresh_runs")[0]
+        table = table.get("value", table)  # an update that also sets the columns' widths
         assert table["data"][0][0] == "private-run-name"  # after login, the workspace is all there
 
 
@@ -103,7 +104,8 @@ def test_a_ui_killed_mid_run_leaves_a_run_the_next_ui_explains_and_resumes(tmp_p
         progress, _, _, status, *_ = client.predict("", api_name="/poll")
         assert status["state"] == "interrupted" and status["checkpoint"] >= "checkpoint-20"
         assert "Interrupted at step" in progress and "Resume continues from checkpoint-" in progress
-        row = client.predict(api_name="/refresh_runs")[0]["data"][0]
+        table = client.predict(api_name="/refresh_runs")[0]
+        row = table.get("value", table)["data"][0]
         assert row[0] == run and row[1] == "interrupted"
         assert client.predict(api_name="/resume_training").startswith("Resuming")
         finished = poll_until(client, ("finished", "failed"))

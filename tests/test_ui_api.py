@@ -97,8 +97,8 @@ def test_bad_uploads_show_a_specific_message_and_the_ui_keeps_working(ui, tmp_pa
     result = client.predict(gradio_client.handle_file(str(path)), "auto", api_name="/upload_dataset")
     summary = result[1]
     assert summary.startswith("**Error:**") and message in summary
-    if case != "unknown columns":  # (those rows read fine: the file stays selected for a column mapping)
-        assert "value" not in result[0]  # the dataset choice stays where it was: a broken file is not selected
+    assert "value" not in result[0]  # the dataset choice stays where it was: a file that cannot train is not selected
+    assert "is still the dataset in use" in summary
     assert "Traceback" not in summary
     # The UI still answers: a good dataset previews fine afterwards.
     assert "format **sharegpt**" in client.predict("multiturn", "auto", 1, api_name="/preview_dataset")[0]
@@ -124,7 +124,7 @@ def test_good_upload_is_selected_and_previewed(ui, tmp_path):
         gradio_client.handle_file(str(path)), "auto", api_name="/upload_dataset"
     )
     assert dataset["value"].endswith("mine.jsonl") and "format **chatglm**" in summary and "2 rows" in summary
-    assert table["data"][0][:2] == ["你好", "你好！"]
+    assert shown(table)["data"][0][:2] == ["你好", "你好！"]
 
 
 def test_a_column_mapping_makes_a_differently_named_file_usable(ui, tmp_path):
@@ -136,11 +136,15 @@ def test_a_column_mapping_makes_a_differently_named_file_usable(ui, tmp_path):
     )
     dataset, summary, *_ = client.predict(gradio_client.handle_file(str(path)), "auto", "", api_name="/upload_dataset")
     assert summary.startswith("**Error:**") and "column mapping such as question=instruction" in summary
-    uploaded = dataset["value"]  # kept and selected: the mapping can be applied without uploading again
+    assert "value" not in dataset and "upload the file again" in summary  # never the dataset in use as it is
     mapping = "question=instruction, answer=output"
+    dataset, summary, *_ = client.predict(
+        gradio_client.handle_file(str(path)), "auto", mapping, api_name="/upload_dataset"
+    )
+    uploaded = dataset["value"]  # with the mapping typed in first, it is kept and selected
     summary, table, _ = client.predict(uploaded, "auto", 1, mapping, api_name="/preview_dataset")
     assert "format **alpaca**" in summary and "2 rows" in summary
-    assert table["headers"] == ["question", "answer"]  # the table shows the file as it is
+    assert shown(table)["headers"] == ["question", "answer"]  # the table shows the file as it is
     wrong = client.predict(uploaded, "auto", 1, "question=prompt_text", api_name="/preview_dataset")[0]
     assert wrong.startswith("**Error:**") and "'prompt_text' is not a column any format reads" in wrong
     started = client.predict(
@@ -261,7 +265,8 @@ def test_side_by_side_runs_table_histogram_and_delete(ui):
     answers = client.predict("你是谁？", "demo", "", 0.7, 0.9, 48, True, "", run, run, api_name="/compare")
     assert answers[1] == answers[2] == IDENTITY_FIRST_ANSWER != answers[0]
 
-    figure = client.predict("identity", "auto", "demo", "auto", 8, api_name="/token_lengths")
+    figure, cutoff_note = client.predict("identity", "auto", "demo", "auto", 8, api_name="/token_lengths")
+    assert cutoff_note.startswith("**0 of 50 conversations keep an answer token within cutoff 8**")
     histogram = json.loads(figure["plot"])
     assert len(histogram["data"][0]["x"]) == 50
     assert "50 longer than cutoff_len=8" in histogram["layout"]["title"]["text"]
@@ -271,7 +276,7 @@ def test_side_by_side_runs_table_histogram_and_delete(ui):
     assert comparison["data"][0]["name"] == run and len(comparison["data"][0]["y"]) > 10
 
     table, *_, notice = client.predict(run, api_name="/delete_run")
-    assert notice.startswith("Deleted") and run not in [row[0] for row in table["data"]]
+    assert notice.startswith("Deleted") and run not in [row[0] for row in shown(table)["data"]]
 
 
 def test_auth_protects_the_page_and_its_api(tmp_path, demo_model_dir):

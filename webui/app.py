@@ -16,6 +16,8 @@ from webui.tabs.runs import create_runs_tab
 from webui.tabs.train import create_train_tab
 
 TAB_IDS = ("data", "train", "runs", "evaluate", "chat", "export")
+# How often each open page asks whether a list changed (a few file times and run states: cheap to answer).
+LIVE_SECONDS = 2.0
 
 
 def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
@@ -79,6 +81,38 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
             [tabs, evaluate["run"]],
             api_name="open_in_evaluate",
         )
+        # Live lists: every open page (each browser tab) asks every LIVE_SECONDS whether the workspace's datasets
+        # (uploads, the chat's feedback) or runs (their names and states) changed, and refreshes only the lists
+        # that did: a vote in one tab shows in the Data and Train tabs of every other, a run started from the CLI
+        # joins the Runs tab. Hidden boxes carry the versions: a change event per kind of list.
+        datasets_version, runs_version = gr.Textbox(visible=False), gr.Textbox(visible=False)
+        seen_versions = gr.State(None)
+
+        def check_lists(seen: dict | None):
+            now = workbench.lists_version()
+            if seen is None:  # the page has just read every list: remember, refresh nothing
+                return now, gr.skip(), gr.skip()
+            return (
+                now if now != seen else gr.skip(),
+                now["datasets"] if now["datasets"] != seen["datasets"] else gr.skip(),
+                now["runs"] if now["runs"] != seen["runs"] else gr.skip(),
+            )
+
+        gr.Timer(LIVE_SECONDS).tick(
+            check_lists,
+            seen_versions,
+            [seen_versions, datasets_version, runs_version],
+            api_name=False,
+            show_progress="hidden",
+        )
+        datasets_version.change(*data["refresh"], api_name=False, show_progress="hidden").then(
+            *train["refresh"], api_name=False, show_progress="hidden"
+        ).then(*evaluate["refresh"], api_name=False, show_progress="hidden")
+        runs_version.change(*runs["refresh"], api_name=False, show_progress="hidden").then(
+            *chat["refresh"], api_name=False, show_progress="hidden"
+        ).then(*evaluate["refresh"], api_name=False, show_progress="hidden").then(
+            *export["refresh"], api_name=False, show_progress="hidden"
+        ).then(*train["refresh"], api_name=False, show_progress="hidden")
         # Lists of runs go stale while training: refresh them whenever their tab is opened.
         chat_tab.select(*chat["refresh"], api_name=False)
         evaluate_tab.select(*evaluate["refresh"], api_name=False)
@@ -98,13 +132,13 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
         # Every list of the workspace (datasets, models, runs) is read when the page opens: the page as served
         # holds none of it, so nothing of the workspace reaches a visitor who has not logged in.
         # The first tab's table comes first; the other tabs' lists follow.
-        app.load(*data["refresh"], api_name=False).then(**data["preview"], api_name=False).then(
-            *train["refresh"], api_name=False
-        ).then(*train["restore"], api_name=False).then(*train["method_groups"], api_name=False).then(
-            *chat["refresh"], api_name=False
-        ).then(*evaluate["refresh"], api_name=False).then(*runs["refresh"], api_name=False).then(
-            *export["refresh"], api_name=False
-        )
+        app.load(workbench.lists_version, None, seen_versions, api_name=False).then(
+            *data["refresh"], api_name=False
+        ).then(**data["preview"], api_name=False).then(*train["refresh"], api_name=False).then(
+            *train["restore"], api_name=False
+        ).then(*train["method_groups"], api_name=False).then(*chat["refresh"], api_name=False).then(
+            *evaluate["refresh"], api_name=False
+        ).then(*runs["refresh"], api_name=False).then(*export["refresh"], api_name=False)
         # The data tab renders a sample with the model and template chosen in the train tab.
         render_inputs = [
             data["dataset"],

@@ -11,22 +11,46 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-LOG_SCALE_SPAN = 10.0  # max/min of the loss beyond which a log axis is the default
+SMOOTHING = 0.6  # TensorBoard's default weight
+LOG_SCALE_SPAN = 10.0
+MAX_POINTS = 2000  # per chart line  # max/min of the loss beyond which a log axis is the default
 # Plotly's toolbar speaks English only and the charts need none of it: hovering shows the values.
 NO_TOOLBAR = ["zoom", "pan", "select", "lasso", "zoomin", "zoomout", "autoscale", "resetscale", "toimage"]
 
 
-def smooth(values: list[float], weight: float = 0.8) -> list[float]:
-    """TensorBoard-style exponential moving average, debiased so the first points are not pulled to zero."""
-    result, average = [], 0.0
-    for index, value in enumerate(values, start=1):
-        average = weight * average + (1 - weight) * value
-        result.append(average / (1 - weight**index))
+def smooth(steps: list[int], values: list[float], weight: float = SMOOTHING, log: bool = False) -> list[float]:
+    """TensorBoard's smoothing: an exponential moving average debiased at the start (the first point is its own
+    value, not pulled toward zero), time-weighted: a gap of k logging intervals decays the average as k points
+    would, so a sparse log is not smoothed more than a dense one. With `log` it averages the logarithms: on a log
+    axis a loss falling from 0.69 to 1e-36 is drawn falling, not held up near the first values. Points that
+    cannot be averaged (nan, inf, or <= 0 on a log axis) repeat the line's last value, as TensorBoard does."""
+    gaps = [b - a for a, b in zip(steps, steps[1:]) if b > a]
+    unit = min(set(gaps), key=lambda gap: (-gaps.count(gap), gap)) if gaps else 1  # the usual logging interval
+    result: list[float] = []
+    total = norm = 0.0
+    previous = steps[0] if steps else 0
+    for step, value in zip(steps, values):
+        usable = math.isfinite(value) and (value > 0 or not log)
+        if usable:
+            decay = weight ** (max(step - previous, 0) / unit)
+            total = decay * total + (math.log(value) if log else value)
+            norm = decay * norm + 1
+            previous = step
+        if norm:
+            average = total / norm
+            result.append(math.exp(average) if log else average)
+        else:
+            result.append(value)
     return result
 
 
 def _series(metrics: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """One metric's (steps, values), at most MAX_POINTS of them (evenly spread, the last always kept): a long
+    run's chart, redrawn as it trains, must not grow the page without bound."""
     points = [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
+    if len(points) > MAX_POINTS:
+        stride = math.ceil(len(points) / MAX_POINTS)
+        points = points[::-1][::stride][::-1]
     return [s for s, _ in points], [v for _, v in points]
 
 
@@ -45,9 +69,20 @@ def _note(figure: go.Figure, text: str, x: float, y: float) -> None:
     figure.add_annotation(text=text, showarrow=False, x=x, y=y, xref="paper", yref="paper", font={"color": "#64748b"})
 
 
-def loss_figure(metrics: list[dict[str, Any]], t, log_scale: bool | None = None) -> go.Figure:
-    """Four panels: train loss (raw, smoothed) and eval loss; eval perplexity; learning rate; tokens/s and
-    memory. Markers make even a single logged step visible. `log_scale` None: decided by the data."""
+def log_axis(figure: go.Figure, values: list[float], **where) -> None:
+    """A log axis with powers of ten written out (10⁻⁹), never SI prefixes (plotly's "1n" reads as a typo), and
+    few labels: 1, 2, 5 of each decade over a short span, whole decades (every k-th) over a long one, where
+    plotly would label every digit and stack them."""
+    positive = [v for v in values if v > 0 and math.isfinite(v)]
+    span = math.log10(max(positive) / min(positive)) if positive else 1.0
+    dtick: str | int = "D2" if span <= 3 else max(1, math.ceil(span / 6))
+    figure.update_yaxes(type="log", exponentformat="power", dtick=dtick, **where)
+
+
+def loss_figure(metrics: list[dict[str, Any]], t, log_scale: bool | None = None, smoothing: bool = True) -> go.Figure:
+    """Four panels: train loss (raw, and smoothed when `smoothing`) and eval loss; eval perplexity; learning rate;
+    tokens/s and memory. Markers make even a single logged step visible. `log_scale` None: decided by the data."""
+    use_log = wants_log_scale(metrics) if log_scale is None else log_scale
     from plotly.subplots import make_subplots
 
     preference = any(m.get(key) is not None for m in metrics for key in PREFERENCE_SERIES)
@@ -79,16 +114,24 @@ def loss_figure(metrics: list[dict[str, Any]], t, log_scale: bool | None = None)
             mode="lines+markers",
             name=t("loss"),
             marker={"size": 3},
-            line={"width": 1, "color": "rgba(59,130,246,0.35)"},
+            # Beside the smoothed line the raw values are a pale background; alone they are the line.
+            line={"width": 1, "color": "rgba(59,130,246,0.35)" if smoothing else "#2563eb"},
         ),
         row=1,
         col=1,
     )
-    figure.add_trace(
-        go.Scatter(x=steps, y=smooth(losses), mode="lines", name=t("loss_smoothed"), line={"color": "#2563eb"}),
-        row=1,
-        col=1,
-    )
+    if smoothing:
+        figure.add_trace(
+            go.Scatter(
+                x=steps,
+                y=smooth(steps, losses, log=use_log),
+                mode="lines",
+                name=t("loss_smoothed"),
+                line={"color": "#2563eb"},
+            ),
+            row=1,
+            col=1,
+        )
     eval_steps, eval_losses = _series(metrics, "eval_loss")
     if eval_losses:
         figure.add_trace(
@@ -152,8 +195,8 @@ def loss_figure(metrics: list[dict[str, Any]], t, log_scale: bool | None = None)
     )
     if preference:
         _add_preference(figure, metrics, t)
-    if wants_log_scale(metrics) if log_scale is None else log_scale:
-        figure.update_yaxes(type="log", row=1, col=1)
+    if use_log:
+        log_axis(figure, losses + eval_losses, row=1, col=1)
     figure.update_layout(
         height=760 if preference else 520,
         margin={"l": 50, "r": 30, "t": 40, "b": 40},
@@ -200,9 +243,24 @@ def length_histogram(lengths: list[int], cutoff_len: int, t, total: int | None =
     """Token lengths of the samples, with cutoff_len marked and the number it would truncate in the title. With
     `total` larger than the number of lengths, they are a random sample of that many, and the title says so."""
     truncated = sum(length > cutoff_len for length in lengths)
-    figure = go.Figure(go.Histogram(x=lengths, nbinsx=min(50, max(5, len(set(lengths)))), name=t("tokens")))
     longest = max(lengths) if lengths else 0
-    if cutoff_len <= longest * 1.5:  # far to the right it would squash the bars into a sliver
+    # A few outliers (one 1M-token row among short ones) would make every bin as wide as a thousand samples: the
+    # bins span the bulk of the lengths (and the cutoff), and the longer ones are counted in the last bar.
+    ordered = sorted(lengths)
+    bulk = ordered[int(0.99 * (len(ordered) - 1))] if ordered else 0
+    upper = max(bulk, min(cutoff_len, longest))
+    outliers = [length for length in lengths if length > upper * 2]
+    if outliers:
+        size = max(upper * 1.1 / 50, 1)
+        shown = [min(length, upper * 1.1) for length in lengths]
+        histogram = go.Histogram(x=shown, xbins={"start": 0, "end": upper * 1.1 + size, "size": size})
+    else:
+        histogram = go.Histogram(x=lengths, nbinsx=min(50, max(5, len(set(lengths)))))
+    figure = go.Figure(histogram.update(name=t("tokens")))
+    if outliers:
+        _note(figure, t("length_outliers", count=len(outliers), limit=int(upper * 1.1), longest=longest), 0.98, 0.75)
+        figure.layout.annotations[-1].xanchor = "right"
+    if cutoff_len <= (upper * 1.1 if outliers else longest * 1.5):  # far to the right it would squash the bars
         figure.add_vline(
             x=cutoff_len,
             line_dash="dash",
@@ -269,5 +327,5 @@ def overlay_figure(metrics_by_run: dict[str, list[dict[str, Any]]], t) -> go.Fig
         _hide_axes(figure)
         _note(figure, t("no_data_yet"), 0.5, 0.5)
     elif any(wants_log_scale(metrics) for metrics in metrics_by_run.values()):
-        figure.update_yaxes(type="log")
+        log_axis(figure, [v for trace in figure.data for v in trace.y or ()])
     return figure

@@ -31,3 +31,34 @@ def reply_markdown(reply, t, tokens: int | None = None) -> str:
     for call in reply.tool_calls:
         parts.append(f"**{t('chat_tool_call', name=call['name'])}**\n```json\n{call_text(call)}\n```")
     return "\n\n".join(parts)
+
+
+CELL_CHARS = 2_000  # the most of one cell's text a table shows: a 1M-token row must not weigh on the page
+
+
+def clip_cell(text: str, more: str = "… (+{count})") -> str:
+    """`text` up to CELL_CHARS characters; beyond that, `more` (with {count}: how many were left out)."""
+    if len(text) <= CELL_CHARS:
+        return text
+    return text[:CELL_CHARS] + more.format(count=f"{len(text) - CELL_CHARS:,}")
+
+
+def _width(text: str) -> int:
+    """Columns of monospace text: a CJK character is as wide as two Latin ones."""
+    return sum(2 if ord(ch) > 0x2E80 else 1 for ch in text)
+
+
+def column_widths(frame, least: int = 5, most: int = 40) -> list[str]:
+    """Each column's share of the table's width (percentages summing to 100): what it holds (its longest header
+    word, its typical cell) between `least` and `most` characters. Gradio otherwise sizes a column by its longest
+    cell: one long error or answer pushes the others to a letter per line and the table off the page; with these
+    shares long text wraps inside its cell and the headers stay horizontal."""
+    needs = []
+    for column in frame.columns:
+        header = max((_width(word) for word in str(column).split()), default=1) + 1
+        cells = sorted(_width(str(value)) for value in frame[column].tolist() if value is not None)
+        typical = cells[int(0.75 * (len(cells) - 1))] if cells else 0
+        needs.append(min(max(header, typical, least) + 2, most))  # + the cell's padding
+    total = sum(needs) or 1
+    shares = [round(100 * need / total, 1) for need in needs]
+    return [f"{share}%" for share in shares]

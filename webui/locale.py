@@ -10,7 +10,7 @@ from importlib.resources import files
 from typing import Any
 
 from core.errors import ConfigError, WorkbenchError, describe
-from core.i18n import LANGUAGES, Message
+from core.i18n import LANGUAGES, Message, with_plurals
 
 __all__ = ["LANGUAGES", "Translator", "table"]
 
@@ -31,7 +31,7 @@ class Translator:
 
     def __call__(self, key: str, **values: object) -> str:
         text = self.strings[key]
-        return text.format(**values) if values else text
+        return with_plurals(text, values).format(**values) if values else text
 
     def get(self, key: str, fallback: str) -> str:
         """The string for `key` if the table has one (a column name), else `fallback`."""

@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 from core.resources import asset_file
 from core.workbench import Workbench
 from webui.app import build_app, launch_kwargs
-from webui.locale import LANGUAGES
+from webui.locale import LANGUAGES, Translator
 
 
 def build_server(workbench: Workbench, default_lang: str = "zh", auth: tuple[str, str] | None = None) -> FastAPI:
@@ -40,6 +40,7 @@ def build_server(workbench: Workbench, default_lang: str = "zh", auth: tuple[str
             auth=auth,
             footer_links=[],  # gradio's own API page and settings: not this tool's; their words stay English
             js=KEEP_TAB_ACROSS_LANGUAGES,
+            i18n=GRADIO_STATUS_WORDS,
             **options,
         )
         # gradio checks that a file an event receives was uploaded (not a server path sent as FileData) only in
@@ -65,6 +66,19 @@ KEEP_TAB_ACROSS_LANGUAGES = """() => {
     if (link) { link.href = link.getAttribute('href').split('#')[0] + window.location.hash; }
   }, true);
 }"""
+
+
+# Gradio announces each finished event to screen readers as `common.complete` (or `common.error`), keys its
+# own tables lack, so the key itself was read aloud: the words, in each page's language (as gradio names it).
+GRADIO_STATUS_WORDS = gr.I18n(
+    **{
+        {"zh": "zh-CN"}.get(lang, lang): {
+            "common.complete": Translator(lang)("status_complete"),
+            "common.error": Translator(lang)("status_error"),
+        }
+        for lang in LANGUAGES
+    }
+)
 
 
 def page_language_script(lang: str) -> str:

@@ -16,22 +16,30 @@ from core.data.readers import DEMO_DATASETS
 from core.errors import UnknownColumnsError
 from webui.charts import length_histogram
 from webui.context import UIContext
+from webui.formatting import clip_cell, column_widths
 
 PAGE_SIZE = 20
+SAMPLE_CHARS = 20_000  # the most of one rendered sample the page shows
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, more: str) -> str:
     if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False)
-    return "" if value is None else str(value)
+        value = json.dumps(value, ensure_ascii=False)
+    return "" if value is None else clip_cell(str(value), more)
 
 
-def page_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """One page of rows as a table: the columns of these rows, in the order they first appear."""
+def page_table(rows: list[dict[str, Any]], more: str = "… (+{count})") -> pd.DataFrame:
+    """One page of rows as a table: the columns of these rows, in the order they first appear; a very long cell
+    clipped (`more` says how much was left out)."""
     columns: list[str] = []
     for row in rows:
         columns += [key for key in row if key not in columns]
-    return pd.DataFrame([[_cell(row.get(c)) for c in columns] for row in rows], columns=columns)
+    return pd.DataFrame([[_cell(row.get(c), more) for c in columns] for row in rows], columns=columns)
+
+
+def shown_table(frame: pd.DataFrame) -> dict:
+    """A table update whose columns share the width by what they hold (webui/formatting.py)."""
+    return gr.update(value=frame, column_widths=column_widths(frame) if len(frame.columns) else None)
 
 
 def dataset_options(ctx: UIContext) -> list[tuple[str, str]]:
@@ -94,6 +102,8 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
     # No file_types filter: our own check names the file and the supported types in the page, not a toast.
     upload = gr.File(label=t("upload_label"), type="filepath", height=120, elem_id="data-upload")
     summary = gr.Markdown(elem_id="data-summary")
+    # Up front, before the table: a dataset whose answers all lie beyond cutoff_len cannot train.
+    cutoff_note = gr.Markdown(elem_id="data-cutoff")
     table = gr.Dataframe(interactive=False, wrap=True, max_height=520, elem_id="data-table")
     histogram = gr.Plot(label=t("tokens"), show_label=False, elem_id="data-lengths")
     with gr.Accordion(t("sample_title"), open=True):
@@ -109,16 +119,23 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
             )
         except Exception as exc:  # noqa: BLE001 - the preview above already names data problems
             return "", f"<div class='gw-error'>{html.escape(t.message(exc))}</div>"
-        spans = "".join(
-            f"<span class='{'gw-loss' if trains else 'gw-prompt'}'>{html.escape(text)}</span>"
-            for text, trains in pieces
-        )
+        spans, room = [], SAMPLE_CHARS  # a 1M-token row shows its start, not megabytes of page
+        for text, trains in pieces:
+            shown = text[:room]
+            spans.append(f"<span class='{'gw-loss' if trains else 'gw-prompt'}'>{html.escape(shown)}</span>")
+            room -= len(shown)
+            if room <= 0:
+                left = sum(len(piece) for piece, _ in pieces) - SAMPLE_CHARS
+                spans.append(html.escape(t("cell_clipped", count=f"{left:,}")))
+                break
+        spans = "".join(spans)
         return t("sample_legend", template=used), f"<pre class='gw-sample'>{spans}</pre>"
 
     def preview(name: str, format_name: str, page_number: float, mapping: str = ""):
         """The summary and a page of rows. A large file shows its first rows at once, straight from the file, and
         the summary once every row is checked (the next time, both come from the data cache)."""
         page_number = max(int(page_number or 1), 1)
+        more = t.strings["cell_clipped"]  # filled in per cell by clip_cell
         try:
             peek = ctx.wb.peek_dataset(name, format_name, mapping, page_number * PAGE_SIZE)
         except Exception as exc:  # noqa: BLE001 - a path outside the allowed folders, say
@@ -126,7 +143,7 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
             return
         if peek is not None:
             text = t("data_checking", path=Path(name).name, format=peek.format or "?") + f" · {page_number}"
-            yield text, page_table(peek.rows[(page_number - 1) * PAGE_SIZE :]), page_number
+            yield text, shown_table(page_table(peek.rows[(page_number - 1) * PAGE_SIZE :], more)), page_number
         try:
             checked = ctx.wb.preview_dataset(name, format_name, mapping)
         except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
@@ -151,7 +168,7 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
                 + "\n"
                 + "\n".join(f"- {t.message(p)}" for p in checked.problems(20))
             )
-        yield text, page_table(checked.page(page_number, PAGE_SIZE)), page_number
+        yield text, shown_table(page_table(checked.page(page_number, PAGE_SIZE), more)), page_number
 
     def on_upload(file_path: str | None, format_name: str, mapping: str = "", current: str = ""):
         """Check the file where it was uploaded; keep it in the workspace (and select it) only if it can be used,
@@ -167,10 +184,15 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
         try:
             ctx.wb.preview_upload(file_path, format_name, mapping)
         except UnknownColumnsError as exc:
-            # The rows read fine: keep the file selected so a column mapping can be typed in and applied.
-            saved = ctx.wb.add_upload(file_path)
-            options = gr.update(choices=dataset_options(ctx), value=saved)
-            yield options, ctx.error(exc), pd.DataFrame(), gr.update(), None
+            # The rows read fine but their columns need a mapping: typed in above, the file uploaded again.
+            kept = t("data_upload_kept", dataset=Path(current or "identity").name)
+            yield (
+                gr.skip(),
+                f"{ctx.error(exc)}\n\n{t('data_unknown_columns_hint')}\n\n{kept}",
+                gr.skip(),
+                gr.skip(),
+                None,
+            )
             return
         except Exception as exc:  # noqa: BLE001 - a file that cannot be used never becomes the selected dataset
             kept = t("data_upload_kept", dataset=Path(current or "identity").name)
@@ -182,7 +204,10 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
 
     # `.input` fires on the user's own changes only, so an upload that selects its file does not preview twice.
     preview_io = dict(fn=preview, inputs=[dataset, fmt, page, columns], outputs=[summary, table, page])
-    dataset.input(**preview_io, api_name="preview_dataset")
+    # Another dataset starts at its first sample and page, with no column mapping meant for the last one.
+    dataset.input(lambda: (1, "", 1), None, [sample_index, columns, page], api_name=False).then(
+        **preview_io, api_name="preview_dataset"
+    )
     fmt.input(**preview_io, api_name=False)
     page.submit(**preview_io, api_name=False)
     columns.submit(**preview_io, api_name=False)
@@ -195,11 +220,25 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
     )
 
     def lengths(name: str, format_name: str, model: str, template: str, cutoff_len: float, mapping: str = ""):
+        """The histogram, and a line up front when samples lose every answer token to the cutoff."""
         try:
             found = ctx.wb.token_lengths(name, format_name, model, template, mapping)
         except Exception:  # noqa: BLE001 - the preview above already names data problems
-            return None  # no histogram rather than another dataset's
-        return length_histogram(found.lengths, int(cutoff_len or 0), t, total=found.total)
+            return None, ""  # no histogram rather than another dataset's
+        cutoff = int(cutoff_len or 0)
+        return length_histogram(found.lengths, cutoff, t, total=found.total), cutoff_line(found, cutoff)
+
+    def cutoff_line(found, cutoff: int) -> str:
+        measured = len(found.answer_starts)
+        kept = found.keeping_answer(cutoff)
+        if kept == measured:
+            return ""
+        if found.sampled:  # a random sample of the samples: scaled to the whole, as the histogram's title does
+            kept = round(kept * found.total / max(measured, 1))
+        total = found.total
+        if kept == 0:
+            return t("data_cutoff_none", kept=0, total=total, cutoff=cutoff)
+        return t("data_cutoff_some", kept=kept, total=total, cutoff=cutoff, dropped=total - kept)
 
     def refresh(current: str | None):
         options = dataset_options(ctx)
@@ -215,7 +254,7 @@ def create_data_tab(ctx: UIContext) -> dict[str, gr.components.Component]:
         "table": table,
         "preview": preview_io,
         "lengths": lengths,
-        "histogram": histogram,
+        "histogram": [histogram, cutoff_note],
         "render": render,
         "sample_index": sample_index,
         "rendered": [legend, rendered],

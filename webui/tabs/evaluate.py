@@ -27,6 +27,7 @@ def create_evaluate_tab(ctx: UIContext) -> dict:
         max_samples = gr.Number(
             20, label=t("eval_max_samples"), precision=0, minimum=0, scale=1, elem_id="eval-samples"
         )
+    data_note = gr.Markdown(elem_id="eval-data-note")
     with gr.Row():
         max_new_tokens = gr.Slider(8, 1024, 128, step=8, label=t("max_new_tokens"))
         greedy = gr.Checkbox(True, label=t("greedy"))
@@ -55,10 +56,18 @@ def create_evaluate_tab(ctx: UIContext) -> dict:
             greedy=bool(greedy_),
             temperature=float(temperature_),
         )
+        if run_name:  # generating takes a while: the page says what it is doing at once
+            yield (
+                t("eval_running", run=run_name, dataset=Path(dataset_name or "").name),
+                gr.skip(),
+                gr.skip(),
+                gr.skip(),
+            )
         try:
             result = ctx.wb.evaluate(run_name or "", dataset_name, settings=settings)
         except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
-            return ctx.error(exc), gr.skip(), gr.skip(), gr.update(visible=False)
+            yield ctx.error(exc), gr.skip(), gr.skip(), gr.update(visible=False)
+            return
         shown = {
             t.get(f"metric_{key}", key): value
             for key, value in result.metrics.items()
@@ -73,7 +82,7 @@ def create_evaluate_tab(ctx: UIContext) -> dict:
         reasoning = ["reasoning"] if any("reasoning" in p for p in result.predictions) else []
         rows = pd.DataFrame(result.predictions, columns=["prompt", "label", "prediction", *reasoning])
         rows = rows.rename(columns={c: t(f"eval_col_{c}") for c in rows.columns})
-        return note, pd.DataFrame([shown]), rows, gr.update(visible=True)
+        yield note, pd.DataFrame([shown]), rows, gr.update(visible=True)
 
     def abort_evaluation():
         return t("eval_aborting") if ctx.wb.abort_evaluation() else t("eval_nothing_running")
@@ -100,6 +109,8 @@ def create_evaluate_tab(ctx: UIContext) -> dict:
         api_name="evaluate",
     ).then(lambda: busy(False), None, [start, abort], api_name=False)
     abort.click(abort_evaluation, None, notice, api_name="abort_evaluation")
+    run.change(lambda name: own_data(ctx, name), run, [dataset, data_note], api_name=False)
+    dataset.input(lambda name, chosen: data_line(ctx, name, chosen), [run, dataset], data_note, api_name=False)
     arena_refresh, arena_inputs, arena_outputs = arena["refresh"]
 
     def refresh_all(current, shown, *arena_now):
@@ -109,6 +120,29 @@ def create_evaluate_tab(ctx: UIContext) -> dict:
         "refresh": (refresh_all, [run, notice, *arena_inputs], [run, dataset, notice, *arena_outputs]),
         "run": run,
     }
+
+
+def own_data(ctx: UIContext, run: str | None):
+    """A run chosen: its own eval data when it trained with some, else its training data, and the line that
+    says which of the two is scored."""
+    if not run:
+        return gr.skip(), ""
+    trained, held_out = ctx.wb.run_datasets(run)
+    chosen = held_out or trained or "identity"
+    return gr.update(value=chosen), data_line(ctx, run, chosen)
+
+
+def data_line(ctx: UIContext, run: str | None, dataset: str | None) -> str:
+    """Whether `dataset` is the run's held-out data or the data it trained on (scores that look too good)."""
+    if not (run and dataset):
+        return ""
+    trained, held_out = ctx.wb.run_datasets(run)
+    name = Path(dataset).name
+    if held_out and dataset == held_out:
+        return ctx.t("eval_own_split", run=run, dataset=name)
+    if dataset == trained:
+        return ctx.t("eval_training_data", run=run, dataset=name)
+    return ""
 
 
 def contestant(name: str | None, t) -> str:
@@ -166,6 +200,7 @@ def create_arena(ctx: UIContext, eval_start: gr.Button, abort: gr.Button) -> dic
                 elem_id="arena-dataset",
             )
             samples = gr.Number(10, label=t("eval_max_samples"), precision=0, minimum=0, elem_id="arena-samples")
+        data_note = gr.Markdown(elem_id="arena-data-note")
         with gr.Row():
             start = gr.Button(t("arena_start"), variant="primary", elem_id="arena-start")
             earlier = gr.Dropdown([], value=None, label=t("arena_open"), allow_custom_value=True, elem_id="arena-open")
@@ -195,6 +230,9 @@ def create_arena(ctx: UIContext, eval_start: gr.Button, abort: gr.Button) -> dic
         judged = t("arena_status", arena=view.id, judged=view.judged, total=view.total, item=index + 1)
         if view.revealed:
             judged += " · " + t("arena_revealed")
+        rouge_judged = sum(1 for entry in view.items if entry.rouge_l is not None)
+        if rouge_judged:
+            judged += " · " + t("arena_rouge_status", judged=rouge_judged, total=view.total)
         text = ""
         if item is not None:
             question = item.prompt[-1]["content"] if item.prompt else ""
@@ -228,14 +266,18 @@ def create_arena(ctx: UIContext, eval_start: gr.Button, abort: gr.Button) -> dic
         from core.evaluation.arena import ArenaSettings
 
         if not first_run:
-            return t("arena_pick_run"), *[gr.skip()] * len(shown)
+            yield t("arena_pick_run"), *[gr.skip()] * len(shown)
+            return
+        # Both models generate for a minute or more: the page says so at once, and the old answers step aside.
+        yield t("arena_generating", count=int(count or 0) or "…"), "", "", "", *[gr.skip()] * (len(shown) - 3)
         try:
             view = ctx.wb.arena_start(
                 first_run, dataset_name, second_run or "", settings=ArenaSettings(max_samples=int(count or 0))
             )
         except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
-            return *failed(exc), gr.skip()
-        return *show(view, 0), gr.update(choices=arena_choices(first_run), value=view.id)
+            yield *failed(exc), gr.skip()
+            return
+        yield *show(view, 0), gr.update(choices=arena_choices(first_run), value=view.id)
 
     def arena_choices(run: str | None) -> list[tuple[str, str]]:
         if not run:
@@ -303,6 +345,8 @@ def create_arena(ctx: UIContext, eval_start: gr.Button, abort: gr.Button) -> dic
         api_name=False,
     )
     earlier.input(open_arena, [first, earlier], shown, api_name=False)
+    first.change(lambda name: own_data(ctx, name), first, [dataset, data_note], api_name=False)
+    dataset.input(lambda name, chosen: data_line(ctx, name, chosen), [first, dataset], data_note, api_name=False)
     first.input(lambda run: gr.update(choices=arena_choices(run), value=None), first, earlier, api_name=False)
     previous.click(lambda place: move(place, -1), where, shown, api_name=False)
     following.click(lambda place: move(place, 1), where, shown, api_name=False)

@@ -38,8 +38,12 @@ def create_export_tab(ctx: UIContext) -> dict:
             merge_dtype = gr.Dropdown(list(DTYPES), value="auto", label=t("export_merge_dtype"), scale=1)
             shard_size = gr.Textbox("2GB", label=t("export_merge_shard"), scale=1)
             overwrite = gr.Checkbox(False, label=t("export_overwrite"), info=t("export_overwrite_info"), scale=1)
-        merge = gr.Button(t("export_merge"))
-        merge_notice = gr.Markdown()
+        merge = gr.Button(t("export_merge"), elem_id="export-merge")
+        merge_notice = gr.Markdown(elem_id="export-merge-notice")
+        # Shown once a merge is done: the folder zipped on the click, then downloaded as the adapter zip is.
+        merged_folder = gr.State("")
+        merged_build = gr.Button(t("export_merged_download"), visible=False, elem_id="export-merged-download")
+        merged_file = gr.DownloadButton(visible="hidden", elem_id="export-merged-file")
 
     def chosen(name: str | None):
         """A run chosen (by the user, or by the page as it opens): checked, nothing written."""
@@ -73,13 +77,28 @@ def create_export_tab(ctx: UIContext) -> dict:
         try:
             path = ctx.wb.merge_run(name or "", folder, dtype, shard, overwrite=bool(replace))
         except Exception as exc:  # noqa: BLE001
-            return ctx.error(exc)
-        return t("export_merged", path=path)
+            return ctx.error(exc), "", gr.update(visible=False)
+        return t("export_merged", path=path), path, gr.update(visible=True)
+
+    def zip_merged(folder: str):
+        try:
+            path = ctx.wb.merged_zip(folder)
+        except Exception as exc:  # noqa: BLE001
+            return None, ctx.error(exc)
+        return path, t("export_ready", file=Path(path).name)
 
     run.change(chosen, run, [download, notice], api_name=False)
     build.click(prepare, run, [download, notice], api_name="export_zip").then(
         None, None, None, js=CLICK_DOWNLOAD, api_name=False
     )
-    merge.click(merge_run, [run, merge_dir, merge_dtype, shard_size, overwrite], merge_notice, api_name="merge_run")
+    merge.click(
+        merge_run,
+        [run, merge_dir, merge_dtype, shard_size, overwrite],
+        [merge_notice, merged_folder, merged_build],
+        api_name="merge_run",
+    )
+    merged_build.click(zip_merged, merged_folder, [merged_file, merge_notice], api_name="merged_zip").then(
+        None, None, None, js=CLICK_DOWNLOAD.replace("#export-file", "#export-merged-file"), api_name=False
+    )
     refresh.click(refresh_runs, [merge_dir, run], [run, notice, merge_dir], api_name=False)
     return {"run": run, "refresh": (refresh_runs, [merge_dir, run], [run, notice, merge_dir])}

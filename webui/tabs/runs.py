@@ -7,9 +7,21 @@ import pandas as pd
 
 from webui.charts import overlay_figure
 from webui.context import UIContext
-from webui.formatting import format_duration, format_loss
+from webui.formatting import column_widths, format_duration, format_loss
 
-COLUMNS = ("run", "state", "method", "model", "dataset", "steps", "final_loss", "best_eval_loss", "duration", "error")
+COLUMNS = (
+    "run",
+    "state",
+    "method",
+    "stage",
+    "model",
+    "dataset",
+    "steps",
+    "final_loss",
+    "best_eval_loss",
+    "duration",
+    "error",
+)
 
 
 def runs_frame(ctx: UIContext) -> pd.DataFrame:
@@ -20,6 +32,7 @@ def runs_frame(ctx: UIContext) -> pd.DataFrame:
             "run": row["run"],
             "state": t.state(row["state"]),
             "method": row["method"],
+            "stage": row["stage"],
             "model": row["model"],
             "dataset": row["dataset"],
             "steps": f"{row['step']}/{row['max_steps']}",
@@ -66,12 +79,19 @@ def create_runs_tab(ctx: UIContext) -> dict:
             gr.Warning(t.message(exc))
             return gr.skip()
 
-    def refresh():
+    def shown_runs():
+        frame = runs_frame(ctx)
+        return gr.update(value=frame, column_widths=column_widths(frame))
+
+    def refresh(chosen: list[str] | None = None, one: str | None = None):
+        """The table and lists read afresh; what the user chose stays chosen while it exists (a list refreshed
+        because another run started must not undo their choice)."""
         current = [run.name for run in ctx.wb.runs()]
+        kept = [name for name in chosen or [] if name in current]
         return (
-            runs_frame(ctx),
-            gr.update(choices=current, value=[c for c in current[:2]]),
-            gr.update(choices=current, value=current[0] if current else None),
+            shown_runs(),
+            gr.update(choices=current, value=kept or current[:2]),
+            gr.update(choices=current, value=one if one in current else (current[0] if current else None)),
             gr.update(visible=False),
             gr.update(visible=not current),
             gr.update(visible=bool(current)),
@@ -82,19 +102,20 @@ def create_runs_tab(ctx: UIContext) -> dict:
             return gr.update(visible=False), ""
         return gr.update(visible=True), t("runs_delete_ask", run=name)
 
-    def remove(name: str):
+    def remove(name: str, chosen: list[str]):
         try:
             ctx.wb.delete_run(name)
         except Exception as exc:  # noqa: BLE001
-            return (*refresh(), ctx.error(exc))
-        return (*refresh(), t("runs_deleted", run=name))
+            return (*refresh(chosen, name), ctx.error(exc))
+        return (*refresh(chosen), t("runs_deleted", run=name))
 
-    refresh_button.click(refresh, None, [table, selected, victim, confirm, empty, listing], api_name="refresh_runs")
+    listed = [table, selected, victim, confirm, empty, listing]
+    refresh_button.click(refresh, [selected, victim], listed, api_name="refresh_runs")
     selected.change(compare, selected, chart, api_name="compare_runs")
     delete.click(ask, victim, [confirm, notice], api_name=False)
-    confirm.click(remove, victim, [table, selected, victim, confirm, empty, listing, notice], api_name="delete_run")
+    confirm.click(remove, [victim, selected], [*listed, notice], api_name="delete_run")
     return {
-        "refresh": (refresh, None, [table, selected, victim, confirm, empty, listing]),
+        "refresh": (refresh, [selected, victim], listed),
         "run": victim,
         "open_chat": open_chat,
         "open_eval": open_eval,

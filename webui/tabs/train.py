@@ -25,11 +25,13 @@ from core.config import (
     command_line,
     load_yaml_with_notes,
 )
+from core.data.readers import DEMO_DATASETS
 from core.data.template import TEMPLATES
 from core.errors import BusyError
 from core.methods import METHODS, get_method
 from core.methods.base import Field
 from core.models.loader import DTYPES
+from core.suggest import learning_rate_for
 from webui.charts import loss_figure, wants_log_scale
 from webui.context import UIContext
 from webui.formatting import format_duration
@@ -54,10 +56,10 @@ SCROLL_LOG_TO_END = """() => {
 DEMO_DEFAULTS = RunConfig(learning_rate=4e-3, num_train_epochs=5, cutoff_len=512, prefix_projection=True)
 
 
-def suggested_learning_rate(model: str, method: str) -> float:
-    """Each method's suggestion: the random demo model needs large steps, real models small ones."""
-    demo, real = get_method(method).learning_rates if method in METHODS else (2e-3, 2e-4)
-    return demo if model.strip() in ("", "demo") else real
+def suggested_learning_rate(model: str, method: str, stage: str = "sft") -> float:
+    """Each method's (or preference stage's) suggestion: the random demo model needs large steps, real models
+    small ones (core/suggest.py)."""
+    return learning_rate_for(stage or "sft", model or "", method)
 
 
 def progress_html(snapshot, ctx: UIContext) -> str:
@@ -79,6 +81,9 @@ def progress_html(snapshot, ctx: UIContext) -> str:
         elapsed=format_duration(status.get("elapsed")),
         eta=format_duration(eta),
     )
+    if state in ("finished", "failed", "aborted", "interrupted"):
+        # Not what the form below will train: after a reload the form shows fresh settings, this line the past.
+        text = t("progress_last", text=text)
     notes = []
     if state == "interrupted":
         checkpoint = status.get("checkpoint")
@@ -131,8 +136,19 @@ def create_method_fields(t, d: RunConfig) -> tuple[dict, list[tuple[frozenset, g
 
 def create_train_tab(ctx: UIContext, data: dict) -> dict:
     t, d = ctx.t, DEMO_DEFAULTS
-    dataset_note = gr.Markdown(t("train_dataset", dataset=d.dataset, format="auto"))
     fields: dict[str, gr.components.Component] = {}
+    with gr.Row():
+        # The Data tab's choice, picked here too: one dataset in use, whichever tab it was chosen in.
+        dataset = gr.Dropdown(
+            [(name, name) for name in DEMO_DATASETS],
+            value=d.dataset,
+            label=t.label("dataset"),
+            info=t("train_dataset_info"),
+            allow_custom_value=True,
+            scale=3,
+            elem_id="train-dataset",
+        )
+        dataset_note = gr.Markdown(t("train_dataset", dataset=d.dataset, format="auto"))
 
     def field(key: str, kind: str = "number", choices: tuple = ()) -> gr.components.Component:
         fields[key] = field_component(Field(key, kind, choices), t, getattr(d, key))
@@ -168,6 +184,7 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     method_fields, groups = create_method_fields(t, d)
     fields.update(method_fields)
     field("stage", "choice", STAGES)
+    stage_note = gr.Markdown(elem_id="train-stage-note")  # why the stage changed with the dataset
     # A preference stage's own settings: shown once a stage other than sft is chosen.
     with gr.Group(visible=d.stage != "sft") as preference_group:
         with gr.Row():
@@ -270,7 +287,9 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     try_in_chat = gr.Button(t("try_in_chat"), visible=False, elem_id="train-try-chat")
     chart = gr.Plot(loss_figure([], t), label=t("chart_loss"), elem_id="train-chart")
     # Ticks itself once the loss spans more than a decade, unless the user has set it by hand.
-    log_scale = gr.Checkbox(False, label=t("chart_log_scale"), elem_id="train-log-scale")
+    with gr.Row():
+        log_scale = gr.Checkbox(False, label=t("chart_log_scale"), elem_id="train-log-scale")
+        smoothing = gr.Checkbox(True, label=t("chart_smooth"), elem_id="train-smooth")
     log_scale_by_hand = gr.State(False)
     with gr.Accordion(t("log_label"), open=False) as log_accordion:
         log = gr.Textbox(
@@ -278,7 +297,8 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         )
     with gr.Accordion(t("status_label"), open=False):
         status_json = gr.JSON()
-    seen = gr.State(("", -1, "", False))  # (run, metrics, state, log scale) drawn: skip redrawing an unchanged chart
+    # (run, metrics, state, log scale, smoothing) drawn: skip redrawing an unchanged chart
+    seen = gr.State(("", -1, "", False, True))
     timer = gr.Timer(POLL_SECONDS)
 
     keys = list(fields)
@@ -354,14 +374,14 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
             return t("nothing_running")
         return t("aborting", run=running)
 
-    def poll(drawn, shown_message: str, refused: bool, log_now: bool, log_by_hand: bool):
+    def poll(drawn, shown_message: str, refused: bool, log_now: bool, log_by_hand: bool, smooth: bool = True):
         snapshot = ctx.wb.snapshot(ctx.wb.current_run_name())
         if snapshot is None or (refused and snapshot.state not in ("queued", "running")):
             if snapshot is None:
                 idle = progress_html(None, ctx)
             else:
                 idle = f"<div class='gw-progress-text'>{t('progress_refused')}</div>"
-            blank = ("", -1, "", False)
+            blank = ("", -1, "", False, True)
             empty = loss_figure([], t) if tuple(drawn) != blank else gr.skip()
             return (
                 idle,
@@ -376,8 +396,8 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
                 gr.skip(),
             )
         use_log = log_now if log_by_hand else wants_log_scale(snapshot.metrics)
-        key = (snapshot.name, len(snapshot.metrics), snapshot.state, use_log)
-        figure = gr.skip() if key == tuple(drawn) else loss_figure(snapshot.metrics, t, use_log)
+        key = (snapshot.name, len(snapshot.metrics), snapshot.state, use_log, bool(smooth))
+        figure = gr.skip() if key == tuple(drawn) else loss_figure(snapshot.metrics, t, use_log, bool(smooth))
         # A "stopping…" or "resumed" notice is stale once the run has reached an end state.
         ended = snapshot.state in ("finished", "failed", "aborted", "interrupted")
         stale = (t("aborting", run=snapshot.name), t("resumed", run=snapshot.name))
@@ -410,15 +430,21 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         wanted = set(get_method(method).keys) if method in METHODS else set()
         return [gr.update(visible=bool(group_keys & wanted)) for group_keys, _ in groups]
 
-    def method_changed(method: str, model: str):
-        """Show only the chosen method's fields, and suggest a learning rate that suits it."""
-        return (*method_groups(method), suggested_learning_rate(model, method))
+    def method_changed(method: str, model: str, stage: str = "sft"):
+        """Show only the chosen method's fields, and suggest a learning rate that suits it (and the stage)."""
+        return (*method_groups(method), suggested_learning_rate(model, method, stage))
 
     method_outputs = [group for _, group in groups] + [fields["learning_rate"]]
+    method_inputs = [fields["finetuning_type"], fields["model_name_or_path"], fields["stage"]]
     for trigger in (fields["finetuning_type"], fields["model_name_or_path"]):
-        trigger.input(
-            method_changed, [fields["finetuning_type"], fields["model_name_or_path"]], method_outputs, api_name=False
-        )
+        trigger.input(method_changed, method_inputs, method_outputs, api_name=False)
+
+    # A stage picked by hand brings its own learning rate (dpo steps are far smaller than sft's). `select` fires on
+    # the user's click only: a stage set by the dataset (follow_data) comes with its rate already.
+    def stage_picked(method: str, model: str, picked: gr.SelectData):
+        return suggested_learning_rate(model, method, str(picked.value))
+
+    fields["stage"].select(stage_picked, method_inputs[:2], fields["learning_rate"], api_name=False)
 
     fields["stage"].change(
         lambda stage: gr.update(visible=stage != "sft"), fields["stage"], preference_group, api_name=False
@@ -458,18 +484,46 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     log_accordion.expand(None, None, None, js=SCROLL_LOG_TO_END, api_name=False)
     timer.tick(
         poll,
-        [seen, message, refused_start, log_scale, log_scale_by_hand],
+        [seen, message, refused_start, log_scale, log_scale_by_hand, smoothing],
         [progress, chart, log, status_json, seen, abort, resume, message, finished_run, try_in_chat, log_scale],
         api_name="poll",
         show_progress="hidden",
     )
     for component in (data["dataset"], data["format"]):
         component.change(
-            lambda ds, fmt: t("train_dataset", dataset=Path(ds or "").name, format=fmt),
+            lambda ds, fmt: (t("train_dataset", dataset=Path(ds or "").name, format=fmt), gr.update(value=ds)),
             [data["dataset"], data["format"]],
-            dataset_note,
+            [dataset_note, dataset],
             api_name=False,
         )
+    # Picked here: the Data tab follows (its table, sample and histogram show the same dataset).
+    dataset.input(
+        lambda ds: (ds, 1, ""), dataset, [data["dataset"], data["sample_index"], data["columns"]], api_name=False
+    ).then(**data["preview"], api_name=False)
+
+    def follow_data(ds: str, fmt: str, columns: str, model: str, method: str, stage: str):
+        """Pairwise data trains a preference stage, other data sft, each with its own learning rate. A stage
+        that already fits the data (orpo on pairs, say) is left as the user set it."""
+        suggested = ctx.wb.suggest_stage(ds or "", fmt or "auto", columns or "", model or "", method or "lora")
+        if suggested is None or (suggested[0] == "sft") == (stage == "sft"):
+            return gr.skip(), gr.skip(), ""
+        new_stage, rate = suggested
+        key = "stage_follows_sft" if new_stage == "sft" else "stage_follows_data"
+        return new_stage, rate, t(key, dataset=Path(ds).name, stage=new_stage, rate=f"{rate:g}")
+
+    data["dataset"].change(
+        follow_data,
+        [
+            data["dataset"],
+            data["format"],
+            data["columns"],
+            fields["model_name_or_path"],
+            fields["finetuning_type"],
+            fields["stage"],
+        ],
+        [fields["stage"], fields["learning_rate"], stage_note],
+        api_name=False,
+    )
 
     def restore_running_form():
         """After a refresh or in a new tab, the form shows the settings of the run that is training."""
@@ -485,6 +539,7 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
             gr.update(choices=[(t("continue_none"), "")] + [(r, r) for r in finished]),
             gr.update(choices=ctx.wb.base_model_choices()),
             gr.update(choices=[("", "")] + dataset_options(ctx)),
+            gr.update(choices=dataset_options(ctx)),
         )
 
     return {
@@ -495,7 +550,12 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         "message": message,
         "status": status_json,
         "fields": fields,
-        "refresh": (refresh_choices, None, [continue_from, fields["model_name_or_path"], fields["eval_dataset"]]),
+        "refresh": (
+            refresh_choices,
+            None,
+            [continue_from, fields["model_name_or_path"], fields["eval_dataset"], dataset],
+        ),
+        "dataset": dataset,
         "method_groups": (method_groups, fields["finetuning_type"], method_outputs[:-1]),
         "restore": (
             restore_running_form,
