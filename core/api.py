@@ -31,6 +31,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.chat.engine import ChatEngine, GenerationSettings, check_adapter_files
+from core.chat.turns import visible_parts
 from core.data.glm45 import parse_reply
 from core.errors import ModelError, WorkbenchError, internal_error
 from core.i18n import Message, message
@@ -520,20 +521,8 @@ class Completion:
         ]
 
     def _visible(self, text: str) -> tuple[str, str]:
-        """(reasoning, content) of a reply still being written, for streaming: the reasoning until `</think>`, then
-        the content up to a tool call (and never the start of `<tool_call>` that is still arriving)."""
-        if "</think>" in text:
-            head, content = text.split("</think>", 1)
-            reasoning = head.split("<think>", 1)[-1]
-        elif self.form.thinking_prompt or text.lstrip().startswith("<think>"):
-            reasoning, content = text.split("<think>", 1)[-1], ""
-        else:
-            reasoning, content = "", text
-        content = content.split("<tool_call>", 1)[0]
-        for cut in range(min(len(content), len("<tool_call>") - 1), 0, -1):
-            if "<tool_call>".startswith(content[-cut:]):
-                content = content[:-cut]
-                break
+        """(reasoning, content) of a reply still being written, for streaming (core.chat.turns.visible_parts)."""
+        reasoning, content = visible_parts(text, self.form.thinking_prompt)
         return reasoning.lstrip("\n"), content.lstrip("\n")
 
     def _count(self, text: str) -> int:

@@ -92,15 +92,14 @@ def parse_tools(text: str) -> list[dict[str, Any]] | None:
     return tools or None
 
 
-def partial_reply(text: str, form: ThinkingFormat | None) -> Reply:
-    """A reply still being written, taken apart for showing: the reasoning until `</think>`, then the answer up to a
-    tool call (and never the start of `<tool_call>` still arriving). Calls are read once the reply is whole."""
-    if form is None:
-        return Reply("", text, [])
+def visible_parts(text: str, thinking_prompt: bool) -> tuple[str, str]:
+    """(reasoning, content) of a reply still being written, unstripped: the reasoning until `</think>`, then the
+    answer up to a tool call (and never the start of `<tool_call>` still arriving). The chat and the API's stream
+    both read a partial reply through this."""
     if "</think>" in text:
         head, content = text.split("</think>", 1)
         reasoning = head.split("<think>", 1)[-1]
-    elif form.thinking_prompt or text.lstrip().startswith("<think>"):
+    elif thinking_prompt or text.lstrip().startswith("<think>"):
         reasoning, content = text.split("<think>", 1)[-1], ""
     else:
         reasoning, content = "", text
@@ -109,6 +108,14 @@ def partial_reply(text: str, form: ThinkingFormat | None) -> Reply:
         if "<tool_call>".startswith(content[-cut:]):
             content = content[:-cut]
             break
+    return reasoning, content
+
+
+def partial_reply(text: str, form: ThinkingFormat | None) -> Reply:
+    """A reply still being written, taken apart for showing (see visible_parts). Calls are read once it is whole."""
+    if form is None:
+        return Reply("", text, [])
+    reasoning, content = visible_parts(text, form.thinking_prompt)
     return Reply(reasoning.strip(), content.strip(), [])
 
 
