@@ -24,7 +24,7 @@ OTHER_ANSWER = "我是小白，一只会说话的猫。"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, demo_model_dir):
+def served(tmp_path_factory, demo_model_dir, chinese_identity_dataset):
     """A server with two adapters that answer 你是谁？ differently."""
     root = tmp_path_factory.mktemp("api")
     data = root / "cat.json"
@@ -43,7 +43,7 @@ def served(tmp_path_factory, demo_model_dir):
         (
             "prefix",
             dict(
-                dataset="identity",
+                dataset=chinese_identity_dataset,  # see conftest
                 max_steps=130,
                 finetuning_type="ptuning_v2",
                 learning_rate=1e-2,

@@ -34,7 +34,7 @@ QUESTION = [{"role": "user", "content": "北京今天天气怎么样？"}]
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
     run = tmp_path_factory.mktemp("tools") / "run"
-    config = RunConfig(model_name_or_path="demo-moe", dataset="tool_calls", num_train_epochs=10, learning_rate=5e-3)
+    config = RunConfig(model_name_or_path="demo-moe", dataset="tool_calls", num_train_epochs=20, learning_rate=5e-3)
     assert TrainingSession(config, run).run()["state"] == "finished"
     engine = ChatEngine()
     engine.load_model("demo-moe")

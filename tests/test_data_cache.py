@@ -4,6 +4,7 @@ split as reading the whole file into Python; cached by content and settings; dam
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import random
 
@@ -133,7 +134,10 @@ def test_a_mid_size_file_tokenizes_exactly_as_one_sample_at_a_time(tmp_path, mon
     monkeypatch.setenv("GLM_WORKBENCH_DATA_PROCS", "2")
     path = tmp_path / "mid.jsonl"
     path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in mid_size_rows(8_000)), encoding="utf-8")
+    environ = os.environ
     new = tokenize_dataset(str(path), demo_tokenizer, "glm4", 96, val_size=0.05, seed=3)
+    # datasets' workers put back a copy of the environment; ours keeps the real one (monkeypatch restores into it)
+    assert os.environ is environ
     loaded = load_conversations(str(path))
     old = tokenize_conversations(loaded.conversations, demo_tokenizer, "glm4", 96, 0.05, 3, loaded.path)
     assert len(new.train) == len(old.train) and len(new.eval) == len(old.eval) > 300

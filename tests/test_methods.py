@@ -51,10 +51,12 @@ QUICK = ("ptuning_v2",)
     scope="module",
     params=[pytest.param(m, marks=() if m in QUICK else pytest.mark.slow) for m in METHOD_RUNS],
 )
-def trained(request, tmp_path_factory, demo_model_dir):
+def trained(request, tmp_path_factory, demo_model_dir, chinese_identity_dataset):
     settings = dict(METHOD_RUNS[request.param])
     settings.setdefault("finetuning_type", request.param)
-    config = RunConfig(dataset="identity", num_train_epochs=10, **settings)
+    if settings["finetuning_type"] == "ptuning_v2":  # one language's answer, as many steps (see conftest)
+        settings.update(dataset=chinese_identity_dataset, max_steps=130)
+    config = RunConfig(**{"dataset": "identity", "num_train_epochs": 10, **settings})
     run_dir = tmp_path_factory.mktemp(request.param) / "run"
     session = TrainingSession(config, run_dir)
     status = session.run()

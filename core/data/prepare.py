@@ -80,6 +80,23 @@ def _heap_left_alone():
         gc.unfreeze()
 
 
+@contextmanager
+def _environ_kept():
+    """`datasets`' `map(num_proc=...)` puts back a deep copy of the environment it saved (`os.environ =
+    prev_env`): every reference to the real `os.environ` taken before (pytest's monkeypatch, a library's module
+    global) then writes to a mapping nobody reads, and `putenv` stops following. The real one is put back, holding
+    what the copy holds."""
+    environ = os.environ
+    try:
+        yield
+    finally:
+        if os.environ is not environ:
+            copy, os.environ = os.environ, environ
+            for name in set(environ) - set(copy):
+                del environ[name]
+            environ.update(copy)
+
+
 def _open_arrow(files: list[Path], rows: int):
     """A memory-mapped Dataset of the entry's Arrow files; Corrupt when they cannot be read or are short."""
     import pyarrow as pa
@@ -303,7 +320,7 @@ def check(name_or_path: str, fmt: str = "auto", columns: str = "") -> Checked:
 
     def build(staging: Path) -> dict[str, Any]:
         started = time.time()
-        with _heap_left_alone():
+        with _heap_left_alone(), _environ_kept():
             checked = rows.dataset.map(
                 check_batch,
                 batched=True,
@@ -520,7 +537,7 @@ def tokenize(checked: Checked, tokenizer, template: str, cutoff_len: int, max_sa
                 source = source.select(range(len(usable)), new_fingerprint=f"{key}-rows")
         else:
             source = source.select(usable, keep_in_memory=True, new_fingerprint=f"{key}-rows")
-        with _heap_left_alone(), _rows_named(checked):
+        with _heap_left_alone(), _environ_kept(), _rows_named(checked):
             tokenized = source.map(
                 tokenize_batch,
                 batched=True,
