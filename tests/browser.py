@@ -70,6 +70,20 @@ def pick(page, elem_id: str, value: str) -> None:
     page.mouse.click(2, 2)  # close the option list (it would cover the page in screenshots)
 
 
+def options_once_listed(page, elem_id: str, wanted: str, timeout: float = 120) -> list[str]:
+    """A dropdown's option texts once `wanted` is among them (or at the timeout): a page just (re)loaded reads the
+    workspace's lists after it appears, so the first look may still show the served page's demo choices."""
+    box = page.locator(f"#{elem_id} input[role=combobox]")
+    deadline = time.time() + timeout
+    while True:
+        box.click()
+        options = page.locator(f"#{elem_id} [role=option]").all_inner_texts()
+        page.mouse.click(2, 2)
+        if any(wanted in option for option in options) or time.time() > deadline:
+            return options
+        time.sleep(0.5)
+
+
 def settled_text(locator, timeout: float = 600, quiet: float = 1.5) -> str:
     """The element's text once it is non-empty and has stopped changing (a streamed reply is complete)."""
     deadline, last, since = time.time() + timeout, None, time.time()

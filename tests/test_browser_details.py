@@ -15,7 +15,7 @@ import shutil
 
 import pytest
 
-from tests.browser import PAGE_MS, SLOW_MS, fill_number, open_accordion, open_tab, settled_text
+from tests.browser import PAGE_MS, SLOW_MS, fill_number, open_accordion, open_tab, options_once_listed, settled_text
 from tests.conftest import REPO
 from tests.ui_server import running_ui
 from webui.locale import Translator
@@ -203,11 +203,8 @@ def test_uploads_runs_and_evaluation_always_show_the_current_state(browser, serv
     expect(page.locator("#data-table")).to_contain_text("你是谁")  # still the good file's rows
     # After a reload the upload is listed by its name, never a server path.
     page.reload()
-    box = page.locator("#data-dataset input[role=combobox]")
-    box.click()
-    options = page.locator("#data-dataset [role=option]").all_inner_texts()
+    options = options_once_listed(page, "data-dataset", good.name)
     assert good.name in options and not any("/" in option for option in options), options
-    page.mouse.click(2, 2)
 
     # A short run: Try it in Chat appears; the chat's side by side takes it as its second column at once.
     open_tab(page, t("tab_chat"))

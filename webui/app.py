@@ -62,15 +62,18 @@ def build_app(workbench: Workbench, lang: str = "zh") -> gr.Blocks:
                 return gr.Tabs(selected="chat"), gr.update(choices=models, value=run), gr.update(value=""), []
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()  # nothing to chat with yet (training, or failed)
 
-        runs["open_chat"].click(
-            open_in_chat, runs["run"], [tabs, chat["model"], chat["adapter"], chat["chatbot"]], api_name="open_in_chat"
-        )
-        train["try_in_chat"].click(
-            open_in_chat,
-            train["finished_run"],
-            [tabs, chat["model"], chat["adapter"], chat["chatbot"]],
-            api_name="try_in_chat",
-        )
+        # A reply still streaming is stopped: it would write the old conversation back when it ends.
+        for button, run_box, name in (
+            (runs["open_chat"], runs["run"], "open_in_chat"),
+            (train["try_in_chat"], train["finished_run"], "try_in_chat"),
+        ):
+            button.click(
+                open_in_chat,
+                run_box,
+                [tabs, chat["model"], chat["adapter"], chat["chatbot"]],
+                cancels=chat["streams"],
+                api_name=name,
+            )
         # A run that finishes while the page is open joins every list at once (side by side picks it up too).
         train["finished_run"].change(*chat["refresh"], api_name=False).then(*runs["refresh"], api_name=False).then(
             *evaluate["refresh"], api_name=False

@@ -152,27 +152,31 @@ def create_chat_tab(ctx: UIContext) -> dict:
         tokens = t("chat_thinking_tokens", n=reply.reasoning_tokens)
         return reply_entries(reply, turn, title, tokens, lambda name: t("chat_tool_call", name=name))
 
-    def result_prompt(shown: list[dict[str, Any]]):
-        """The box for the next call that waits for its result (hidden when none does)."""
+    def result_prompt(shown: list[dict[str, Any]], was_shown: bool = True):
+        """The box for the next call that waits for its result (hidden when none does). Its visibility is sent only
+        when it changes: gradio 6.31 answered a visibility update in a streamed chat event by putting that
+        conversation back into the Chatbot after a later event emptied it ("Open in chat", Clear)."""
         waiting = pending_calls(shown)
         if not waiting:
-            return gr.update(visible=False), gr.update(), gr.update()
+            return gr.update(visible=False) if was_shown else gr.skip(), gr.skip(), gr.skip()
         call = waiting[0]
         arguments = json.dumps(call["arguments"], ensure_ascii=False)
         label = t("chat_tool_result_for", name=call["name"], arguments=arguments)
         return gr.update(visible=True), label, ""
 
-    def reply_after(shown, model_, adapter_, system_, settings, tools_text_, message_=""):
+    def reply_after(shown, model_, adapter_, system_, settings, tools_text_, message_="", box_shown=False):
         """Stream the model's next turn after `shown` (the Chatbot's messages); yields every output of the chat
-        (`message_`: what the message box shows meanwhile)."""
+        (`message_`: what the message box shows meanwhile; `box_shown`: whether the tool-result box shows now —
+        it hides while the model answers)."""
         tools = parse_tools(tools_text_)  # checked by the caller: a bad box never gets this far
-        hidden = (gr.update(visible=False), gr.update(), gr.update())
         reply = None
         for reply in ctx.wb.chat_replies(conversation(shown), model_, adapter_ or None, system_, settings, tools):
-            yield shown + entries(reply, len(shown)), message_, "", *hidden
+            box = (gr.update(visible=False) if box_shown else gr.skip(), gr.skip(), gr.skip())
+            box_shown = False
+            yield shown + entries(reply, len(shown)), message_, "", *box
         done = shown + entries(reply, len(shown)) if reply is not None else shown
         notice = t("chat_tools_ignored") if reply is not None and reply.tools_ignored else ""
-        yield done, message_, notice, *result_prompt(done)
+        yield done, message_, notice, *result_prompt(done, box_shown)
 
     def respond(
         text,
@@ -189,16 +193,17 @@ def create_chat_tab(ctx: UIContext) -> dict:
         tools_text_="",
     ):
         history = plain_messages(history)
+        box_shown = bool(pending_calls(history))
         if not (text or "").strip():
-            yield history, "", gr.update(), *result_prompt(history)
+            yield history, "", gr.update(), *result_prompt(history, box_shown)
             return
         shown = history + [{"role": "user", "content": text}]
         settings = settings_of(temperature_, top_p_, max_new_, greedy_, penalty_, thinking_)
         try:
             parse_tools(tools_text_)  # a bad Tools box is named before anything is sent; the question stays
-            yield from reply_after(shown, model_, adapter_, system_, settings, tools_text_)
+            yield from reply_after(shown, model_, adapter_, system_, settings, tools_text_, box_shown=box_shown)
         except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
-            yield history, text, ctx.error(exc), *result_prompt(history)
+            yield history, text, ctx.error(exc), *result_prompt(history, box_shown)
 
     def send_result(
         result,
@@ -241,7 +246,7 @@ def create_chat_tab(ctx: UIContext) -> dict:
             return
         settings = settings_of(temperature_, top_p_, max_new_, greedy_, penalty_, thinking_)
         try:
-            yield from reply_after(shown, model_, adapter_, system_, settings, tools_text_, gr.update())
+            yield from reply_after(shown, model_, adapter_, system_, settings, tools_text_, gr.update(), True)
         except Exception as exc:  # noqa: BLE001
             yield history, gr.update(), ctx.error(exc), *result_prompt(history)
 
@@ -491,12 +496,18 @@ def create_chat_tab(ctx: UIContext) -> dict:
         )
     save_written.click(save_writing, [compared, written, feedback_name], [write_group, vote_notice], api_name=False)
     # Stopping cancels the streaming event; the engine then ends generation at the next token.
-    stop.click(None, None, None, cancels=[sent, submitted, resulted, result_submitted, comparing], api_name=False)
+    streams = [sent, submitted, resulted, result_submitted, comparing]
+    stop.click(None, None, None, cancels=streams, api_name=False)
     fresh = [chatbot, notice, result_group]
-    clear.click(lambda: ([], "", gr.update(visible=False)), None, fresh, api_name=False)
+
+    def new_conversation():
+        return [], "", gr.update(visible=False)
+
+    # A new conversation also stops a reply still streaming: it would write the old one back when it ends.
+    clear.click(new_conversation, None, fresh, cancels=streams, api_name=False)
     # A different model or adapter starts a new conversation: old answers came from other weights.
     for selector in (model, adapter):
-        selector.input(lambda: ([], "", gr.update(visible=False)), None, fresh, api_name=False)
+        selector.input(new_conversation, None, fresh, cancels=streams, api_name=False)
     choice_outputs = [model, adapter, *[c for c, _ in columns]]
     picked_by_hand = gr.State(False)
     for choice, _ in columns:
@@ -514,5 +525,6 @@ def create_chat_tab(ctx: UIContext) -> dict:
         "model": model,
         "adapter": adapter,
         "chatbot": chatbot,
+        "streams": streams,
         "refresh": (refresh_choices, refresh_inputs, choice_outputs),
     }
