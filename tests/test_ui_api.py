@@ -333,7 +333,9 @@ def test_twenty_concurrent_chats_through_the_ui_queue_and_the_api(ui):
 
     client, _ = ui
     questions = [f"第{n}个问题：你是谁？" for n in range(20)]
-    jobs = [client.submit(q, [], "demo", "", "", 0.7, 0.9, 24, True, api_name="/chat") for q in questions]
+    jobs = [
+        client.submit(q, [], "demo", "", "", 0.7, 0.9, 24, True, 1.0, True, "", api_name="/chat") for q in questions
+    ]
     replies = [job.result(timeout=600) for job in jobs]
     for question, (history, _, notice, *_) in zip(questions, replies):
         assert notice == "" and history[0]["content"][0]["text"] == question
