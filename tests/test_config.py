@@ -118,7 +118,7 @@ def test_preference_settings_are_checked_together():
         ).problems()
     }
     assert problems == {
-        "finetuning_type": "kto trains with one of these methods: lora, loraplus, qlora, freeze, full",
+        "finetuning_type": "kto trains with one of these methods: lora, qlora, freeze, full, loraplus",
         "packing": "kto compares whole answers one pair at a time: turn packing off",
         "pref_ftx": "only the dpo stage reads this; kto has its own loss: leave it at its default",
         "pref_loss": "only the dpo stage reads this; kto has its own loss: leave it at its default",

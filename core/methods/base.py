@@ -3,8 +3,8 @@
 A method module (core/methods/<name>.py) defines `METHOD = Method(...)`; the registry finds it by itself. The
 config takes its keys from `options`, validation calls `check`, the memory estimate its `trainable_params`,
 `weight_bytes` and activation terms, the runner its `model_kwargs`, `prepare`, `optimizer`, `trainer` and
-`save`, and the train tab builds the method's form group from `fields`. Nothing outside core/methods/ needs to
-know a method's name.
+`save`, the train tab builds the method's form group from `fields`, and a stage (core/stages/) and FSDP ask
+`preference` and `fsdp` whether it trains with them. Nothing outside core/methods/ needs to know a method's name.
 
 Method modules stay light to import (no torch/transformers at module level): the registry imports them all
 whenever a config is read.
@@ -73,6 +73,8 @@ class Method:
     backprop_layers: Callable[[Any, Any], int] = every_layer
     extra_activation_bytes: Callable[[Any, Any, int], float] = no_extra_activations
     learning_rates: tuple[float, float] = (2e-3, 2e-4)  # suggested: (the random demo model, a real model)
+    preference: bool = True  # trains a preference stage (core/stages/): its model is a policy TRL can compare
+    fsdp: bool = False  # its SFT runs shard across processes with FSDP (distributed: fsdp)
 
     @property
     def trains_base(self) -> bool:

@@ -127,6 +127,7 @@ class PrefixAdapter:
 
 METHOD = Method(
     name="ptuning_v2",
+    preference=False,
     output_dir=ADAPTER,
     prepare=prepare,
     trainable_params=trainable_params,
