@@ -54,7 +54,11 @@ def chinese_identity_dataset(tmp_path_factory) -> str:
 
     from core.resources import asset
 
-    rows = [row for row in json.loads(asset("datasets", "identity.json").read_text("utf-8")) if row["output"] == IDENTITY_FIRST_ANSWER]
+    rows = [
+        row
+        for row in json.loads(asset("datasets", "identity.json").read_text("utf-8"))
+        if row["output"] == IDENTITY_FIRST_ANSWER
+    ]
     path = tmp_path_factory.mktemp("chinese-identity") / "identity_zh.json"
     path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
     return str(path)
