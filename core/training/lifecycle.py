@@ -71,7 +71,10 @@ def check_inputs(config: RunConfig) -> None:
 def check_adapters(config: RunConfig) -> None:
     """Refuse an adapter setting that names no adapter (a run folder counts: its adapter/ is used), naming the
     setting, the path and what was expected; reads only."""
-    keys = ["adapter_name_or_path"] + (["teacher_adapter"] if config.finetuning_type == "distill" else [])
+    from core.methods import METHODS
+
+    method = METHODS.get(config.finetuning_type)
+    keys = ["adapter_name_or_path", *(method.adapter_keys if method is not None else ())]
     problems = []
     for key in keys:
         value = str(getattr(config, key, "") or "").strip()
