@@ -85,7 +85,8 @@ class CommonSettings:
     report_to: str = "none"  # experiment trackers, comma-separated: tensorboard (into RUN/tensorboard), swanlab, ...
     # the training stage (core/stages/) and the preference stages' shared keys, with LLaMA-Factory's names
     stage: str = SUPERVISED  # sft; the preference stages (dpo, orpo, kto, ...) learn from chosen / rejected answers
-    pref_beta: float = 0.1  # dpo/kto: how far the model may move from the reference; orpo: the odds-ratio weight
+    pref_beta: float = 0.1  # dpo/kto: how far the model may move from the reference; orpo: the odds-ratio weight;
+    # simpo: the scale of its reward (beta x the answer's mean token log-probability)
     pref_loss: str = "sigmoid"  # dpo: sigmoid (DPO) or ipo
     pref_ftx: float = 0.0  # dpo: weight of the SFT loss on the chosen answers, mixed in
     kto_chosen_weight: float = 1.0  # kto: weight of the desirable answers' loss
@@ -380,7 +381,7 @@ def from_llamafactory(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     data = dict(data)
     notes: list[str] = []
     stage = data.pop("stage", SUPERVISED)
-    if stage == LLAMAFACTORY_PAIR_STAGE and data.get("pref_loss") in STAGES:  # its orpo (and simpo): dpo's losses
+    if stage == LLAMAFACTORY_PAIR_STAGE and is_preference(str(data.get("pref_loss"))):  # its orpo and simpo losses
         stage = data.pop("pref_loss")
     if stage not in STAGES:
         raise config_error("stage", "config.stage_unsupported", value=stage, show_value=True, choices=", ".join(STAGES))
