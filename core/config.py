@@ -22,17 +22,13 @@ from core.errors import ConfigError, ConfigProblem, config_error
 from core.i18n import message
 from core.methods import METHODS, get_method
 from core.models.loader import DTYPES
+from core.stages import STAGES, SUPERVISED, get_stage, is_preference
 
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 TRACKERS = ("none", "tensorboard", "swanlab", "wandb", "mlflow")  # report_to, as in transformers and LLaMA-Factory
-# Training stages, as LLaMA-Factory names them: supervised fine-tuning, then preference training on pairs.
-STAGES = ("sft", "dpo", "orpo", "kto")
-PREF_LOSSES = ("sigmoid", "ipo")  # dpo: DPO's own loss, or IPO's
-PREFERENCE_METHODS = ("lora", "loraplus", "qlora", "freeze", "full")  # the methods a preference stage trains
 # How several processes share the work: DDP (a whole model per process) or FSDP (transformers' FSDP2: each
-# process holds a shard of every decoder layer). FSDP trains these methods' SFT runs.
+# process holds a shard of every decoder layer). FSDP trains the SFT runs of the methods that say so (Method.fsdp).
 DISTRIBUTED = ("ddp", "fsdp")
-FSDP_METHODS = ("lora", "loraplus", "freeze", "full")
 
 
 @dataclass
@@ -87,9 +83,10 @@ class CommonSettings:
     torch_compile: bool = False  # torch.compile the model (a GPU's win; compiling costs minutes on the CPU)
     use_liger_kernel: bool = False  # Liger's Triton RMSNorm, SwiGLU and RoPE (CUDA, `pip install liger-kernel`)
     report_to: str = "none"  # experiment trackers, comma-separated: tensorboard (into RUN/tensorboard), swanlab, ...
-    # preference training (core/training/preference.py), with LLaMA-Factory's keys
-    stage: str = "sft"  # sft; dpo, orpo or kto learn from pairwise data (chosen / rejected answers)
-    pref_beta: float = 0.1  # dpo/kto: how far the model may move from the reference; orpo: the odds-ratio weight
+    # the training stage (core/stages/) and the preference stages' shared keys, with LLaMA-Factory's names
+    stage: str = SUPERVISED  # sft; the preference stages (dpo, orpo, kto, ...) learn from chosen / rejected answers
+    pref_beta: float = 0.1  # dpo/kto: how far the model may move from the reference; orpo: the odds-ratio weight;
+    # simpo: the scale of its reward (beta x the answer's mean token log-probability)
     pref_loss: str = "sigmoid"  # dpo: sigmoid (DPO) or ipo
     pref_ftx: float = 0.0  # dpo: weight of the SFT loss on the chosen answers, mixed in
     kto_chosen_weight: float = 1.0  # kto: weight of the desirable answers' loss
@@ -103,11 +100,12 @@ class CommonSettings:
 
 
 _OPTIONS = tuple(method.options for method in METHODS.values() if method.options is not None)
+_STAGE_OPTIONS = tuple(stage.options for stage in STAGES.values() if stage.options is not None)
 
 
 @dataclass
-class RunConfig(*reversed(_OPTIONS), CommonSettings):  # type: ignore[misc]
-    """Every setting of a run: the common ones first, then each method's own (in registry order)."""
+class RunConfig(*reversed(_STAGE_OPTIONS), *reversed(_OPTIONS), CommonSettings):  # type: ignore[misc]
+    """Every setting of a run: the common ones first, then each method's own, then each stage's (registry order)."""
 
     # ---- views -------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -203,13 +201,20 @@ class RunConfig(*reversed(_OPTIONS), CommonSettings):  # type: ignore[misc]
         check(0 <= self.seed < 2**32, "seed", "config.seed_range", limit=2**32 - 1)  # numpy's and torch's range
         check(self.nproc_per_node >= 1, "nproc_per_node", "config.at_least", limit=1)
         check(self.distributed in DISTRIBUTED, "distributed", "config.one_of", choices=", ".join(DISTRIBUTED))
+        fsdp_methods = [name for name, method in METHODS.items() if method.fsdp]
         check(
-            self.distributed != "fsdp" or self.finetuning_type in FSDP_METHODS or self.finetuning_type not in METHODS,
+            self.distributed != "fsdp" or self.finetuning_type in fsdp_methods or self.finetuning_type not in METHODS,
             "distributed",
             "config.fsdp_methods",
-            choices=", ".join(FSDP_METHODS),
+            choices=", ".join(fsdp_methods),
         )
-        check(self.distributed != "fsdp" or self.stage == "sft", "distributed", "config.fsdp_sft_only")
+        check(
+            self.distributed != "fsdp" or not is_preference(self.stage),
+            "distributed",
+            "config.fsdp_sft_only",
+            stage=SUPERVISED,
+            choices=", ".join(name for name in STAGES if is_preference(name)),
+        )
         check(self.warmup_steps >= 0, "warmup_steps", "config.zero_or_more")
         check(self.eval_steps >= 0, "eval_steps", "config.eval_steps")
         check(self.neftune_noise_alpha >= 0, "neftune_noise_alpha", "config.zero_off_or_more")
@@ -259,29 +264,29 @@ class RunConfig(*reversed(_OPTIONS), CommonSettings):  # type: ignore[misc]
         return _finite_first(self, found)
 
     def _check_stage(self, check) -> None:
+        """The stage's name and every stage's keys; then what the chosen stage asks of the rest of the config."""
         check(self.stage in STAGES, "stage", "config.one_of", choices=", ".join(STAGES))
         check(self.pref_beta > 0, "pref_beta", "config.greater_than", limit=0)
-        check(self.pref_loss in PREF_LOSSES, "pref_loss", "config.one_of", choices=", ".join(PREF_LOSSES))
-        check(self.pref_ftx >= 0, "pref_ftx", "config.zero_off_or_more")
-        check(self.kto_chosen_weight > 0, "kto_chosen_weight", "config.greater_than", limit=0)
-        check(self.kto_rejected_weight > 0, "kto_rejected_weight", "config.greater_than", limit=0)
-        if self.stage == "sft" or self.stage not in STAGES:
+        for stage in STAGES.values():
+            stage.check_keys(self, check)
+        if not is_preference(self.stage):
             return  # what follows only concerns a preference stage
+        stage = get_stage(self.stage)
+        accepted = [name for name, method in METHODS.items() if stage.accepts(method)]
         check(
-            self.finetuning_type in PREFERENCE_METHODS or self.finetuning_type not in METHODS,
+            self.finetuning_type in accepted or self.finetuning_type not in METHODS,
             "finetuning_type",
             "config.stage_methods",
             stage=self.stage,
-            choices=", ".join(PREFERENCE_METHODS),
+            choices=", ".join(accepted),
         )
         check(not self.packing, "packing", "config.stage_no_packing", stage=self.stage)
-        check(self.pref_ftx == 0 or self.stage == "dpo", "pref_ftx", "config.dpo_only", stage=self.stage)
-        check(self.pref_loss == "sigmoid" or self.stage == "dpo", "pref_loss", "config.dpo_only", stage=self.stage)
-        check(
-            self.stage != "kto" or self.per_device_train_batch_size >= 2,
-            "per_device_train_batch_size",
-            "config.kto_batch",
-        )
+        defaults = RunConfig.__dataclass_fields__
+        for owner in STAGES.values():
+            for key in owner.only_keys if owner is not stage else ():
+                same = getattr(self, key) == defaults[key].default
+                check(same, key, "config.stage_only", owner=owner.name, stage=self.stage)
+        stage.check(self, check)
 
     def validate(self) -> RunConfig:
         problems = self.problems()
@@ -347,6 +352,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return result
 
 
+# LLaMA-Factory's stage for pairs: its `pref_loss` picks DPO's loss, or ORPO's or SimPO's (our stages of those names).
+LLAMAFACTORY_PAIR_STAGE = "dpo"
 # LLaMA-Factory SFT keys that have no meaning here: accepted, and reported by name.
 LLAMAFACTORY_IGNORED = (
     "do_train",
@@ -369,12 +376,12 @@ LLAMAFACTORY_IGNORED = (
 
 
 def from_llamafactory(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Translate a `llamafactory-cli train` config (sft, dpo, kto; ORPO is its dpo stage with pref_loss: orpo)
-    into ours; returns (our keys, notes on what was ignored)."""
+    """Translate a `llamafactory-cli train` config (sft, dpo, kto; ORPO and SimPO are its dpo stage with pref_loss
+    orpo or simpo) into ours; returns (our keys, notes on what was ignored)."""
     data = dict(data)
     notes: list[str] = []
-    stage = data.pop("stage", "sft")
-    if stage == "dpo" and data.get("pref_loss") == "orpo":
+    stage = data.pop("stage", SUPERVISED)
+    if stage == LLAMAFACTORY_PAIR_STAGE and is_preference(str(data.get("pref_loss"))):  # its orpo and simpo losses
         stage = data.pop("pref_loss")
     if stage not in STAGES:
         raise config_error("stage", "config.stage_unsupported", value=stage, show_value=True, choices=", ".join(STAGES))

@@ -271,15 +271,15 @@ def estimate_memory(shape: ModelShape, config: RunConfig, on_gpu: bool = True) -
     """The method supplies its own terms (trainable parameters, weight bytes, which layers keep activations,
     extra activations); the rest is the same for every method."""
     from core.methods import get_method
+    from core.stages import get_stage
 
-    method = get_method(config.finetuning_type)
+    method, stage = get_method(config.finetuning_type), get_stage(config.stage)
     compute_bytes = 2 if on_gpu and config.precision != "fp32" else 4
     trainable = method.trainable_params(shape, config)
     weights = method.weight_bytes(shape, config, compute_bytes, trainable)
-    preference = config.stage != "sft"
-    rows = 2 if config.stage in ("dpo", "orpo") else 1  # a pair's chosen and rejected answers, side by side
-    tokens = config.per_device_train_batch_size * config.cutoff_len * rows
-    if preference and config.stage != "orpo" and method.trains_base:
+    preference = stage.preference
+    tokens = config.per_device_train_batch_size * config.cutoff_len * stage.rows_per_sample  # a pair: both answers
+    if stage.reference and method.trains_base:
         weights += compute_bytes * shape.total_params  # the frozen reference model
     per_token_layer = shape.activation_values * compute_bytes
     layers = method.backprop_layers(shape, config)

@@ -52,6 +52,7 @@ from core.runs import (
     read_status,
     reclaim_run,
 )
+from core.stages import SUPERVISED
 from core.training.job import JobManager
 from core.training.lifecycle import check_inputs
 
@@ -337,7 +338,7 @@ class Workbench:
                     "run": run.name,
                     "state": run.state,
                     "method": status.get("method", ""),
-                    "stage": status.get("stage", "sft"),
+                    "stage": status.get("stage", SUPERVISED),
                     "model": status.get("model", ""),
                     "dataset": Path(str(status.get("dataset", ""))).name,
                     "step": status.get("step", 0),

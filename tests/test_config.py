@@ -84,8 +84,8 @@ def test_llamafactory_sft_yaml_runs_here_and_reports_ignored_keys(tmp_path):
 
 
 def test_llamafactory_preference_yaml_loads_with_its_stage(tmp_path):
-    """LLaMA-Factory's dpo and kto stages load as ours; its ORPO (the dpo stage with pref_loss: orpo) becomes our
-    orpo stage; the stages that are not here (rm, ppo, pt) are refused by name."""
+    """LLaMA-Factory's dpo and kto stages load as ours; its ORPO and SimPO (the dpo stage with pref_loss: orpo or
+    simpo) become our orpo and simpo stages; the stages that are not here (rm, ppo, pt) are refused by name."""
     from core.config import load_yaml_with_notes
 
     dpo = LLAMAFACTORY_SFT.replace("stage: sft", "stage: dpo\npref_beta: 0.2\npref_loss: ipo\npref_ftx: 0.5")
@@ -95,6 +95,10 @@ def test_llamafactory_preference_yaml_loads_with_its_stage(tmp_path):
     orpo = LLAMAFACTORY_SFT.replace("stage: sft", "stage: dpo\npref_loss: orpo")
     (tmp_path / "orpo.yaml").write_text(orpo, encoding="utf-8")
     assert load_yaml_with_notes(tmp_path / "orpo.yaml")[0].stage == "orpo"
+    simpo = LLAMAFACTORY_SFT.replace("stage: sft", "stage: dpo\npref_loss: simpo\npref_beta: 2.5\nsimpo_gamma: 1.0")
+    (tmp_path / "simpo.yaml").write_text(simpo, encoding="utf-8")
+    config, _ = load_yaml_with_notes(tmp_path / "simpo.yaml")
+    assert (config.stage, config.pref_beta, config.simpo_gamma, config.pref_loss) == ("simpo", 2.5, 1.0, "sigmoid")
     kto = LLAMAFACTORY_SFT.replace("stage: sft", "stage: kto\nkto_rejected_weight: 1.5")
     (tmp_path / "kto.yaml").write_text(kto, encoding="utf-8")
     config, _ = load_yaml_with_notes(tmp_path / "kto.yaml")
@@ -118,7 +122,7 @@ def test_preference_settings_are_checked_together():
         ).problems()
     }
     assert problems == {
-        "finetuning_type": "kto trains with one of these methods: lora, loraplus, qlora, freeze, full",
+        "finetuning_type": "kto trains with one of these methods: lora, qlora, freeze, full, loraplus",
         "packing": "kto compares whole answers one pair at a time: turn packing off",
         "pref_ftx": "only the dpo stage reads this; kto has its own loss: leave it at its default",
         "pref_loss": "only the dpo stage reads this; kto has its own loss: leave it at its default",

@@ -205,7 +205,7 @@ def test_freeze_names_the_models_own_modules_when_an_extra_matches_nothing(chatg
 
 def test_preference_stages_count_both_answers_and_the_reference():
     """DPO runs a pair's two answers as one batch (twice the activations of SFT at the same batch size); with full
-    fine-tuning it also holds a frozen reference copy in the compute dtype; ORPO needs no reference."""
+    fine-tuning it also holds a frozen reference copy in the compute dtype; ORPO and SimPO need no reference."""
     shape = ModelShape.from_config(type("Config", (), GLM4_9B)())
     sft = estimate_memory(shape, RunConfig(finetuning_type="full"))
     dpo = estimate_memory(shape, RunConfig(finetuning_type="full", stage="dpo"))
@@ -213,5 +213,7 @@ def test_preference_stages_count_both_answers_and_the_reference():
     kto = estimate_memory(shape, RunConfig(finetuning_type="full", stage="kto"))
     assert dpo.activations == orpo.activations == 2 * sft.activations == 2 * kto.activations
     assert dpo.weights == kto.weights == sft.weights + 2 * shape.total_params == orpo.weights + 2 * shape.total_params
+    simpo = estimate_memory(shape, RunConfig(finetuning_type="full", stage="simpo"))
+    assert (simpo.activations, simpo.weights) == (orpo.activations, orpo.weights)
     lora_sft = estimate_memory(shape, RunConfig(finetuning_type="lora"))
     assert estimate_memory(shape, RunConfig(finetuning_type="lora", stage="dpo")).weights == lora_sft.weights

@@ -8,7 +8,8 @@ import json
 import math
 
 from core.i18n import Message
-from core.suggest import PREFERENCE_LEARNING_RATES, suggest_stage
+from core.stages import STAGES
+from core.suggest import suggest_stage
 from core.workbench import Workbench
 from webui.charts import length_histogram, loss_figure, smooth
 from webui.locale import Translator
@@ -39,7 +40,7 @@ def test_the_lists_version_moves_with_datasets_and_run_states_only(tmp_path):
 
 
 def test_pairwise_data_suggests_dpo_with_its_own_learning_rate(tmp_path):
-    assert suggest_stage("alpaca_pairwise", "demo") == ("dpo", PREFERENCE_LEARNING_RATES[0])
+    assert suggest_stage("alpaca_pairwise", "demo") == ("dpo", STAGES["dpo"].learning_rates[0])
     assert suggest_stage("openai_pairwise", "THUDM/glm-4-9b-chat-hf") == ("dpo", 5e-6)
     assert suggest_stage("alpaca", "demo", "lora")[0] == "sft"
     wb = Workbench(tmp_path / "ws")

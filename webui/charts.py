@@ -11,6 +11,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from core.stages import STAGES
+
 SMOOTHING = 0.6  # TensorBoard's default weight
 LOG_SCALE_SPAN = 10.0
 MAX_POINTS = 2000  # per chart line  # max/min of the loss beyond which a log axis is the default
@@ -88,7 +90,7 @@ def loss_figure(metrics: list[dict[str, Any]], t, log_scale: bool | None = None,
     preference = any(m.get(key) is not None for m in metrics for key in PREFERENCE_SERIES)
     titles = [t("chart_loss"), t("perplexity"), t.label("learning_rate"), t("throughput")]
     specs = [[{}, {}], [{}, {"secondary_y": True}]]
-    if preference:  # a dpo/orpo/kto run: what it learns from the pairs, beside the loss
+    if preference:  # a preference stage's run: what it learns from the pairs, beside the loss
         titles += [t("chart_reward_margin"), t("chart_logps")]
         specs.append([{"secondary_y": True}, {}])
     figure = make_subplots(
@@ -208,8 +210,8 @@ def loss_figure(metrics: list[dict[str, Any]], t, log_scale: bool | None = None,
     return figure
 
 
-# The preference figures callbacks.py records (PREFERENCE_KEYS' names), by panel.
-PREFERENCE_SERIES = ("reward_margin", "reward_accuracy", "logp_chosen", "logp_rejected", "kl")
+# The preference figures the stages' charts draw (core/stages/: each stage's `chart`, names in metrics.jsonl).
+PREFERENCE_SERIES = tuple(dict.fromkeys(key for stage in STAGES.values() for key in stage.chart))
 
 
 def _add_preference(figure, metrics: list[dict[str, Any]], t) -> None:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from core.data.template import TemplateEncoder
 from core.errors import ModelError
-from core.methods.ptuning_v2 import PrefixAdapter, is_prefix_adapter
+from core.methods import load_input_adapter
+from core.methods.base import InputAdapter
 from core.models.loader import load_model, load_tokenizer, prepare_model
 
 log = logging.getLogger("glm_workbench")
@@ -77,7 +78,7 @@ class LoadedAdapter:
     folder: str
     stamp: float  # weights file mtime: a retrained adapter is reloaded
     key: str | None = None  # LoRA: its name inside the PeftModel
-    prefix: PrefixAdapter | None = None  # P-tuning v2: the prefix handed to generate
+    prefix: InputAdapter | None = None  # an adapter that feeds the inputs (P-tuning v2's prefix), handed to generate
 
 
 class StopOnEvent:
@@ -135,9 +136,10 @@ class ChatEngine:
             return known
         check_adapter_files(folder)  # a truncated file is named, not met as a library's error mid-load
         log.info("chat: hot-loading adapter %s from %s", name, folder)
-        if is_prefix_adapter(folder):
+        inputs = load_input_adapter(folder)
+        if inputs is not None:
             # A prefix is not a layer in the model: keep it aside and hand it to generate (see ptuning_v2).
-            loaded = LoadedAdapter(str(folder), stamp, prefix=PrefixAdapter.load(folder))
+            loaded = LoadedAdapter(str(folder), stamp, prefix=inputs)
         else:
             self._loads += 1
             key = f"{adapter_key(name)}_{self._loads}"  # a fresh key: a changed adapter replaces the old cleanly
@@ -153,7 +155,7 @@ class ChatEngine:
         self._adapters[name] = loaded
         return loaded
 
-    def _select(self, adapter: tuple[str, str] | None) -> tuple[AbstractContextManager, PrefixAdapter | None]:
+    def _select(self, adapter: tuple[str, str] | None) -> tuple[AbstractContextManager, InputAdapter | None]:
         """Activate one adapter, or none for the plain base model: the context to generate in, and the
         P-tuning prefix to pass (if the adapter is one)."""
         loaded = self._ensure_adapter(*adapter) if adapter is not None else None

@@ -1,14 +1,14 @@
-"""Preference data: pairwise conversations -> token ids for DPO / ORPO and KTO.
+"""Preference data: pairwise conversations -> token ids for a preference stage (core/stages/), by its `samples`.
 
 Each sample is built by the chat template SFT and chat use (`TemplateEncoder.encode_completion`): the prompt ids
 are what the chat feeds the model, and prompt + completion is what SFT would train on. So a preference run sees
 its conversations exactly as the SFT run before it and the chat after it do.
 
-- dpo / orpo: one sample per pair, `prompt_ids`, `chosen_ids`, `rejected_ids`.
-- kto: unpaired samples, `prompt_ids`, `completion_ids`, `label` (desirable or not): a pair gives two (chosen:
-  desirable, rejected: undesirable), a row with LLaMA-Factory's `kto_tag` one. KTO's trainer reads its samples in
-  order (its KL term pairs each completion with a neighbour's prompt), so the training samples are shuffled here,
-  once, with the run's seed.
+- PAIRS (dpo, orpo, simpo): one sample per pair, `prompt_ids`, `chosen_ids`, `rejected_ids`.
+- UNPAIRED (kto): unpaired samples, `prompt_ids`, `completion_ids`, `label` (desirable or not): a pair gives two
+  (chosen: desirable, rejected: undesirable), a row with LLaMA-Factory's `kto_tag` one. KTO's trainer reads its
+  samples in order (its KL term pairs each completion with a neighbour's prompt), so the training samples are
+  shuffled here, once, with the run's seed.
 
 Prompt + completion longer than cutoff_len keeps the prompt and cuts the answers (both sides alike); a prompt that
 leaves no room for an answer skips the row. Rows that hold no pair (or, for KTO, no label either) are reported
@@ -25,17 +25,20 @@ from core.data.formats import Conversation, RowProblem
 from core.data.template import TemplateEncoder
 from core.errors import DataError
 from core.i18n import message
+from core.stages import get_stage
+from core.stages.base import UNPAIRED
 
-PAIRED_STAGES = ("dpo", "orpo")
-UNPAIRED_STAGES = ("kto",)
-PREFERENCE_STAGES = PAIRED_STAGES + UNPAIRED_STAGES
+
+def unpaired(stage: str) -> bool:
+    """Whether the stage takes answers one by one, each marked desirable or not (KTO), instead of pairs."""
+    return get_stage(stage).samples == UNPAIRED
 
 
 def row_problem(conversation: Conversation, stage: str) -> str | None:
     """The code of what keeps a converted row out of this stage's data, or None when it is usable."""
     if conversation.is_pair:
         return None
-    if stage in UNPAIRED_STAGES:
+    if unpaired(stage):
         return None if conversation.label is not None else "row.no_kto_label"
     return "row.not_a_pair"
 
@@ -48,7 +51,7 @@ def check_preference_rows(name_or_path: str, stage: str, fmt: str = "auto", colu
 
 
 def _nothing_usable(stage: str) -> str:
-    return "data.no_kto_rows" if stage in UNPAIRED_STAGES else "data.no_pairs"
+    return "data.no_kto_rows" if unpaired(stage) else "data.no_pairs"
 
 
 def tokenize_preferences(
@@ -111,7 +114,7 @@ def encode_preferences(
         held = set(order[:eval_count])
     train = [sample for i, samples in enumerate(rows) if i not in held for sample in samples]
     evaluation = [sample for i, samples in enumerate(rows) if i in held for sample in samples]
-    if stage in UNPAIRED_STAGES:
+    if unpaired(stage):
         random.Random(seed).shuffle(train)
     return TokenizedData(train, evaluation, "", problems, truncated, rows=len(rows))
 
@@ -130,7 +133,7 @@ def _encode_row(
         _, rejected_ids = encoder.encode_completion(history, conversation.rejected, conversation.system, tools)
         cut = int(len(chosen_ids) > room or len(rejected_ids) > room)
         chosen_ids, rejected_ids = chosen_ids[:room], rejected_ids[:room]
-        if stage in UNPAIRED_STAGES:
+        if unpaired(stage):
             return [
                 {"prompt_ids": prompt, "completion_ids": chosen_ids, "label": True},
                 {"prompt_ids": prompt, "completion_ids": rejected_ids, "label": False},

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 
-from core.methods.base import Method
+from core.methods.base import InputAdapter, Method
 
 # The order the train tab offers them in; a method found but not listed here comes after these.
 PREFERRED_ORDER = ("lora", "qlora", "freeze", "full", "ptuning_v2", "distill")
@@ -26,6 +27,16 @@ def _discover() -> dict[str, Method]:
 
 
 METHODS: dict[str, Method] = _discover()
+
+
+def load_input_adapter(folder: str | Path) -> InputAdapter | None:
+    """The adapter in `folder` as inputs for the base model (P-tuning v2's prefix), loaded by the method whose
+    kind it is; None for an adapter peft loads into the model's layers (the LoRA family)."""
+    for method in METHODS.values():
+        found = method.input_adapter(Path(folder)) if method.input_adapter is not None else None
+        if found is not None:
+            return found
+    return None
 
 
 def get_method(name: str) -> Method:

@@ -3,8 +3,9 @@
 A method module (core/methods/<name>.py) defines `METHOD = Method(...)`; the registry finds it by itself. The
 config takes its keys from `options`, validation calls `check`, the memory estimate its `trainable_params`,
 `weight_bytes` and activation terms, the runner its `model_kwargs`, `prepare`, `optimizer`, `trainer` and
-`save`, and the train tab builds the method's form group from `fields`. Nothing outside core/methods/ needs to
-know a method's name.
+`save`, the train tab builds the method's form group from `fields`, and a stage (core/stages/) and FSDP ask
+`preference` and `fsdp` whether it trains with them, and the chat and a loaded run ask `input_adapter` whether a
+saved adapter feeds the inputs. Nothing outside core/methods/ needs to know a method's name.
 
 Method modules stay light to import (no torch/transformers at module level): the registry imports them all
 whenever a config is read.
@@ -16,10 +17,20 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 ADAPTER = "adapter"  # the run leaves a PEFT adapter folder
 MODEL = "model"  # the run leaves a complete model folder
+
+
+class InputAdapter(Protocol):
+    """An adapter that feeds the base model's inputs instead of sitting in its layers (P-tuning v2's prefix): the
+    chat, the evaluation and a loaded run hand its arguments to every forward and generate."""
+
+    @property
+    def length(self) -> int: ...  # the context positions it takes
+
+    def generate_kwargs(self, model: Any, input_ids: Any, attention_mask: Any) -> dict: ...
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,13 @@ class Method:
     backprop_layers: Callable[[Any, Any], int] = every_layer
     extra_activation_bytes: Callable[[Any, Any, int], float] = no_extra_activations
     learning_rates: tuple[float, float] = (2e-3, 2e-4)  # suggested: (the random demo model, a real model)
+    preference: bool = True  # trains a preference stage (core/stages/): its model is a policy TRL can compare
+    fsdp: bool = False  # its SFT runs shard across processes with FSDP (distributed: fsdp)
+    # (adapter folder) -> an InputAdapter when the folder holds this method's kind of adapter that feeds the inputs;
+    # None otherwise (peft loads the LoRA family's adapters into the model's layers)
+    input_adapter: Callable[[Path], InputAdapter | None] | None = None
+    prefix_cache: bool = False  # trains a key/value prefix handed to every layer as a cache
+    adapter_keys: tuple[str, ...] = ()  # its own keys that name an adapter (checked before a run starts)
 
     @property
     def trains_base(self) -> bool:

@@ -199,6 +199,8 @@ def student_and_teacher_weights(shape, config, compute_bytes: int, trainable: in
 
 METHOD = Method(
     name="distill",
+    preference=False,
+    adapter_keys=("teacher_adapter",),
     output_dir=MODEL,
     prepare=train_every_parameter,
     trainable_params=trainable_params,

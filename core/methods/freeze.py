@@ -88,6 +88,7 @@ def backprop_layers(shape, config) -> int:
 
 METHOD = Method(
     name="freeze",
+    fsdp=True,
     output_dir=MODEL,
     prepare=prepare,
     trainable_params=trainable_params,

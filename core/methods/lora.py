@@ -173,6 +173,7 @@ def trainable_params(shape, config) -> int:
 
 METHOD = Method(
     name="lora",
+    fsdp=True,
     output_dir=ADAPTER,
     prepare=prepare,
     trainable_params=trainable_params,

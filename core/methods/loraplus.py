@@ -40,6 +40,7 @@ def optimizer(model, args, config):
 
 METHOD = Method(
     name="loraplus",
+    fsdp=True,
     output_dir=ADAPTER,
     prepare=lora.prepare,
     trainable_params=lora.trainable_params,

@@ -125,8 +125,16 @@ class PrefixAdapter:
         }
 
 
+def input_adapter(folder: Path) -> PrefixAdapter | None:
+    """A saved prefix, for the chat and a loaded run to hand to generate (never into the model's layers)."""
+    return PrefixAdapter.load(folder) if is_prefix_adapter(folder) else None
+
+
 METHOD = Method(
     name="ptuning_v2",
+    preference=False,
+    input_adapter=input_adapter,
+    prefix_cache=True,
     output_dir=ADAPTER,
     prepare=prepare,
     trainable_params=trainable_params,

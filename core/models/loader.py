@@ -131,7 +131,10 @@ def check_model_fits_config(location: ModelLocation, config) -> None:
         raise config_error("packing", "config.packing_chatglm_v1")
     # transformers' GLM-4 layers drop a cache under gradient checkpointing (they would write it twice), and a
     # P-tuning prefix is a cache: the layers would then lose it while the mask still counts it.
-    if config.finetuning_type == "ptuning_v2" and config.gradient_checkpointing and not location.is_chatglm_v1:
+    from core.methods import METHODS
+
+    method = METHODS.get(config.finetuning_type)
+    if method is not None and method.prefix_cache and config.gradient_checkpointing and not location.is_chatglm_v1:
         raise config_error("gradient_checkpointing", "config.ptuning_no_checkpointing")
 
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import RunConfig, load_yaml
-from core.methods import get_method
-from core.methods.ptuning_v2 import PrefixAdapter, is_prefix_adapter
+from core.methods import get_method, load_input_adapter
+from core.methods.base import InputAdapter
 from core.models.loader import load_model, load_tokenizer, pick_device, pick_dtype, prepare_model
 from core.runs import ADAPTER_DIR, CONFIG_FILE, MODEL_DIR
 
@@ -21,7 +21,7 @@ class TrainedModel:
     model: object
     tokenizer: object
     config: RunConfig
-    prefix: PrefixAdapter | None = None
+    prefix: InputAdapter | None = None  # an adapter that feeds the inputs (P-tuning v2's prefix)
 
     def forward_kwargs(self, input_ids, attention_mask=None) -> dict:
         """Inputs for `model(...)` or `model.generate(...)`, with the P-tuning prefix where there is one."""
@@ -66,10 +66,9 @@ def load_trained(run_dir: str | Path) -> TrainedModel:
         **method.model_kwargs(config),
     )
     adapter = run_dir / ADAPTER_DIR
-    if is_prefix_adapter(adapter):
-        return TrainedModel(
-            base, load_tokenizer(base_path, config.trust_remote_code), config, PrefixAdapter.load(adapter)
-        )
+    inputs = load_input_adapter(adapter)
+    if inputs is not None:
+        return TrainedModel(base, load_tokenizer(base_path, config.trust_remote_code), config, inputs)
     from peft import PeftModel
 
     return TrainedModel(

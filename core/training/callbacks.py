@@ -13,24 +13,13 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from core.runs import STOP_FILE, append_metrics, update_status
+from core.stages import STAGES
 
 log = logging.getLogger("glm_workbench")
 LOGGED_KEYS = ("loss", "eval_loss", "learning_rate", "grad_norm", "router_aux_loss")
-# A preference stage's figures (TRL's names -> ours in metrics.jsonl); on evaluation both carry an "eval_" prefix.
-# Rewards are beta x (log p_model - log p_reference) of an answer (ORPO: beta x its mean token log-probability);
-# logp_* are the answers' log-probabilities; reward_accuracy is the share of pairs whose chosen answer's reward is
-# the higher one. KTO logs no accuracy (its samples are unpaired) and a batch without one side lacks that side.
-PREFERENCE_KEYS = {
-    "rewards/margins": "reward_margin",
-    "rewards/accuracies": "reward_accuracy",
-    "rewards/chosen": "reward_chosen",
-    "rewards/rejected": "reward_rejected",
-    "logps/chosen": "logp_chosen",
-    "logps/rejected": "logp_rejected",
-    "nll_loss": "nll_loss",
-    "log_odds_ratio": "log_odds_ratio",
-    "kl": "kl",
-}
+# The preference stages' figures (the trainers' names -> ours in metrics.jsonl, each stage's `metrics`,
+# core/stages/base.py says what they mean); on evaluation both carry an "eval_" prefix.
+PREFERENCE_KEYS = {theirs: ours for stage in STAGES.values() for theirs, ours in stage.metrics}
 
 
 def peak_memory_mb() -> float:

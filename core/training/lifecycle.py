@@ -31,6 +31,7 @@ from core.runs import (
     read_status,
     update_status,
 )
+from core.stages import is_preference
 
 
 @dataclass
@@ -57,20 +58,23 @@ def check_inputs(config: RunConfig) -> None:
     check_model_reference(config.model_name_or_path)
     check_model_fits_config(locate_model(config.model_name_or_path), config)
     for dataset in filter(None, (config.dataset, config.eval_dataset)):
-        if config.stage == "sft":
-            from core.data.prepare import check
-
-            check(dataset, config.dataset_format, config.columns)  # cached: the run reads it from there
-        else:  # a preference stage needs pairs (or, for KTO, kto_tag rows) in the file
+        if is_preference(config.stage):  # a preference stage needs pairs (or, for KTO, kto_tag rows) in the file
             from core.data.pairs import check_preference_rows
 
             check_preference_rows(dataset, config.stage, config.dataset_format, config.columns)
+        else:
+            from core.data.prepare import check
+
+            check(dataset, config.dataset_format, config.columns)  # cached: the run reads it from there
 
 
 def check_adapters(config: RunConfig) -> None:
     """Refuse an adapter setting that names no adapter (a run folder counts: its adapter/ is used), naming the
     setting, the path and what was expected; reads only."""
-    keys = ["adapter_name_or_path"] + (["teacher_adapter"] if config.finetuning_type == "distill" else [])
+    from core.methods import METHODS
+
+    method = METHODS.get(config.finetuning_type)
+    keys = ["adapter_name_or_path", *(method.adapter_keys if method is not None else ())]
     problems = []
     for key in keys:
         value = str(getattr(config, key, "") or "").strip()

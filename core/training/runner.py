@@ -42,6 +42,7 @@ from core.runs import (
     reclaim_run,
     update_status,
 )
+from core.stages import is_preference
 from core.training.callbacks import LossProgressBar, RunFolderCallback, StopCallback
 from core.training.checkpointing import (
     CheckpointingTrainer,
@@ -292,7 +293,7 @@ class TrainingSession:
     ) -> TokenizedData:
         """SFT samples (ids + labels), or the preference stage's (core/data/pairs.py)."""
         config = self.config
-        if config.stage != "sft":
+        if is_preference(config.stage):
             from core.data.pairs import tokenize_preferences
 
             return tokenize_preferences(
@@ -369,17 +370,12 @@ class TrainingSession:
         self.notify(note)
 
     def _trainer(self, method, tokenizer, data, model, callbacks):
-        if self.config.stage != "sft":  # TRL's trainers compute their own losses (never wrapped in the fused loss)
-            from core.training.preference import preference_trainer, stage_arguments, trl_classes
+        if is_preference(self.config.stage):  # TRL's trainers compute their own losses (never the fused loss)
+            from core.training.preference import preference_trainer, trainer_arguments
 
-            arguments_class = trl_classes()[self.config.stage][1]
+            arguments_class, stage_settings = trainer_arguments(self.config)
             args = _training_arguments(
-                self.config,
-                self.run_dir,
-                bool(data.eval),
-                self.show_progress,
-                arguments_class,
-                **stage_arguments(self.config),
+                self.config, self.run_dir, bool(data.eval), self.show_progress, arguments_class, **stage_settings
             )
             return preference_trainer(self, method, tokenizer, data, model, callbacks, args)
         trainer_class, extra = CheckpointingTrainer, {}
@@ -458,7 +454,7 @@ class TrainingSession:
         else:
             trainer.train(resume_from_checkpoint=checkpoint)
         aborted = stopper.stopped
-        if config.stage != "sft":
+        if is_preference(config.stage):
             from core.training.preference import drop_reference
 
             drop_reference(trainer.model)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from core.config import RunConfig
 from core.errors import config_error
+from core.stages import is_preference
 
 log = logging.getLogger("glm_workbench")
 
@@ -49,7 +50,7 @@ def active_features(config: RunConfig, device: str) -> list[str]:
     fsdp = config.distributed == "fsdp" and config.nproc_per_node > 1
     if fsdp:
         features.append("FSDP (decoder layers sharded)")
-    if config.fused_loss and config.stage == "sft" and not fsdp:  # FSDP's output layer takes the plain loss
+    if config.fused_loss and not is_preference(config.stage) and not fsdp:  # FSDP's output layer takes the plain loss
         features.append("fused loss (chunked, no full logits)")
     if config.packing:
         attention = attention_implementation(config, device) or "sdpa"

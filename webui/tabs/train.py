@@ -18,8 +18,6 @@ import gradio as gr
 from core.config import (
     DISTRIBUTED,
     LR_SCHEDULERS,
-    PREF_LOSSES,
-    STAGES,
     TRACKERS,
     RunConfig,
     command_line,
@@ -31,6 +29,7 @@ from core.errors import BusyError
 from core.methods import METHODS, get_method
 from core.methods.base import Field
 from core.models.loader import DTYPES
+from core.stages import STAGES, SUPERVISED, get_stage, is_preference
 from core.suggest import learning_rate_for
 from webui.charts import loss_figure, wants_log_scale
 from webui.context import UIContext
@@ -56,10 +55,19 @@ SCROLL_LOG_TO_END = """() => {
 DEMO_DEFAULTS = RunConfig(learning_rate=4e-3, num_train_epochs=5, cutoff_len=512, prefix_projection=True)
 
 
-def suggested_learning_rate(model: str, method: str, stage: str = "sft") -> float:
+def suggested_learning_rate(model: str, method: str, stage: str = SUPERVISED) -> float:
     """Each method's (or preference stage's) suggestion: the random demo model needs large steps, real models
     small ones (core/suggest.py)."""
-    return learning_rate_for(stage or "sft", model or "", method)
+    return learning_rate_for(stage or SUPERVISED, model or "", method)
+
+
+def stage_fields() -> tuple[Field, ...]:
+    """Every stage's own fields, each once, in registry order: the train tab's stage group."""
+    return tuple({spec.key: spec for stage in STAGES.values() for spec in stage.fields}.values())
+
+
+def has_stage_fields(stage: str) -> bool:
+    return stage in STAGES and bool(get_stage(stage).fields)
 
 
 def progress_html(snapshot, ctx: UIContext) -> str:
@@ -183,16 +191,13 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     )
     method_fields, groups = create_method_fields(t, d)
     fields.update(method_fields)
-    field("stage", "choice", STAGES)
+    field("stage", "choice", tuple(STAGES))
     stage_note = gr.Markdown(elem_id="train-stage-note")  # why the stage changed with the dataset
-    # A preference stage's own settings: shown once a stage other than sft is chosen.
-    with gr.Group(visible=d.stage != "sft") as preference_group:
+    # The preference stages' own settings (core/stages/): shown once a stage that has some is chosen.
+    with gr.Group(visible=has_stage_fields(d.stage)) as preference_group:
         with gr.Row():
-            field("pref_beta")
-            field("pref_loss", "choice", PREF_LOSSES)
-            field("pref_ftx")
-            field("kto_chosen_weight")
-            field("kto_rejected_weight")
+            for spec in stage_fields():
+                field(spec.key, spec.kind, spec.choices)
     with gr.Row():
         field("learning_rate")
         field("num_train_epochs")
@@ -430,7 +435,7 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         wanted = set(get_method(method).keys) if method in METHODS else set()
         return [gr.update(visible=bool(group_keys & wanted)) for group_keys, _ in groups]
 
-    def method_changed(method: str, model: str, stage: str = "sft"):
+    def method_changed(method: str, model: str, stage: str = SUPERVISED):
         """Show only the chosen method's fields, and suggest a learning rate that suits it (and the stage)."""
         return (*method_groups(method), suggested_learning_rate(model, method, stage))
 
@@ -447,7 +452,7 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
     fields["stage"].select(stage_picked, method_inputs[:2], fields["learning_rate"], api_name=False)
 
     fields["stage"].change(
-        lambda stage: gr.update(visible=stage != "sft"), fields["stage"], preference_group, api_name=False
+        lambda stage: gr.update(visible=has_stage_fields(stage)), fields["stage"], preference_group, api_name=False
     )
 
     def show_processes(nproc, distributed, machines, address) -> str:
@@ -505,10 +510,10 @@ def create_train_tab(ctx: UIContext, data: dict) -> dict:
         """Pairwise data trains a preference stage, other data sft, each with its own learning rate. A stage
         that already fits the data (orpo on pairs, say) is left as the user set it."""
         suggested = ctx.wb.suggest_stage(ds or "", fmt or "auto", columns or "", model or "", method or "lora")
-        if suggested is None or (suggested[0] == "sft") == (stage == "sft"):
+        if suggested is None or is_preference(suggested[0]) == is_preference(stage):
             return gr.skip(), gr.skip(), ""
         new_stage, rate = suggested
-        key = "stage_follows_sft" if new_stage == "sft" else "stage_follows_data"
+        key = "stage_follows_data" if is_preference(new_stage) else "stage_follows_sft"
         return new_stage, rate, t(key, dataset=Path(ds).name, stage=new_stage, rate=f"{rate:g}")
 
     data["dataset"].change(
