@@ -77,6 +77,11 @@ class ModelError(WorkbenchError):
     """A model that cannot be found, loaded or converted."""
 
 
+class ConversionError(ModelError):
+    """A ChatGLM-6B checkpoint that cannot be converted (core/models/chatglm_v1.py, its tokenizer in
+    core/models/glm1/tokenization.py): a code of core/locales with its parameters."""
+
+
 class RunStateError(WorkbenchError):
     """A run (or a folder) that is not in a state for the action: training, finished, locked, not empty."""
 

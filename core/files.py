@@ -91,6 +91,9 @@ def is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
 
+CONVERTED_KIND = "converted-model"  # the marker of a finished conversion: both converters write it (core/models/)
+
+
 def output_kind(path: Path) -> str | None:
     """The kind recorded in a folder's marker (one we wrote and finished), or None."""
     try:

@@ -14,7 +14,8 @@ import sys
 import pytest
 import torch
 
-from core.models.chatglm_v1 import ConversionError, convert_chatglm_v1, convert_tokenizer, is_chatglm_v1_checkpoint
+from core.errors import ConversionError
+from core.models.chatglm_v1 import convert_chatglm_v1, convert_tokenizer, is_chatglm_v1_checkpoint
 from core.models.glm1 import LINEAR_MODULES, Glm1Config, Glm1ForCausalLM, positions
 from core.models.glm1.chat import chat, format_prompt, messages, process_response, prompt_ids
 from tests.conftest import REPO

@@ -1,5 +1,5 @@
 """Every method on ChatGLM-6B (v1), from THUDM's own folder (tests/fixtures/chatglm6b/checkpoint, converted on
-load): the loss falls, the result reloads with identical logits (core/models/trained.py), the greedy answer
+load): the loss falls, the result reloads with identical logits (core/evaluation/trained.py), the greedy answer
 changes; the UI (through the Workbench facade every page handler calls) and the CLI train it too and answer the
 same, evaluate it with ChatGLM's BLEU/ROUGE and export it."""
 
@@ -124,7 +124,7 @@ def test_loss_falls_and_the_output_is_saved(trained):
 
 
 def test_the_result_reloads_with_identical_logits(trained):
-    from core.models.trained import load_trained
+    from core.evaluation.trained import load_trained
 
     _, run_dir, session, _ = trained
     ids = prompt_ids(session.tokenizer)

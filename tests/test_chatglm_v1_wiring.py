@@ -17,7 +17,7 @@ import pytest
 
 from core.chat.engine import ChatEngine, GenerationSettings
 from core.models.chatglm import conversion_target
-from core.models.demo import home_dir
+from core.resources import home_dir
 from tests.conftest import REPO
 
 FIXTURE = REPO / "tests" / "fixtures" / "chatglm6b"

@@ -24,7 +24,7 @@ import json, sys
 import torch
 from core.data.readers import resolve_dataset
 from core.data.template import TemplateEncoder
-from core.models.trained import load_trained
+from core.evaluation.trained import load_trained
 torch.set_num_threads(1)
 result = {}
 for run in sys.argv[1:]:

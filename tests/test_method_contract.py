@@ -15,9 +15,9 @@ import torch
 
 from core.config import RunConfig
 from core.data.template import TemplateEncoder
+from core.evaluation.trained import load_trained
 from core.methods import METHODS
 from core.models.loader import load_model
-from core.models.trained import load_trained
 from core.runs import read_metrics
 from core.training.runner import TrainingSession
 from tests.conftest import REPO

@@ -30,7 +30,7 @@ METHOD_RUNS = {
 }
 RELOAD_SCRIPT = """
 import json, sys, torch
-from core.models.trained import load_trained
+from core.evaluation.trained import load_trained
 trained = load_trained(sys.argv[1])
 ids = torch.tensor([json.loads(sys.argv[2])])
 print(json.dumps(trained.logits(ids)[0, -1].tolist()))

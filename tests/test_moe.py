@@ -12,8 +12,8 @@ from safetensors import safe_open
 
 from core.config import RunConfig
 from core.data.template import TemplateEncoder
+from core.evaluation.trained import load_trained
 from core.models.loader import load_tokenizer
-from core.models.trained import load_trained
 from core.training.runner import TrainingSession
 from tests.moe_shapes import LITE_ARCHITECTURE, write_tiny_model
 

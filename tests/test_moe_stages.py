@@ -11,7 +11,7 @@ import torch
 
 from core.config import RunConfig
 from core.data.template import TemplateEncoder
-from core.models.trained import load_trained
+from core.evaluation.trained import load_trained
 from core.runs import read_metrics
 from core.training.runner import TrainingSession
 from tests.moe_shapes import LITE_ARCHITECTURE, write_tiny_model

@@ -15,7 +15,7 @@ from core.chat.engine import ChatEngine, GenerationSettings
 from core.config import RunConfig
 from core.data.readers import read_rows, resolve_dataset
 from core.data.template import TemplateEncoder
-from core.models.trained import load_trained
+from core.evaluation.trained import load_trained
 from core.runs import read_metrics
 from core.training.runner import TrainingSession
 from tests.test_training_practices import StopAtStep

@@ -10,7 +10,7 @@ import torch
 from core.config import RunConfig
 from core.data.readers import read_rows, resolve_dataset
 from core.data.template import TemplateEncoder
-from core.models.trained import TrainedModel, load_base, load_trained
+from core.evaluation.trained import TrainedModel, load_base, load_trained
 from core.runs import read_metrics, read_status
 from core.training.runner import TrainingSession
 

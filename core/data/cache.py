@@ -27,6 +27,7 @@ from typing import Any
 
 from core.errors import DataError
 from core.files import OUTPUT_MARKER, STAGING_TAG, TargetNotFreeError, is_disk_full, output_kind, staged_dir
+from core.resources import home_dir
 
 CACHE_KIND = "data-cache"  # the marker's kind in every entry
 LAYOUT_VERSION = 1  # part of every key, with a hash of the data code: what made an entry is what reads it
@@ -34,8 +35,6 @@ META_FILE = "meta.json"
 
 
 def cache_root() -> Path:
-    from core.models.demo import home_dir
-
     return home_dir() / "data-cache"
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import RunStateError
+from core.evaluation.trained import load_base, load_trained
 from core.files import write_json_atomic
 
 ARENA_PREFIX = "arena-"
@@ -193,7 +194,6 @@ def start_arena(
     from core.data.dataset import load_conversations
     from core.data.template import TemplateEncoder
     from core.evaluation.evaluate import EvalSettings, generate_answer
-    from core.models.trained import load_base, load_trained
 
     settings = settings or ArenaSettings()
     first_dir = Path(first_dir)

@@ -25,8 +25,8 @@ from core.data.dataset import load_conversations
 from core.data.glm45 import GLM45, split_reasoning
 from core.data.template import IGNORE_INDEX, TemplateEncoder
 from core.evaluation.metrics import average, score
+from core.evaluation.trained import load_trained
 from core.files import write_json_atomic, write_text_atomic
-from core.models.trained import load_trained
 
 EVAL_DIR = "eval"
 

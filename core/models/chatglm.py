@@ -31,6 +31,9 @@ from pathlib import Path
 
 from core.data.template import chat_template_jinja
 from core.errors import ModelError
+from core.files import CONVERTED_KIND, TargetNotFreeError, output_kind, refusal, staged_dir
+from core.models import chatglm_v1
+from core.resources import home_dir
 
 log = logging.getLogger("glm_workbench")
 
@@ -43,7 +46,6 @@ GLM4_PATTERN = (
 )
 VARIANT_TEMPLATE = {"chatglm-6b": "chatglm", "chatglm2": "chatglm2", "chatglm3": "chatglm3", "glm4-chat": "glm4"}
 V1 = "chatglm-6b"  # the variant name of ChatGLM-6B (v1), converted by core.models.chatglm_v1
-CONVERTED_KIND = "converted-model"  # the marker of a finished conversion (core/files.py)
 
 
 @dataclass
@@ -227,8 +229,6 @@ def convert_tokenizer(folder: str | Path, variant: str):
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     if variant == V1:
-        from core.models import chatglm_v1
-
         return chatglm_v1.convert_tokenizer(folder)
     path = Path(folder) / "tokenizer.model"
     if not path.is_file():
@@ -266,16 +266,12 @@ def convert_chatglm(source: str | Path, target: str | Path, overwrite: bool = Fa
     ChatGLM-6B (v1) goes to core.models.chatglm_v1 (the workbench's native Glm1ForCausalLM)."""
     from transformers import GlmForCausalLM
 
-    from core.files import TargetNotFreeError, refusal, staged_dir
-
     source, target = Path(source), Path(target)
     config = read_config(source)
     if config.get("model_type") != "chatglm":
         raise ModelError("model.not_thudm", folder=str(source), model_type=repr(config.get("model_type")))
     if is_chatglm_v1(config):
-        from core.models.chatglm_v1 import convert_chatglm_v1
-
-        return convert_chatglm_v1(source, target, overwrite=overwrite)
+        return chatglm_v1.convert_chatglm_v1(source, target, overwrite=overwrite)
     variant = detect_variant(source, config)
     rope, rope_note = rope_parameters(source, config, variant)
     tokenizer = convert_tokenizer(source, variant)
@@ -304,8 +300,6 @@ def convert_chatglm(source: str | Path, target: str | Path, overwrite: bool = Fa
 
 def conversion_target(source: str | Path) -> Path:
     """Where a checkpoint is converted to on first use: the workbench home, keyed by path and weights' mtime."""
-    from core.resources import home_dir
-
     source = Path(source).resolve()
     stamp = max((p.stat().st_mtime for p in source.iterdir() if p.is_file()), default=0)
     key = hashlib.sha1(f"{source}:{stamp}".encode()).hexdigest()[:10]
@@ -316,8 +310,6 @@ def ensure_converted(source: str | Path) -> Path:
     """The converted copy of `source`, converting it first if needed: once, under a file lock, so that two
     processes (or two threads) asking at once convert it once and never remove each other's work."""
     import fcntl
-
-    from core.files import output_kind
 
     target = conversion_target(source)
     if output_kind(target) == CONVERTED_KIND:
@@ -336,8 +328,6 @@ def shape_config(folder: str | Path):
     config = read_config(folder)
     variant = detect_variant(folder, config)
     if variant == V1:
-        from core.models import chatglm_v1
-
         return chatglm_v1.shape_config(folder)
     rope, _ = rope_parameters(folder, config, variant)
     ids = {"<|endoftext|>": 0, "<|user|>": 0, "<|observation|>": 0}

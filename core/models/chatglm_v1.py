@@ -23,7 +23,8 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from core.errors import ModelError
+from core.errors import ConversionError, ModelError
+from core.files import CONVERTED_KIND, TargetNotFreeError, check_target_free, refusal, staged_dir
 
 log = logging.getLogger("glm_workbench")
 
@@ -48,10 +49,6 @@ SPECIAL_IDS = {
     "gmask_token_id": "[gMASK]",
     "pad_token_id": "<pad>",
 }
-
-
-class ConversionError(ModelError):
-    """A ChatGLM-6B checkpoint that cannot be converted: a code of core/locales with its parameters."""
 
 
 @dataclass
@@ -115,7 +112,7 @@ def _check_supported(source: Path, config: dict, tokenizer: bool = True) -> None
 def native_config(config: dict, num_image_tokens: int, token_ids: dict[str, int] | None = None):
     """Our Glm1Config from THUDM's config.json, and the tokenizer's ids, which must agree with it (without them,
     config.json alone: the shape for the memory estimate)."""
-    from core.models.glm1 import Glm1Config
+    from core.models.glm1 import Glm1Config  # core.models.glm1 imports torch and transformers
 
     ids = {}
     for key, token in SPECIAL_IDS.items():
@@ -180,7 +177,7 @@ def convert_state_dict(state: dict, config) -> dict:
 def convert_tokenizer(source: str | Path, num_image_tokens: int | None = None):
     """The fast tokenizer for a ChatGLM-6B folder (its ice_text.model and tokenizer_config.json), in memory: what a
     conversion saves, and what previews (sample render, length histogram) read without converting anything."""
-    from core.models.glm1.chat import CHAT_TEMPLATE
+    from core.models.glm1.chat import CHAT_TEMPLATE  # (glm1 imports torch)
     from core.models.glm1.tokenization import build_tokenizer
 
     source = Path(source)
@@ -206,9 +203,7 @@ def convert_chatglm_v1(source: str | Path, target: str | Path, overwrite: bool =
     refused; with `overwrite`, only an earlier conversion of ours is replaced (after the new one is complete)."""
     import torch
 
-    from core.files import TargetNotFreeError, check_target_free, refusal, staged_dir
-    from core.models.chatglm import CONVERTED_KIND
-    from core.models.glm1 import Glm1ForCausalLM
+    from core.models.glm1 import Glm1ForCausalLM  # torch
     from core.models.glm1.tokenization import load_proto
 
     source, target = Path(source), Path(target)

@@ -121,23 +121,6 @@ def register_native_classes() -> None:
     import core.models.glm1  # noqa: F401  registers on import
 
 
-def check_model_fits_config(location: ModelLocation, config) -> None:
-    """Settings the model cannot honour, refused before a run starts: padding-free packing restarts 1D positions
-    per sample, and ChatGLM-6B's positions are 2D (a position and a block position, from [gMASK] and <sop>);
-    P-tuning v2 with gradient checkpointing on transformers' GLM-4 layers (our ChatGLM-6B keeps its prefix)."""
-    from core.errors import config_error
-
-    if getattr(config, "packing", False) and location.is_chatglm_v1:
-        raise config_error("packing", "config.packing_chatglm_v1")
-    # transformers' GLM-4 layers drop a cache under gradient checkpointing (they would write it twice), and a
-    # P-tuning prefix is a cache: the layers would then lose it while the mask still counts it.
-    from core.methods import METHODS
-
-    method = METHODS.get(config.finetuning_type)
-    if method is not None and method.prefix_cache and config.gradient_checkpointing and not location.is_chatglm_v1:
-        raise config_error("gradient_checkpointing", "config.ptuning_no_checkpointing")
-
-
 def check_model_reference(name_or_path: str) -> None:
     """Refuse, before a run starts, a model that cannot be found: a missing folder, a file, a folder without
     config.json. Cheap (no conversion, no download): hub ids pass and are checked when they load."""

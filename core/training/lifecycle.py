@@ -47,8 +47,8 @@ class ClaimedRun:
 def check_inputs(config: RunConfig) -> None:
     """Refuse, before any run folder exists, what cannot be used: wrong settings, a model that is not there, a
     dataset that cannot be read (its file, its format, its rows; for a preference stage, no pair in it)."""
-    from core.models.loader import check_model_fits_config, check_model_reference, locate_model
-    from core.training.preflight import check_settings
+    from core.models.loader import check_model_reference, locate_model
+    from core.training.preflight import check_model_fits_config, check_settings
     from core.training.speed import check_speed_settings
 
     config.validate()

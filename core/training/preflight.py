@@ -12,8 +12,11 @@ from __future__ import annotations
 import importlib.util
 import logging
 
-from core.errors import ConfigError, ConfigProblem
+from core.errors import ConfigError, ConfigProblem, config_error
 from core.i18n import message
+from core.methods import METHODS
+from core.methods.lora import EXPERTS, ROUTER, expert_parameters, linear_layer_names
+from core.models.loader import ModelLocation, locate_model, model_config
 
 log = logging.getLogger("glm_workbench")
 
@@ -43,8 +46,6 @@ def lora_target_problems(config) -> list[ConfigProblem]:
     """lora_target names that match no module (or parameter) of the model, matched as peft matches them (the
     name itself, or the end of a dotted name). Checked on the model's shape alone (meta tensors: no weights are
     read); a model whose shape cannot be built here (a hub id, remote code) is left to the run."""
-    from core.methods import METHODS
-
     method = METHODS.get(config.finetuning_type)
     if method is None or "lora_target" not in method.keys:
         return []
@@ -55,8 +56,6 @@ def lora_target_problems(config) -> list[ConfigProblem]:
     names = model_names(config.model_name_or_path)
     if names is None:
         return []
-    from core.methods.lora import EXPERTS, ROUTER, expert_parameters, linear_layer_names
-
     keywords = (EXPERTS, ROUTER) if expert_parameters(names.model) else ()  # a MoE's routed experts, its router
     missing = [
         target
@@ -85,8 +84,6 @@ def model_names(reference: str) -> _Names | None:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from core.models.loader import locate_model, model_config
-
         location = locate_model(reference)
         if location.kind == "hub":
             return None
@@ -102,3 +99,16 @@ def model_names(reference: str) -> _Names | None:
     names.extend(name for name, _ in model.named_parameters())
     names.model = model
     return names
+
+
+def check_model_fits_config(location: ModelLocation, config) -> None:
+    """Settings the model cannot honour, refused before a run starts: padding-free packing restarts 1D positions
+    per sample, and ChatGLM-6B's positions are 2D (a position and a block position, from [gMASK] and <sop>);
+    P-tuning v2 with gradient checkpointing on transformers' GLM-4 layers (our ChatGLM-6B keeps its prefix)."""
+    if getattr(config, "packing", False) and location.is_chatglm_v1:
+        raise config_error("packing", "config.packing_chatglm_v1")
+    # transformers' GLM-4 layers drop a cache under gradient checkpointing (they would write it twice), and a
+    # P-tuning prefix is a cache: the layers would then lose it while the mask still counts it.
+    method = METHODS.get(config.finetuning_type)
+    if method is not None and method.prefix_cache and config.gradient_checkpointing and not location.is_chatglm_v1:
+        raise config_error("gradient_checkpointing", "config.ptuning_no_checkpointing")

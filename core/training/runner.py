@@ -22,7 +22,6 @@ from core.i18n import Message, message
 from core.methods import get_method
 from core.methods.base import count_parameters, save_model_and_tokenizer
 from core.models.loader import (
-    check_model_fits_config,
     load_model,
     load_tokenizer,
     locate_model,
@@ -50,6 +49,7 @@ from core.training.checkpointing import (
     is_final,
     remove_partial_checkpoints,
 )
+from core.training.preflight import check_model_fits_config, check_settings
 
 log = logging.getLogger("glm_workbench")
 SKIPPED_SHOWN = 3  # row problems named in the status line and the terminal; all of them go to skipped_rows.txt
@@ -418,8 +418,6 @@ class TrainingSession:
     def _train(self) -> dict:
         from transformers import EarlyStoppingCallback, set_seed
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-        from core.training.preflight import check_settings
 
         config, run_dir = self.config.validate(), self.run_dir
         check_settings(config)  # also for a session started without check_inputs (a worker, a prepared folder)

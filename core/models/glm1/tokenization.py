@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from core.models.chatglm_v1 import ConversionError
+from core.errors import ConversionError
 
 MAX_BLANK = 80  # THUDM's max_blank_length
 LINEBREAK, TAB = "<n>", "<|tab|>"
