@@ -177,6 +177,21 @@ def build_tokenizer(recipe: DemoRecipe = DEMOS[DEMO_NAME]):
     )
 
 
+def demo_config(recipe: DemoRecipe, tokenizer):
+    """The transformers config `build_demo_model` writes for `recipe` with this tokenizer: what the memory estimate
+    reads for a demo model that is not built yet, so an estimate never builds it."""
+    import transformers
+
+    stop_ids = [tokenizer.convert_tokens_to_ids(token) for token in STOP_TOKENS]
+    return getattr(transformers, recipe.config_class)(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=stop_ids,
+        tie_word_embeddings=False,
+        **recipe.architecture,
+    )
+
+
 def build_demo_model(target: str | Path, overwrite: bool = False, name: str = DEMO_NAME) -> Path:
     """Build the tokenizer and the random-weight model of demo `name` into `target`: a staging folder renamed into
     place. A target that is not empty is refused, except (with `overwrite`) an earlier demo model of ours."""
@@ -188,14 +203,7 @@ def build_demo_model(target: str | Path, overwrite: bool = False, name: str = DE
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(recipe)
-    stop_ids = [tokenizer.convert_tokens_to_ids(token) for token in STOP_TOKENS]
-    config = getattr(transformers, recipe.config_class)(
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=stop_ids,
-        tie_word_embeddings=False,
-        **recipe.architecture,
-    )
+    config = demo_config(recipe, tokenizer)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)
     try:
@@ -203,7 +211,7 @@ def build_demo_model(target: str | Path, overwrite: bool = False, name: str = DE
     finally:
         torch.random.set_rng_state(generator_state)
     model.generation_config = GenerationConfig(
-        eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, do_sample=False, max_new_tokens=64
+        eos_token_id=config.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False, max_new_tokens=64
     )
     from core.files import TargetNotFreeError, refusal, staged_dir
 

@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from core.errors import ModelError
+from core.models import chatglm, demo
 from core.models.demo import DEMOS, default_demo_dir, ensure_demo_model
 
 log = logging.getLogger("glm_workbench")
@@ -35,25 +36,21 @@ class ModelLocation:
 
     @property
     def config_dict(self) -> dict:
-        from core.models import chatglm
-
         return chatglm.read_config(self.path) if self.kind != "hub" else {}
 
     @property
     def is_chatglm_v1(self) -> bool:
         """ChatGLM-6B: THUDM's checkpoint, or a folder of the native class it converts to (a conversion, a full or
         freeze run's model)."""
-        from core.models.chatglm import V1
-        from core.models.glm1.configuration import MODEL_TYPE
+        from core.models.glm1.configuration import MODEL_TYPE  # glm1 imports torch and transformers
 
-        return self.variant == V1 or (self.kind == "folder" and self.config_dict.get("model_type") == MODEL_TYPE)
+        native_v1 = self.kind == "folder" and self.config_dict.get("model_type") == MODEL_TYPE
+        return self.variant == chatglm.V1 or native_v1
 
 
 def locate_model(name_or_path: str) -> ModelLocation:
     """Pure and cheap: which model a reference names (reads at most config.json). Refuses what cannot be used:
     a missing folder, a file, a folder without config.json."""
-    from core.models import chatglm
-
     name_or_path = (name_or_path or "").strip()
     if name_or_path in DEMOS or not name_or_path:
         name = name_or_path or "demo"
@@ -74,8 +71,6 @@ def prepare_model(name_or_path: str, trust_remote_code: bool = False) -> str:
 
     `trust_remote_code` only ever reaches transformers, for a folder or hub id the workbench has no class for; a
     THUDM checkpoint never runs its own code (it is converted), so there it is ignored, saying so."""
-    from core.models import chatglm
-
     location = locate_model(name_or_path)
     if location.kind == "demo":
         return str(ensure_demo_model(name=location.reference))
@@ -90,29 +85,34 @@ def prepare_model(name_or_path: str, trust_remote_code: bool = False) -> str:
     return location.path
 
 
+def _demo_unbuilt(location: ModelLocation) -> bool:
+    return location.kind == "demo" and not demo.is_demo_model(location.path)
+
+
 @lru_cache(maxsize=16)
 def reading_tokenizer(location: ModelLocation):
-    """The tokenizer for previews (sample render, length histogram): a THUDM checkpoint's is converted in
-    memory, so a preview never writes a conversion to disk."""
-    from core.models import chatglm
-
+    """The tokenizer for previews (sample render, length histogram), and nothing written for it: a THUDM
+    checkpoint's is converted in memory, and a demo model not built yet lends the tokenizer its build would save
+    (trained in memory in about a second, the same tokenizer: its recipe is deterministic), so the first page
+    on a fresh machine shows a sample without building the model."""
     if location.kind == "thudm":
         return chatglm.convert_tokenizer(location.path, location.variant)
-    path = str(ensure_demo_model(name=location.reference)) if location.kind == "demo" else location.path
-    return load_tokenizer(path)
+    if _demo_unbuilt(location):
+        return demo.build_tokenizer(DEMOS[location.reference])
+    return load_tokenizer(location.path)
 
 
 def model_config(location: ModelLocation):
-    """The model's transformers config, read from its config.json alone (the memory estimate)."""
-    from transformers import AutoConfig
-
-    from core.models import chatglm
+    """The model's transformers config, read from its config.json alone (the memory estimate); for a demo model
+    not built yet, the config its build would write (nothing is built for an estimate)."""
+    from transformers import AutoConfig  # heavy: the estimate imports transformers only when it runs
 
     if location.kind == "thudm":
         return chatglm.shape_config(location.path)
+    if _demo_unbuilt(location):
+        return demo.demo_config(DEMOS[location.reference], reading_tokenizer(location))
     register_native_classes()
-    path = str(ensure_demo_model(name=location.reference)) if location.kind == "demo" else location.path
-    return AutoConfig.from_pretrained(path)
+    return AutoConfig.from_pretrained(location.path)
 
 
 def register_native_classes() -> None:
