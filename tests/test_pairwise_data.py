@@ -11,6 +11,7 @@ from core.data.formats import Conversation, convert
 from core.data.pairs import check_preference_rows, encode_preferences
 from core.data.template import IGNORE_INDEX, TemplateEncoder
 from core.errors import DataError
+from core.stages import get_stage
 from webui.locale import Translator
 
 HISTORY = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
@@ -113,11 +114,11 @@ def test_kto_tag_marks_an_answer_and_an_sft_file_is_refused_for_dpo(tmp_path):
     sft = tmp_path / "sft.json"
     sft.write_text(json.dumps([{"instruction": "q", "output": "a"}]), encoding="utf-8")
     with pytest.raises(DataError, match=r"sft.json: no row holds a preference pair \(format alpaca\): dpo needs") as e:
-        check_preference_rows(str(sft), "dpo")
+        check_preference_rows(str(sft), get_stage("dpo"))
     assert "alpaca" in Translator("zh").message(e.value)
     with pytest.raises(DataError, match="no row holds a preference pair or a kto_tag"):
-        check_preference_rows(str(sft), "kto")
-    check_preference_rows("identity_pairs", "kto")
+        check_preference_rows(str(sft), get_stage("kto"))
+    check_preference_rows("identity_pairs", get_stage("kto"))
 
 
 def test_pairs_are_tokenized_as_sft_trains_and_chat_prompts(demo_tokenizer):
@@ -125,7 +126,7 @@ def test_pairs_are_tokenized_as_sft_trains_and_chat_prompts(demo_tokenizer):
     completion is exactly the part SFT puts loss on (the last answer and its end token)."""
     encoder = TemplateEncoder(demo_tokenizer, "glm4")
     pair = Conversation([*PROMPT, {"role": "assistant", "content": "Xiaozhi."}], "S", rejected="No idea.")
-    (sample,) = encode_preferences([pair], demo_tokenizer, "glm4", 512, "dpo").train
+    (sample,) = encode_preferences([pair], demo_tokenizer, "glm4", 512, get_stage("dpo")).train
     assert sample["prompt_ids"] == encoder.encode_prompt(PROMPT, "S")
     sft_ids, sft_labels = encoder.encode(pair, 512)
     assert sample["prompt_ids"] + sample["chosen_ids"] == sft_ids
@@ -134,7 +135,7 @@ def test_pairs_are_tokenized_as_sft_trains_and_chat_prompts(demo_tokenizer):
     assert all(label == IGNORE_INDEX for label in sft_labels[last_answer - 3 : last_answer])
     assert demo_tokenizer.decode(sample["chosen_ids"]) == "Xiaozhi.<|endoftext|>"
     assert demo_tokenizer.decode(sample["rejected_ids"]) == "No idea.<|endoftext|>"
-    kto = encode_preferences([pair], demo_tokenizer, "glm4", 512, "kto").train
+    kto = encode_preferences([pair], demo_tokenizer, "glm4", 512, get_stage("kto")).train
     assert sorted((s["label"], s["completion_ids"] == sample["chosen_ids"]) for s in kto) == [
         (False, False),
         (True, True),
@@ -145,12 +146,14 @@ def test_cutoff_keeps_the_prompt_and_cuts_both_answers(demo_tokenizer):
     long_answer = "很长的回答。" * 40
     pair = Conversation([*PROMPT, {"role": "assistant", "content": long_answer}], rejected="短。")
     prompt_len = len(TemplateEncoder(demo_tokenizer, "glm4").encode_prompt(PROMPT))
-    data = encode_preferences([pair, pair], demo_tokenizer, "glm4", prompt_len + 5, "dpo", val_size=1)
+    data = encode_preferences([pair, pair], demo_tokenizer, "glm4", prompt_len + 5, get_stage("dpo"), val_size=1)
     assert (len(data.train), len(data.eval), data.truncated) == (1, 1, 2)
     assert len(data.train[0]["chosen_ids"]) == 5 and data.train[0]["prompt_ids"] == data.eval[0]["prompt_ids"]
-    data = encode_preferences([pair, Conversation(PROMPT[:1] + [PROMPT[1]])], demo_tokenizer, "glm4", 512, "orpo")
+    data = encode_preferences(
+        [pair, Conversation(PROMPT[:1] + [PROMPT[1]])], demo_tokenizer, "glm4", 512, get_stage("orpo")
+    )
     assert [str(p) for p in data.problems] == [
         "row 2: no chosen / rejected pair in this row: preference training skips it"
     ]
     with pytest.raises(DataError, match="no row holds a preference pair"):
-        encode_preferences([pair], demo_tokenizer, "glm4", prompt_len, "dpo")
+        encode_preferences([pair], demo_tokenizer, "glm4", prompt_len, get_stage("dpo"))

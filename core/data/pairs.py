@@ -18,23 +18,30 @@ one by one, like any row problem.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.data.dataset import TokenizedData, load_conversations
 from core.data.formats import Conversation, RowProblem
 from core.data.template import TemplateEncoder
 from core.errors import DataError
 from core.i18n import message
-from core.stages import get_stage
-from core.stages.base import UNPAIRED
+
+if TYPE_CHECKING:
+    from core.stages.base import Stage
+
+# What one training sample of a stage holds (its `samples`): the data layer knows the shapes, and each stage
+# (core/stages/) names one, so the data never looks a stage up in the registry above it.
+ROWS = "rows"  # conversations to learn: ids + labels (core/data/dataset.py)
+PAIRS = "pairs"  # a chosen and a rejected answer per prompt, side by side
+UNPAIRED = "unpaired"  # answers marked desirable or not, one sample each
 
 
-def unpaired(stage: str) -> bool:
+def unpaired(stage: Stage) -> bool:
     """Whether the stage takes answers one by one, each marked desirable or not (KTO), instead of pairs."""
-    return get_stage(stage).samples == UNPAIRED
+    return stage.samples == UNPAIRED
 
 
-def row_problem(conversation: Conversation, stage: str) -> str | None:
+def row_problem(conversation: Conversation, stage: Stage) -> str | None:
     """The code of what keeps a converted row out of this stage's data, or None when it is usable."""
     if conversation.is_pair:
         return None
@@ -43,14 +50,14 @@ def row_problem(conversation: Conversation, stage: str) -> str | None:
     return "row.not_a_pair"
 
 
-def check_preference_rows(name_or_path: str, stage: str, fmt: str = "auto", columns: str = "") -> None:
+def check_preference_rows(name_or_path: str, stage: Stage, fmt: str = "auto", columns: str = "") -> None:
     """Refuse, before a run starts, a dataset none of whose rows this stage can use (an SFT file for DPO)."""
     loaded = load_conversations(name_or_path, fmt, columns)
     if not any(row_problem(conversation, stage) is None for conversation in loaded.conversations):
-        raise DataError(_nothing_usable(stage), loaded.path, format=loaded.format, stage=stage)
+        raise DataError(_nothing_usable(stage), loaded.path, format=loaded.format, stage=stage.name)
 
 
-def _nothing_usable(stage: str) -> str:
+def _nothing_usable(stage: Stage) -> str:
     return "data.no_kto_rows" if unpaired(stage) else "data.no_pairs"
 
 
@@ -59,7 +66,7 @@ def tokenize_preferences(
     tokenizer,
     template: str,
     cutoff_len: int,
-    stage: str,
+    stage: Stage,
     fmt: str = "auto",
     val_size: float = 0.0,
     max_samples: int = 0,
@@ -80,7 +87,7 @@ def encode_preferences(
     tokenizer,
     template: str,
     cutoff_len: int,
-    stage: str,
+    stage: Stage,
     val_size: float = 0.0,
     seed: int = 42,
     source: str = "",
@@ -103,7 +110,7 @@ def encode_preferences(
         truncated += cut
         rows.append(samples)
     if not rows:
-        raise DataError(_nothing_usable(stage), source or None, format=fmt or "?", stage=stage)
+        raise DataError(_nothing_usable(stage), source or None, format=fmt or "?", stage=stage.name)
     eval_count = int(val_size) if val_size >= 1 else int(round(len(rows) * val_size))
     held: set[int] = set()
     if eval_count:
@@ -120,7 +127,7 @@ def encode_preferences(
 
 
 def _encode_row(
-    encoder: TemplateEncoder, conversation: Conversation, stage: str, cutoff_len: int
+    encoder: TemplateEncoder, conversation: Conversation, stage: Stage, cutoff_len: int
 ) -> tuple[list[dict[str, Any]] | None, int]:
     """The row's samples and whether an answer was cut at cutoff_len; (None, 0) when the prompt fills it."""
     history, chosen = conversation.messages[:-1], conversation.messages[-1]["content"]

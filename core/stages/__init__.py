@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from core.stages.base import PAIRS, ROWS, Stage
+from core.data.pairs import PAIRS, ROWS
+from core.stages.base import Stage
 
 # The order the train tab offers them in; a stage found but not listed here comes after these.
 PREFERRED_ORDER = ("sft", "dpo", "orpo", "kto")

@@ -17,11 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from core.data.pairs import PAIRS, ROWS
 from core.methods.base import Field, Method, no_checks
-
-ROWS = "rows"  # conversations to learn: ids + labels (core/data/dataset.py)
-PAIRS = "pairs"  # a chosen and a rejected answer per prompt, side by side (core/data/pairs.py)
-UNPAIRED = "unpaired"  # answers marked desirable or not, one sample each (core/data/pairs.py)
 
 # TRL's names of the figures every pairwise trainer logs -> ours in metrics.jsonl. Rewards are beta x (log p_model -
 # log p_reference) of an answer (without a reference: beta x its mean token log-probability); logp_* are the

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.data.pairs import PAIRS
 from core.methods.base import Field
-from core.stages.base import PAIR_CHART, PAIR_METRICS, PAIRS, Stage, preference_arguments, trains_pairs
+from core.stages.base import PAIR_CHART, PAIR_METRICS, Stage, preference_arguments, trains_pairs
 
 PREF_LOSSES = ("sigmoid", "ipo")  # DPO's own loss, or IPO's
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.data.pairs import UNPAIRED
 from core.methods.base import Field
-from core.stages.base import PAIR_CHART, PAIR_METRICS, UNPAIRED, Stage, preference_arguments, trains_pairs
+from core.stages.base import PAIR_CHART, PAIR_METRICS, Stage, preference_arguments, trains_pairs
 
 
 def trl_classes() -> tuple[type, type]:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import warnings
 
+from core.data.pairs import PAIRS
 from core.methods.base import Field
-from core.stages.base import PAIR_CHART, PAIR_METRICS, PAIRS, Stage, preference_arguments, trains_pairs
+from core.stages.base import PAIR_CHART, PAIR_METRICS, Stage, preference_arguments, trains_pairs
 from core.stages.fused_pairs import FusedPairsParts
 
 

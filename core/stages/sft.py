@@ -6,6 +6,7 @@ method trains it, and its learning rate is the method's.
 
 from __future__ import annotations
 
-from core.stages.base import ROWS, Stage
+from core.data.pairs import ROWS
+from core.stages.base import Stage
 
 STAGE = Stage(name="sft", samples=ROWS)

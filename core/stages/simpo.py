@@ -12,8 +12,9 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from core.data.pairs import PAIRS
 from core.methods.base import Field
-from core.stages.base import PAIR_CHART, PAIR_METRICS, PAIRS, Stage, preference_arguments, trains_pairs
+from core.stages.base import PAIR_CHART, PAIR_METRICS, Stage, preference_arguments, trains_pairs
 from core.stages.fused_pairs import FusedPairsParts
 
 

@@ -31,7 +31,7 @@ from core.runs import (
     read_status,
     update_status,
 )
-from core.stages import is_preference
+from core.stages import get_stage, is_preference
 
 
 @dataclass
@@ -61,7 +61,7 @@ def check_inputs(config: RunConfig) -> None:
         if is_preference(config.stage):  # a preference stage needs pairs (or, for KTO, kto_tag rows) in the file
             from core.data.pairs import check_preference_rows
 
-            check_preference_rows(dataset, config.stage, config.dataset_format, config.columns)
+            check_preference_rows(dataset, get_stage(config.stage), config.dataset_format, config.columns)
         else:
             from core.data.prepare import check
 

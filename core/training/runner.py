@@ -41,7 +41,7 @@ from core.runs import (
     reclaim_run,
     update_status,
 )
-from core.stages import is_preference
+from core.stages import get_stage, is_preference
 from core.training.callbacks import LossProgressBar, RunFolderCallback, StopCallback
 from core.training.checkpointing import (
     CheckpointingTrainer,
@@ -301,7 +301,7 @@ class TrainingSession:
                 tokenizer,
                 template,
                 config.cutoff_len,
-                config.stage,
+                get_stage(config.stage),
                 config.dataset_format,
                 val_size,
                 max_samples,
