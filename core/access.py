@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from core.data.readers import DEMO_DATASETS
 from core.errors import WorkbenchError
+from core.resources import home_dir
 
 
 class AccessError(WorkbenchError):
@@ -45,8 +47,6 @@ class AllowedDirs:
             )
 
     def check_dataset(self, value: str, key: str = "dataset") -> None:
-        from core.data.readers import DEMO_DATASETS
-
         if value and value not in DEMO_DATASETS:
             self.check(value, key)
 
@@ -76,8 +76,6 @@ class AllowedDirs:
 def default_roots(workspace: str | Path, extra: list[str | Path] = ()) -> list[Path]:
     """The folders a limited workbench may use: the workspace, the workbench home, GLM_WORKBENCH_MODEL_DIRS and
     `extra` (--allowed-dirs)."""
-    from core.resources import home_dir
-
     model_dirs = [p for p in os.environ.get("GLM_WORKBENCH_MODEL_DIRS", "").split(os.pathsep) if p]
     return [Path(workspace), home_dir(), *map(Path, model_dirs), *map(Path, extra)]
 

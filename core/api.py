@@ -609,8 +609,6 @@ class ApiServer:
         deadline = time.time() + timeout
         while not self.server.started:
             if not self.thread.is_alive() or time.time() > deadline:
-                from core.errors import WorkbenchError
-
                 raise WorkbenchError("api.cannot_start", host=self.host, port=self.port)
             time.sleep(0.05)
         return self

@@ -11,10 +11,21 @@ import socket
 import sys
 from pathlib import Path
 
+from core.chat.engine import ChatEngine, GenerationSettings, check_adapter_files
+from core.chat.turns import parse_tools, read_reply
 from core.config import RunConfig, load_yaml_with_notes, parse_overrides
-from core.errors import DataError, ModelError, WorkbenchError, config_error, describe
+from core.errors import DataError, ExportError, ModelError, WorkbenchError, config_error, describe
+from core.evaluation.arena import ArenaSettings, auto_judge, judge, start_arena, view
+from core.evaluation.evaluate import EvalSettings, evaluate_run
+from core.export import merge_run, zip_run
+from core.feedback import FeedbackStore
 from core.i18n import Message, default_language, message
-from core.models.loader import DTYPES
+from core.models.chatglm import convert_chatglm
+from core.models.demo import build_demo_model, default_demo_dir, ensure_demo_model
+from core.models.loader import DTYPES, configure_threads
+from core.processes import close_in_children, guard_children
+from core.training.distributed import accelerate_command, accelerate_config, node_commands, process_plan
+from core.training.lifecycle import check_inputs, claim_for_resume, create_run
 
 DEFAULT_WORKSPACE = "workspace"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -27,8 +38,6 @@ def say(text: Message | str) -> None:
 
 
 def cmd_demo_model(args: argparse.Namespace) -> int:
-    from core.models.demo import build_demo_model, default_demo_dir, ensure_demo_model
-
     if args.dir:
         print(build_demo_model(args.dir, overwrite=args.overwrite))
     elif args.overwrite:
@@ -79,7 +88,6 @@ def bind_port(host: str, port: int) -> socket.socket:
     # Never passed on: not to programs it starts (close-on-exec), nor to processes it forks (the data workers
     # of `datasets`), which close it at once and die with this process (core/processes.py).
     sock.set_inheritable(False)
-    from core.processes import close_in_children, guard_children
 
     guard_children()
     close_in_children(sock.fileno())
@@ -132,8 +140,6 @@ def cmd_webui(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from core.models.loader import configure_threads
-    from core.training.lifecycle import check_inputs, claim_for_resume, create_run
     from core.training.runner import TrainingSession
 
     configure_threads()
@@ -185,10 +191,6 @@ def resolve_adapter(path: str) -> Path:
 def cmd_chat(args: argparse.Namespace) -> int:
     """One prompt's answer on stdout. A model that thinks (the GLM-4.5 generation) prints its reasoning first,
     dimmed (plain when NO_COLOR is set), unless --no-thinking; its tool calls print as calls, one a line."""
-    from core.chat.engine import ChatEngine, GenerationSettings
-    from core.chat.turns import parse_tools, read_reply
-    from core.models.loader import configure_threads
-
     adapter = None
     if args.adapter:  # refused before the model loads
         folder = resolve_adapter(args.adapter)
@@ -229,9 +231,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from core.evaluation.evaluate import EvalSettings, evaluate_run
-    from core.models.loader import configure_threads
-
     configure_threads()
     settings = EvalSettings(
         max_samples=args.max_samples,
@@ -247,9 +246,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_arena(args: argparse.Namespace) -> int:
     """Two models answer a dataset's prompts; ROUGE-L judges against the references, or the person at the
     terminal judges blind (--judge person). Prints the scores as JSON; the arena stays in RUN/eval/."""
-    from core.evaluation.arena import ArenaSettings, auto_judge, judge, start_arena, view
-    from core.models.loader import configure_threads
-
     configure_threads()
     settings = ArenaSettings(max_samples=args.max_samples, max_new_tokens=args.max_new_tokens, seed=args.seed)
     arena = start_arena(args.run, args.against, args.dataset, args.format, settings)
@@ -287,8 +283,6 @@ def _ask_verdict(item, total: int) -> str | None:
 
 def cmd_feedback(args: argparse.Namespace) -> int:
     """The chat's feedback datasets in a workspace, with their counts (one JSON object per line)."""
-    from core.feedback import FeedbackStore
-
     for counts in FeedbackStore(args.workspace).datasets():
         print(json.dumps(counts.to_dict(), ensure_ascii=False))
     return 0
@@ -296,8 +290,6 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
 def cmd_launch_config(args: argparse.Namespace) -> int:
     import yaml
-
-    from core.training.distributed import accelerate_command, accelerate_config
 
     config = accelerate_config(args.kind, args.nproc, args.nnodes, args.mixed_precision)
     Path(args.out).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -308,8 +300,6 @@ def cmd_launch_config(args: argparse.Namespace) -> int:
 
 def cmd_nodes(args: argparse.Namespace) -> int:
     """The torchrun command of each machine of a several-machine run (the train tab shows the same)."""
-    from core.training.distributed import node_commands, process_plan
-
     say(process_plan(args.nproc, args.distributed, args.nnodes))
     say(message("cli.nodes", addr=args.master_addr))
     for command in node_commands(args.run_dir, args.nnodes, args.nproc, args.master_addr, args.port):
@@ -318,8 +308,6 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from core.models.chatglm import convert_chatglm
-
     report = convert_chatglm(args.source, args.target, overwrite=args.overwrite)
     say(str(report))
     print(report.target)
@@ -330,8 +318,6 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from core.api import MAX_QUEUE, create_api
-    from core.chat.engine import ChatEngine, check_adapter_files
-    from core.models.loader import configure_threads
 
     configure_threads()
     adapters: dict[str, str] = {}
@@ -357,9 +343,6 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from core.errors import ExportError
-    from core.export import merge_run, zip_run
-
     if not (args.zip or args.merge):
         raise ExportError("export.what")
     if args.zip:
@@ -577,7 +560,6 @@ def package_version() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from core.processes import guard_children
 
     guard_children()  # data workers forked by any command die with it
     try:

@@ -18,7 +18,9 @@ from typing import Any
 
 import yaml
 
-from core.errors import ConfigError, ConfigProblem, config_error
+from core.data.formats import FORMATS, parse_columns
+from core.data.template import TEMPLATES
+from core.errors import ConfigError, ConfigProblem, DataError, config_error
 from core.i18n import message
 from core.methods import METHODS, get_method
 from core.models.loader import DTYPES
@@ -240,7 +242,6 @@ class RunConfig(*reversed(_STAGE_OPTIONS), *reversed(_OPTIONS), CommonSettings):
         self._check_stage(check)
         if self.finetuning_type in METHODS:
             METHODS[self.finetuning_type].check(self, check)
-        from core.data.template import TEMPLATES  # late import: data depends on nothing in config
 
         check(
             self.template == "auto" or self.template in TEMPLATES,
@@ -248,8 +249,6 @@ class RunConfig(*reversed(_STAGE_OPTIONS), *reversed(_OPTIONS), CommonSettings):
             "config.auto_or_one_of",
             choices=", ".join(TEMPLATES),
         )
-        from core.data.formats import FORMATS, parse_columns
-        from core.errors import DataError
 
         check(
             self.dataset_format == "auto" or self.dataset_format in FORMATS,

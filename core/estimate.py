@@ -31,6 +31,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.config import RunConfig
+from core.methods import get_method
+from core.models.loader import locate_model, model_config
+from core.stages import get_stage
 
 GIB = 2**30
 CONTEXT_BYTES = 0.75 * GIB
@@ -270,9 +273,6 @@ class MemoryEstimate:
 def estimate_memory(shape: ModelShape, config: RunConfig, on_gpu: bool = True) -> MemoryEstimate:
     """The method supplies its own terms (trainable parameters, weight bytes, which layers keep activations,
     extra activations); the rest is the same for every method."""
-    from core.methods import get_method
-    from core.stages import get_stage
-
     method, stage = get_method(config.finetuning_type), get_stage(config.stage)
     compute_bytes = 2 if on_gpu and config.precision != "fp32" else 4
     trainable = method.trainable_params(shape, config)
@@ -306,8 +306,6 @@ def estimate_memory(shape: ModelShape, config: RunConfig, on_gpu: bool = True) -
 def estimate_for_run(config: RunConfig, on_gpu: bool | None = None) -> MemoryEstimate:
     """Read the model's config (no weights, nothing written) and estimate; on_gpu defaults to whether a GPU is
     present."""
-    from core.models.loader import locate_model, model_config
-
     if on_gpu is None:
         import torch
 

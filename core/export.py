@@ -9,9 +9,11 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from core.config import load_yaml
 from core.errors import ExportError, RunStateError
 from core.files import STAGING_TAG, held, reclaim_staging
-from core.models.loader import DTYPES
+from core.i18n import message
+from core.models.loader import DTYPES, load_model, load_tokenizer, pick_device, pick_dtype, prepare_model
 from core.runs import ADAPTER_CONFIG, ADAPTER_DIR, CONFIG_FILE, METRICS_FILE, MODEL_DIR
 
 ZIP_COMMENT = b"glm-workbench export"  # marks our zips: only these are ever replaced
@@ -86,8 +88,6 @@ def base_model_name(model: str) -> str:
 def model_card(run_dir: Path, output: Path) -> str:
     """README.md for the zip: base model by name, method and stage, data, steps, the final and best eval loss,
     and how to load it (in English, as model cards on the hub are)."""
-    from core.config import load_yaml
-    from core.i18n import message
     from core.runs import read_metrics, read_status
 
     config = load_yaml(run_dir / CONFIG_FILE)
@@ -127,8 +127,6 @@ def _portable_adapter_config(path: Path, base: str) -> bytes:
 
 
 def _write_zip(run_dir: Path, output: Path, partial: str) -> None:
-    from core.config import load_yaml
-
     with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for file in sorted(output.rglob("*")):
             if not file.is_file() or file.name.startswith(".glm_workbench"):
@@ -188,9 +186,7 @@ def merge_run(
 
     from peft import PeftModel
 
-    from core.config import load_yaml
     from core.files import TargetNotFreeError, check_target_free, refusal, staged_dir
-    from core.models.loader import load_model, load_tokenizer, pick_device, pick_dtype, prepare_model
 
     run_dir, target = Path(run_dir), Path(target)
     output = run_output_dir(run_dir)

@@ -24,6 +24,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from core.errors import RunStateError
+from core.i18n import message
+
 OUTPUT_MARKER = ".glm_workbench_output.json"  # in folders we wrote: what they are (merge, conversion, ...)
 STAGING_TAG = "glmwb"  # in the random part of every staging name we make: reclaim removes only names carrying it
 LOW_DISK_BYTES = 1 << 20  # below this much free space, a failed write is taken to be a full disk
@@ -113,8 +116,6 @@ class TargetNotFreeError(Exception):
 def refusal(exc: TargetNotFreeError):
     """The user's message for a target we may not write (a file, or a folder that is not empty and not ours),
     saying what to do instead; `--overwrite` is offered only where it could apply."""
-    from core.errors import RunStateError
-
     if exc.reason == "file":
         return RunStateError("files.target_is_file", folder=str(exc.target))
     return RunStateError("files.target_not_empty", folder=str(exc.target))
@@ -176,8 +177,6 @@ def damaged_file(folder: Path, required: tuple[str, ...] = ()) -> tuple[str, Any
     model) that cannot be loaded, or None when every file is whole. Cheap: reads headers and small JSON files
     only, never the tensors, so it catches what a kill, a full disk or a copy cut short leaves (a truncated
     file, invalid JSON), not a flipped bit. Each name in `required` must be there."""
-    from core.i18n import message
-
     folder = Path(folder)
     for name in required:
         if not (folder / name).is_file():
@@ -194,8 +193,6 @@ def file_problem(path: Path):
     """What is wrong with one file the trainer or peft wrote (a Message), or None if it looks whole."""
     import struct
     import zipfile
-
-    from core.i18n import message
 
     path = Path(path)
     size = path.stat().st_size

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import RunStateError
+
 LOCK_FILE = ".owner.lock"
 OWNER_ENV = "GLM_WORKBENCH_RUN_OWNER"  # "pid:run_dir" of a launcher whose workers train the run
 ACQUIRE_TRIES = 20  # a reader probing the lock holds it for an instant: retry briefly before refusing
@@ -82,8 +84,6 @@ class RunLock:
     def acquire(self, announce: bool = True) -> RunLock:
         """Take the run, or raise RunStateError naming its owner. With `announce`, write who owns it now (a
         caller that may still decline the run announces only once it keeps it)."""
-        from core.errors import RunStateError
-
         path = self.run_dir / LOCK_FILE
         handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         for attempt in range(ACQUIRE_TRIES):

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.errors import ModelError
 from core.files import rewrite_in_place, write_json_atomic
 from core.i18n import Message, message
-from core.ownership import has_live_owner
+from core.ownership import LOCK_FILE, has_live_owner
 
 STATUS_FILE = "status.json"
 STOP_FILE = "STOP"  # an abort request that every process of a multi-process run can see
@@ -168,8 +169,6 @@ def adapter_problem(path: str | Path) -> Message | None:
 
 def resolve_adapter(path: str | Path) -> Path:
     """The adapter folder `path` names (itself, or a run folder's adapter/); anything else raises ModelError."""
-    from core.errors import ModelError
-
     problem = adapter_problem(path)
     if problem is not None:
         raise ModelError(problem)
@@ -236,7 +235,6 @@ def reclaim_run(run_dir: str | Path, owned: bool = False) -> list[tuple[str, int
     import logging
 
     from core.files import describe_reclaimed, reclaim_staging
-    from core.ownership import LOCK_FILE
 
     run_dir = Path(run_dir)
     handle = None

@@ -22,7 +22,7 @@ from typing import Any
 
 from core.access import AllowedDirs, default_roots
 from core.chat.engine import ChatEngine, GenerationSettings
-from core.chat.turns import ChatReply
+from core.chat.turns import ChatReply, read_reply
 from core.config import RunConfig, load_yaml, yaml_text
 from core.data import prepare
 from core.data.formats import RowError
@@ -31,9 +31,19 @@ from core.data.readers import DEMO_DATASETS, SUPPORTED_EXTENSIONS
 from core.data.template import IGNORE_INDEX, TemplateEncoder
 from core.errors import DataError, ExportError, RunStateError
 from core.estimate import MemoryEstimate, device_memory_bytes, estimate_for_run
-from core.evaluation.arena import ArenaSettings, ArenaView
+from core.evaluation.arena import (
+    Arena,
+    ArenaSettings,
+    ArenaView,
+    auto_judge,
+    judge,
+    list_arenas,
+    reveal,
+    start_arena,
+    view,
+)
 from core.evaluation.evaluate import EvalResult, EvalSettings, evaluate_run
-from core.export import is_our_zip, merge_run, zip_run
+from core.export import is_our_zip, merge_run, zip_merged, zip_run
 from core.feedback import DEFAULT_NAME as DEFAULT_FEEDBACK
 from core.feedback import FEEDBACK_DIR, FeedbackStore
 from core.files import describe_reclaimed, reclaim_staging
@@ -53,6 +63,8 @@ from core.runs import (
     reclaim_run,
 )
 from core.stages import SUPERVISED
+from core.suggest import suggest_stage
+from core.training.distributed import node_commands, process_plan
 from core.training.job import JobManager
 from core.training.lifecycle import check_inputs
 
@@ -152,7 +164,6 @@ class Workbench:
         self, dataset: str, fmt: str = "auto", columns: str = "", model: str = "demo", method: str = "lora"
     ) -> tuple[str, float] | None:
         """(stage, learning rate) the dataset's format asks for (core/suggest.py); None if it cannot be read."""
-        from core.suggest import suggest_stage
 
         try:
             found = self.preview_dataset(dataset, fmt, columns).format
@@ -391,7 +402,6 @@ class Workbench:
     ) -> tuple[Message, Message | None, list[str]]:
         """What the Processes field will do on this machine and, for several machines, what to tell the others
         and each one's command (node 0's first)."""
-        from core.training.distributed import node_commands, process_plan
 
         nproc, nnodes = max(1, int(nproc or 1)), max(1, int(nnodes or 1))
         plan = process_plan(nproc, distributed, nnodes)
@@ -482,7 +492,6 @@ class Workbench:
         """chat_stream taken apart as it grows (core/chat/turns.py): reasoning (with its length in tokens), answer
         and, once whole, the tool calls. `tools` are offered only to a model whose template lists them; the last
         reply says `tools_ignored` when a plain model got some."""
-        from core.chat.turns import read_reply
 
         engine = self.chat_engine
         model_path = self._model_path(model)
@@ -570,7 +579,6 @@ class Workbench:
         """`first_run` and `second_run` (a finished run, or "" for the first run's base model) answer the dataset's
         prompts; the arena is kept in the first run's folder (eval/arena-<id>.json). Long (both models generate);
         Abort (abort_evaluation) keeps the items both answered. Returns the blind view."""
-        from core.evaluation.arena import start_arena, view
 
         self.access.check_dataset(dataset)
         first = self._result_run(first_run)
@@ -583,32 +591,22 @@ class Workbench:
             self._evaluations.discard(stop)
 
     def arena_view(self, run: str, arena_id: str) -> ArenaView:
-        from core.evaluation.arena import Arena, view
-
         return view(Arena.load(self.run_path(run), arena_id))
 
     def arena_judge(self, run: str, arena_id: str, index: int, verdict: str) -> ArenaView:
         """The person's verdict on item `index` as shown: "left", "right" or "tie". Refused once revealed."""
-        from core.evaluation.arena import judge, view
-
         return view(judge(self.run_path(run), arena_id, index, verdict))
 
     def arena_reveal(self, run: str, arena_id: str) -> ArenaView:
         """Show the names and the person's score now; the arena takes no more verdicts."""
-        from core.evaluation.arena import reveal, view
-
         return view(reveal(self.run_path(run), arena_id))
 
     def arena_auto_judge(self, run: str, arena_id: str) -> ArenaView:
         """Judge every item by ChatGLM's ROUGE-L against its reference answer (the "rouge-l" score)."""
-        from core.evaluation.arena import auto_judge, view
-
         return view(auto_judge(self.run_path(run), arena_id))
 
     def arenas(self, run: str) -> list[dict[str, Any]]:
         """The run's arenas, newest first: id, dataset, total, judged, revealed (and first/second once shown)."""
-        from core.evaluation.arena import list_arenas, view
-
         return [
             {key: value for key, value in view(arena).to_dict().items() if key != "items"}
             for arena in list_arenas(self.run_path(run))
@@ -732,8 +730,6 @@ class Workbench:
 
     def merged_zip(self, folder: str) -> str:
         """A merged model folder (written by merge_run) as exports/<folder name>.zip, for the browser to download."""
-        from core.export import zip_merged
-
         source = Path(folder).expanduser()
         self.access.check(source, "merge_target")
         try:

@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "webui")
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("core.i18n", "core.resources", "core.processes", "core.errors"),
+    ("core", "core.i18n", "core.resources", "core.processes", "core.errors"),  # "core": its empty __init__.py
     ("core.files", "core.ownership", "core.runs", "core.feedback"),
     ("core.data",),
     ("core.models",),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from core.chat.turns import call_text
+
 
 def format_duration(seconds: float | None) -> str:
     """0:05, 12:34, 1:02:03, 30:00:00: hours keep counting past a day (a 30-hour run is not 6:00:00)."""
@@ -20,8 +22,6 @@ def format_loss(value: float | None) -> float | None:
 def reply_markdown(reply, t, tokens: int | None = None) -> str:
     """A reply (core.chat.turns.ChatReply) as Markdown: the reasoning folded away and opened on demand (with its
     length in tokens when known), the answer, then each tool call as a call (its name and JSON arguments)."""
-    from core.chat.turns import call_text
-
     parts = []
     if reply.reasoning:
         summary = t("chat_thinking") + (" · " + t("chat_thinking_tokens", n=tokens) if tokens else "")

@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.data.template import TemplateEncoder
+from core.data.template import NO_THINKING, TemplateEncoder, get_template
 from core.errors import ModelError
 from core.methods import load_input_adapter
 from core.methods.base import InputAdapter
@@ -281,7 +281,6 @@ class ChatEngine:
         self, messages: list[dict], system: str = "", tools: list[dict] | None = None, enable_thinking: bool = True
     ) -> list[int]:
         """The generation prompt's ids; tools and thinking off only where the template has them."""
-        from core.data.template import NO_THINKING, TemplateEncoder, get_template
 
         if self.thinking_format is None:
             if tools:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from core.data import glm45
 from core.data.formats import Conversation, RowError
+from core.errors import ModelError, config_error
 
 IGNORE_INDEX = -100
 
@@ -140,8 +141,6 @@ def get_template(name: str) -> Template:
     if name.endswith(NO_THINKING) and base is not None and base.thinking is not None:
         return dataclasses.replace(base, name=name, thinking=dataclasses.replace(base.thinking, enabled=False))
     if name not in TEMPLATES:
-        from core.errors import config_error
-
         raise config_error(
             "template", "config.auto_or_one_of", value=name, show_value=True, choices=", ".join(TEMPLATES)
         )
@@ -220,7 +219,6 @@ def detect_template(tokenizer) -> str:
         return "glm4" if "<|user|>" in vocab else "chatglm"
     if "sop" in vocab:
         return "chatglm3" if "<|user|>" in vocab else "chatglm2"
-    from core.errors import ModelError
 
     raise ModelError("model.template_unknown", templates=", ".join(TEMPLATES))
 
@@ -274,8 +272,6 @@ class TemplateEncoder:
         if token not in self._ids:
             token_id = self.tokenizer.convert_tokens_to_ids(token)
             if token_id is None or token_id == self.tokenizer.unk_token_id:
-                from core.errors import ModelError
-
                 raise ModelError("model.template_token_missing", token=token, template=self.template.name)
             self._ids[token] = token_id
         return self._ids[token]

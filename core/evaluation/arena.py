@@ -30,7 +30,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.chat.engine import StopOnEvent
+from core.chat.turns import answer_only
+from core.data.dataset import load_conversations
+from core.data.template import TemplateEncoder
 from core.errors import RunStateError
+from core.evaluation.evaluate import EvalSettings, generate_answer
+from core.evaluation.metrics import score as text_scores
 from core.evaluation.trained import load_base, load_trained
 from core.files import write_json_atomic
 
@@ -190,11 +196,6 @@ def start_arena(
     `second_dir` None the second contestant is the first one's base model. Abort keeps the items both answered."""
     from transformers import StoppingCriteriaList
 
-    from core.chat.engine import StopOnEvent
-    from core.data.dataset import load_conversations
-    from core.data.template import TemplateEncoder
-    from core.evaluation.evaluate import EvalSettings, generate_answer
-
     settings = settings or ArenaSettings()
     first_dir = Path(first_dir)
     conversations = load_conversations(dataset, fmt).conversations
@@ -305,9 +306,6 @@ def reveal(run_dir: str | Path, arena_id: str) -> Arena:
 
 def auto_judge(run_dir: str | Path, arena_id: str) -> Arena:
     """ROUGE-L of each answer against the item's reference decides it; equal scores are a tie."""
-    from core.chat.turns import answer_only
-    from core.evaluation.metrics import score as text_scores
-
     arena = Arena.load(run_dir, arena_id)
     with _lock(arena.path):
         arena = Arena.load(run_dir, arena_id)

@@ -10,6 +10,7 @@ import importlib
 import pkgutil
 from pathlib import Path
 
+from core.errors import config_error
 from core.methods.base import InputAdapter, Method
 
 # The order the train tab offers them in; a method found but not listed here comes after these.
@@ -41,7 +42,5 @@ def load_input_adapter(folder: str | Path) -> InputAdapter | None:
 
 def get_method(name: str) -> Method:
     if name not in METHODS:
-        from core.errors import config_error
-
         raise config_error("finetuning_type", "config.one_of", value=name, show_value=True, choices=", ".join(METHODS))
     return METHODS[name]

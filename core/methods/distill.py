@@ -16,7 +16,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from core.methods.base import MODEL, Field, Method, train_every_parameter
+from core.data.dataset import load_conversations, tokenize_conversations
+from core.data.formats import Conversation
+from core.data.template import TemplateEncoder, resolve_template
+from core.errors import config_error
+from core.methods.base import MODEL, Field, Method, count_parameters, train_every_parameter
+from core.models.loader import load_model, load_tokenizer, pick_device, pick_dtype, prepare_model
 
 log = logging.getLogger("glm_workbench")
 DISTILL_MODES = ("auto", "logits", "sequence")
@@ -48,7 +53,6 @@ def check(config, check) -> None:
 
 def load_teacher(config, device: str):
     """The teacher in eval mode, its adapter merged in, and its tokenizer."""
-    from core.models.loader import load_model, load_tokenizer, pick_dtype, prepare_model
     from core.runs import resolve_adapter
 
     path = prepare_model(config.model_name_or_path, config.trust_remote_code)
@@ -67,8 +71,6 @@ def build_student(teacher, config, device: str):
     import copy
 
     import torch
-
-    from core.models.loader import load_model, load_tokenizer, prepare_model
 
     if config.student_model != "auto":
         path = prepare_model(config.student_model)
@@ -105,9 +107,6 @@ def teacher_answers(teacher, tokenizer, template: str, conversations, max_new_to
     """Sequence-level distillation data: each conversation's last answer rewritten by the teacher (greedy)."""
     import torch
 
-    from core.data.formats import Conversation
-    from core.data.template import TemplateEncoder
-
     encoder = TemplateEncoder(tokenizer, template)
     rewritten = []
     for conversation in conversations:
@@ -132,11 +131,6 @@ def teacher_answers(teacher, tokenizer, template: str, conversations, max_new_to
 
 def load_training(session):
     """Teacher, student and data; the teacher stays on the session for the trainer (logits mode)."""
-    from core.data.dataset import load_conversations, tokenize_conversations
-    from core.data.template import resolve_template
-    from core.errors import config_error
-    from core.methods.base import count_parameters
-    from core.models.loader import pick_device
     from core.runs import update_status
 
     config, device = session.config, pick_device()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from core.errors import config_error
 from core.methods.base import MODEL, Field, Method
 
 
@@ -33,8 +34,6 @@ def extra_modules(config) -> list[str]:
 def prepare(model, config):
     """Each parameter trains if it is in a trainable layer or one of its names contains an extra. A tied weight
     has two names (ChatGLM-6B's lm_head is its word embeddings): either one selects it."""
-    from core.errors import config_error
-
     layers = set(trainable_layer_indices(model.config.num_hidden_layers, config.freeze_trainable_layers))
     extras = extra_modules(config)
     matched_extras: set[str] = set()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from core.errors import config_error
 from core.methods.base import ADAPTER, Field, Method
+from core.models import peft_moe
 
 
 @dataclass
@@ -75,8 +77,6 @@ def lora_targets(model, spec: str) -> tuple[str | list[str], list[str]]:
     MLPs) plus the routed experts through `target_parameters`, never the router; `experts` and `router` name them
     in a list. GLM-5's sparse-attention indexer is left out of "all": it picks tokens by top-k, so no gradient
     reaches it (its adapters would stay at zero)."""
-    from core.models import peft_moe
-
     experts = expert_parameters(model)
     if not experts:
         return target_modules(spec), []
@@ -140,8 +140,6 @@ def load_for_more_training(model, config):
 
 def prepare(model, config):
     from peft import get_peft_model
-
-    from core.errors import config_error
 
     if config.adapter_name_or_path:
         return load_for_more_training(model, config)

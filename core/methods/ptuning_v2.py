@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import ModelError
 from core.methods.base import ADAPTER, Field, Method
+from core.methods.lora import load_for_more_training
 
 PREFIX_WEIGHTS_KEY = "prompt_embeddings"
 
@@ -51,8 +53,6 @@ def prepare(model, config):
     from peft import PrefixTuningConfig, get_peft_model
 
     if config.adapter_name_or_path:
-        from core.methods.lora import load_for_more_training
-
         return load_for_more_training(model, config)
     peft_config = PrefixTuningConfig(
         task_type="CAUSAL_LM",
@@ -89,8 +89,6 @@ class PrefixAdapter:
         peft_config = PeftConfig.from_pretrained(str(folder))
         weights = load_file(str(Path(folder) / "adapter_model.safetensors"))
         if PREFIX_WEIGHTS_KEY not in weights:
-            from core.errors import ModelError
-
             raise ModelError("model.no_prefix_weights", folder=str(folder), key=PREFIX_WEIGHTS_KEY)
         heads = peft_config.num_attention_heads
         return cls(weights[PREFIX_WEIGHTS_KEY], peft_config.num_layers, heads, peft_config.token_dim // heads)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from core.methods import lora
 from core.methods.base import ADAPTER, Field, Method
-from core.models.loader import DTYPES
+from core.models.loader import DTYPES, pick_device, pick_dtype
 
 QUANTIZATION_TYPES = ("nf4", "fp4")
 
@@ -49,8 +49,6 @@ def check(config, check) -> None:
 
 def quantization_config(config):
     from transformers import BitsAndBytesConfig
-
-    from core.models.loader import pick_device, pick_dtype
 
     if config.quantization_bit == 8:
         return BitsAndBytesConfig(load_in_8bit=True)

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from core.errors import ModelError
-from core.models import chatglm, demo
+from core.models import chatglm, demo, peft_moe
 from core.models.demo import DEMOS, default_demo_dir, ensure_demo_model
 
 log = logging.getLogger("glm_workbench")
@@ -178,8 +178,6 @@ def load_model(
     """Load the causal LM in eval mode on `device` (default: GPU if present), optionally quantized.
     `attn_implementation`: transformers' name (None: its default, PyTorch's sdpa)."""
     from transformers import AutoModelForCausalLM
-
-    from core.models import peft_moe
 
     register_native_classes()
     peft_moe.install()  # before any adapter is attached to the model: MoE targets kept as we write them

@@ -11,6 +11,7 @@ import importlib
 import pkgutil
 
 from core.data.pairs import PAIRS, ROWS
+from core.errors import config_error
 from core.stages.base import Stage
 
 # The order the train tab offers them in; a stage found but not listed here comes after these.
@@ -36,8 +37,6 @@ PAIRWISE: str = next(name for name, stage in STAGES.items() if stage.samples == 
 
 def get_stage(name: str) -> Stage:
     if name not in STAGES:
-        from core.errors import config_error
-
         raise config_error("stage", "config.one_of", value=name, show_value=True, choices=", ".join(STAGES))
     return STAGES[name]
 

@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+from core.errors import config_error
 from core.i18n import Message, message
 from core.ownership import RunLock
 from core.runs import LOG_FILE, STOP_FILE, read_status, update_status
@@ -155,8 +156,6 @@ ACCELERATE_KINDS = ("fsdp", "zero2", "zero3")
 def accelerate_config(kind: str, num_processes: int, num_machines: int = 1, mixed_precision: str = "bf16") -> dict:
     """An `accelerate launch --config_file` config for FSDP or DeepSpeed ZeRO-2/3."""
     if kind not in ACCELERATE_KINDS:
-        from core.errors import config_error
-
         raise config_error("--kind", "config.one_of", value=kind, show_value=True, choices=", ".join(ACCELERATE_KINDS))
     base = {
         "compute_environment": "LOCAL_MACHINE",

@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import RunConfig, load_yaml, save_yaml
+from core.data.pairs import check_preference_rows
 from core.errors import ConfigError, ConfigProblem, RunStateError
 from core.files import is_disk_full
+from core.methods import METHODS
+from core.models.loader import check_model_reference, locate_model
 from core.ownership import RunLock
 from core.runs import (
     ACTIVE_STATES,
@@ -32,6 +35,7 @@ from core.runs import (
     update_status,
 )
 from core.stages import get_stage, is_preference
+from core.training.preflight import check_model_fits_config, check_settings
 
 
 @dataclass
@@ -47,8 +51,6 @@ class ClaimedRun:
 def check_inputs(config: RunConfig) -> None:
     """Refuse, before any run folder exists, what cannot be used: wrong settings, a model that is not there, a
     dataset that cannot be read (its file, its format, its rows; for a preference stage, no pair in it)."""
-    from core.models.loader import check_model_reference, locate_model
-    from core.training.preflight import check_model_fits_config, check_settings
     from core.training.speed import check_speed_settings
 
     config.validate()
@@ -59,8 +61,6 @@ def check_inputs(config: RunConfig) -> None:
     check_model_fits_config(locate_model(config.model_name_or_path), config)
     for dataset in filter(None, (config.dataset, config.eval_dataset)):
         if is_preference(config.stage):  # a preference stage needs pairs (or, for KTO, kto_tag rows) in the file
-            from core.data.pairs import check_preference_rows
-
             check_preference_rows(dataset, get_stage(config.stage), config.dataset_format, config.columns)
         else:
             from core.data.prepare import check
@@ -71,8 +71,6 @@ def check_inputs(config: RunConfig) -> None:
 def check_adapters(config: RunConfig) -> None:
     """Refuse an adapter setting that names no adapter (a run folder counts: its adapter/ is used), naming the
     setting, the path and what was expected; reads only."""
-    from core.methods import METHODS
-
     method = METHODS.get(config.finetuning_type)
     keys = ["adapter_name_or_path", *(method.adapter_keys if method is not None else ())]
     problems = []

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 
 from core.config import RunConfig
+from core.models.loader import load_model, pick_device, pick_dtype, prepare_model
 from core.stages import get_stage
 from core.stages.base import Stage
 
@@ -63,7 +64,6 @@ def reference_model(config: RunConfig, method):
     adapter switched off, or TRL's "ref" copy of a continued adapter), and a stage without `reference` none."""
     if not get_stage(config.stage).reference or not method.trains_base:
         return None
-    from core.models.loader import load_model, pick_device, pick_dtype, prepare_model
 
     device = pick_device()
     path = prepare_model(config.model_name_or_path, config.trust_remote_code)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from core.config import RunConfig
 from core.data.dataset import TokenizedData, tokenize_dataset
+from core.data.pairs import tokenize_preferences
 from core.data.template import IGNORE_INDEX, resolve_template
-from core.errors import ConfigError, WorkbenchError
+from core.errors import ConfigError, WorkbenchError, config_error
 from core.files import is_disk_full, staged_dir
 from core.i18n import Message, message
 from core.methods import get_method
@@ -49,6 +50,9 @@ from core.training.checkpointing import (
     is_final,
     remove_partial_checkpoints,
 )
+from core.training.distributed import fsdp_arguments
+from core.training.lifecycle import claim_for_resume, claim_prepared, create_run
+from core.training.preference import drop_reference, preference_trainer, trainer_arguments
 from core.training.preflight import check_model_fits_config, check_settings
 
 log = logging.getLogger("glm_workbench")
@@ -181,7 +185,6 @@ class TrainingSession:
         if self.lock is not None or not is_main_process() or launched_by_owner(self.run_dir):
             return False
         from core.runs import CONFIG_FILE, STATUS_FILE
-        from core.training.lifecycle import claim_for_resume, claim_prepared, create_run
 
         if self.resume:
             self.lock = claim_for_resume(self.run_dir).lock
@@ -294,8 +297,6 @@ class TrainingSession:
         """SFT samples (ids + labels), or the preference stage's (core/data/pairs.py)."""
         config = self.config
         if is_preference(config.stage):
-            from core.data.pairs import tokenize_preferences
-
             return tokenize_preferences(
                 dataset,
                 tokenizer,
@@ -371,8 +372,6 @@ class TrainingSession:
 
     def _trainer(self, method, tokenizer, data, model, callbacks):
         if is_preference(self.config.stage):  # TRL's trainers compute their own losses (never the fused loss)
-            from core.training.preference import preference_trainer, trainer_arguments
-
             arguments_class, stage_settings = trainer_arguments(self.config)
             args = _training_arguments(
                 self.config, self.run_dir, bool(data.eval), self.show_progress, arguments_class, **stage_settings
@@ -394,7 +393,6 @@ class TrainingSession:
         balance = self.config.router_aux_loss_coef if routers(model) else 0.0
         if balance > 0:  # a MoE model: its routers' balance loss joins the training loss (router_balance.py)
             trainer_class = with_router_balance(trainer_class)
-        from core.training.distributed import fsdp_arguments
 
         args = _training_arguments(
             self.config, self.run_dir, len(data.eval) > 0, self.show_progress, **fsdp_arguments(self.config, model)
@@ -453,8 +451,6 @@ class TrainingSession:
             trainer.train(resume_from_checkpoint=checkpoint)
         aborted = stopper.stopped
         if is_preference(config.stage):
-            from core.training.preference import drop_reference
-
             drop_reference(trainer.model)
         save = method.save or save_model_and_tokenizer
         if getattr(trainer, "is_fsdp_enabled", False):
@@ -488,8 +484,6 @@ def tracking_callbacks(config: RunConfig, run_dir: Path) -> list:
     """TensorBoard writes into RUN/tensorboard (transformers' own callback would pick the working directory).
     A tracker that is not installed is named, with what to install, before the run trains a step."""
     import importlib.util
-
-    from core.errors import config_error
 
     packages = {"tensorboard": "tensorboard", "swanlab": "swanlab", "wandb": "wandb", "mlflow": "mlflow"}
     for name in config.trackers:

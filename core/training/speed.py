@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from core.config import RunConfig
 from core.errors import config_error
+from core.estimate import ModelShape, estimate_memory
 from core.stages import is_preference
 
 log = logging.getLogger("glm_workbench")
@@ -111,8 +112,6 @@ def _divisors_descending(number: int) -> list[int]:
 def pick_batch(config: RunConfig, shape, budget: float, on_gpu: bool, fits=None) -> BatchChoice:
     """The largest divisor b of the effective batch whose estimate fits the budget (and, given `fits`, passes
     that check too), with accumulation = effective / b. Falls back to a micro-batch of 1."""
-    from core.estimate import estimate_memory
-
     effective = config.per_device_train_batch_size * config.gradient_accumulation_steps
     for micro in _divisors_descending(effective):
         candidate = config.replace(per_device_train_batch_size=micro, gradient_accumulation_steps=effective // micro)
@@ -149,8 +148,6 @@ def gpu_probe(model, cutoff_len: int, vocab_size: int):
 
 def resolve_auto_batch(config: RunConfig, model, device: str) -> tuple[RunConfig, BatchChoice]:
     """The config with the chosen micro-batch and accumulation (the effective batch unchanged)."""
-    from core.estimate import ModelShape
-
     shape = ModelShape.from_config(model.config)
     on_gpu = device == "cuda"
     fits = gpu_probe(model, config.cutoff_len, shape.vocab) if on_gpu else None

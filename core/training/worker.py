@@ -11,13 +11,14 @@ import os
 import sys
 from pathlib import Path
 
+from core.config import load_yaml
+from core.errors import WorkbenchError
+from core.i18n import default_language
+
 
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from core.config import load_yaml
-    from core.errors import WorkbenchError
-    from core.i18n import default_language
     from core.runs import CONFIG_FILE
     from core.training.runner import TrainingSession
 
