@@ -13,7 +13,7 @@ from webui.tabs.data import create_data_tab
 from webui.tabs.evaluate import create_evaluate_tab
 from webui.tabs.export import create_export_tab
 from webui.tabs.runs import create_runs_tab
-from webui.tabs.train import create_train_tab
+from webui.tabs.train_layout import create_train_tab
 
 TAB_IDS = ("data", "train", "runs", "evaluate", "chat", "export")
 # How often each open page asks whether a list changed (a few file times and run states: cheap to answer).
