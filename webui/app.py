@@ -9,7 +9,7 @@ from core.workbench import Workbench
 from webui.context import UIContext
 from webui.locale import Translator
 from webui.tabs.chat_layout import create_chat_tab
-from webui.tabs.data import create_data_tab
+from webui.tabs.data_layout import create_data_tab
 from webui.tabs.evaluate_layout import create_evaluate_tab
 from webui.tabs.export import create_export_tab
 from webui.tabs.runs import create_runs_tab

@@ -14,7 +14,7 @@ from core.evaluation.arena import BASE, ArenaSettings
 from core.evaluation.evaluate import EvalSettings
 from webui.context import UIContext, handler
 from webui.formatting import reply_markdown
-from webui.tabs.data import dataset_options
+from webui.tabs.data_handlers import dataset_options
 
 # The arena's page: status, prompt, left, right, the three verdict buttons, the result and where it is.
 SHOWN = 9

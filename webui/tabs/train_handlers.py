@@ -17,7 +17,7 @@ from core.suggest import learning_rate_for
 from webui.charts import loss_figure, wants_log_scale
 from webui.context import UIContext, handler
 from webui.formatting import format_duration
-from webui.tabs.data import dataset_options
+from webui.tabs.data_handlers import dataset_options
 
 # The form's defaults suit the tiny demo model: it learns the identity set in well under a minute.
 DEMO_DEFAULTS = RunConfig(learning_rate=4e-3, num_train_epochs=5, cutoff_len=512, prefix_projection=True)
