@@ -11,8 +11,8 @@ from webui.locale import Translator
 from webui.tabs.chat_layout import create_chat_tab
 from webui.tabs.data_layout import create_data_tab
 from webui.tabs.evaluate_layout import create_evaluate_tab
-from webui.tabs.export import create_export_tab
-from webui.tabs.runs import create_runs_tab
+from webui.tabs.export_layout import create_export_tab
+from webui.tabs.runs_layout import create_runs_tab
 from webui.tabs.train_layout import create_train_tab
 
 TAB_IDS = ("data", "train", "runs", "evaluate", "chat", "export")
