@@ -32,7 +32,7 @@ def main() -> None:
     from core.data.dataset import load_conversations
     from core.models.loader import prepare_model
     from core.workbench import Workbench
-    from webui.tabs.train import DEMO_DEFAULTS
+    from webui.tabs.train_handlers import DEMO_DEFAULTS
 
     started = time.perf_counter()
     prepare_model("demo")

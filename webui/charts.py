@@ -109,6 +109,27 @@ def loss_figure(metrics: list[dict[str, Any]], t, log_scale: bool | None = None,
             height=520, margin={"l": 50, "r": 30, "t": 40, "b": 40}, template="plotly_white", modebar_remove=NO_TOOLBAR
         )
         return figure
+    eval_losses = _add_losses(figure, metrics, t, smoothing, use_log)
+    _add_progress(figure, metrics, t)
+    if preference:
+        _add_preference(figure, metrics, t)
+    if use_log:
+        log_axis(figure, losses + eval_losses, row=1, col=1)
+    figure.update_layout(
+        height=760 if preference else 520,
+        margin={"l": 50, "r": 30, "t": 40, "b": 40},
+        template="plotly_white",
+        modebar_remove=NO_TOOLBAR,
+        legend={"orientation": "h", "y": -0.12},
+    )
+    figure.update_xaxes(title_text=t("step"), row=len(specs))
+    return figure
+
+
+def _add_losses(figure: go.Figure, metrics: list[dict[str, Any]], t, smoothing: bool, use_log: bool) -> list[float]:
+    """The first row: train loss (raw, and smoothed) with eval loss, and eval perplexity. Returns the eval losses
+    (the log axis spans them too)."""
+    steps, losses = _series(metrics, "loss")
     figure.add_trace(
         go.Scatter(
             x=steps,
@@ -162,6 +183,11 @@ def loss_figure(metrics: list[dict[str, Any]], t, log_scale: bool | None = None,
     else:
         _hide_axes(figure, row=1, col=2)
         _note(figure, t("perplexity_hint"), 0.78, 0.8)
+    return eval_losses
+
+
+def _add_progress(figure: go.Figure, metrics: list[dict[str, Any]], t) -> None:
+    """The second row: learning rate; tokens/s with memory on its own axis."""
     figure.add_trace(
         go.Scatter(
             x=_series(metrics, "learning_rate")[0],
@@ -195,19 +221,6 @@ def loss_figure(metrics: list[dict[str, Any]], t, log_scale: bool | None = None,
         col=2,
         secondary_y=True,
     )
-    if preference:
-        _add_preference(figure, metrics, t)
-    if use_log:
-        log_axis(figure, losses + eval_losses, row=1, col=1)
-    figure.update_layout(
-        height=760 if preference else 520,
-        margin={"l": 50, "r": 30, "t": 40, "b": 40},
-        template="plotly_white",
-        modebar_remove=NO_TOOLBAR,
-        legend={"orientation": "h", "y": -0.12},
-    )
-    figure.update_xaxes(title_text=t("step"), row=len(specs))
-    return figure
 
 
 # The preference figures the stages' charts draw (core/stages/: each stage's `chart`, names in metrics.jsonl).

@@ -1,13 +1,15 @@
-"""Export tab: one click builds a finished run's adapter (or model) zip and downloads it."""
+"""Export tab: one click builds a finished run's adapter (or model) zip and downloads it. This module lays the tab
+out and wires its events; what the events do is in export_handlers.py."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from functools import partial
 
 import gradio as gr
 
 from core.models.loader import DTYPES
 from webui.context import UIContext
+from webui.tabs import export_handlers as h
 
 # After the zip is built: the hidden DownloadButton holds it; clicking it makes the browser download it.
 CLICK_DOWNLOAD = """() => {
@@ -45,60 +47,19 @@ def create_export_tab(ctx: UIContext) -> dict:
         merged_build = gr.Button(t("export_merged_download"), visible=False, elem_id="export-merged-download")
         merged_file = gr.DownloadButton(visible="hidden", elem_id="export-merged-file")
 
-    def chosen(name: str | None):
-        """A run chosen (by the user, or by the page as it opens): checked, nothing written."""
-        if not name:
-            return None, ""
-        try:
-            path = ctx.wb.run_path(name)
-        except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
-            return None, ctx.error(exc)
-        return None, t("export_will_build", file=f"{path.name}.zip")
-
-    def prepare(name: str | None):
-        """The click: build the zip now; the browser then downloads it."""
-        if not name:
-            return None, t("export_choose_run")
-        try:
-            path = ctx.wb.export_zip(name)
-        except Exception as exc:  # noqa: BLE001 - ours are explained, anything else is reported as a bug
-            return None, ctx.error(exc)
-        return path, t("export_ready", file=Path(path).name)
-
-    def refresh_runs(folder: str, current: str | None):
-        """Lists read afresh. The chosen run stays chosen (and its zip's notice stays) while it exists."""
-        runs = ctx.wb.runs_with_results()
-        suggestion = folder or str(ctx.wb.exports / "merged")
-        if not runs:
-            return gr.update(choices=[], value=None), t("export_empty"), suggestion
-        return gr.update(choices=runs, value=current if current in runs else runs[0]), gr.skip(), suggestion
-
-    def merge_run(name: str | None, folder: str, dtype: str, shard: str, replace: bool):
-        try:
-            path = ctx.wb.merge_run(name or "", folder, dtype, shard, overwrite=bool(replace))
-        except Exception as exc:  # noqa: BLE001
-            return ctx.error(exc), "", gr.update(visible=False)
-        return t("export_merged", path=path), path, gr.update(visible=True)
-
-    def zip_merged(folder: str):
-        try:
-            path = ctx.wb.merged_zip(folder)
-        except Exception as exc:  # noqa: BLE001
-            return None, ctx.error(exc)
-        return path, t("export_ready", file=Path(path).name)
-
-    run.change(chosen, run, [download, notice], api_name=False)
-    build.click(prepare, run, [download, notice], api_name="export_zip").then(
+    run.change(partial(h.chosen, ctx), run, [download, notice], api_name=False)
+    build.click(partial(h.prepare, ctx), run, [download, notice], api_name="export_zip").then(
         None, None, None, js=CLICK_DOWNLOAD, api_name=False
     )
     merge.click(
-        merge_run,
+        partial(h.merge_run, ctx),
         [run, merge_dir, merge_dtype, shard_size, overwrite],
         [merge_notice, merged_folder, merged_build],
         api_name="merge_run",
     )
-    merged_build.click(zip_merged, merged_folder, [merged_file, merge_notice], api_name="merged_zip").then(
-        None, None, None, js=CLICK_DOWNLOAD.replace("#export-file", "#export-merged-file"), api_name=False
-    )
+    merged_build.click(
+        partial(h.zip_merged, ctx), merged_folder, [merged_file, merge_notice], api_name="merged_zip"
+    ).then(None, None, None, js=CLICK_DOWNLOAD.replace("#export-file", "#export-merged-file"), api_name=False)
+    refresh_runs = partial(h.refresh_runs, ctx)
     refresh.click(refresh_runs, [merge_dir, run], [run, notice, merge_dir], api_name=False)
     return {"run": run, "refresh": (refresh_runs, [merge_dir, run], [run, notice, merge_dir])}
