@@ -87,8 +87,8 @@ def test_whole_flow_in_the_browser(browser, server, lang, tmp_path, demo_model_d
     # Train: the chart draws from the first steps; abort; resume; finish.
     open_tab(page, t("tab_train"))
     expect(page.locator("#train-abort")).to_be_disabled()  # nothing to abort yet
-    fill_number(page, "field-max_steps", 150)
-    fill_number(page, "field-learning_rate", 0.002)  # learns the identity answer in 150 steps
+    fill_number(page, "field-max_steps", 300)
+    fill_number(page, "field-learning_rate", 0.002)  # 300 steps at the 4-epoch default's rate would overfit
     page.locator("#train-start").click()
     expect(page.locator("#train-message")).to_contain_text(t("started", run="").split(" ")[0])
     run = newest_run(workspace)
@@ -102,14 +102,14 @@ def test_whole_flow_in_the_browser(browser, server, lang, tmp_path, demo_model_d
     page.locator("#train-abort").click()
     expect(page.locator("#train-progress")).to_contain_text(t.state("aborted"), timeout=SLOW_MS)
     aborted_points = chart_points(page, "train-chart")
-    assert 3 <= aborted_points < 150
+    assert 3 <= aborted_points < 300
     expect(page.locator("#train-resume")).to_be_enabled()
     page.locator("#train-resume").click()
     expect(page.locator("#train-progress")).to_contain_text(t.state("finished"), timeout=SLOW_MS)
-    expect(page.locator("#train-progress")).to_contain_text("150/150")
+    expect(page.locator("#train-progress")).to_contain_text("300/300")
     page.wait_for_function(
         "() => { const p = document.querySelector('#train-chart .js-plotly-plot');"
-        " return p && p.data && p.data[0] && p.data[0].y.length >= 150; }"
+        " return p && p.data && p.data[0] && p.data[0].y.length >= 300; }"
     )
     expect(page.locator("#train-message")).to_be_empty()  # the "resuming…" notice went with the run's end
 

@@ -215,7 +215,8 @@ def test_uploads_runs_and_evaluation_always_show_the_current_state(browser, serv
     expect(page.locator("#train-progress")).to_contain_text(t.state("finished"), timeout=SLOW_MS)
     run = max((workspace / "runs").iterdir(), key=lambda p: p.stat().st_mtime).name
     expect(page.locator("#train-log-scale input")).to_be_checked()  # the loss fell more than a decade
-    assert page.evaluate("() => document.querySelector('#train-chart .js-plotly-plot').layout.yaxis.type") == "log"
+    # The chart redraws on the next poll after the progress line says finished.
+    page.wait_for_function("() => document.querySelector('#train-chart .js-plotly-plot')?.layout?.yaxis?.type == 'log'")
     expect(page.locator("#train-try-chat")).to_be_visible()
     # The log opens on its newest lines (on a busy machine too: the box is laid out late there).
     open_accordion(page, t("log_label"))

@@ -122,7 +122,7 @@ def test_votes_reach_every_tab_and_train_dpo_without_a_reload(browser, server, l
     expect(other.locator("#train-progress")).to_contain_text(t.state("finished"), timeout=SLOW_MS)
     dpo_run = max((workspace / "runs").iterdir(), key=lambda p: p.stat().st_mtime).name
     traces = "() => document.querySelector('#train-chart .js-plotly-plot').data.map(d => d.name)"
-    assert t("loss_smoothed") in other.evaluate(traces)
+    other.wait_for_function(f"() => ({traces})().includes({json.dumps(t('loss_smoothed'))})")  # the next poll's chart
     other.locator("#train-smooth input").uncheck()
     other.wait_for_function(f"() => !({traces})().includes({json.dumps(t('loss_smoothed'))})")
     other.locator("#train-log-scale input").check()  # a log axis: ticks as powers of ten, never "690m" or "1n"
