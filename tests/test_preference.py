@@ -69,10 +69,9 @@ def dpo_config(sft_run, pairs_file, **changes) -> RunConfig:
     return RunConfig(**{**settings, **changes})
 
 
-def margin(run_dir, pairs: list[dict]) -> float:
-    """Mean over the pairs of log p(chosen) - log p(rejected) under the run's model (answers as the template
-    frames them, end token included)."""
-    trained = load_trained(run_dir)
+def answer_margin(trained, pairs: list[dict], per_token: bool = False) -> float:
+    """Mean over the pairs of log p(chosen) - log p(rejected) under a loaded model (answers as the template
+    frames them, end token included); `per_token`: each answer's mean token log-probability instead of its sum."""
     encoder = TemplateEncoder(trained.tokenizer, "glm4")
     total = 0.0
     for pair in pairs:
@@ -82,8 +81,14 @@ def margin(run_dir, pairs: list[dict]) -> float:
             with torch.inference_mode():
                 logits = trained.logits(torch.tensor([prompt_ids + answer_ids]))[0].float()
             positions = torch.arange(len(prompt_ids) - 1, len(prompt_ids) + len(answer_ids) - 1)
-            total += sign * logits.log_softmax(-1)[positions, torch.tensor(answer_ids)].sum().item()
+            scores = logits.log_softmax(-1)[positions, torch.tensor(answer_ids)]
+            total += sign * (scores.mean() if per_token else scores.sum()).item()
     return total / len(pairs)
+
+
+def margin(run_dir, pairs: list[dict]) -> float:
+    """answer_margin of a run's saved model."""
+    return answer_margin(load_trained(run_dir), pairs)
 
 
 def first_step(run_dir) -> dict:

@@ -5,29 +5,19 @@ the mean token log-probability itself), and it leaves a LoRA adapter like any pr
 from __future__ import annotations
 
 import pytest
-import torch
 
 from core.config import RunConfig
 from core.data.readers import read_rows, resolve_dataset
-from core.data.template import TemplateEncoder
 from core.evaluation.trained import TrainedModel, load_base, load_trained
 from core.runs import read_metrics, read_status
 from core.training.runner import TrainingSession
+from tests.test_preference import answer_margin
 
 
 def token_margin(trained: TrainedModel, pairs: list[dict]) -> float:
     """Mean over the pairs of (mean token log p(chosen) - mean token log p(rejected)), computed from the saved
     model (not from the trainer's log), the answers as the chat template frames them."""
-    encoder = TemplateEncoder(trained.tokenizer, "glm4")
-    total = 0.0
-    for pair in pairs:
-        prompt = [{"role": "user", "content": pair["instruction"]}]
-        for sign, answer in ((1, pair["chosen"]), (-1, pair["rejected"])):
-            prompt_ids, answer_ids = encoder.encode_completion(prompt, answer)
-            logits = trained.logits(torch.tensor([prompt_ids + answer_ids]))[0].float()
-            positions = torch.arange(len(prompt_ids) - 1, len(prompt_ids) + len(answer_ids) - 1)
-            total += sign * logits.log_softmax(-1)[positions, torch.tensor(answer_ids)].mean().item()
-    return total / len(pairs)
+    return answer_margin(trained, pairs, per_token=True)
 
 
 def losses(run_dir) -> list[dict]:
