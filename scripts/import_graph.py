@@ -2,7 +2,8 @@
 
 Layers, lowest first (a module may import its own layer and any layer below it):
 
-  0  core.i18n, core.resources, core.processes, core.errors   words, paths, processes, the error kinds
+  0  core.i18n, core.resources, core.processes, core.errors,  words, paths, processes, the error kinds,
+     core.registry                                             finding plug-in modules
   1  core.files, core.ownership, core.runs, core.feedback      what lies on disk: markers, owners, run folders
   2  core.data                                                 datasets: reading, formats, templates, caches
   3  core.models                                               model files: demo, conversion, loading
@@ -29,7 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "webui")
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("core", "core.i18n", "core.resources", "core.processes", "core.errors"),  # "core": its empty __init__.py
+    # "core": its empty __init__.py
+    ("core", "core.i18n", "core.resources", "core.processes", "core.errors", "core.registry"),
     ("core.files", "core.ownership", "core.runs", "core.feedback"),
     ("core.data",),
     ("core.models",),

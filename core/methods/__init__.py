@@ -6,28 +6,17 @@ estimate, the runner, the chat/eval loaders and the train tab all read what they
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from pathlib import Path
 
 from core.errors import config_error
 from core.methods.base import InputAdapter, Method
+from core.registry import discover
 
 # The order the train tab offers them in; a method found but not listed here comes after these.
 PREFERRED_ORDER = ("lora", "qlora", "freeze", "full", "ptuning_v2", "distill")
 
 
-def _discover() -> dict[str, Method]:
-    found: dict[str, Method] = {}
-    for module in pkgutil.iter_modules(__path__):
-        method = getattr(importlib.import_module(f"{__name__}.{module.name}"), "METHOD", None)
-        if isinstance(method, Method):
-            found[method.name] = method
-    rank = {name: index for index, name in enumerate(PREFERRED_ORDER)}
-    return dict(sorted(found.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0])))
-
-
-METHODS: dict[str, Method] = _discover()
+METHODS: dict[str, Method] = discover(__name__, __path__, "METHOD", Method, PREFERRED_ORDER)
 
 
 def load_input_adapter(folder: str | Path) -> InputAdapter | None:

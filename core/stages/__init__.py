@@ -7,28 +7,16 @@ they need from its `Stage`.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from core.data.pairs import PAIRS, ROWS
 from core.errors import config_error
+from core.registry import discover
 from core.stages.base import Stage
 
 # The order the train tab offers them in; a stage found but not listed here comes after these.
 PREFERRED_ORDER = ("sft", "dpo", "orpo", "kto")
 
 
-def _discover() -> dict[str, Stage]:
-    found: dict[str, Stage] = {}
-    for module in pkgutil.iter_modules(__path__):
-        stage = getattr(importlib.import_module(f"{__name__}.{module.name}"), "STAGE", None)
-        if isinstance(stage, Stage):
-            found[stage.name] = stage
-    rank = {name: index for index, name in enumerate(PREFERRED_ORDER)}
-    return dict(sorted(found.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0])))
-
-
-STAGES: dict[str, Stage] = _discover()
+STAGES: dict[str, Stage] = discover(__name__, __path__, "STAGE", Stage, PREFERRED_ORDER)
 # Supervised fine-tuning: the default stage, and the one data without pairs suggests.
 SUPERVISED: str = next(name for name, stage in STAGES.items() if stage.samples == ROWS)
 # The stage pairwise data suggests: the first that trains on pairs.
