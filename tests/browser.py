@@ -97,6 +97,34 @@ def settled_text(locator, timeout: float = 600, quiet: float = 1.5) -> str:
     raise TimeoutError(f"text did not settle: {last!r}")
 
 
+def start_run(page, workspace: Path, button: str = "#train-start", timeout: float = 180) -> str:
+    """Click Start (or Resume's sibling `button`) and return the new run's name once its folder exists. A page that
+    still shows an earlier run as finished must never pass for this one having finished."""
+    runs = workspace / "runs"
+
+    def names() -> set[str]:
+        return {p.name for p in runs.iterdir() if not p.name.startswith(".")} if runs.is_dir() else set()
+
+    before = names()
+    page.locator(button).click()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        new = names() - before
+        if new:
+            return new.pop()
+        time.sleep(0.2)
+    raise AssertionError(f"no new run folder in {runs} after clicking {button}")
+
+
+def wait_finished(page, t, run: str) -> None:
+    """The progress line names `run` (not an earlier run) and says it finished."""
+    from playwright.sync_api import expect
+
+    progress = page.locator("#train-progress")
+    expect(progress).to_contain_text(run, timeout=SLOW_MS)
+    expect(progress).to_contain_text(t.state("finished"), timeout=SLOW_MS)
+
+
 def chart_points(page, elem_id: str) -> int:
     """How many points the first trace of a plotly chart holds (0 before it is drawn)."""
     return page.evaluate(

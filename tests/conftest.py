@@ -91,6 +91,22 @@ def identity_run_dir(identity_run) -> Path:
     return wb.run_path(run)
 
 
+@pytest.fixture(scope="session")
+def tool_caller_run_dir(tmp_path_factory, demo_model_dir) -> Path:
+    """The MoE demo trained on the demo tool-calling set through the Workbench (20 epochs at 5e-3: with 10 it
+    called no tool), once per session for the files that use a tool caller: tests/test_tool_calling.py copies it into
+    its UI's workspace, tests/test_api_tools.py serves its adapter. Tests only read this folder."""
+    from core.config import RunConfig
+    from core.workbench import Workbench
+
+    wb = Workbench(tmp_path_factory.mktemp("tool-caller-workspace"))
+    config = RunConfig(model_name_or_path="demo-moe", dataset="tool_calls", num_train_epochs=20, learning_rate=5e-3)
+    run = wb.start_training(config)
+    wb.wait_for_job(1800)
+    assert wb.snapshot(run).state == "finished"
+    return wb.run_path(run)
+
+
 def copy_run(run_dir: Path, workspace: Path) -> str:
     """A finished run copied into another workspace (its name kept), for a test that writes beside it: arenas,
     evaluations and votes then land in that copy, never in the session's shared run."""

@@ -11,9 +11,7 @@ import pytest
 
 from core.api import ApiServer, create_api
 from core.chat.engine import ChatEngine
-from core.config import RunConfig
 from core.data.readers import resolve_dataset
-from core.training.runner import TrainingSession
 from tests.ui_server import free_port
 
 pytestmark = pytest.mark.slow
@@ -32,10 +30,8 @@ QUESTION = [{"role": "user", "content": "北京今天天气怎么样？"}]
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    run = tmp_path_factory.mktemp("tools") / "run"
-    config = RunConfig(model_name_or_path="demo-moe", dataset="tool_calls", num_train_epochs=20, learning_rate=5e-3)
-    assert TrainingSession(config, run).run()["state"] == "finished"
+def api(tool_caller_run_dir):
+    run = tool_caller_run_dir
     engine = ChatEngine()
     engine.load_model("demo-moe")
     server = ApiServer(create_api(engine, "demo-moe", lambda: {"tools": str(run / "adapter")}), port=free_port())

@@ -11,7 +11,6 @@ from __future__ import annotations
 import shutil
 import time
 import zipfile
-from pathlib import Path
 
 import pytest
 
@@ -25,6 +24,7 @@ from tests.browser import (
     pick,
     screenshot,
     settled_text,
+    start_run,
 )
 from tests.conftest import REPO
 from tests.ui_server import running_ui
@@ -51,10 +51,6 @@ def new_page(browser, url: str):
     page.goto(url)
     expect(page.locator("#data-summary")).not_to_be_empty(timeout=PAGE_MS)
     return page
-
-
-def newest_run(workspace: Path) -> str:
-    return max((workspace / "runs").iterdir(), key=lambda p: p.stat().st_mtime).name
 
 
 def ask(page, text: str) -> str:
@@ -89,9 +85,8 @@ def test_whole_flow_in_the_browser(browser, server, lang, tmp_path, demo_model_d
     expect(page.locator("#train-abort")).to_be_disabled()  # nothing to abort yet
     fill_number(page, "field-max_steps", 300)
     fill_number(page, "field-learning_rate", 0.002)  # 300 steps at the 4-epoch default's rate would overfit
-    page.locator("#train-start").click()
+    run = start_run(page, workspace)
     expect(page.locator("#train-message")).to_contain_text(t("started", run="").split(" ")[0])
-    run = newest_run(workspace)
     expect(page.locator("#train-progress")).to_contain_text(run)
     page.wait_for_function(
         "() => { const p = document.querySelector('#train-chart .js-plotly-plot');"
@@ -181,9 +176,8 @@ def test_refresh_second_tab_and_closed_browser_during_training(browser, server):
     first = new_page(browser, f"{root}en/")
     open_tab(first, t("tab_train"))
     fill_number(first, "field-max_steps", 5000)
-    first.locator("#train-start").click()
+    run = start_run(first, workspace)
     expect(first.locator("#train-message")).to_contain_text(t("started", run="").split(" ")[0])
-    run = newest_run(workspace)
     expect(first.locator("#train-progress")).to_contain_text(t.state("running"), timeout=SLOW_MS)
 
     # A refresh shows the same run, still training, with its chart and its settings in the form.

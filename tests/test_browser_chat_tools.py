@@ -11,7 +11,18 @@ import re
 import pytest
 
 from core.data.readers import resolve_dataset
-from tests.browser import PAGE_MS, SLOW_MS, fill_number, open_accordion, open_tab, pick, screenshot, settled_text
+from tests.browser import (
+    PAGE_MS,
+    fill_number,
+    open_accordion,
+    open_tab,
+    options_once_listed,
+    pick,
+    screenshot,
+    settled_text,
+    start_run,
+    wait_finished,
+)
 from tests.ui_server import running_ui
 from webui.locale import Translator
 
@@ -38,15 +49,21 @@ def server(tmp_path_factory, demo_model_dir):
         yield url.removesuffix("en/"), workspace
 
 
-@pytest.mark.parametrize(("lang", "locale"), [("zh", "zh-CN"), ("en", "en-US")])
-def test_a_newcomer_trains_a_tool_caller_and_answers_its_call(browser, server, lang, locale, tmp_path):
-    root, workspace = server
-    t = Translator(lang)
-    shots = tmp_path / "screenshots"
+def new_page(browser, root: str, lang: str, locale: str):
     page = browser.new_page(viewport={"width": 1360, "height": 900}, locale=locale)
     page.set_default_timeout(PAGE_MS)
     page.goto(f"{root}{lang}/")
     expect(page.locator("#data-summary")).not_to_be_empty(timeout=PAGE_MS)
+    return page
+
+
+def test_a_newcomer_trains_a_tool_caller_and_answers_its_call(browser, server, tmp_path):
+    """Trained once from a Chinese page (zh-CN locale); its chat is then driven in zh and, from an English page in an
+    en-US locale that picks the run by hand, in en."""
+    root, workspace = server
+    t = Translator("zh")
+    shots = tmp_path / "screenshots"
+    page = new_page(browser, root, "zh", "zh-CN")
 
     # The demo tool-calling set, the MoE demo, a short training that teaches it to call a tool.
     pick(page, "data-dataset", "tool_calls")
@@ -55,14 +72,27 @@ def test_a_newcomer_trains_a_tool_caller_and_answers_its_call(browser, server, l
     pick(page, "field-model_name_or_path", "demo-moe")
     fill_number(page, "field-num_train_epochs", 20)
     fill_number(page, "field-learning_rate", 0.005)
-    page.locator("#train-start").click()
-    expect(page.locator("#train-progress")).to_contain_text(t.state("finished"), timeout=SLOW_MS)
-    run = max((workspace / "runs").iterdir(), key=lambda p: p.stat().st_mtime).name
-    expect(page.locator("#train-progress")).to_contain_text(run)
+    run = start_run(page, workspace)
+    wait_finished(page, t, run)
     page.locator("#train-try-chat").click()
     expect(page.locator("#chat-model input[role=combobox]")).to_have_value("demo-moe")
     expect(page.locator("#chat-adapter input[role=combobox]")).to_have_value(run)
+    chat_with_the_tool_caller(page, t, run, workspace, shots)
+    page.close()
 
+    t = Translator("en")
+    page = new_page(browser, root, "en", "en-US")
+    open_tab(page, t("tab_chat"))
+    pick(page, "chat-model", "demo-moe")
+    options_once_listed(page, "chat-adapter", run)
+    pick(page, "chat-adapter", run)
+    expect(page.locator("#chat-adapter input[role=combobox]")).to_have_value(run)
+    chat_with_the_tool_caller(page, t, run, workspace, shots)
+    page.close()
+
+
+def chat_with_the_tool_caller(page, t: Translator, run: str, workspace, shots) -> None:
+    lang = t.lang
     # Chat: the reasoning is a collapsed thought with its length in tokens; the call is a call, not markup.
     open_accordion(page, t("gen_settings"))
     page.locator("#chat-greedy input").check()

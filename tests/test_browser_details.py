@@ -15,7 +15,17 @@ import shutil
 
 import pytest
 
-from tests.browser import PAGE_MS, SLOW_MS, fill_number, open_accordion, open_tab, options_once_listed, settled_text
+from tests.browser import (
+    PAGE_MS,
+    SLOW_MS,
+    fill_number,
+    open_accordion,
+    open_tab,
+    options_once_listed,
+    settled_text,
+    start_run,
+    wait_finished,
+)
 from tests.conftest import REPO
 from tests.ui_server import running_ui
 from webui.locale import Translator
@@ -211,9 +221,8 @@ def test_uploads_runs_and_evaluation_always_show_the_current_state(browser, serv
     open_accordion(page, t("compare_title"))
     open_tab(page, t("tab_train"))
     fill_number(page, "field-max_steps", 60)
-    page.locator("#train-start").click()
-    expect(page.locator("#train-progress")).to_contain_text(t.state("finished"), timeout=SLOW_MS)
-    run = max((workspace / "runs").iterdir(), key=lambda p: p.stat().st_mtime).name
+    run = start_run(page, workspace)
+    wait_finished(page, t, run)
     expect(page.locator("#train-log-scale input")).to_be_checked()  # the loss fell more than a decade
     # The chart redraws on the next poll after the progress line says finished.
     page.wait_for_function("() => document.querySelector('#train-chart .js-plotly-plot')?.layout?.yaxis?.type == 'log'")

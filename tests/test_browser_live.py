@@ -15,7 +15,18 @@ import pytest
 from core.config import RunConfig
 from core.feedback import FeedbackStore
 from core.workbench import Workbench
-from tests.browser import PAGE_MS, SLOW_MS, fill_number, open_accordion, open_tab, pick, screenshot, settled_text
+from tests.browser import (
+    PAGE_MS,
+    SLOW_MS,
+    fill_number,
+    open_accordion,
+    open_tab,
+    pick,
+    screenshot,
+    settled_text,
+    start_run,
+    wait_finished,
+)
 from tests.ui_server import running_ui
 from webui.locale import Translator
 
@@ -118,9 +129,8 @@ def test_votes_reach_every_tab_and_train_dpo_without_a_reload(browser, server, l
     # DPO on the votes; the first tab's Runs table lists it, with its stage, without a reload.
     open_tab(other, t("tab_train"))
     fill_number(other, "field-max_steps", 3)
-    other.locator("#train-start").click()
-    expect(other.locator("#train-progress")).to_contain_text(t.state("finished"), timeout=SLOW_MS)
-    dpo_run = max((workspace / "runs").iterdir(), key=lambda p: p.stat().st_mtime).name
+    dpo_run = start_run(other, workspace)
+    wait_finished(other, t, dpo_run)
     traces = "() => document.querySelector('#train-chart .js-plotly-plot').data.map(d => d.name)"
     other.wait_for_function(f"() => ({traces})().includes({json.dumps(t('loss_smoothed'))})")  # the next poll's chart
     other.locator("#train-smooth input").uncheck()

@@ -17,10 +17,8 @@ import sys
 import pytest
 
 from core.chat.turns import EXAMPLE_TOOLS
-from core.config import RunConfig
 from core.data.readers import resolve_dataset
-from core.workbench import Workbench
-from tests.conftest import REPO
+from tests.conftest import REPO, copy_run
 from tests.ui_server import running_ui
 from webui.locale import Translator
 
@@ -35,14 +33,9 @@ T = Translator("en")
 
 
 @pytest.fixture(scope="module")
-def ui(tmp_path_factory):
+def ui(tmp_path_factory, tool_caller_run_dir):
     workspace = tmp_path_factory.mktemp("chat-tools") / "workspace"
-    wb = Workbench(workspace)
-    run = wb.start_training(
-        RunConfig(model_name_or_path="demo-moe", dataset="tool_calls", num_train_epochs=20, learning_rate=5e-3)
-    )
-    wb.wait_for_job(1800)
-    assert wb.snapshot(run).state == "finished"
+    run = copy_run(tool_caller_run_dir, workspace)  # evaluation writes beside it: a copy of the session's run
     with running_ui(workspace) as url:
         yield gradio_client.Client(url, verbose=False), workspace, run
 
