@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.data.formats import Conversation, ConversionResult, RowProblem, convert, parse_columns, rename_columns
+from core.data.images import image_check
 from core.data.readers import read_rows, resolve_dataset
 from core.data.template import TemplateEncoder
 from core.errors import DataError
@@ -36,7 +37,7 @@ def load_conversations(name_or_path: str, fmt: str = "auto", columns: str = "") 
     path = resolve_dataset(name_or_path)
     rows = read_rows(path)
     try:
-        result = convert(rename_columns(rows, parse_columns(columns)), fmt)
+        result = convert(rename_columns(rows, parse_columns(columns)), fmt, inspect=image_check(path.parent))
     except DataError as exc:
         raise exc.located(path) from None  # the same kind of error, now naming the file
     return LoadedData(str(path), rows, result)

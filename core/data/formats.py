@@ -33,6 +33,9 @@ class Conversation:
     rejected: str | None = None  # pairwise rows: the rejected answer (the chosen one is the last message)
     label: bool | None = None  # kto_tag rows: whether the last answer is desirable
     tools: list[dict[str, Any]] | None = None  # the functions the model may call (OpenAI's `tools`)
+    # Image rows: the images in order, as the row names them (path or data: URI); each sits where an `<image>`
+    # placeholder is in a user message's text. None: a text-only row (no `images` column, no image parts).
+    images: list[str] | None = None
 
     @property
     def is_pair(self) -> bool:
@@ -105,7 +108,10 @@ STANDARD_COLUMNS = (
     "kto_tag",
     "reasoning",
     "tools",
+    "images",
 )
+IMAGE_PLACEHOLDER = "<image>"  # LLaMA-Factory's: where an image sits in a message's text
+REMOTE_SCHEMES = ("http://", "https://")
 
 
 def parse_columns(text: str) -> dict[str, str]:
@@ -168,14 +174,19 @@ def detect_format(rows: list[dict[str, Any]]) -> str:
     raise UnknownColumnsError("data.unknown_columns", row=1, found=found, expected=expected)
 
 
-def convert(rows: list[dict[str, Any]], fmt: str = "auto") -> ConversionResult:
-    """Convert rows of one format to conversations, collecting per-row problems."""
+def convert(
+    rows: list[dict[str, Any]], fmt: str = "auto", inspect: Callable[[Conversation], None] | None = None
+) -> ConversionResult:
+    """Convert rows of one format to conversations, collecting per-row problems. `inspect` checks what the rows
+    only name (core/data/images.py opens each row's images) and raises RowError for a row it refuses."""
     fmt = resolve_format(rows, fmt)
     converter = CONVERTERS[fmt]
     result = ConversionResult(format=fmt, conversations=[])
     for index, row in enumerate(rows, start=1):
         try:
             conversation = _check(converter(row))
+            if inspect is not None:
+                inspect(conversation)
             conversation.label = _kto_tag(row)
             result.conversations.append(conversation)
         except RowError as exc:
@@ -196,9 +207,12 @@ def resolve_format(rows: list[dict[str, Any]], fmt: str = "auto") -> str:
     return fmt
 
 
-def convert_row(row: dict[str, Any], fmt: str) -> Conversation:
+def convert_row(row: dict[str, Any], fmt: str, inspect: Callable[[Conversation], None] | None = None) -> Conversation:
     """One row of a known format as a checked conversation; RowError says why it cannot be one."""
-    return _check(CONVERTERS[fmt](row))
+    conversation = _check(CONVERTERS[fmt](row))
+    if inspect is not None:
+        inspect(conversation)
+    return conversation
 
 
 def _text(row: dict[str, Any], key: str, required: bool = True) -> str:
@@ -239,7 +253,7 @@ def _alpaca(row: dict[str, Any]) -> Conversation:
     if reasoning:
         answer["reasoning"] = reasoning  # a reasoning column (mapped in Column mapping): the answer's thinking
     messages = _pairs(row, "history") + [{"role": "user", "content": prompt}, answer]
-    return Conversation(messages, _text(row, "system", required=False), tools=_tools(row))
+    return Conversation(messages, _text(row, "system", required=False), tools=_tools(row), images=_images(row))
 
 
 def _chatglm(row: dict[str, Any]) -> Conversation:
@@ -264,6 +278,51 @@ def _json_value(value: Any, number: int, what: str) -> Any:
         return json.loads(value)
     except json.JSONDecodeError as exc:
         raise RowError("row.not_json", number=number, what=what, detail=exc.msg) from None
+
+
+def _images(row: dict[str, Any]) -> list[str] | None:
+    """LLaMA-Factory's `images` column: a list of paths / data: URIs (one text is one image; csv: JSON text)."""
+    if "images" not in row or row["images"] is None:
+        return None
+    images = row["images"]
+    if isinstance(images, str):
+        text = images.strip()
+        if text.startswith("["):
+            try:
+                images = json.loads(text)
+            except json.JSONDecodeError:
+                raise RowError("row.images_not_list") from None
+        else:
+            images = [text] if text else []
+    if not isinstance(images, list) or not all(isinstance(item, str) and item.strip() for item in images):
+        raise RowError("row.images_not_list")
+    return images
+
+
+def _image_reference(part: dict[str, Any], number: int) -> str:
+    """An OpenAI `image_url` part ({"image_url": {"url": ...}} or {"image_url": "..."}) or an `image` part."""
+    value = part.get("image_url", part.get("image"))
+    if isinstance(value, dict):
+        value = value.get("url")
+    if not isinstance(value, str) or not value.strip():
+        raise RowError("row.image_part_no_url", number=number)
+    return value
+
+
+def _content_parts(parts: list[Any], number: int, images: list[str]) -> str:
+    """OpenAI content parts -> the message's text, each image part an `<image>` placeholder (its reference
+    appended to `images`)."""
+    text = ""
+    for part in parts:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            text += part["text"]
+        elif kind in ("image_url", "image"):
+            images.append(_image_reference(part, number))
+            text += IMAGE_PLACEHOLDER
+        else:
+            raise RowError("row.content_part_unknown", number=number, got=repr(kind))
+    return text
 
 
 def _tools(row: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -324,6 +383,8 @@ def _message_list(
         raise RowError("row.messages_not_list", field=key)
     system = _text(row, "system", required=False)
     messages: list[dict[str, Any]] = []
+    images = _images(row)
+    part_images: list[str] = []
     for number, turn in enumerate(turns, start=1):
         if not isinstance(turn, dict):
             raise RowError("row.message_not_object", number=number, role_key=role_key, content_key=content_key)
@@ -340,6 +401,8 @@ def _message_list(
             content = json.dumps(content, ensure_ascii=False)  # a result given as JSON: the text the model reads
         if content is None and calls:
             content = ""  # OpenAI: an assistant message that only calls tools has null content
+        if isinstance(content, list) and role in ("user", "assistant", "system"):
+            content = _content_parts(content, number, part_images)
         if not isinstance(content, str):
             raise RowError(
                 "row.message_content_not_text", number=number, content_key=content_key, got=type(content).__name__
@@ -359,7 +422,9 @@ def _message_list(
             if calls:
                 message["tool_calls"] = _tool_calls(calls, number)
         messages.append(message)
-    return Conversation(messages, system, tools=_tools(row))
+    if part_images:
+        images = (images or []) + part_images
+    return Conversation(messages, system, tools=_tools(row), images=images)
 
 
 def _kto_tag(row: dict[str, Any]) -> bool | None:
@@ -436,12 +501,33 @@ def _expected_after(previous: dict[str, Any] | None) -> tuple[str, ...]:
     return ("tool",) if previous.get("tool_calls") else ("user",)
 
 
+def _check_images(conversation: Conversation) -> None:
+    """An image row: one image per `<image>` placeholder, placeholders in user turns only (the GLM-V templates
+    show images there), no image the workbench would have to fetch from the network."""
+    if conversation.images is None:
+        return
+    placed = 0
+    for number, turn in enumerate(conversation.messages, start=1):
+        count = turn["content"].count(IMAGE_PLACEHOLDER)
+        if count and turn["role"] != "user":
+            raise RowError("row.image_not_user", number=number, role=turn["role"])
+        placed += count
+    if IMAGE_PLACEHOLDER in conversation.system:
+        raise RowError("row.image_in_system")
+    if placed != len(conversation.images):
+        raise RowError("row.image_count_mismatch", placeholders=placed, images=len(conversation.images))
+    for number, reference in enumerate(conversation.images, start=1):
+        if reference.strip().lower().startswith(REMOTE_SCHEMES):
+            raise RowError("row.image_remote", number=number, image=reference)
+
+
 def _check(conversation: Conversation) -> Conversation:
     """Conversations start with the user, alternate user/assistant (with tool results after an answer that calls
     tools) and end with the assistant; a call names a tool the row lists, when it lists any."""
     messages = conversation.messages
     if not messages:
         raise RowError("row.no_messages")
+    _check_images(conversation)
     names = {_tool_name(tool) for tool in conversation.tools or ()}
     previous = None
     for number, turn in enumerate(messages, start=1):

@@ -32,6 +32,7 @@ from typing import Any
 
 from core.data.cache import Corrupt, entry, file_digest, is_cached, make_key
 from core.data.formats import Conversation, RowError, RowProblem, convert_row, parse_columns, rename_row, resolve_format
+from core.data.images import image_check
 from core.data.readers import check_file, resolve_dataset
 from core.data.template import IGNORE_INDEX, TemplateEncoder
 from core.errors import DataError
@@ -215,10 +216,12 @@ def release_pages(path: str) -> None:
 
 
 def check_batch(
-    lines: list[int], texts: list[str], fmt: str | None, mapping: dict[str, str], source: str = ""
+    lines: list[int], texts: list[str], fmt: str | None, mapping: dict[str, str], source: str = "", base_dir: str = ""
 ) -> dict[str, list]:
-    """What is wrong with each row, if anything (see OK, ROW_PROBLEM, NOT_JSON, NOT_OBJECT)."""
+    """What is wrong with each row, if anything (see OK, ROW_PROBLEM, NOT_JSON, NOT_OBJECT). An image row's
+    images are opened, from `base_dir` (the data file's folder) where they are relative paths."""
     release_pages(source)
+    inspect = image_check(Path(base_dir) if base_dir else None)
     status: list[int] = []
     problem: list[str | None] = []
     for line, text in zip(lines, texts):
@@ -234,7 +237,7 @@ def check_batch(
             continue
         if fmt is not None:
             try:
-                convert_row(rename_row(row, mapping), fmt)
+                convert_row(rename_row(row, mapping), fmt, inspect)
             except RowError as exc:
                 status.append(ROW_PROBLEM)
                 problem.append(json.dumps(exc.message.to_json(), ensure_ascii=False))
@@ -327,7 +330,12 @@ def check(name_or_path: str, fmt: str = "auto", columns: str = "") -> Checked:
                 batch_size=MAP_BATCH,
                 input_columns=["line", "text"],
                 remove_columns=["line", "text"],
-                fn_kwargs={"fmt": used if pending is None else None, "mapping": mapping, "source": large(rows.file)},
+                fn_kwargs={
+                    "fmt": used if pending is None else None,
+                    "mapping": mapping,
+                    "source": large(rows.file),
+                    "base_dir": str(path.parent),
+                },
                 features=_datasets().Features(
                     {"status": _datasets().Value("int8"), "problem": _datasets().Value("string")}
                 ),

@@ -1,6 +1,8 @@
 """The embedded demo models: a tiny, randomly initialised GLM-4 (`Glm4ForCausalLM`, `demo`) and a tiny GLM-4.5
 (`Glm4MoeForCausalLM`, `demo-moe`: GLM-4.5's layout -- a dense first layer, then routed experts with a shared one --
-its chat template with reasoning and tool calls, and their tokens), each with a real GLM-style tokenizer.
+its chat template with reasoning and tool calls, and their tokens), each with a real GLM-style tokenizer; and two
+tiny GLM-V models (`demo-vision`: `Glm4vForConditionalGeneration`, `demo-vision-moe`: `Glm4vMoe...`) in the real
+checkpoints' config shape, with GLM-4.1V's own chat_template.jinja and image-processor settings.
 
 They exist so that the whole workflow (data -> train -> chart -> chat -> export) runs offline on a CPU in a
 minute. Their weights are random: before training they babble; after a short LoRA run on the identity set (or the
@@ -16,11 +18,14 @@ from pathlib import Path
 
 from core.data.glm45 import FORMAT_TOKENS, TOOLS_INTRO, TOOLS_OUTRO
 from core.data.template import chat_template_jinja
+from core.models import vision
 from core.resources import asset, home_dir
 
 RECIPE_VERSION = 1
 DEMO_NAME = "demo"
 MOE_DEMO_NAME = "demo-moe"
+VISION_DEMO_NAME = "demo-vision"
+VISION_MOE_DEMO_NAME = "demo-vision-moe"
 MARKER_FILE = "glm_workbench_demo.json"
 DEMO_KIND = "demo-model"  # the staging marker (core/files.py) of a finished build
 
@@ -71,6 +76,44 @@ MOE_ARCHITECTURE = dict(
     initializer_range=0.1,
 )
 
+# GLM-4.1V in miniature: the text model as the dense demo, M-RoPE over half the head (GLM-4.1V's partial rotary:
+# mrope_section sums to a quarter of head_dim, as [8, 12, 12] does for 128), a 2-block vision tower with the real
+# patching (14-pixel patches, 2x2 merge, 2-frame temporal patches) projecting into the text width.
+_VISION_TEXT = dict(
+    ARCHITECTURE,
+    rope_parameters={
+        "rope_type": "default",
+        "rope_theta": 10000.0,
+        "partial_rotary_factor": 0.5,
+        "mrope_section": [4, 6, 6],
+    },
+)
+del _VISION_TEXT["head_dim"]  # Glm4vTextConfig derives it (hidden_size / heads = 64)
+_VISION_TOWER = dict(
+    depth=2,
+    hidden_size=64,
+    num_heads=2,
+    intermediate_size=128,
+    out_hidden_size=ARCHITECTURE["hidden_size"],
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    image_size=336,
+    initializer_range=0.1,
+)
+VISION_ARCHITECTURE = dict(text_config=_VISION_TEXT, vision_config=_VISION_TOWER)
+_MOE_KEYS = ("moe_intermediate_size", "n_routed_experts", "num_experts_per_tok", "n_shared_experts")
+VISION_MOE_ARCHITECTURE = dict(
+    text_config=dict(_VISION_TEXT, first_k_dense_replace=1, **{key: MOE_ARCHITECTURE[key] for key in _MOE_KEYS}),
+    vision_config=_VISION_TOWER,
+)
+# GLM-4.1V's image processor keeps its minimum (12,544 pixels over 2 temporal frames) and caps an image at 112 x 112
+# pixels: 16 <|image|> tokens at most, 9 for a small one.
+VISION_IMAGE_SIZE = {"shortest_edge": 12544, "longest_edge": 2 * 112 * 112}
+# The GLM-4.1V tokenizer's vision tokens are special; its thinking tags are plain added tokens.
+VISION_SPECIAL_TOKENS = tuple(vision.VISION_TOKENS.values())
+VISION_TEXT_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
+
 
 @dataclass(frozen=True)
 class DemoRecipe:
@@ -83,6 +126,13 @@ class DemoRecipe:
     extra_tokens: tuple[str, ...] = ()
     extra_texts: tuple[str, ...] = ()  # more demo datasets the tokenizer learns from
     note: str = ""
+    extra_special_tokens: tuple[str, ...] = ()  # added as special tokens (the vision tokens)
+    chat_template_file: str = ""  # a real template from core/assets/templates, instead of `template`'s Jinja
+    image_size: dict = field(default_factory=dict)  # vision demos: the image processor's pixel budget
+
+    @property
+    def is_vision(self) -> bool:
+        return bool(self.image_size)
 
 
 DEMOS = {
@@ -104,6 +154,30 @@ DEMOS = {
         extra_tokens=FORMAT_TOKENS,
         extra_texts=("tool_calls.json",),
         note="Tiny GLM-4.5 (MoE) with random weights and GLM-4.5's chat format, for trying the workflow.",
+    ),
+    VISION_DEMO_NAME: DemoRecipe(
+        VISION_DEMO_NAME,
+        "demo-vision-v1",
+        "Glm4vConfig",
+        "Glm4vForConditionalGeneration",
+        VISION_ARCHITECTURE,
+        extra_tokens=VISION_TEXT_TOKENS,
+        note="Tiny GLM-4.1V (glm4v) with random weights, GLM-4.1V's chat template and image processor.",
+        extra_special_tokens=VISION_SPECIAL_TOKENS,
+        chat_template_file="glm4v.jinja",
+        image_size=VISION_IMAGE_SIZE,
+    ),
+    VISION_MOE_DEMO_NAME: DemoRecipe(
+        VISION_MOE_DEMO_NAME,
+        "demo-vision-moe-v1",
+        "Glm4vMoeConfig",
+        "Glm4vMoeForConditionalGeneration",
+        VISION_MOE_ARCHITECTURE,
+        extra_tokens=VISION_TEXT_TOKENS,
+        note="Tiny GLM-4.5V (glm4v_moe) with random weights, GLM-4.1V's chat template and image processor.",
+        extra_special_tokens=VISION_SPECIAL_TOKENS,
+        chat_template_file="glm4v.jinja",
+        image_size=VISION_IMAGE_SIZE,
     ),
 }
 
@@ -166,15 +240,25 @@ def build_tokenizer(recipe: DemoRecipe = DEMOS[DEMO_NAME]):
     # GLM-4.5's format tokens are added tokens but not special ones (as in the real tokenizers): split out of text
     # before it is encoded, kept when decoding (the chat parses the reasoning and the tool calls from them).
     core.add_tokens([AddedToken(token, normalized=False, special=False) for token in recipe.extra_tokens])
+    core.add_special_tokens(
+        [AddedToken(token, normalized=False, special=True) for token in recipe.extra_special_tokens]
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=core,
         eos_token="<|endoftext|>",
         pad_token="<|endoftext|>",
         padding_side="right",
-        additional_special_tokens=SPECIAL_TOKENS[1:],
-        chat_template=chat_template_jinja(recipe.template),
+        additional_special_tokens=SPECIAL_TOKENS[1:] + list(recipe.extra_special_tokens),
+        chat_template=_chat_template(recipe),
         model_max_length=4096,
     )
+
+
+def _chat_template(recipe: DemoRecipe) -> str:
+    """A real checkpoint's template where the recipe names one (the vision demos), else our generated Jinja."""
+    if recipe.chat_template_file:
+        return asset("templates", recipe.chat_template_file).read_text(encoding="utf-8")
+    return chat_template_jinja(recipe.template)
 
 
 def demo_config(recipe: DemoRecipe, tokenizer):
@@ -183,6 +267,9 @@ def demo_config(recipe: DemoRecipe, tokenizer):
     import transformers
 
     stop_ids = [tokenizer.convert_tokens_to_ids(token) for token in STOP_TOKENS]
+    if recipe.is_vision:
+        text = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids)
+        return vision.vision_config(recipe.config_class, recipe.architecture, tokenizer, text)
     return getattr(transformers, recipe.config_class)(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
@@ -211,7 +298,10 @@ def build_demo_model(target: str | Path, overwrite: bool = False, name: str = DE
     finally:
         torch.random.set_rng_state(generator_state)
     model.generation_config = GenerationConfig(
-        eos_token_id=config.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False, max_new_tokens=64
+        eos_token_id=config.get_text_config().eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        max_new_tokens=64,
     )
     from core.files import TargetNotFreeError, refusal, staged_dir
 
@@ -219,6 +309,8 @@ def build_demo_model(target: str | Path, overwrite: bool = False, name: str = DE
         with staged_dir(target, kind=DEMO_KIND, replace="ours" if overwrite else "never") as staging:
             model.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
+            if recipe.is_vision:
+                vision.demo_image_processor(recipe.image_size).save_pretrained(staging)
             marker = {
                 "recipe_version": RECIPE_VERSION,
                 "parameters": model.num_parameters(),

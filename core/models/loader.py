@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from core.errors import ModelError
-from core.models import chatglm, demo, peft_moe
+from core.models import chatglm, demo, peft_moe, vision
 from core.models.demo import DEMOS, default_demo_dir, ensure_demo_model
 
 log = logging.getLogger("glm_workbench")
@@ -46,6 +46,15 @@ class ModelLocation:
 
         native_v1 = self.kind == "folder" and self.config_dict.get("model_type") == MODEL_TYPE
         return self.variant == chatglm.V1 or native_v1
+
+    @property
+    def vision_type(self) -> str:
+        """ "glm4v" / "glm4v_moe" for a GLM-V model (a folder's from its config.json; a demo's from its recipe, so
+        an unbuilt demo is known without building it), "" for a text model or a hub id."""
+        if self.kind == "demo":
+            model_class = DEMOS[self.reference].model_class
+            return next((kind for kind, name in vision.VISION_MODEL_TYPES.items() if name == model_class), "")
+        return vision.vision_type(self.config_dict)
 
 
 def locate_model(name_or_path: str) -> ModelLocation:

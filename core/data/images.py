@@ -1,0 +1,87 @@
+"""Images named by data rows: where a reference points, and opening it safely.
+
+A reference is a file path (relative to the data file's folder, or absolute; `file://` accepted) or a `data:`
+URI with base64 content. `http(s)` references are refused, never fetched: training must not depend on the network
+or reach addresses a shared workbench should not. Each failure is a RowError, so a bad image costs its row only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from core.data.formats import REMOTE_SCHEMES, Conversation, RowError
+
+
+def is_remote(reference: str) -> bool:
+    return reference.strip().lower().startswith(REMOTE_SCHEMES)
+
+
+def _path(reference: str, base_dir: Path | None) -> Path:
+    text = reference.strip()
+    if text.lower().startswith("file://"):
+        text = text[len("file://") :]
+    path = Path(text).expanduser()
+    return path if path.is_absolute() or base_dir is None else base_dir / path
+
+
+def _data_uri_bytes(reference: str, number: int) -> bytes:
+    header, comma, payload = reference.partition(",")
+    if not comma or ";base64" not in header.lower():
+        raise RowError("row.image_unreadable", number=number, image=header[:40], detail="not a base64 data: URI")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RowError("row.image_unreadable", number=number, image=header[:40], detail=str(exc)) from None
+
+
+def describe(reference: str) -> str:
+    """A reference as a row problem names it: a data: URI by its header only."""
+    return reference.partition(",")[0][:40] if reference.lower().startswith("data:") else reference
+
+
+def open_image(reference: str, number: int, base_dir: Path | None = None):
+    """Image `number` (from 1) of a row, decoded and in RGB. PIL's decompression-bomb limit is a refusal here,
+    not a warning: a tiny file that decodes to gigapixels would take the machine's memory."""
+    from PIL import Image, UnidentifiedImageError
+
+    if is_remote(reference):
+        raise RowError("row.image_remote", number=number, image=reference)
+    if reference.strip().lower().startswith("data:"):
+        source: Path | io.BytesIO = io.BytesIO(_data_uri_bytes(reference.strip(), number))
+    else:
+        source = _path(reference, base_dir)
+        if not source.is_file():
+            raise RowError("row.image_missing", number=number, image=str(source))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                image.load()
+                return image.convert("RGB")
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise RowError(
+            "row.image_too_large", number=number, image=describe(reference), limit=Image.MAX_IMAGE_PIXELS
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise RowError("row.image_unreadable", number=number, image=describe(reference), detail=str(exc)) from None
+
+
+def open_images(conversation: Conversation, base_dir: Path | None = None) -> list:
+    """Every image of a row, in order (none for a text-only row)."""
+    return [open_image(reference, number, base_dir) for number, reference in enumerate(conversation.images or (), 1)]
+
+
+def image_check(base_dir: Path | None) -> Callable[[Conversation], None]:
+    """What `formats.convert(..., inspect=)` runs on each row of a data file in `base_dir`: every image opened
+    once, so a missing, unreadable or oversized one is its row's problem and the rest of the file loads."""
+
+    def inspect(conversation: Conversation) -> None:
+        for image in open_images(conversation, base_dir):
+            image.close()
+
+    return inspect
