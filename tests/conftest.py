@@ -36,6 +36,26 @@ def _greedy():
     return GenerationSettings(greedy=True, max_new_tokens=48)
 
 
+# Files that share a costly session fixture, by the worker group they run in together (see below).
+SAME_WORKER = {"test_api_tools.py": "tool_caller", "test_tool_calling.py": "tool_caller"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile`, except that the files in SAME_WORKER go to one worker, which then makes their session
+    fixture (the trained tool caller) once. (xdist's own `loadgroup` marks do nothing under pytest 9: xdist 3.8
+    renames `item._nodeid`, which pytest 9 no longer reads.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesAndGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::")[0]
+            return SAME_WORKER.get(Path(file).name, file)
+
+    return FilesAndGroups(config, log)
+
+
 @pytest.fixture(scope="session")
 def demo_model_dir() -> Path:
     from core.models.demo import ensure_demo_model
