@@ -31,6 +31,7 @@ METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "log.txt"
 SKIPPED_ROWS_FILE = "skipped_rows.txt"
+HELD_OUT_FILE = "held_out.jsonl"  # the rows val_size kept out of training: Evaluate and the Arena score them
 ADAPTER_DIR = "adapter"
 ADAPTER_CONFIG = "adapter_config.json"  # what makes a folder a PEFT adapter
 MODEL_DIR = "model"

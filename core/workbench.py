@@ -53,6 +53,7 @@ from core.models.loader import check_model_reference, locate_model, reading_toke
 from core.ownership import has_live_owner
 from core.runs import (
     CONFIG_FILE,
+    HELD_OUT_FILE,
     RunInfo,
     find_run,
     list_runs,
@@ -669,15 +670,19 @@ class Workbench:
             self._evaluations.discard(stop)
 
     def run_datasets(self, run_name: str) -> tuple[str, str]:
-        """(training dataset, eval dataset or "") a run was trained with, from its config.yaml: Evaluate and the
-        Arena start on the eval data (prompts it never learned from), and say so when they score training data.
-        ("", "") for a run without a readable config."""
+        """(training dataset, held-out data or "") of a run, from its config.yaml: its eval dataset, else the rows
+        its val_size kept out (held_out.jsonl in the run folder). Evaluate and the Arena start on the held-out data
+        (prompts it never learned from), and say so when they score training data. ("", "") for a run without a
+        readable config."""
         run = find_run(self.workspace, run_name)
         try:
             config = load_yaml(run.path / CONFIG_FILE) if run is not None else None
         except Exception:  # noqa: BLE001 - an unreadable config: nothing known about its data
             config = None
-        return (config.dataset, config.eval_dataset) if config is not None else ("", "")
+        if config is None:
+            return "", ""
+        held_out = run.path / HELD_OUT_FILE
+        return config.dataset, config.eval_dataset or (str(held_out) if held_out.is_file() else "")
 
     def abort_evaluation(self) -> bool:
         """Stop every evaluation and arena in progress (each keeps what it finished); False if none was running."""

@@ -54,6 +54,9 @@ class TokenizedData:
     problems: Sequence[RowProblem] = field(default_factory=list)
     truncated: int = 0
     rows: int | None = None  # usable rows, where they are not one sample each (KTO: a pair gives two)
+    # The conversations the validation samples came from (val_size): a run keeps them, so that Evaluate and the
+    # Arena score what it never trained on.
+    held_out: list[Conversation] = field(default_factory=list)
 
 
 def tokenize_dataset(
@@ -76,7 +79,13 @@ def tokenize_dataset(
     tokens = prepare.tokenize(checked, tokenizer, template, cutoff_len, max_samples)
     train, eval_samples = prepare.split(tokens.dataset, val_size, seed, checked.path)
     problems = prepare.ProblemList(checked.folder / "problems.jsonl", checked.problem_count, tokens.dropped, cutoff_len)
-    return TokenizedData(train, eval_samples, checked.format, problems, tokens.truncated)
+    held_out = []
+    if len(eval_samples):  # the rows behind the validation samples (a dropped row made no sample)
+        dropped = set(tokens.dropped)
+        kept = [i for i in range(len(tokens.dataset) + len(dropped)) if i + 1 not in dropped]
+        positions = prepare.held_out_positions(len(tokens.dataset), val_size, seed, checked.path)
+        held_out = checked.conversations([kept[p] for p in positions])
+    return TokenizedData(train, eval_samples, checked.format, problems, tokens.truncated, held_out=held_out)
 
 
 def tokenize_conversations(

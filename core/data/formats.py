@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from core.errors import DataError, UnknownColumnsError
@@ -40,6 +41,22 @@ class Conversation:
     @property
     def is_pair(self) -> bool:
         return self.rejected is not None
+
+
+def conversation_row(conversation: Conversation, folder: Path | None = None) -> dict[str, Any]:
+    """The conversation as an OpenAI `messages` row that convert_row reads back as the same conversation: the
+    system prompt first, reasoning and tool calls on their answers, `tools` and `images` beside (a relative image
+    path made absolute from `folder`, the data file's folder, so the row reads the same from anywhere)."""
+    system = [{"role": "system", "content": conversation.system}] if conversation.system else []
+    row: dict[str, Any] = {"messages": system + [dict(m) for m in conversation.messages]}
+    if conversation.tools:
+        row["tools"] = conversation.tools
+    if conversation.images is not None:
+        row["images"] = [
+            str(folder / image) if folder and "://" not in image and not image.startswith("data:") else image
+            for image in conversation.images
+        ]
+    return row
 
 
 @dataclass(frozen=True)

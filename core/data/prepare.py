@@ -597,19 +597,26 @@ def tokenize(checked: Checked, tokenizer, template: str, cutoff_len: int, max_sa
     return entry(f"tokens-{key}", build, open_tokens)
 
 
-def split(dataset, val_size: float, seed: int, source: str | Path | None = None):
-    """(train, eval) as tokenize_conversations splits a list of samples: the same samples on each side."""
-    samples = len(dataset)
+def held_out_positions(samples: int, val_size: float, seed: int, source: str | Path | None = None) -> list[int]:
+    """Which of `samples` samples (positions, ascending) the validation set holds: `val_size` of them (a count
+    when >= 1), drawn by `seed`, as tokenize_conversations draws them."""
     eval_count = int(val_size) if val_size >= 1 else int(round(samples * val_size))
     if not eval_count:
-        return dataset, []
+        return []
     if eval_count >= samples:
         raise DataError("data.val_size_too_large", source, val_size=val_size, samples=samples)
     order = list(range(samples))
     random.Random(seed).shuffle(order)
-    held = set(order[:eval_count])
-    del order
-    eval_indices = sorted(held)
+    return sorted(order[:eval_count])
+
+
+def split(dataset, val_size: float, seed: int, source: str | Path | None = None):
+    """(train, eval) as tokenize_conversations splits a list of samples: the same samples on each side."""
+    samples = len(dataset)
+    eval_indices = held_out_positions(samples, val_size, seed, source)
+    if not eval_indices:
+        return dataset, []
+    held = set(eval_indices)
     train_indices = [i for i in range(samples) if i not in held]
     fingerprint = make_key("split", samples, val_size, seed)
     return (

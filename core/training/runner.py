@@ -6,6 +6,7 @@ everything a UI needs to show is written into the run folder as it happens.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -15,10 +16,12 @@ from pathlib import Path
 
 from core.config import RunConfig
 from core.data.dataset import TokenizedData, tokenize_dataset
+from core.data.formats import conversation_row
 from core.data.pairs import tokenize_preferences
+from core.data.readers import resolve_dataset
 from core.data.template import IGNORE_INDEX, resolve_template
 from core.errors import ConfigError, WorkbenchError, config_error
-from core.files import is_disk_full, staged_dir
+from core.files import is_disk_full, staged_dir, write_text_atomic
 from core.i18n import Message, message
 from core.methods import get_method
 from core.methods.base import count_parameters, save_model_and_tokenizer
@@ -33,6 +36,7 @@ from core.models.loader import (
 from core.ownership import RunLock, launched_by_owner
 from core.runs import (
     CHECKPOINTS_DIR,
+    HELD_OUT_FILE,
     LOG_FILE,
     SKIPPED_ROWS_FILE,
     STOP_FILE,
@@ -256,6 +260,8 @@ class TrainingSession:
         if config.eval_dataset:
             data.eval = self._tokenize(config.eval_dataset, tokenizer, template).train
             log.info("validation: %d samples from %s", len(data.eval), config.eval_dataset)
+        elif data.held_out:
+            self._keep_held_out(data)
         self._report_skipped(data)
         device = pick_device()
         # Weights that train are kept in fp32 (mixed precision autocasts); frozen bases load in the GPU's dtype.
@@ -344,6 +350,16 @@ class TrainingSession:
             )
         log.info("speed: %s", ", ".join(active_features(self.config, device)))
         return self.config
+
+    def _keep_held_out(self, data: TokenizedData) -> None:
+        """The rows val_size held out, as a dataset in the run folder (held_out.jsonl): Evaluate and the Arena
+        start on them, prompts the run never trained on."""
+        if not is_main_process():
+            return
+        folder = resolve_dataset(self.config.dataset).parent
+        rows = [json.dumps(conversation_row(c, folder), ensure_ascii=False) + "\n" for c in data.held_out]
+        write_text_atomic(self.run_dir / HELD_OUT_FILE, "".join(rows))
+        log.info("validation: %d held-out rows kept in %s", len(rows), HELD_OUT_FILE)
 
     def _report_skipped(self, data: TokenizedData) -> None:
         """Rows the data left out: all of them in skipped_rows.txt, the count and the first few in status.json

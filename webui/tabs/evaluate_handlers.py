@@ -12,6 +12,7 @@ from core.chat.turns import reply_from_markup
 from core.errors import WorkbenchError
 from core.evaluation.arena import BASE, ArenaSettings
 from core.evaluation.evaluate import EvalSettings
+from core.runs import HELD_OUT_FILE
 from webui.context import UIContext, handler
 from webui.formatting import reply_markdown
 from webui.tabs.data_handlers import dataset_options
@@ -65,21 +66,28 @@ def refresh(ctx: UIContext, current: str | None, shown: str):
     runs = ctx.wb.runs_with_results()
     hint = ctx.t("eval_empty")
     note = hint if not runs else ("" if shown == hint else gr.skip())
-    return (
-        gr.update(choices=runs, value=current if current in runs else (runs[0] if runs else None)),
-        gr.update(choices=dataset_options(ctx)),
-        note,
-    )
+    run = current if current in runs else (runs[0] if runs else None)
+    return gr.update(choices=runs, value=run), gr.update(choices=data_choices(ctx, run)), note
+
+
+def data_choices(ctx: UIContext, run: str | None) -> list[tuple[str, str]]:
+    """The datasets to score, and first the rows the run's val_size held out, by name (never their path)."""
+    options = dataset_options(ctx)
+    if run:
+        _, held_out = ctx.wb.run_datasets(run)
+        if Path(held_out).name == HELD_OUT_FILE:
+            options = [(ctx.t("eval_held_out_choice", run=run), held_out)] + options
+    return options
 
 
 def own_data(ctx: UIContext, run: str | None):
-    """A run chosen: its own eval data when it trained with some, else its training data, and the line that
-    says which of the two is scored."""
+    """A run chosen: its own held-out data when it has some (its eval dataset, or the rows its val_size kept out),
+    else its training data, and the line that says which of the two is scored."""
     if not run:
         return gr.skip(), ""
     trained, held_out = ctx.wb.run_datasets(run)
     chosen = held_out or trained or "identity"
-    return gr.update(value=chosen), data_line(ctx, run, chosen)
+    return gr.update(choices=data_choices(ctx, run), value=chosen), data_line(ctx, run, chosen)
 
 
 def data_line(ctx: UIContext, run: str | None, dataset: str | None) -> str:
@@ -250,6 +258,6 @@ def arena_refresh(ctx: UIContext, current_first, current_second):
             choices=[(ctx.t("arena_base"), ""), *[(r, r) for r in runs]],
             value=current_second if current_second in ("", *runs) else "",
         ),
-        gr.update(choices=dataset_options(ctx)),
+        gr.update(choices=data_choices(ctx, picked)),
         gr.update(choices=arena_choices(ctx, picked)),
     )
