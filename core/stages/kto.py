@@ -53,6 +53,8 @@ class KtoParts:
         return dataset.map(rotate, batched=True, batch_size=args.per_device_train_batch_size)
 
 
+ACCURACY = "reward_accuracy"
+
 STAGE = Stage(
     name="kto",
     samples=UNPAIRED,
@@ -60,8 +62,8 @@ STAGE = Stage(
     parts=KtoParts,
     arguments=arguments,
     # KTO logs no accuracy (its samples are unpaired) and a batch without one side lacks that side.
-    metrics=(*PAIR_METRICS, ("kl", "kl")),
-    chart=(*PAIR_CHART, "kl"),
+    metrics=(*(pair for pair in PAIR_METRICS if pair[1] != ACCURACY), ("kl", "kl")),
+    chart=(*(name for name in PAIR_CHART if name != ACCURACY), "kl"),
     reference=True,
     fields=(Field("pref_beta"), Field("kto_chosen_weight"), Field("kto_rejected_weight")),
     check=check,
