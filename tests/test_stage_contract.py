@@ -1,12 +1,14 @@
 """The contract every registered training stage keeps, driven by the registry (core/stages/): a new stage module is
 tested here without editing a list. What it declares must hold: its settings are labelled on the page in both
 languages and are keys of the config, the chart draws only figures it logs, some method can train it, and a short
-run on the demo model finishes and writes each figure it declares to metrics.jsonl (the chart reads them there).
+run on the demo model finishes, writes each figure it declares to metrics.jsonl (the chart reads them there) and
+reproduces its recorded losses (a new stage's first run prints them, to add to tests/fixtures/stage_losses.json).
 Whether each stage learns what it should is tests/test_preference.py's, test_simpo.py's and test_moe_stages.py's."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -15,7 +17,11 @@ from core.methods import METHODS
 from core.runs import read_metrics
 from core.stages import STAGES
 from core.training.runner import TrainingSession
+from tests.conftest import REPO
+from tests.test_method_contract import TOLERANCE
 from webui.locale import Translator
+
+RECORDED = json.loads((REPO / "tests" / "fixtures" / "stage_losses.json").read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
@@ -47,5 +53,11 @@ def test_a_short_run_of_each_stage_logs_what_its_chart_reads(name, tmp_path, dem
     )
     status = TrainingSession(config, tmp_path / name).run()
     assert status["state"] == "finished", status
-    logged = set().union(*(record.keys() for record in read_metrics(tmp_path / name)))
+    records = read_metrics(tmp_path / name)
+    logged = set().union(*(record.keys() for record in records))
     assert {"loss", *(ours for _, ours in stage.metrics)} <= logged, sorted(logged)
+    # The losses step by step, as recorded (torchtune's recipe tests do the same): a change to how a stage builds
+    # its samples, its reference or its loss shows here first.
+    losses = [record["loss"] for record in records if "loss" in record]
+    assert name in RECORDED, f"no recorded losses for the new stage {name}: add {json.dumps({name: losses})}"
+    assert losses == pytest.approx(RECORDED[name], **TOLERANCE), (name, losses)
