@@ -13,7 +13,8 @@ os.environ["GLM_WORKBENCH_HOME"] = tempfile.mkdtemp(prefix="glm-workbench-test-h
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("GLM_WORKBENCH_THREADS", "2")
 # As core/__init__.py sets it for the workbench: set before this process (or a test module) first imports torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "3000")
 # Tests only talk to servers on loopback: a proxy set in the environment must never be asked for them.
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = ",".join(
     filter(None, ["127.0.0.1,localhost", os.environ.get("NO_PROXY")])

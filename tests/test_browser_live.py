@@ -47,12 +47,10 @@ HEAR = """() => {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, demo_model_dir):
-    """A workspace with one finished LoRA run that held out the multiturn set as its eval data."""
+    """A workspace with one finished LoRA run that held out 4 of its rows as its eval data (val_size)."""
     workspace = tmp_path_factory.mktemp("live") / "workspace"
     wb = Workbench(workspace)
-    run = wb.start_training(
-        RunConfig(dataset="identity", eval_dataset="multiturn", max_steps=40, eval_steps=20, learning_rate=4e-3)
-    )
+    run = wb.start_training(RunConfig(dataset="identity", val_size=4, max_steps=40, eval_steps=20, learning_rate=4e-3))
     wb.wait_for_job(1800)
     assert wb.snapshot(run).state == "finished"
     with running_ui(workspace, lang="zh") as url:
@@ -147,12 +145,13 @@ def test_votes_reach_every_tab_and_train_dpo_without_a_reload(browser, server, l
     expect(voter.locator("#runs-table")).to_contain_text(t("runs_col_stage"))
     screenshot(voter, f"{lang}-11-runs-stage", shots)
 
-    # The arena on the run that held out data: its own eval prompts, said plainly; progress while answering.
+    # The arena on the run that held out rows: those rows, by name, said plainly; progress while answering.
     open_tab(voter, t("tab_evaluate"))
     open_accordion(voter, t("arena_title"))
     pick(voter, "arena-first", run)
-    expect(voter.locator("#arena-dataset input[role=combobox]")).to_have_value("multiturn")
-    expect(voter.locator("#arena-data-note")).to_contain_text(t("eval_own_split", run=run, dataset="multiturn"))
+    held_out = t("eval_held_out_choice", run=run)
+    expect(voter.locator("#arena-dataset input[role=combobox]")).to_have_value(held_out)
+    expect(voter.locator("#arena-data-note")).to_contain_text(t("eval_own_split", run=run, dataset="held_out.jsonl"))
     fill_number(voter, "arena-samples", 2)
     voter.locator("#arena-start").click()
     expect(voter.locator("#arena-status")).to_contain_text(t("arena_generating", count=2), timeout=10_000)
