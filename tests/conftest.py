@@ -12,9 +12,12 @@ import pytest
 os.environ["GLM_WORKBENCH_HOME"] = tempfile.mkdtemp(prefix="glm-workbench-test-home-")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("GLM_WORKBENCH_THREADS", "2")
-# As core/__init__.py sets it for the workbench: set before this process (or a test module) first imports torch.
-if "OMP_WAIT_POLICY" not in os.environ:
-    os.environ.setdefault("GOMP_SPINCOUNT", "3000")
+# The suite keeps 2 cores oversubscribed (2 workers, their UI servers and chromium), where OpenMP threads that never
+# spin are fastest: the whole suite took 1,615 s of tests with OMP_WAIT_POLICY=PASSIVE and 2,064 s with the short
+# spin core/__init__.py gives a user's process (of which about 90 s were new tests; the browser flows and FSDP runs
+# were 30-60% slower). tests/test_speed.py checks the user's default in a clean environment.
+# Set before this process (or a test module) first imports torch; inherited by every process a test starts.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Tests only talk to servers on loopback: a proxy set in the environment must never be asked for them.
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = ",".join(
     filter(None, ["127.0.0.1,localhost", os.environ.get("NO_PROXY")])
