@@ -77,13 +77,13 @@ def tokenize_dataset(
 
     checked = prepare.check(name_or_path, fmt, columns)
     tokens = prepare.tokenize(checked, tokenizer, template, cutoff_len, max_samples)
-    train, eval_samples = prepare.split(tokens.dataset, val_size, seed, checked.path)
+    positions = prepare.held_out_positions(len(tokens.dataset), val_size, seed, checked.path)
+    train, eval_samples = prepare.split(tokens.dataset, positions, val_size, seed)
     problems = prepare.ProblemList(checked.folder / "problems.jsonl", checked.problem_count, tokens.dropped, cutoff_len)
     held_out = []
-    if len(eval_samples):  # the rows behind the validation samples (a dropped row made no sample)
+    if positions:  # the rows behind the validation samples (a dropped row made no sample)
         dropped = set(tokens.dropped)
         kept = [i for i in range(len(tokens.dataset) + len(dropped)) if i + 1 not in dropped]
-        positions = prepare.held_out_positions(len(tokens.dataset), val_size, seed, checked.path)
         held_out = checked.conversations([kept[p] for p in positions])
     return TokenizedData(train, eval_samples, checked.format, problems, tokens.truncated, held_out=held_out)
 

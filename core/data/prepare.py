@@ -610,10 +610,10 @@ def held_out_positions(samples: int, val_size: float, seed: int, source: str | P
     return sorted(order[:eval_count])
 
 
-def split(dataset, val_size: float, seed: int, source: str | Path | None = None):
-    """(train, eval) as tokenize_conversations splits a list of samples: the same samples on each side."""
+def split(dataset, eval_indices: list[int], val_size: float, seed: int):
+    """(train, eval) at `eval_indices` (held_out_positions' draw), as tokenize_conversations splits a list of samples:
+    the same samples on each side."""
     samples = len(dataset)
-    eval_indices = held_out_positions(samples, val_size, seed, source)
     if not eval_indices:
         return dataset, []
     held = set(eval_indices)

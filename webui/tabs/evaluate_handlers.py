@@ -70,13 +70,14 @@ def refresh(ctx: UIContext, current: str | None, shown: str):
     return gr.update(choices=runs, value=run), gr.update(choices=data_choices(ctx, run)), note
 
 
-def data_choices(ctx: UIContext, run: str | None) -> list[tuple[str, str]]:
-    """The datasets to score, and first the rows the run's val_size held out, by name (never their path)."""
+def data_choices(ctx: UIContext, run: str | None, held_out: str | None = None) -> list[tuple[str, str]]:
+    """The datasets to score, and first the rows the run's val_size held out, by name (never their path).
+    `held_out`: the run's, where the caller has read it already."""
+    if run and held_out is None:
+        held_out = ctx.wb.run_datasets(run)[1]
     options = dataset_options(ctx)
-    if run:
-        _, held_out = ctx.wb.run_datasets(run)
-        if Path(held_out).name == HELD_OUT_FILE:
-            options = [(ctx.t("eval_held_out_choice", run=run), held_out)] + options
+    if run and Path(held_out or "").name == HELD_OUT_FILE:
+        options = [(ctx.t("eval_held_out_choice", run=run), held_out)] + options
     return options
 
 
@@ -87,7 +88,7 @@ def own_data(ctx: UIContext, run: str | None):
         return gr.skip(), ""
     trained, held_out = ctx.wb.run_datasets(run)
     chosen = held_out or trained or "identity"
-    return gr.update(choices=data_choices(ctx, run), value=chosen), data_line(ctx, run, chosen)
+    return gr.update(choices=data_choices(ctx, run, held_out), value=chosen), data_line(ctx, run, chosen)
 
 
 def data_line(ctx: UIContext, run: str | None, dataset: str | None) -> str:
