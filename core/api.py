@@ -30,16 +30,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.access import AllowedDirs
 from core.chat.engine import ChatEngine, GenerationSettings, check_adapter_files
 from core.chat.turns import visible_parts
+from core.data.formats import IMAGE_PLACEHOLDER, RowError
 from core.data.glm45 import parse_reply
+from core.data.images import is_remote, open_image
 from core.errors import ModelError, WorkbenchError, internal_error
 from core.i18n import Message, message
 
 log = logging.getLogger("glm_workbench")
 
 AdapterResolver = Callable[[], dict[str, str]]  # adapter name -> folder, read at request time
-MAX_BODY_BYTES = 2 * 2**20  # a prompt of 128k tokens is under 1 MB of text
+MAX_BODY_BYTES = 16 * 2**20  # a prompt of 128k tokens is under 1 MB of text; images come as data: URIs
 MAX_QUEUE = 64  # requests that may wait while one generates (a few clients, a batch of 20); more: 429
 DEFAULT_MAX_TOKENS = 512
 SEED_LIMIT = 2**63 - 1
@@ -114,6 +117,25 @@ class ChatMessage(BaseModel):
             return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
         return self.content or ""
 
+    def text_and_images(self, number: int, image_dirs: AllowedDirs | None) -> tuple[str, list[str]]:
+        """A user message's text with an `<image>` placeholder where each image part was, and the images (data:
+        URIs, or files inside `image_dirs`; a web address is never fetched). Each image is opened here, so a bad
+        one is a 400 naming its part, not an error mid-answer."""
+        if not isinstance(self.content, list):
+            return self.text, []
+        text, images = "", []
+        for index, part in enumerate(self.content):
+            kind = part.get("type")
+            if kind == "text":
+                text += str(part.get("text", ""))
+            elif kind in ("image_url", "image"):
+                param = f"messages[{number}].content[{index}]"
+                value = part.get("image_url", part.get("image"))
+                reference = value.get("url") if isinstance(value, dict) else value
+                images.append(checked_image(reference, len(images) + 1, param, image_dirs))
+                text += IMAGE_PLACEHOLDER
+        return text, images
+
 
 class ChatCompletionRequest(BaseModel):
     """The fields of OpenAI's chat completion request that this server honours; others are ignored."""
@@ -165,9 +187,10 @@ class ChatCompletionRequest(BaseModel):
             raise APIError(400, message("api.tool_choice_unknown", name=str(name), tools=known), param="tool_choice")
         return named
 
-    def conversation(self) -> tuple[str, list[dict[str, Any]]]:
+    def conversation(self, image_dirs: AllowedDirs | None = None) -> tuple[str, list[dict[str, Any]]]:
         """(system prompt, the turns), or APIError: it must end with the user or a tool's result; a tool result
-        answers a call made before it; call arguments are JSON objects."""
+        answers a call made before it; call arguments are JSON objects. A user turn's images (image_url parts)
+        are in its `images`."""
         system, turns, call_ids = "", [], set()
         for number, item in enumerate(self.messages):
             if item.content is None and not (item.role == "assistant" and item.tool_calls):
@@ -177,6 +200,10 @@ class ChatCompletionRequest(BaseModel):
                 system = item.text
                 continue
             turn: dict[str, Any] = {"role": item.role, "content": item.text}
+            if item.role == "user":
+                turn["content"], images = item.text_and_images(number, image_dirs)
+                if images:
+                    turn["images"] = images
             if item.role == "assistant" and item.reasoning_content:  # sent back, as GLM's own API asks
                 turn["reasoning"] = item.reasoning_content
             if item.role == "assistant" and item.tool_calls:
@@ -215,6 +242,28 @@ class ChatCompletionRequest(BaseModel):
                 param=f"messages[{number}].tool_calls",
             )
         return {"name": call.function.name, "arguments": arguments}
+
+
+def checked_image(reference: Any, number: int, param: str, image_dirs: AllowedDirs | None) -> str:
+    """An image part's url, refused with a 400 unless it is a readable data: URI or a readable file inside one of
+    `image_dirs` (none: files are refused). Web addresses are refused: the server fetches nothing."""
+    if not isinstance(reference, str) or not reference.strip():
+        raise APIError(
+            400, message("api.invalid_parameter", param=param, detail="image_url.url is required"), param=param
+        )
+    reference = reference.strip()
+    if is_remote(reference):
+        raise APIError(400, message("api.image_remote", param=param), param=param)
+    if not reference.lower().startswith("data:"):
+        path = reference[len("file://") :] if reference.lower().startswith("file://") else reference
+        if image_dirs is None or not image_dirs.limited or not image_dirs.allows(path):
+            raise APIError(400, message("api.image_path_refused", param=param), param=param)
+        reference = path
+    try:
+        open_image(reference, number).close()
+    except RowError as exc:
+        raise APIError(400, message("api.image_invalid", param=param, detail=exc.message), param=param) from None
+    return reference
 
 
 def validation_error(exc: ValidationError | RequestValidationError) -> APIError:
@@ -327,9 +376,12 @@ def create_api(
     api_key: str | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     max_queue: int = MAX_QUEUE,
+    image_dirs: list[str] | None = None,
 ) -> FastAPI:
     """The FastAPI app. `engine` must already hold the base model; `adapters()` lists what may be named.
-    `max_queue`: how many requests may wait while one generates (-1: no limit)."""
+    `max_queue`: how many requests may wait while one generates (-1: no limit). `image_dirs`: folders whose
+    image files a request may name by path (a GLM-V model); without them images come as data: URIs only."""
+    allowed_images = AllowedDirs(image_dirs) if image_dirs else None
     app = FastAPI(title="GLM Workbench OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(OpenAIErrors)
     queue = app.state.queue = Queue(max_queue)
@@ -379,7 +431,9 @@ def create_api(
             chat = ChatCompletionRequest.model_validate(await read_body(request, max_body_bytes))
         except ValidationError as exc:
             raise validation_error(exc) from None
-        system, turns = chat.conversation()
+        system, turns = chat.conversation(allowed_images)
+        if not engine.reads_images and any(turn.get("images") for turn in turns):
+            raise APIError(400, message("api.model_reads_text", model=chat.model), param="messages")
         available = adapters()
         if chat.model not in (base_name, *available):
             raise APIError(
@@ -392,7 +446,7 @@ def create_api(
         tools = chat.tool_list()
         if engine.thinking_format is None and (tools or any(t["role"] == "tool" for t in turns)):
             raise APIError(400, message("api.model_has_no_tools", model=chat.model), param="tools")
-        prompt_tokens = len(engine.prompt_ids(turns, system, tools, chat.enable_thinking))
+        prompt_tokens = engine.prompt_length(turns, system, tools, chat.enable_thinking, adapter)
         settings = GenerationSettings(
             max_new_tokens=fit_to_context(engine, prompt_tokens, chat.requested_tokens),
             temperature=chat.temperature,

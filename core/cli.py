@@ -334,7 +334,9 @@ def cmd_api(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK_HOSTS and not api_key:
         say(message("cli.api_open_warning", host=args.host))
     max_queue = args.max_queue if args.max_queue is not None else MAX_QUEUE
-    app = create_api(engine, base_name, lambda: adapters, api_key, max_queue=max_queue)
+    app = create_api(
+        engine, base_name, lambda: adapters, api_key, max_queue=max_queue, image_dirs=args.image_dir or None
+    )
     say(
         message("cli.api_listening", url=f"http://{args.host}:{args.port}/v1", models=", ".join([base_name, *adapters]))
     )
@@ -528,6 +530,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="requests that may wait while one generates; more are answered 429 with Retry-After "
         "(default: 64; -1: no limit)",
+    )
+    api.add_argument(
+        "--image-dir",
+        action="append",
+        default=[],
+        metavar="FOLDER",
+        help="a vision model: image files in FOLDER may be named by path in image_url parts; repeatable "
+        "(default: images come as data: URIs only; web addresses are never fetched)",
     )
     api.set_defaults(func=cmd_api)
 

@@ -55,6 +55,12 @@ class CommonSettings:
     val_size: float = 0.0  # a fraction of the data, or a whole number of samples, held out for validation
     max_samples: int = 0
     packing: bool = False  # padding-free: a batch's samples in one row, positions restarting, no cross-attention
+    # GLM-V models (image rows): each image's pixel budget for the image processor (LLaMA-Factory's keys; 0 keeps
+    # the checkpoint's own), and whether the vision tower and the projector (merger) stay frozen, as by default there
+    image_max_pixels: int = 0
+    image_min_pixels: int = 0
+    freeze_vision_tower: bool = True
+    freeze_multi_modal_projector: bool = True
     # training
     learning_rate: float = 2e-4
     num_train_epochs: float = 3.0
@@ -187,6 +193,14 @@ class RunConfig(*reversed(_STAGE_OPTIONS), *reversed(_OPTIONS), CommonSettings):
             "config.val_size",
         )
         check(self.max_samples >= 0, "max_samples", "config.max_samples")
+        check(self.image_max_pixels >= 0, "image_max_pixels", "config.zero_or_more")
+        check(self.image_min_pixels >= 0, "image_min_pixels", "config.zero_or_more")
+        check(
+            not (self.image_max_pixels and self.image_min_pixels) or self.image_min_pixels <= self.image_max_pixels,
+            "image_min_pixels",
+            "config.image_pixels_order",
+            limit=self.image_max_pixels,
+        )
         check(
             self.lr_scheduler_type in LR_SCHEDULERS,
             "lr_scheduler_type",

@@ -13,7 +13,8 @@ from core.config import load_yaml
 from core.errors import ExportError, RunStateError
 from core.files import STAGING_TAG, held, reclaim_staging
 from core.i18n import message
-from core.models.loader import DTYPES, load_model, load_tokenizer, pick_device, pick_dtype, prepare_model
+from core.models.loader import DTYPES, load_model, load_tokenizer, locate_model, pick_device, pick_dtype, prepare_model
+from core.models.vision import load_image_processor
 from core.runs import ADAPTER_CONFIG, ADAPTER_DIR, CONFIG_FILE, METRICS_FILE, MODEL_DIR
 
 ZIP_COMMENT = b"glm-workbench export"  # marks our zips: only these are ever replaced
@@ -79,6 +80,18 @@ tokenizer = AutoTokenizer.from_pretrained("path/to/this/unzipped/folder")
 ```"""
 
 
+def loading_code(base: str, adapter: bool, with_images: bool) -> str:
+    """The model card's loading snippet; a GLM-V model loads through its image-text class with its image processor
+    (AutoProcessor would also build the video processor, which needs torchvision)."""
+    code = LOAD_ADAPTER.format(base=base) if adapter else LOAD_MODEL
+    if not with_images:
+        return code
+    source = base if adapter else "path/to/this/unzipped/folder"
+    code = code.replace("AutoModelForCausalLM", "AutoModelForImageTextToText")
+    code = code.replace("AutoTokenizer\n", "AutoImageProcessor, AutoTokenizer\n", 1)
+    return code.replace("\n```", f'\nimage_processor = AutoImageProcessor.from_pretrained("{source}")\n```')
+
+
 def base_model_name(model: str) -> str:
     """The base model as a reader elsewhere can find it: a hub name as given, a local folder by its name (the
     server's absolute path means nothing on another machine)."""
@@ -111,7 +124,7 @@ def model_card(run_dir: Path, output: Path) -> str:
         final_loss=f"{final:.4g}" if isinstance(final, (int, float)) else "-",
         best_eval_loss=f"{best:.4g}" if best is not None else "-",
         template=config.template,
-        load=LOAD_ADAPTER.format(base=base) if adapter else LOAD_MODEL,
+        load=loading_code(base, adapter, bool(locate_model(config.model_name_or_path).vision_type)),
         command="glm-workbench train config.yaml",
     ).render("en")
 
@@ -211,6 +224,9 @@ def merge_run(
         with staged_dir(target, kind=MERGED_KIND, replace=replace) as folder:
             merged.save_pretrained(folder, max_shard_size=max_shard_size)
             load_tokenizer(base_path).save_pretrained(folder)
+            if locate_model(base_path).vision_type:  # a GLM-V model: its image processor, as the run trained with it
+                processor_from = output if (output / "preprocessor_config.json").is_file() else Path(base_path)
+                load_image_processor(processor_from).save_pretrained(folder)
     except TargetNotFreeError as exc:
         raise refusal(exc) from None
     reclaim_staging(target.parent, target.name)  # earlier merges into this folder that a kill cut short

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.data.formats import IMAGE_PLACEHOLDER
 from core.errors import DataError
 
 FEEDBACK_DIR = "feedback"
@@ -44,6 +45,7 @@ JUDGMENTS = ("better", "worse", "tie")
 SFT_SUFFIX = ".sft.jsonl"
 TIES_SUFFIX = ".ties.jsonl"
 DEFAULT_NAME = "chat"
+IMAGES_DIR = "images"  # the images of votes on image prompts, beside the feedback files
 _NAME = re.compile(r"[\w\-][\w.\-]{0,63}")
 
 _locks: dict[str, threading.Lock] = {}
@@ -96,7 +98,7 @@ class FeedbackStore:
         name = check_name(name)
         if judgment not in JUDGMENTS:
             raise DataError("feedback.judgment", judgment=judgment, choices=", ".join(JUDGMENTS))
-        prompt = _prompt(messages, system, tools)
+        prompt = self._keep_images(_prompt(messages, system, tools))
         first, second = _answer(first), _answer(second)
         if judgment == "tie":
             row = {**prompt, "answers": [first, second], "runs": [first_run, second_run], "time": _now()}
@@ -154,7 +156,7 @@ class FeedbackStore:
         """The right answer, written by the user: it beats each shown answer (one pair each, an answer equal to it
         is no pair) and becomes an SFT row."""
         name = check_name(name)
-        prompt = _prompt(messages, system, tools)
+        prompt = self._keep_images(_prompt(messages, system, tools))
         written = _answer(written)
         runs = list(shown_runs or []) + [""] * len(shown)
         pairs = [
@@ -168,6 +170,25 @@ class FeedbackStore:
         sft |= {k: v for k, v in prompt.items() if k not in ("instruction", "input")} | {"time": _now()}
         self._append(self.root / f"{name}{SFT_SUFFIX}", [sft])
         return self.counts(name)
+
+    def _keep_images(self, prompt: dict[str, Any]) -> dict[str, Any]:
+        """A prompt's images copied into feedback/images/ (named by their content) and named relative to the
+        feedback files: the page's uploads live in a temporary folder, and the rows must outlive it."""
+        if not prompt.get("images"):
+            return prompt
+        import hashlib
+        import shutil
+
+        folder = self.root / IMAGES_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        kept = []
+        for image in prompt["images"]:
+            source = Path(image)
+            name = hashlib.sha256(source.read_bytes()).hexdigest()[:24] + source.suffix.lower()
+            if not (folder / name).is_file():
+                shutil.copyfile(source, folder / name)
+            kept.append(f"{IMAGES_DIR}/{name}")
+        return {**prompt, "images": kept}
 
     def _append(self, path: Path, rows: list[dict[str, Any]]) -> None:
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
@@ -260,6 +281,12 @@ def _prompt(messages: list[dict[str, str]], system: str = "", tools: list[dict] 
         raise DataError("feedback.bad_conversation")
     history = [[messages[i]["content"], messages[i + 1]["content"]] for i in range(0, len(messages) - 1, 2)]
     prompt = {"instruction": messages[-1]["content"], "input": "", "system": system, "history": history}
+    images = [str(image) for image in messages[-1].get("images") or ()]
+    if images:  # LLaMA-Factory's image rows: a placeholder per image in the text, the files beside
+        text = prompt["instruction"]
+        if text.count(IMAGE_PLACEHOLDER) != len(images):
+            text = IMAGE_PLACEHOLDER * len(images) + text.replace(IMAGE_PLACEHOLDER, "")
+        prompt |= {"instruction": text, "images": images}
     return prompt | ({"tools": list(tools)} if tools else {})
 
 
@@ -272,6 +299,7 @@ def _pair(prompt: dict[str, Any], chosen: str, rejected: str, judgment: str, cho
         "system": prompt["system"],
         "history": prompt["history"],
         **({"tools": prompt["tools"]} if "tools" in prompt else {}),
+        **({"images": prompt["images"]} if "images" in prompt else {}),
         "judgment": judgment,
         "chosen_run": chosen_run,
         "rejected_run": rejected_run,

@@ -26,6 +26,8 @@ from core.chat.turns import ChatReply, read_reply
 from core.config import RunConfig, load_yaml, yaml_text
 from core.data import prepare
 from core.data.formats import RowError
+from core.data.images import SampleImage, open_images, thumbnail_png
+from core.data.multimodal import IMAGE_TOKEN, VisionEncoder
 from core.data.prepare import Checked, Peek
 from core.data.readers import DEMO_DATASETS, SUPPORTED_EXTENSIONS
 from core.data.template import IGNORE_INDEX, TemplateEncoder
@@ -48,8 +50,8 @@ from core.feedback import DEFAULT_NAME as DEFAULT_FEEDBACK
 from core.feedback import FEEDBACK_DIR, FeedbackStore
 from core.files import describe_reclaimed, reclaim_staging
 from core.i18n import Message, message
-from core.models.demo import MOE_DEMO_NAME
-from core.models.loader import check_model_reference, locate_model, reading_tokenizer
+from core.models.demo import DEMOS
+from core.models.loader import check_model_reference, locate_model, reading_image_processor, reading_tokenizer
 from core.ownership import has_live_owner
 from core.runs import (
     CONFIG_FILE,
@@ -228,9 +230,16 @@ class Workbench:
         positions = (
             range(total) if total <= LENGTH_SAMPLE else sorted(random.Random(0).sample(range(total), LENGTH_SAMPLE))
         )
-        encoder = TemplateEncoder(self._tokenizer(model), template)
+        vision_encoder = self._vision_encoder(model)
         try:
-            encoded = encoder.encode_batch(checked.conversations(list(positions)))
+            if vision_encoder is not None:  # image tokens count: each image as many as its resized size makes
+                samples = [
+                    vision_encoder.encode(c, checked.path.parent) for c in checked.conversations(list(positions))
+                ]
+                encoded = [(sample["input_ids"], sample["labels"]) for sample in samples]
+            else:
+                encoder = TemplateEncoder(self._tokenizer(model), template)
+                encoded = encoder.encode_batch(checked.conversations(list(positions)))
         except RowError as exc:  # a row the template cannot express (tool calls on GLM-4's): say which file
             raise DataError(exc.message, checked.path) from None
         starts = [
@@ -248,18 +257,65 @@ class Workbench:
         position = min(max(index, 0), checked.usable_count - 1)
         conversation = checked.conversations([position])[0]
         tokenizer = self._tokenizer(model)
-        encoder = TemplateEncoder(tokenizer, template)
+        vision_encoder = self._vision_encoder(model)
         try:
-            input_ids, labels = encoder.encode(conversation, cutoff_len)
+            if vision_encoder is not None:
+                sample = vision_encoder.encode(conversation, checked.path.parent)
+                input_ids, labels = sample["input_ids"][:cutoff_len], sample["labels"][:cutoff_len]
+                used = locate_model(self._model_path(model)).vision_type
+            else:
+                encoder = TemplateEncoder(tokenizer, template)
+                input_ids, labels = encoder.encode(conversation, cutoff_len)
+                used = encoder.template.name
         except RowError as exc:
             raise DataError(exc.message, checked.path, row=int(checked.usable[position]) + 1) from None
+        image_id = vision_encoder.image_token_id if vision_encoder is not None else None
         pieces: list[tuple[str, bool]] = []
         start = 0
         for end in range(1, len(input_ids) + 1):
-            if end == len(input_ids) or (labels[end] != IGNORE_INDEX) != (labels[start] != IGNORE_INDEX):
-                pieces.append((tokenizer.decode(input_ids[start:end]), labels[start] != IGNORE_INDEX))
+            trains, image = labels[start] != IGNORE_INDEX, input_ids[start] == image_id
+            if (
+                end == len(input_ids)
+                or (labels[end] != IGNORE_INDEX) != trains
+                or (input_ids[end] == image_id) != image
+            ):
+                text = f"{IMAGE_TOKEN}×{end - start}" if image else tokenizer.decode(input_ids[start:end])
+                pieces.append((text, trains))
                 start = end
-        return encoder.template.name, pieces
+        return used, pieces
+
+    def sample_images(self, dataset: str, fmt: str, model: str, index: int, columns: str = "") -> list[SampleImage]:
+        """The images of one sample as the Data tab shows them beside its rendered text: a thumbnail (PNG), the
+        size the image processor resizes it to, and the `<|image|>` tokens that costs (none for a text model)."""
+        self.access.check_dataset(dataset)
+        checked = prepare.check(dataset, fmt, columns)
+        position = min(max(index, 0), checked.usable_count - 1)
+        conversation = checked.conversations([position])[0]
+        if not conversation.images:
+            return []
+        vision_encoder = self._vision_encoder(model)
+        try:
+            pictures = open_images(conversation, checked.path.parent)
+        except RowError as exc:
+            raise DataError(exc.message, checked.path, row=int(checked.usable[position]) + 1) from None
+        shown = []
+        for picture in pictures:
+            tokens, size = 0, picture.size
+            if vision_encoder is not None:
+                features, counts = vision_encoder.image_features([picture])
+                tokens = counts[0]
+                _, height, width = (int(v) for v in features["image_grid_thw"][0])
+                patch = vision_encoder.image_processor.patch_size
+                size = (width * patch, height * patch)
+            shown.append(SampleImage(thumbnail_png(picture), picture.size, size, tokens))
+        return shown
+
+    def _vision_encoder(self, model: str) -> VisionEncoder | None:
+        """A GLM-V model's encoder for previews (its tokenizer and image processor, nothing built); None otherwise."""
+        location = locate_model(self._model_path(model))
+        if not location.vision_type:
+            return None
+        return VisionEncoder(self._tokenizer(model), reading_image_processor(location))
 
     def _tokenizer(self, model: str):
         """The model's tokenizer, read without preparing the model (no conversion is written for a preview)."""
@@ -442,19 +498,19 @@ class Workbench:
         ]
         recent = [str(run.status.get("model") or "") for run in self.runs()]
         choices: list[str] = []
-        for choice in [BASE_MODEL_CHOICE, MOE_DEMO_NAME, *recent, *folders]:
+        for choice in [*DEMOS, *recent, *folders]:
             if choice and choice not in choices:
                 choices.append(choice)
         return choices
 
     def model_choices(self) -> list[str]:
         """The demo models plus every full fine-tuning run's model folder."""
-        return [BASE_MODEL_CHOICE, MOE_DEMO_NAME] + [run.name for run in self.runs() if run.model_dir is not None]
+        return [*DEMOS] + [run.name for run in self.runs() if run.model_dir is not None]
 
     def _model_path(self, model: str) -> str:
         if model in ("", BASE_MODEL_CHOICE):
             return BASE_MODEL_CHOICE
-        if model == MOE_DEMO_NAME:
+        if model in DEMOS:
             return model
         run = find_run(self.workspace, model)
         return str(run.model_dir) if run is not None and run.model_dir is not None else model

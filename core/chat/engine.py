@@ -15,11 +15,14 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.data.formats import IMAGE_PLACEHOLDER, Conversation, RowError
+from core.data.multimodal import VisionEncoder
 from core.data.template import NO_THINKING, TemplateEncoder, get_template
 from core.errors import ModelError
 from core.methods import load_input_adapter
 from core.methods.base import InputAdapter
-from core.models.loader import load_model, load_tokenizer, prepare_model
+from core.models.loader import load_model, load_tokenizer, locate_model, prepare_model
+from core.models.vision import load_image_processor
 
 log = logging.getLogger("glm_workbench")
 
@@ -99,6 +102,7 @@ class ChatEngine:
         self.model = None
         self.tokenizer = None
         self.encoder: TemplateEncoder | None = None
+        self.vision: VisionEncoder | None = None  # a GLM-V model's: prompts with images go through its own template
         self.model_path: str | None = None
         self.peft = None  # PeftModel wrapping self.model once an adapter is loaded (LoRA layers sit in place)
         self._adapters: dict[str, LoadedAdapter] = {}
@@ -120,8 +124,16 @@ class ChatEngine:
                 self.model_path = path
                 self.peft = None
                 self._adapters.clear()
+                self.vision = None
+                if locate_model(path).vision_type:
+                    self.vision = VisionEncoder(self.tokenizer, load_image_processor(path))
             self.encoder = TemplateEncoder(self.tokenizer, self.template)
             return path
+
+    @property
+    def reads_images(self) -> bool:
+        """Whether the loaded model takes images (a GLM-V model)."""
+        return self.vision is not None
 
     def _ensure_adapter(self, name: str, folder: str) -> LoadedAdapter:
         """Load (or reload, if its files changed) an adapter for the base model."""
@@ -227,12 +239,20 @@ class ChatEngine:
                     context, prefix = self._select(adapter)
                     if settings.seed is not None:
                         torch.manual_seed(settings.seed)
-                    prompt = self.prompt_ids(messages, system, tools, settings.enable_thinking)
+                    if self.vision is None and any(turn.get("images") for turn in messages):
+                        raise ModelError("model.reads_text_only")
+                    if self.vision is not None:
+                        inputs = self.vision_inputs(messages, system, tools, settings.enable_thinking, adapter)
+                        prompt = inputs["input_ids"][0].tolist()
+                    else:
+                        prompt = self.prompt_ids(messages, system, tools, settings.enable_thinking)
+                        ids = torch.tensor([prompt])
+                        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
                     room = self.context_length - len(prompt) - (prefix.length if prefix is not None else 0)
                     if room < 1:
                         raise ModelError("model.prompt_too_long", tokens=len(prompt), context=self.context_length)
-                    input_ids = torch.tensor([prompt], device=self.model.device)
-                    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+                    inputs = {key: value.to(self.model.device) for key, value in inputs.items()}
+                    input_ids = inputs["input_ids"]
                     if prefix is not None:
                         inputs = prefix.generate_kwargs(self.model, input_ids, inputs["attention_mask"])
                     with torch.inference_mode(), context:
@@ -292,6 +312,51 @@ class ChatEngine:
                 self.tokenizer, get_template(encoder.template.name.removesuffix(NO_THINKING) + NO_THINKING)
             )
         return encoder.encode_prompt(messages, system, tools)
+
+    def prompt_length(
+        self,
+        messages: list[dict],
+        system: str = "",
+        tools: list[dict] | None = None,
+        enable_thinking: bool = True,
+        adapter: tuple[str, str] | None = None,
+    ) -> int:
+        """How many positions the prompt takes, its image tokens included."""
+        if self.vision is not None:
+            return int(self.vision_inputs(messages, system, tools, enable_thinking, adapter)["input_ids"].shape[1])
+        return len(self.prompt_ids(messages, system, tools, enable_thinking))
+
+    def vision_inputs(
+        self,
+        messages: list[dict],
+        system: str = "",
+        tools: list[dict] | None = None,
+        enable_thinking: bool = True,
+        adapter: tuple[str, str] | None = None,
+    ) -> dict:
+        """A GLM-V model's generation inputs. A user message may carry `images` (file paths, data: URIs); each sits
+        where its message has an `<image>` placeholder, or before the text when it has none. The image processor is
+        the adapter's where its run saved one (the pixel budget it trained with), else the model's."""
+        turns, images = [], []
+        for turn in messages:
+            found = list(turn.get("images") or ())
+            content = turn.get("content") or ""
+            if found and content.count(IMAGE_PLACEHOLDER) != len(found):
+                content = IMAGE_PLACEHOLDER * len(found) + content.replace(IMAGE_PLACEHOLDER, "")
+            images += found
+            turns.append({key: value for key, value in {**turn, "content": content}.items() if key != "images"})
+        conversation = Conversation(turns, system=system, tools=tools, images=images or None)
+        encoder = VisionEncoder(self.tokenizer, self._image_processor(adapter), {"enable_thinking": enable_thinking})
+        try:
+            return encoder.encode_prompt(conversation)
+        except RowError as exc:
+            raise ModelError("model.image_unusable", detail=exc.message) from None
+
+    def _image_processor(self, adapter: tuple[str, str] | None):
+        folder = Path(adapter[1]) if adapter is not None else None
+        if folder is not None and (folder / "preprocessor_config.json").is_file():
+            return load_image_processor(folder)
+        return self.vision.image_processor
 
     def _shown(self, text: str) -> str:
         """A (partial) decoded reply as the template's chat code shows it: ChatGLM-6B's through THUDM's

@@ -168,8 +168,22 @@ def result_entry(call_name: str, result: str, turn: int, index: int, title: str)
 def _text(content: Any) -> str:
     """Gradio hands content back as a list of parts; the first call gets plain strings."""
     if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        return "".join(part if isinstance(part, str) else part.get("text", "") for part in content)
     return str(content or "")
+
+
+def _images(content: Any) -> list[str]:
+    """The image files of a message's parts: gradio's file parts ({"type": "file", "file": {"path"}}) or the
+    {"path"} a handler put there."""
+    if not isinstance(content, list):
+        return []
+    found = []
+    for part in content:
+        if isinstance(part, dict):
+            path = (part.get("file") or {}).get("path") if part.get("type") == "file" else part.get("path")
+            if path:
+                found.append(str(path))
+    return found
 
 
 def _tag(entry: dict[str, Any]) -> tuple[str, list[str]]:
@@ -208,6 +222,9 @@ def conversation(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
             turns.append({"role": "tool", "content": text})
         else:
             turns.append({"role": str(entry.get("role") or "user"), "content": text})
+            images = _images(entry.get("content"))
+            if images:
+                turns[-1]["images"] = images
     return turns
 
 

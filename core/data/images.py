@@ -12,6 +12,7 @@ import binascii
 import io
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.data.formats import REMOTE_SCHEMES, Conversation, RowError
@@ -85,3 +86,25 @@ def image_check(base_dir: Path | None) -> Callable[[Conversation], None]:
             image.close()
 
     return inspect
+
+
+@dataclass(frozen=True)
+class SampleImage:
+    """One image of a sample as the Data tab shows it."""
+
+    thumbnail: bytes  # PNG, at most THUMBNAIL pixels a side
+    size: tuple[int, int]  # (width, height) as stored
+    resized: tuple[int, int]  # (width, height) after the model's image processor resizes it
+    tokens: int  # the `<|image|>` tokens it costs (0: a text model)
+
+
+THUMBNAIL = 96
+
+
+def thumbnail_png(image) -> bytes:
+    """A small PNG of `image` for the page: a large photo is never sent to the browser whole."""
+    small = image.copy()
+    small.thumbnail((THUMBNAIL, THUMBNAIL))
+    buffer = io.BytesIO()
+    small.save(buffer, format="PNG")
+    return buffer.getvalue()

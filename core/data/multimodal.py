@@ -56,9 +56,10 @@ def chat_messages(conversation: Conversation) -> list[dict[str, Any]]:
 class VisionEncoder:
     """Encodes image rows (and text rows) for a GLM-V model with its tokenizer and image processor."""
 
-    def __init__(self, tokenizer, image_processor):
+    def __init__(self, tokenizer, image_processor, template_kwargs: dict[str, Any] | None = None):
         self.tokenizer = tokenizer
         self.image_processor = image_processor
+        self.template_kwargs = dict(template_kwargs or {})  # passed to the template: {"enable_thinking": False}
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.end_token_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
         self.merge_area = image_processor.merge_size**2
@@ -69,7 +70,11 @@ class VisionEncoder:
         offset = len(messages) - len(conversation.messages)  # the system message, if any
         chosen = messages if upto is None else messages[: offset + upto]
         return self.tokenizer.apply_chat_template(
-            chosen, tools=conversation.tools, tokenize=False, add_generation_prompt=generation_prompt
+            chosen,
+            tools=conversation.tools,
+            tokenize=False,
+            add_generation_prompt=generation_prompt,
+            **self.template_kwargs,
         )
 
     def answer_spans(self, conversation: Conversation) -> tuple[str, list[tuple[int, int]]]:
@@ -88,12 +93,40 @@ class VisionEncoder:
             spans.append((len(prompt), end + len(following)))
         return text, spans
 
+    def image_features(self, images: list) -> tuple[dict[str, Any], list[int]]:
+        """The image processor's tensors for `images` and how many `<|image|>` tokens each image takes."""
+        features = self.image_processor(images=images, return_tensors="pt") if images else {}
+        return features, [int(grid.prod()) // self.merge_area for grid in features.get("image_grid_thw", [])]
+
+    def encode_prompt(self, conversation: Conversation, base_dir: Path | None = None) -> dict[str, Any]:
+        """A chat request's generation inputs (batch of one, tensors): the template's prompt with the generation
+        prompt, image tokens widened, mm_token_type_ids, and the images' pixels and grids."""
+        import torch
+
+        features, counts = self.image_features(open_images(conversation, base_dir))
+        text = self.render(conversation, generation_prompt=True)
+        ids: list[int] = []
+        for token in self.tokenizer(text, add_special_tokens=False)["input_ids"]:
+            ids += [token] * (counts.pop(0) if token == self.image_token_id and counts else 1)
+        if counts:
+            total = len(features["image_grid_thw"])
+            raise RowError("row.template_image_count", images=total, rendered=total - len(counts))
+        input_ids = torch.tensor([ids])
+        inputs: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "mm_token_type_ids": (input_ids == self.image_token_id).long(),
+        }
+        if "pixel_values" in features:
+            inputs["pixel_values"] = features["pixel_values"]
+            inputs["image_grid_thw"] = features["image_grid_thw"]
+        return inputs
+
     def encode(self, conversation: Conversation, base_dir: Path | None = None) -> dict[str, Any]:
         """One row's training sample: lists for the ids, labels, attention mask and mm_token_type_ids; the
         image processor's tensors (absent for a row without images)."""
         images = open_images(conversation, base_dir)
-        features = self.image_processor(images=images, return_tensors="pt") if images else {}
-        counts = [int(grid.prod()) // self.merge_area for grid in features.get("image_grid_thw", [])]
+        features, counts = self.image_features(images)
         text, spans = self.answer_spans(conversation)
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids: list[int] = []

@@ -18,6 +18,7 @@ DEMO_DATASETS = {
     "multiturn": "multiturn.json",
     "identity_pairs": "identity_pairs.json",  # pairwise: the identity answers against wrong ones
     "tool_calls": "tool_calls.json",  # OpenAI messages with tools, tool calls and reasoning (for demo-moe)
+    "colours": "colours.json",  # image rows: name a solid colour (for demo-vision / demo-vision-moe)
 }
 
 

@@ -306,7 +306,10 @@ class TemplateEncoder:
 
     def check(self, conversation: Conversation) -> None:
         """RowError when this template cannot express the conversation: tools, tool calls and reasoning need the
-        GLM-4.5 generation's format (a row of them would otherwise train without them)."""
+        GLM-4.5 generation's format (a row of them would otherwise train without them). Images need a GLM-V model:
+        a text model would read the `<image>` placeholder as five characters."""
+        if conversation.images:
+            raise RowError("row.images_need_vision_model", template=self.template.name)
         if self.template.thinking is not None:
             return
         for number, message in enumerate(conversation.messages, start=1):

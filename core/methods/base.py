@@ -86,6 +86,7 @@ class Method:
     learning_rates: tuple[float, float] = (2e-3, 2e-4)  # suggested: (the random demo model, a real model)
     preference: bool = True  # trains a preference stage (core/stages/): its model is a policy TRL can compare
     fsdp: bool = False  # its SFT runs shard across processes with FSDP (distributed: fsdp)
+    vision: bool = False  # trains the GLM-V models on image rows (the vision tower frozen unless asked)
     # (adapter folder) -> an InputAdapter when the folder holds this method's kind of adapter that feeds the inputs;
     # None otherwise (peft loads the LoRA family's adapters into the model's layers)
     input_adapter: Callable[[Path], InputAdapter | None] | None = None

@@ -34,7 +34,8 @@ def extra_modules(config) -> list[str]:
 def prepare(model, config):
     """Each parameter trains if it is in a trainable layer or one of its names contains an extra. A tied weight
     has two names (ChatGLM-6B's lm_head is its word embeddings): either one selects it."""
-    layers = set(trainable_layer_indices(model.config.num_hidden_layers, config.freeze_trainable_layers))
+    depth = model.config.get_text_config().num_hidden_layers  # a GLM-V config keeps it in text_config
+    layers = set(trainable_layer_indices(depth, config.freeze_trainable_layers))
     extras = extra_modules(config)
     matched_extras: set[str] = set()
     names_of: dict[int, tuple[object, list[str]]] = {}
@@ -87,6 +88,7 @@ def backprop_layers(shape, config) -> int:
 
 METHOD = Method(
     name="freeze",
+    vision=True,
     fsdp=True,
     output_dir=MODEL,
     prepare=prepare,

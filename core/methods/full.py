@@ -12,6 +12,7 @@ def trainable_params(shape, config) -> int:
 
 METHOD = Method(
     name="full",
+    vision=True,
     fsdp=True,
     output_dir=MODEL,
     prepare=train_every_parameter,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from core.errors import config_error
 from core.methods.base import ADAPTER, Field, Method
-from core.models import peft_moe
+from core.models import peft_moe, vision
 
 
 @dataclass
@@ -70,19 +70,27 @@ def router_parameters(model) -> list[str]:
     return sorted(names)
 
 
-def lora_targets(model, spec: str) -> tuple[str | list[str], list[str]]:
+def lora_targets(model, spec: str, config=None) -> tuple[str | list[str], list[str]]:
     """(target_modules, target_parameters) for peft. A dense model: peft's own "all-linear", or the names given.
     A MoE model (transformers 5 fuses its experts into 3-D parameters, which matching Linear modules misses, and
     peft's all-linear also adapts the router): "all" is every decoder Linear (attention, dense and shared-expert
     MLPs) plus the routed experts through `target_parameters`, never the router; `experts` and `router` name them
     in a list. GLM-5's sparse-attention indexer is left out of "all": it picks tokens by top-k, so no gradient
-    reaches it (its adapters would stay at zero)."""
+    reaches it (its adapters would stay at zero). A GLM-V model: the names are spelled out in full, its vision
+    tower and projector left out unless `config` trains them (core/models/vision.py)."""
     experts = expert_parameters(model)
-    if not experts:
+    with_vision = vision.has_vision_tower(model)
+    if not experts and not with_vision:
         return target_modules(spec), []
-    peft_moe.install()
-    names = linear_layer_names(model, skip="indexer") + [EXPERTS] if spec.strip() == "all" else target_modules(spec)
+    if experts:
+        peft_moe.install()
+    everything = spec.strip() == "all"
+    names = (
+        linear_layer_names(model, skip="indexer") + [EXPERTS] * bool(experts) if everything else target_modules(spec)
+    )
     modules = [name for name in names if name not in (EXPERTS, ROUTER)]
+    if with_vision:
+        modules = vision.lora_module_names(model, modules, config)
     parameters = (experts if EXPERTS in names else []) + (router_parameters(model) if ROUTER in names else [])
     return modules, parameters
 
@@ -90,14 +98,10 @@ def lora_targets(model, spec: str) -> tuple[str | list[str], list[str]]:
 def lora_config(config, model=None):
     from peft import LoraConfig
 
-    modules, parameters = (
-        lora_targets(model, config.lora_target)
-        if model is not None
-        else (
-            target_modules(config.lora_target),
-            [],
-        )
-    )
+    if model is not None:
+        modules, parameters = lora_targets(model, config.lora_target, config)
+    else:
+        modules, parameters = target_modules(config.lora_target), []
     return LoraConfig(
         r=config.lora_rank,
         lora_alpha=config.lora_alpha,
@@ -171,6 +175,7 @@ def trainable_params(shape, config) -> int:
 
 METHOD = Method(
     name="lora",
+    vision=True,
     fsdp=True,
     output_dir=ADAPTER,
     prepare=prepare,

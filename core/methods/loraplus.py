@@ -40,6 +40,7 @@ def optimizer(model, args, config):
 
 METHOD = Method(
     name="loraplus",
+    vision=True,
     fsdp=True,
     output_dir=ADAPTER,
     prepare=lora.prepare,

@@ -97,6 +97,7 @@ def weight_bytes(shape, config, compute_bytes: int, trainable: int) -> float:
 
 METHOD = Method(
     name="qlora",
+    vision=True,
     output_dir=ADAPTER,
     prepare=prepare,
     trainable_params=lora.trainable_params,

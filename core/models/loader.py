@@ -111,6 +111,14 @@ def reading_tokenizer(location: ModelLocation):
     return load_tokenizer(location.path)
 
 
+@lru_cache(maxsize=4)
+def reading_image_processor(location: ModelLocation):
+    """A GLM-V model's image processor for previews: a demo not built yet lends the one its build would save."""
+    if _demo_unbuilt(location):
+        return vision.demo_image_processor(DEMOS[location.reference].image_size)
+    return vision.load_image_processor(location.path)
+
+
 def model_config(location: ModelLocation):
     """The model's transformers config, read from its config.json alone (the memory estimate); for a demo model
     not built yet, the config its build would write (nothing is built for an estimate)."""
@@ -184,9 +192,9 @@ def load_model(
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
 ):
-    """Load the causal LM in eval mode on `device` (default: GPU if present), optionally quantized.
-    `attn_implementation`: transformers' name (None: its default, PyTorch's sdpa)."""
-    from transformers import AutoModelForCausalLM
+    """Load the causal LM (a GLM-V model: its image-text class) in eval mode on `device` (default: GPU if present),
+    optionally quantized. `attn_implementation`: transformers' name (None: its default, PyTorch's sdpa)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     register_native_classes()
     peft_moe.install()  # before any adapter is attached to the model: MoE targets kept as we write them
@@ -197,7 +205,9 @@ def load_model(
     if quantization_config is not None:
         kwargs.update(quantization_config=quantization_config, device_map={"": device})
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        with_images = Path(path).is_dir() and vision.vision_type(chatglm.read_config(path))
+        model_class = AutoModelForImageTextToText if with_images else AutoModelForCausalLM
+        model = model_class.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError("model.load_failed", folder=str(path), detail=str(exc).splitlines()[0]) from None
     return (model if quantization_config is not None else model.to(device)).eval()

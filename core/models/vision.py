@@ -67,3 +67,74 @@ def load_image_processor(path: str | Path):
         return AutoImageProcessor.from_pretrained(str(path))
     except (OSError, ValueError, ImportError) as exc:
         raise ModelError("model.image_processor_failed", folder=str(path), detail=str(exc).splitlines()[0]) from None
+
+
+def image_processor_for(path: str | Path, config) -> Any:
+    """The checkpoint's image processor with the run's pixel budget (LLaMA-Factory's image_max_pixels /
+    image_min_pixels; 0 keeps the checkpoint's own): fewer pixels, fewer image tokens, a faster step."""
+    processor = load_image_processor(path)
+    size = dict(getattr(processor, "size", None) or {})
+    if config.image_max_pixels:
+        size["longest_edge"] = int(config.image_max_pixels)
+    if config.image_min_pixels:
+        size["shortest_edge"] = int(config.image_min_pixels)
+    if size:
+        processor.size = size
+    return processor
+
+
+# Where the vision side of a GLM-V model lives (module names), as LLaMA-Factory splits it: the projector (the
+# merger, which maps merged patches into the text's hidden size) and the tower (everything else under `visual`).
+PROJECTOR = "visual.merger"
+TOWER = "visual"
+
+
+def part_of(name: str) -> str:
+    """ "projector", "tower" or "language" for a module or parameter name of a GLM-V model."""
+    padded = "." + name + "."
+    if f".{PROJECTOR}." in padded:
+        return "projector"
+    if f".{TOWER}." in padded:
+        return "tower"
+    return "language"
+
+
+def has_vision_tower(model) -> bool:
+    return any(part_of(name) == "tower" for name, _ in model.named_parameters())
+
+
+def trained_parts(config) -> set[str]:
+    """The vision parts the run trains besides the language model (frozen by default, as in LLaMA-Factory)."""
+    parts = set()
+    if not getattr(config, "freeze_vision_tower", True):
+        parts.add("tower")
+    if not getattr(config, "freeze_multi_modal_projector", True):
+        parts.add("projector")
+    return parts
+
+
+def lora_module_names(model, leaf_names: list[str], config) -> list[str]:
+    """Full module names for peft: the language model's Linear layers named by `leaf_names`, and every Linear layer
+    of a vision part the run trains. Leaf names alone would also match the tower (its MLP has gate_proj, up_proj,
+    down_proj too), so a GLM-V model's targets are always spelled out."""
+    import torch
+
+    parts = trained_parts(config)
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        part = part_of(name)
+        if part in parts or (part == "language" and name.rsplit(".", 1)[-1] in leaf_names):
+            names.append(name)
+    return names
+
+
+def set_vision_trainable(model, config) -> None:
+    """After a method that trains base weights (full, freeze) chose its parameters: the tower and the projector
+    train only where the run asks (freeze_vision_tower / freeze_multi_modal_projector set to false)."""
+    parts = trained_parts(config)
+    for name, parameter in model.named_parameters():
+        part = part_of(name)
+        if part != "language":
+            parameter.requires_grad_(part in parts)

@@ -17,6 +17,7 @@ from core.i18n import message
 from core.methods import METHODS
 from core.methods.lora import EXPERTS, ROUTER, expert_parameters, linear_layer_names
 from core.models.loader import ModelLocation, locate_model, model_config
+from core.stages import is_preference
 
 log = logging.getLogger("glm_workbench")
 
@@ -82,7 +83,7 @@ def model_names(reference: str) -> _Names | None:
     """Every module and parameter name of the model, from its config on the meta device; None if unknown."""
     try:
         import torch
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
         location = locate_model(reference)
         if location.kind == "hub":
@@ -91,7 +92,8 @@ def model_names(reference: str) -> _Names | None:
         if getattr(shape, "auto_map", None):
             return None  # building it would run the checkpoint's own code
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(shape)
+            model_class = AutoModelForImageTextToText if location.vision_type else AutoModelForCausalLM
+            model = model_class.from_config(shape)
     except Exception as exc:  # noqa: BLE001 - a shape we cannot build is checked by the run itself
         log.info("lora_target not checked before the run (%s: %s)", type(exc).__name__, exc)
         return None
@@ -112,3 +114,17 @@ def check_model_fits_config(location: ModelLocation, config) -> None:
     method = METHODS.get(config.finetuning_type)
     if method is not None and method.prefix_cache and config.gradient_checkpointing and not location.is_chatglm_v1:
         raise config_error("gradient_checkpointing", "config.ptuning_no_checkpointing")
+    if location.vision_type:
+        check_vision_run(location, config, method)
+
+
+def check_vision_run(location: ModelLocation, config, method) -> None:
+    """A GLM-V model trains supervised (image rows have no preference pairs here yet), by a method that declares
+    it (Method.vision), on unpacked batches: packing's 1-D positions would replace its 3-D image positions."""
+    if method is not None and not method.vision:
+        supported = ", ".join(name for name, known in METHODS.items() if known.vision)
+        raise config_error("finetuning_type", "config.vision_method", model=location.vision_type, methods=supported)
+    if is_preference(config.stage):
+        raise config_error("stage", "config.vision_stage", model=location.vision_type)
+    if getattr(config, "packing", False):
+        raise config_error("packing", "config.vision_packing", model=location.vision_type)

@@ -6,6 +6,7 @@ everything a UI needs to show is written into the run folder as it happens.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -20,11 +21,13 @@ from core.data.formats import conversation_row
 from core.data.pairs import tokenize_preferences
 from core.data.readers import resolve_dataset
 from core.data.template import IGNORE_INDEX, resolve_template
+from core.data.vision_dataset import tokenize_vision_dataset
 from core.errors import ConfigError, WorkbenchError, config_error
 from core.files import is_disk_full, staged_dir, write_text_atomic
 from core.i18n import Message, message
 from core.methods import get_method
 from core.methods.base import count_parameters, save_model_and_tokenizer
+from core.models import vision
 from core.models.loader import (
     load_model,
     load_tokenizer,
@@ -165,6 +168,7 @@ class TrainingSession:
         self.notify = notify or (lambda note: None)
         self.model = None
         self.teacher = None  # distillation only: the model the student learns from
+        self.image_processor = None  # a GLM-V model's: its rows carry images
         self.tokenizer = None
 
     def run(self) -> dict:
@@ -242,11 +246,16 @@ class TrainingSession:
             return tokenizer, data, model
         config, run_dir = self.config, self.run_dir
         model_path = prepare_model(config.model_name_or_path, config.trust_remote_code)
-        check_model_fits_config(locate_model(model_path), config)  # a run started without check_inputs too
+        location = locate_model(model_path)
+        check_model_fits_config(location, config)  # a run started without check_inputs too
         log.info("loading model %s", model_path)
         tokenizer = load_tokenizer(model_path, config.trust_remote_code)
         tokenizer.padding_side = "right"  # positions must start at 0 for every training sample
-        template = resolve_template(config.template, tokenizer, config.enable_thinking)
+        if location.vision_type:  # a GLM-V model: its own chat template and image processor encode the rows
+            template = location.vision_type
+            self.image_processor = vision.image_processor_for(model_path, config)
+        else:
+            template = resolve_template(config.template, tokenizer, config.enable_thinking)
         data = self._tokenize(config.dataset, tokenizer, template, config.val_size, config.max_samples)
         log.info(
             "data: format %s, template %s, %d train / %d eval samples, %d truncated at cutoff_len=%d",
@@ -277,6 +286,8 @@ class TrainingSession:
             **method.model_kwargs(config),
         )
         model = method.prepare(model, config)
+        if location.vision_type and method.trains_base:
+            vision.set_vision_trainable(model, config)
         trainable, total = count_parameters(model)
         log.info(
             "method %s: %s of %s parameters train (%.2f%%)",
@@ -300,8 +311,21 @@ class TrainingSession:
     def _tokenize(
         self, dataset: str, tokenizer, template: str, val_size: float = 0.0, max_samples: int = 0
     ) -> TokenizedData:
-        """SFT samples (ids + labels), or the preference stage's (core/data/pairs.py)."""
+        """SFT samples (ids + labels), or the preference stage's (core/data/pairs.py); a GLM-V model's with images."""
         config = self.config
+        if self.image_processor is not None:
+            return tokenize_vision_dataset(
+                dataset,
+                tokenizer,
+                self.image_processor,
+                config.cutoff_len,
+                config.dataset_format,
+                val_size,
+                max_samples,
+                config.seed,
+                config.columns,
+                {"enable_thinking": config.enable_thinking},
+            )
         if is_preference(config.stage):
             return tokenize_preferences(
                 dataset,
@@ -421,13 +445,20 @@ class TrainingSession:
             args=args,
             train_dataset=data.train,
             eval_dataset=data.eval if len(data.eval) else None,
-            data_collator=make_collator(tokenizer, self.config.packing),
+            data_collator=self._collator(tokenizer),
             processing_class=tokenizer,
             callbacks=callbacks,
         )
         if balance > 0:
             trainer.router_aux_loss_coef = balance
         return trainer
+
+    def _collator(self, tokenizer):
+        if self.image_processor is not None:  # image rows: their pixels and grids travel beside the ids
+            from core.data.multimodal import collate
+
+            return functools.partial(collate, pad_token_id=tokenizer.pad_token_id)
+        return make_collator(tokenizer, self.config.packing)
 
     def _train(self) -> dict:
         from transformers import EarlyStoppingCallback, set_seed
@@ -481,6 +512,8 @@ class TrainingSession:
             # The run's own output: replacing an earlier one (an abort, then Resume) is ours to do.
             with staged_dir(run_dir / method.output_dir, replace="owned") as folder:
                 save(trainer.model, tokenizer, folder)
+                if self.image_processor is not None:  # with the pixel budget the run trained on
+                    self.image_processor.save_pretrained(folder)
         self.model, self.tokenizer = trainer.model, tokenizer
         if is_main_process():  # the run is complete: what a killed earlier attempt left is only in the way
             reclaim_run(run_dir, owned=True)

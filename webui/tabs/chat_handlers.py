@@ -32,14 +32,25 @@ def plain_messages(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     messages = []
     for message in history or []:
         content = message.get("content")
+        images = []
         if isinstance(content, list):
+            images = [{"path": part["file"]["path"]} for part in content if _is_file(part)]
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-        entry = {"role": message["role"], "content": str(content or "")}
+        entry = {"role": message["role"], "content": [*images, str(content or "")] if images else str(content or "")}
         metadata = {k: v for k, v in (message.get("metadata") or {}).items() if v is not None}
         if metadata:
             entry["metadata"] = metadata
         messages.append(entry)
     return messages
+
+
+def _is_file(part: Any) -> bool:
+    return isinstance(part, dict) and part.get("type") == "file" and bool((part.get("file") or {}).get("path"))
+
+
+def user_entry(text: str, image: str | None) -> dict[str, Any]:
+    """The user's message as the Chatbot shows it: the image (a file part) above the text."""
+    return {"role": "user", "content": [{"path": image}, text] if image else text}
 
 
 def none_choice(ctx: UIContext) -> tuple[str, str]:
@@ -131,13 +142,14 @@ def respond(
     penalty_=1.0,
     thinking_=True,
     tools_text_="",
+    image_=None,
 ):
     history = plain_messages(history)
     box_shown = bool(pending_calls(history))
-    if not (text or "").strip():
+    if not (text or "").strip() and not image_:
         yield history, "", gr.update(), *result_prompt(ctx, history, box_shown)
         return
-    shown = history + [{"role": "user", "content": text}]
+    shown = history + [user_entry(text or "", image_)]
     settings = settings_of(temperature_, top_p_, max_new_, greedy_, penalty_, thinking_)
     parse_tools(tools_text_)  # a bad Tools box is named before anything is sent; the question stays
     yield from reply_after(ctx, shown, model_, adapter_, system_, settings, tools_text_, box_shown=box_shown)
@@ -206,7 +218,7 @@ def compare(ctx: UIContext, prompt, model_, system_, temperature_, top_p_, max_n
     every column has answered, the vote buttons judge this comparison. Answers that think or call tools are
     judged (and stored) whole: reasoning, answer and calls in the model's markup."""
     t = ctx.t
-    *adapters, penalty_, thinking_, tools_text_ = columns_and_more
+    *adapters, penalty_, thinking_, tools_text_, image_ = columns_and_more
     adapters = [a or "" for a in adapters]
     shown = ["" for _ in adapters]
     answers = ["" for _ in adapters]
@@ -217,7 +229,7 @@ def compare(ctx: UIContext, prompt, model_, system_, temperature_, top_p_, max_n
         yield *shown, None, *waiting, t("compare_no_prompt")
         return
     tools = parse_tools(tools_text_)  # a DataError that names what is wrong in the box
-    messages = [{"role": "user", "content": prompt}]
+    messages = [{"role": "user", "content": prompt, **({"images": [image_]} if image_ else {})}]
     notice = ""
     for index, adapter_ in enumerate(adapters):
         if adapter_ in adapters[:index]:

@@ -53,6 +53,16 @@ def conversation_layout(ctx: UIContext, ui: SimpleNamespace) -> None:
             scale=5,
             elem_id="chat-input",
         )
+        # A GLM-V model reads it with the message (and side by side with its prompt); upload or paste.
+        ui.image = gr.Image(
+            type="filepath",
+            sources=["upload", "clipboard"],
+            label=t("chat_image"),
+            height=96,
+            scale=1,
+            min_width=96,
+            elem_id="chat-image",
+        )
         ui.send = gr.Button(t("send"), variant="primary", scale=1, elem_id="chat-send")
         ui.stop = gr.Button(t("stop"), scale=1)
         ui.clear = gr.Button(t("clear"), scale=1)
@@ -165,18 +175,20 @@ def wire_streams(ctx: UIContext, ui: SimpleNamespace) -> list:
     chat_io = dict(
         fn=partial(h.respond, ctx),
         inputs=[ui.message, ui.chatbot, ui.model, ui.adapter, ui.system, *settings, ui.repetition_penalty]
-        + [ui.thinking, ui.tools_box],
+        + [ui.thinking, ui.tools_box, ui.image],
         outputs=[ui.chatbot, ui.message, ui.notice, ui.result_group, ui.result_label, ui.result_box],
     )
     sent = ui.send.click(**chat_io, api_name="chat")
     submitted = ui.message.submit(**chat_io, api_name=False)
-    result_io = {**chat_io, "fn": partial(h.send_result, ctx), "inputs": [ui.result_box, *chat_io["inputs"][1:]]}
+    for event in (sent, submitted):  # the image went with that message; the next one starts without
+        event.success(lambda: None, None, ui.image, api_name=False)
+    result_io = {**chat_io, "fn": partial(h.send_result, ctx), "inputs": [ui.result_box, *chat_io["inputs"][1:-1]]}
     resulted = ui.result_send.click(**result_io, api_name="chat_tool_result")
     result_submitted = ui.result_box.submit(**result_io, api_name=False)
     comparing = ui.compare_go.click(
         partial(h.compare, ctx),
         [ui.compare_prompt, ui.model, ui.system, *settings, *[c for c, _ in ui.columns]]
-        + [ui.repetition_penalty, ui.thinking, ui.tools_box],
+        + [ui.repetition_penalty, ui.thinking, ui.tools_box, ui.image],
         [*[a for _, a in ui.columns], ui.compared, *ui.vote_buttons, ui.vote_notice],
         api_name="compare",
     )

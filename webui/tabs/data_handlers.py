@@ -4,6 +4,7 @@ functions of the page's values that return (or stream) the updates. Each goes th
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
@@ -86,7 +87,29 @@ def render(ctx: UIContext, name: str, format_name: str, model: str, template: st
             spans.append(html.escape(t("cell_clipped", count=f"{left:,}")))
             break
     spans = "".join(spans)
-    return t("sample_legend", template=used), f"<pre class='gw-sample'>{spans}</pre>"
+    pictures = ctx.wb.sample_images(name, format_name, model, int(number or 1) - 1, columns=mapping)
+    return t("sample_legend", template=used), images_html(t, pictures) + f"<pre class='gw-sample'>{spans}</pre>"
+
+
+def images_html(t, pictures) -> str:
+    """The sample's images as thumbnails, each captioned with its size and the image tokens it costs."""
+    if not pictures:
+        return ""
+    figures = []
+    for number, picture in enumerate(pictures, 1):
+        source = "data:image/png;base64," + base64.b64encode(picture.thumbnail).decode()
+        caption = t(
+            "sample_image_caption" if picture.tokens else "sample_image_caption_text_model",
+            number=number,
+            size="×".join(map(str, picture.size)),
+            resized="×".join(map(str, picture.resized)),
+            tokens=picture.tokens,
+        )
+        figures.append(
+            f"<figure class='gw-sample-image'><img src='{source}' alt='{html.escape(caption)}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    return f"<div class='gw-sample-images'>{''.join(figures)}</div>"
 
 
 @handler(lambda ctx, reason, *_: (ctx.error_line(reason), pd.DataFrame(), gr.update()))

@@ -158,6 +158,11 @@ def settings_layout(ctx: UIContext, ui: SimpleNamespace) -> None:
             for key in ("auto_batch_size", "offload_activations", "torch_compile", "use_liger_kernel"):
                 field(key, "bool")
             field("router_aux_loss_coef")
+        with gr.Row():  # the GLM-V models' own settings (a text model ignores them)
+            field("image_max_pixels", "int")
+            field("image_min_pixels", "int")
+            field("freeze_vision_tower", "bool")
+            field("freeze_multi_modal_projector", "bool")
         with gr.Row():
             dropdown(ui, t, "report_to", list(TRACKERS), allow_custom_value=True)
         with gr.Row():
