@@ -331,3 +331,37 @@ def test_the_chat_tab_sends_an_uploaded_image_with_the_question(colour_model, tm
         chat_handlers.respond(ctx, QUESTION["en"], [], "demo", "", "", 0.7, 0.9, 8, True, 1.0, True, "", str(path))
     )
     assert outputs[-1][1] == QUESTION["en"] and "只能读文本" in outputs[-1][2]
+
+
+def colour_rows(folder: Path, count: int, seed: int) -> Path:
+    """Held-out image rows (LLaMA-Factory style, images beside the file) as a dataset to evaluate on."""
+    rows = []
+    for path, name, language in held_out_images(folder / "img", count, seed):
+        rows.append(
+            {
+                "instruction": "<image>" + QUESTION[language],
+                "output": COLOURS[name][1 if language == "zh" else 2],
+                "images": [f"img/{path.name}"],
+            }
+        )
+    return write_rows(folder / "held_out.jsonl", rows)
+
+
+def test_evaluation_and_the_arena_score_image_rows(colour_model, tmp_path):
+    from core.evaluation.arena import ArenaSettings, start_arena
+    from core.evaluation.evaluate import EvalSettings, evaluate_run
+    from tests.conftest import copy_run
+
+    run_dir = tmp_path / "runs" / copy_run(colour_model, tmp_path)
+    data = colour_rows(tmp_path, 12, seed=5)
+    result = evaluate_run(run_dir, str(data), settings=EvalSettings(max_new_tokens=8))
+    assert result.metrics["samples"] == 12 and result.metrics["eval_loss"] < 0.5
+    assert result.metrics["rouge-l"] > 90
+    assert all(row["prediction"] == row["label"] for row in result.predictions[:10] if row["label"])
+    arena = start_arena(run_dir, None, str(data), settings=ArenaSettings(max_samples=4, max_new_tokens=8))
+    (first, *_) = arena.items
+    assert first["images"][0].endswith(".png") and Path(first["images"][0]).is_file()
+    tuned, base = zip(*(item["answers"] for item in arena.items))
+    names = {answer for _, chinese, english in COLOURS.values() for answer in (chinese, english)}
+    assert all(answer in names for answer in tuned)
+    assert tuned != base  # the base model has not learnt the colours

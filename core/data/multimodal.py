@@ -53,6 +53,16 @@ def chat_messages(conversation: Conversation) -> list[dict[str, Any]]:
     return messages
 
 
+def first_messages(conversation: Conversation, count: int) -> Conversation:
+    """The conversation's first `count` messages with the images their placeholders name (a prompt to answer)."""
+    kept = conversation.messages[:count]
+    images = None
+    if conversation.images is not None:
+        placed = sum(str(m.get("content") or "").count(IMAGE_PLACEHOLDER) for m in kept if m["role"] == "user")
+        images = conversation.images[:placed]
+    return Conversation(kept, system=conversation.system, tools=conversation.tools, images=images)
+
+
 class VisionEncoder:
     """Encodes image rows (and text rows) for a GLM-V model with its tokenizer and image processor."""
 

@@ -33,6 +33,7 @@ from typing import Any
 from core.chat.engine import StopOnEvent
 from core.chat.turns import answer_only
 from core.data.dataset import load_conversations
+from core.data.multimodal import first_messages
 from core.data.template import TemplateEncoder
 from core.errors import RunStateError
 from core.evaluation.evaluate import EvalSettings, generate_answer
@@ -198,7 +199,8 @@ def start_arena(
 
     settings = settings or ArenaSettings()
     first_dir = Path(first_dir)
-    conversations = load_conversations(dataset, fmt).conversations
+    loaded = load_conversations(dataset, fmt)
+    conversations, image_folder = loaded.conversations, Path(loaded.path).parent
     if settings.max_samples:
         conversations = conversations[: settings.max_samples]
     generation = EvalSettings(
@@ -219,14 +221,16 @@ def start_arena(
         for conversation in prompts:
             if stop_event is not None and stop_event.is_set():
                 break
-            reply = generate_answer(
+            asked = len(conversation.messages) - 1
+            reply = generate_answer(  # a GLM-V model sees the prompt's images: both contestants the same ones
                 contestant,
                 encoder,
-                conversation.messages[:-1],
+                first_messages(conversation, asked) if contestant.vision is not None else conversation.messages[:asked],
                 conversation.system,
                 generation,
                 stop,
                 conversation.tools,
+                image_folder,
             )
             if stop_event is not None and stop_event.is_set():
                 break
@@ -260,6 +264,7 @@ def start_arena(
         arena.items.append(
             {
                 "prompt": conversation.messages[:-1],
+                **({"images": absolute_images(conversation, image_folder)} if conversation.images else {}),
                 "system": conversation.system,
                 "reference": conversation.messages[-1]["content"],
                 "answers": [first, other],
@@ -271,6 +276,11 @@ def start_arena(
         )
     arena.save()
     return arena
+
+
+def absolute_images(conversation, folder: Path) -> list[str]:
+    """The prompt's images as the arena keeps them: files by absolute path, data: URIs as they are."""
+    return [image if image.startswith("data:") else str(folder / image) for image in conversation.images or ()]
 
 
 def judge(run_dir: str | Path, arena_id: str, index: int, verdict: str) -> Arena:

@@ -23,6 +23,7 @@ from core.chat.engine import StopOnEvent
 from core.chat.turns import ChatReply, call_text, read_reply, reply_markup
 from core.data.dataset import load_conversations
 from core.data.glm45 import GLM45, split_reasoning
+from core.data.multimodal import collate, first_messages
 from core.data.template import IGNORE_INDEX, TemplateEncoder
 from core.evaluation.metrics import average, score
 from core.evaluation.trained import load_trained
@@ -48,7 +49,14 @@ class EvalResult:
 
 
 def generate_answer(
-    trained, encoder: TemplateEncoder, messages, system: str, settings: EvalSettings, stop_criteria, tools=None
+    trained,
+    encoder: TemplateEncoder,
+    messages,
+    system: str,
+    settings: EvalSettings,
+    stop_criteria,
+    tools=None,
+    image_folder: Path | None = None,
 ):
     """A model's answer to a conversation ending with the user's (or a tool's) turn, decoded (evaluation and the
     arena). A model that thinks answers in its markup, always with `<think>…</think>` when it reasoned (GLM-4.7's
@@ -56,7 +64,13 @@ def generate_answer(
     import torch
 
     model = trained.model
-    prompt_ids = torch.tensor([encoder.encode_prompt(messages, system, tools)], device=model.device)
+    if trained.vision is not None:  # a GLM-V model: `messages` is the Conversation up to the answer, images and all
+        inputs = {k: v.to(model.device) for k, v in trained.vision.encode_prompt(messages, image_folder).items()}
+    else:
+        inputs = trained.forward_kwargs(
+            torch.tensor([encoder.encode_prompt(messages, system, tools)], device=model.device)
+        )
+    prompt_ids = inputs["input_ids"]
     sampling = (
         {"do_sample": False}
         if settings.greedy
@@ -64,7 +78,7 @@ def generate_answer(
     )
     with torch.inference_mode():
         output = model.generate(
-            **trained.forward_kwargs(prompt_ids),
+            **inputs,
             max_new_tokens=settings.max_new_tokens,
             eos_token_id=encoder.stop_token_ids,
             pad_token_id=trained.tokenizer.pad_token_id,
@@ -97,6 +111,25 @@ def shown_text(reply: ChatReply) -> str:
     return "\n".join([reply.content, *(f"{c['name']} {call_text(c, indent=None)}" for c in reply.tool_calls)]).strip()
 
 
+def sample_loss_of(trained, encoder: TemplateEncoder, conversation, cutoff_len: int, image_folder: Path):
+    """(answer tokens scored, their mean loss) for one conversation, its images included on a GLM-V model."""
+    import torch
+
+    model = trained.model
+    if trained.vision is not None:
+        sample = trained.vision.encode(conversation, image_folder)
+        inputs = collate([sample], trained.tokenizer.pad_token_id)
+        labels = sample["labels"]
+    else:
+        ids, labels = encoder.encode(conversation, cutoff_len)
+        inputs = {**trained.forward_kwargs(torch.tensor([ids])), "labels": torch.tensor([labels])}
+    counted = sum(label != IGNORE_INDEX for label in labels[1:])  # the model predicts token t from t-1
+    if not counted:
+        return 0, 0.0
+    with torch.inference_mode():
+        return counted, model(**{k: v.to(model.device) for k, v in inputs.items()}).loss.item()
+
+
 def evaluate_run(
     run_dir: str | Path,
     dataset: str,
@@ -104,15 +137,14 @@ def evaluate_run(
     settings: EvalSettings | None = None,
     stop_event: threading.Event | None = None,
 ) -> EvalResult:
-    import torch
     from transformers import StoppingCriteriaList
 
     settings = settings or EvalSettings()
     run_dir = Path(run_dir)
     trained = load_trained(run_dir)
-    model, tokenizer = trained.model, trained.tokenizer
-    encoder = TemplateEncoder(tokenizer, trained.config.template)
-    conversations = load_conversations(dataset, fmt, trained.config.columns).conversations
+    encoder = TemplateEncoder(trained.tokenizer, trained.config.template)
+    loaded = load_conversations(dataset, fmt, trained.config.columns)
+    conversations, image_folder = loaded.conversations, Path(loaded.path).parent
     if settings.max_samples:
         conversations = conversations[: settings.max_samples]
     started = time.time()
@@ -124,13 +156,7 @@ def evaluate_run(
         if stop_event is not None and stop_event.is_set():
             stopped = True
             break
-        ids, labels = encoder.encode(conversation, settings.cutoff_len)
-        counted = sum(label != IGNORE_INDEX for label in labels[1:])  # the model predicts token t from t-1
-        sample_loss = 0.0
-        if counted:
-            with torch.inference_mode():
-                inputs = trained.forward_kwargs(torch.tensor([ids], device=model.device))
-                sample_loss = model(**inputs, labels=torch.tensor([labels], device=model.device)).loss.item()
+        counted, sample_loss = sample_loss_of(trained, encoder, conversation, settings.cutoff_len, image_folder)
         # The last answer, and (in a tool-calling dataset) each earlier answer that calls tools, are predicted.
         points = [
             i for i, m in enumerate(conversation.messages[:-1]) if m["role"] == "assistant" and m.get("tool_calls")
@@ -138,8 +164,16 @@ def evaluate_run(
         rows, aborted = [], False
         for end in [*points, len(conversation.messages) - 1]:
             prompt_messages, expected = conversation.messages[:end], label_reply(conversation.messages[end])
+            asked = first_messages(conversation, end) if trained.vision is not None else prompt_messages
             answer = generate_answer(
-                trained, encoder, prompt_messages, conversation.system, settings, stop_criteria, conversation.tools
+                trained,
+                encoder,
+                asked,
+                conversation.system,
+                settings,
+                stop_criteria,
+                conversation.tools,
+                image_folder,
             )
             if stop_event is not None and stop_event.is_set():
                 aborted = True  # this sample's answer was cut short by Abort: it is not counted

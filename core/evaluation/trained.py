@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import RunConfig, load_yaml
+from core.data.multimodal import VisionEncoder
 from core.methods import get_method, load_input_adapter
 from core.methods.base import InputAdapter
-from core.models.loader import load_model, load_tokenizer, pick_device, pick_dtype, prepare_model
+from core.models.loader import load_model, load_tokenizer, locate_model, pick_device, pick_dtype, prepare_model
+from core.models.vision import load_image_processor
 from core.runs import ADAPTER_DIR, CONFIG_FILE, MODEL_DIR
 
 
@@ -22,6 +24,7 @@ class TrainedModel:
     tokenizer: object
     config: RunConfig
     prefix: InputAdapter | None = None  # an adapter that feeds the inputs (P-tuning v2's prefix)
+    vision: VisionEncoder | None = None  # a GLM-V model's: its rows and prompts carry images
 
     def forward_kwargs(self, input_ids, attention_mask=None) -> dict:
         """Inputs for `model(...)` or `model.generate(...)`, with the P-tuning prefix where there is one."""
@@ -39,13 +42,23 @@ class TrainedModel:
             return self.model(**self.forward_kwargs(input_ids)).logits
 
 
+def with_vision(trained: TrainedModel, folder: str | Path) -> TrainedModel:
+    """A GLM-V model gets its encoder, with the image processor in `folder` (what the run saved: the pixel budget
+    it trained with), else the base model's."""
+    base = prepare_model(trained.config.model_name_or_path, trained.config.trust_remote_code)
+    if locate_model(base).vision_type:
+        source = folder if (Path(folder) / "preprocessor_config.json").is_file() else base
+        trained.vision = VisionEncoder(trained.tokenizer, load_image_processor(source))
+    return trained
+
+
 def load_base(config: RunConfig) -> TrainedModel:
     """The base model a run started from (`model_name_or_path`, no adapter, not quantized), as the chat serves it:
     the arena's other contestant when a run is compared with its base."""
     device = pick_device()
     path = prepare_model(config.model_name_or_path, config.trust_remote_code)
     model = load_model(path, dtype=pick_dtype(config.precision, device), trust_remote_code=config.trust_remote_code)
-    return TrainedModel(model.eval(), load_tokenizer(path, config.trust_remote_code), config)
+    return with_vision(TrainedModel(model.eval(), load_tokenizer(path, config.trust_remote_code), config), path)
 
 
 def load_trained(run_dir: str | Path) -> TrainedModel:
@@ -55,9 +68,8 @@ def load_trained(run_dir: str | Path) -> TrainedModel:
     device = pick_device()
     if method.trains_base:
         folder = str(run_dir / MODEL_DIR)
-        return TrainedModel(
-            load_model(folder, dtype=pick_dtype(config.precision, device)), load_tokenizer(folder), config
-        )
+        model = load_model(folder, dtype=pick_dtype(config.precision, device))
+        return with_vision(TrainedModel(model, load_tokenizer(folder), config), folder)
     base_path = prepare_model(config.model_name_or_path, config.trust_remote_code)
     base = load_model(
         base_path,
@@ -71,8 +83,5 @@ def load_trained(run_dir: str | Path) -> TrainedModel:
         return TrainedModel(base, load_tokenizer(base_path, config.trust_remote_code), config, inputs)
     from peft import PeftModel
 
-    return TrainedModel(
-        PeftModel.from_pretrained(base, str(adapter)).eval(),
-        load_tokenizer(base_path, config.trust_remote_code),
-        config,
-    )
+    model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    return with_vision(TrainedModel(model, load_tokenizer(base_path, config.trust_remote_code), config), adapter)
