@@ -28,6 +28,7 @@ compares it with measured peaks (BENCHMARKS.md).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from core.config import RunConfig
@@ -78,9 +79,30 @@ class ModelShape:
     # weights_proj) scores the tokens each query attends to. Not a LoRA target (top-k passes it no gradient).
     index_heads: int = 0
     index_head_dim: int = 0
+    # GLM-V (glm4v, glm4v_moe): the vision tower's and the projector's (merger's) parameters beside the language
+    # model, and how many patches one `<|image|>` token merges (the tower runs on the unmerged patches)
+    vision_tower: int = 0
+    projector: int = 0
+    vision_hidden: int = 0
+    vision_depth: int = 0
+    merge_area: int = 1
 
     @classmethod
     def from_config(cls, config) -> ModelShape:
+        """A GLM-V config: its text_config's shape plus the vision tower counted."""
+        if getattr(config, "vision_config", None) is not None:
+            from core.models.vision import vision_parameter_counts
+
+            tower, projector = vision_parameter_counts(config)
+            seen = config.vision_config
+            return dataclasses.replace(
+                cls.from_config(config.get_text_config()),
+                vision_tower=tower,
+                projector=projector,
+                vision_hidden=seen.hidden_size,
+                vision_depth=seen.depth,
+                merge_area=seen.spatial_merge_size**2,
+            )
         heads = config.num_attention_heads
         get = lambda key, default=0: getattr(config, key, None) or default  # noqa: E731
         experts = get("n_routed_experts")
@@ -181,7 +203,7 @@ class ModelShape:
         if not self.is_moe:
             return self.total_params
         layers = sum(self._moe_layer_params(i, self.active_experts) for i in range(self.layers))
-        return self.embedding_params + layers + self.norm_params
+        return self.embedding_params + layers + self.norm_params + self.vision_tower + self.projector
 
     # parameter counts -----------------------------------------------------------------------------------------
     @property
@@ -232,6 +254,10 @@ class ModelShape:
 
     @property
     def total_params(self) -> int:
+        return self.language_params + self.vision_tower + self.projector
+
+    @property
+    def language_params(self) -> int:
         if self.is_moe:
             layers = sum(self._moe_layer_params(i, self.experts) for i in range(self.layers))
             return self.embedding_params + layers + self.norm_params
@@ -276,6 +302,9 @@ def estimate_memory(shape: ModelShape, config: RunConfig, on_gpu: bool = True) -
     method, stage = get_method(config.finetuning_type), get_stage(config.stage)
     compute_bytes = 2 if on_gpu and config.precision != "fp32" else 4
     trainable = method.trainable_params(shape, config)
+    vision_activations = 0.0
+    if shape.vision_tower:
+        trainable, vision_activations = _vision_terms(shape, config, trainable, method.trains_base, compute_bytes)
     weights = method.weight_bytes(shape, config, compute_bytes, trainable)
     preference = stage.preference
     tokens = config.per_device_train_batch_size * config.cutoff_len * stage.rows_per_sample  # a pair: both answers
@@ -289,7 +318,7 @@ def estimate_memory(shape: ModelShape, config: RunConfig, on_gpu: bool = True) -
         activations = tokens * (layers * shape.hidden * compute_bytes + per_token_layer)
     else:
         activations = tokens * layers * per_token_layer
-    activations += method.extra_activation_bytes(shape, config, compute_bytes)
+    activations += method.extra_activation_bytes(shape, config, compute_bytes) + vision_activations
     if config.fused_loss or preference:  # a few chunks of fp32 logits at a time (core/training/fused_loss.py)
         from core.training.fused_loss import CHUNK_BUFFERS, default_chunk_size
 
@@ -301,6 +330,22 @@ def estimate_memory(shape: ModelShape, config: RunConfig, on_gpu: bool = True) -
     subtotal = weights + gradients + optimizer + activations + logits
     overhead = (CONTEXT_BYTES if on_gpu else 0) + (SLACK - 1) * subtotal
     return MemoryEstimate(weights, gradients, optimizer, activations, logits, overhead, trainable, shape.total_params)
+
+
+def _vision_terms(shape: ModelShape, config: RunConfig, trainable: int, trains_base: bool, compute_bytes: int):
+    """(trainable parameters, the tower's activations) of a GLM-V run. The frozen tower and projector train no
+    weight (a method that trains the whole base trains all but them; one that trains parts adds those the run
+    unfreezes). Image tokens are counted in cutoff_len like any token; a tower that trains also keeps its own
+    activations for every patch, the image tokens' merge-area times as many, counted here as if the whole cutoff
+    were image tokens (the most a sample can hold)."""
+    frozen = shape.vision_tower * config.freeze_vision_tower + shape.projector * config.freeze_multi_modal_projector
+    unfrozen = shape.vision_tower + shape.projector - frozen
+    if trains_base:
+        trainable = min(trainable + unfrozen, shape.total_params - frozen)
+    if config.freeze_vision_tower:
+        return trainable, 0.0
+    patches = config.per_device_train_batch_size * config.cutoff_len * shape.merge_area
+    return trainable, float(patches * shape.vision_depth * 16 * shape.vision_hidden * compute_bytes)
 
 
 def estimate_for_run(config: RunConfig, on_gpu: bool | None = None) -> MemoryEstimate:

@@ -93,6 +93,15 @@ def test_full_run_learns_colours_and_keeps_the_vision_tower(colour_model):
     )
     status = json.loads((colour_model / "status.json").read_text())
     assert status["template"] == "glm4v" and status["train_samples"] == 48
+    # the memory estimate counts the vision tower in the model and leaves it out of what trains, exactly
+    from core.estimate import estimate_for_run
+
+    estimate = estimate_for_run(RunConfig(model_name_or_path="demo-vision", finetuning_type="full"), on_gpu=False)
+    assert (estimate.trainable_params, estimate.total_params) == (status["trainable_params"], status["total_params"])
+    unfrozen = estimate_for_run(
+        RunConfig(model_name_or_path="demo-vision", finetuning_type="full", freeze_vision_tower=False), on_gpu=False
+    )
+    assert unfrozen.trainable_params > estimate.trainable_params and unfrozen.activations > estimate.activations
 
 
 def test_the_tuned_model_names_the_colour_of_unseen_images_in_chat(colour_model, tmp_path):
@@ -184,6 +193,11 @@ def test_lora_on_the_moe_vision_model_reaches_the_experts_never_the_router(tmp_p
     assert not [key for key in keys if "visual" in key or ".mlp.gate." in key]
     assert "router_aux_loss" in (run_dir / "metrics.jsonl").read_text()
     assert losses(run_dir)[-1] < losses(run_dir)[0]
+    from core.estimate import estimate_for_run
+
+    estimate = estimate_for_run(RunConfig(model_name_or_path="demo-vision-moe"), on_gpu=False)
+    assert estimate.trainable_params == status["trainable_params"]  # LoRA on attention, shared and routed experts
+    assert estimate.total_params == status["total_params"] - status["trainable_params"]  # the base, tower included
 
 
 def test_switches_train_the_projector_and_the_tower(tmp_path):
@@ -215,7 +229,7 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
 
 def test_openai_image_rows_train_and_bad_rows_are_named(tmp_path):
     """OpenAI `messages` with image_url parts train as the `<image>` style does; a row whose image tokens would be
-    cut, a missing image and a remote one are named by row, and the rest trains."""
+    cut, a missing image, a remote one and a video are named by row, and the rest trains."""
     images = held_out_images(tmp_path / "img", 6, seed=7)
 
     def uri(path: Path) -> str:
@@ -240,13 +254,15 @@ def test_openai_image_rows_train_and_bad_rows_are_named(tmp_path):
     rows[2]["messages"][0]["content"][0]["image_url"]["url"] = "https://example.com/x.png"
     preamble = {"type": "text", "text": "Please look at the picture below very carefully before you answer. " * 3}
     rows[3]["messages"][0]["content"].insert(0, preamble)  # its image starts past the cutoff: it cannot be cut
+    rows[5]["messages"][0]["content"].append({"type": "video_url", "video_url": {"url": "clip.mp4"}})
     data = write_rows(tmp_path / "openai_images.jsonl", rows)
     run_dir, status = train(tmp_path, dataset=str(data), finetuning_type="lora", max_steps=2, cutoff_len=34)
     skipped = (run_dir / "skipped_rows.txt").read_text()
     assert "row 2" in skipped and "gone.png" in skipped
     assert "row 3" in skipped and "never downloaded" in skipped
     assert "row 4" in skipped and "cannot be cut" in skipped
-    assert status["train_samples"] == 3
+    assert "row 6" in skipped and "only images are read" in skipped
+    assert status["train_samples"] == 2
 
 
 def test_runs_a_vision_model_cannot_do_are_refused_before_they_start(tmp_path):

@@ -298,7 +298,11 @@ def _json_value(value: Any, number: int, what: str) -> Any:
 
 
 def _images(row: dict[str, Any]) -> list[str] | None:
-    """LLaMA-Factory's `images` column: a list of paths / data: URIs (one text is one image; csv: JSON text)."""
+    """LLaMA-Factory's `images` column: a list of paths / data: URIs (one text is one image; csv: JSON text). Its
+    `videos` (and `audios`) columns are refused by name: only images are read, and the rest of the file loads."""
+    for column in ("videos", "audios"):
+        if row.get(column):
+            raise RowError("row.media_unsupported", column=column)
     if "images" not in row or row["images"] is None:
         return None
     images = row["images"]
@@ -337,6 +341,8 @@ def _content_parts(parts: list[Any], number: int, images: list[str]) -> str:
         elif kind in ("image_url", "image"):
             images.append(_image_reference(part, number))
             text += IMAGE_PLACEHOLDER
+        elif kind in ("video_url", "video", "input_audio", "audio"):
+            raise RowError("row.media_unsupported", column=f"messages[{number}] {kind}")
         else:
             raise RowError("row.content_part_unknown", number=number, got=repr(kind))
     return text

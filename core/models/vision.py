@@ -138,3 +138,22 @@ def set_vision_trainable(model, config) -> None:
         part = part_of(name)
         if part != "language":
             parameter.requires_grad_(part in parts)
+
+
+# model_type -> the transformers class of its vision tower (with the merger), for counting its parameters
+VISION_TOWER_CLASSES = {"glm4v": "Glm4vVisionModel", "glm4v_moe": "Glm4vMoeVisionModel"}
+
+
+def vision_parameter_counts(config) -> tuple[int, int]:
+    """(tower, projector) parameter counts of a GLM-V config, exact: the tower is built on the meta device (no
+    memory, no weights read) and counted; (0, 0) for a text model's config."""
+    model_type = getattr(config, "model_type", "")
+    if model_type not in VISION_TOWER_CLASSES:
+        return 0, 0
+    import torch
+    import transformers
+
+    with torch.device("meta"):
+        tower = getattr(transformers, VISION_TOWER_CLASSES[model_type])(config.vision_config)
+    projector = sum(p.numel() for name, p in tower.named_parameters() if name.startswith("merger."))
+    return sum(p.numel() for p in tower.parameters()) - projector, projector
