@@ -25,6 +25,7 @@ from core.chat.engine import ChatEngine, GenerationSettings
 from core.chat.turns import ChatReply, read_reply
 from core.config import RunConfig, load_yaml, yaml_text
 from core.data import prepare
+from core.data.bundles import data_file_in
 from core.data.formats import RowError
 from core.data.images import SampleImage, open_images, thumbnail_png
 from core.data.multimodal import IMAGE_TOKEN, VisionEncoder
@@ -139,13 +140,21 @@ class Workbench:
             if self.uploads.is_dir()
             else []
         )
+        bundles = []  # unpacked zips: a folder with its data file and images
+        for folder in sorted(self.uploads.iterdir()) if self.uploads.is_dir() else []:
+            if folder.is_dir() and not folder.name.startswith("."):
+                try:
+                    bundles.append(data_file_in(folder))
+                except DataError:
+                    continue
         feedback = []
         for counts in sorted(self.feedback.datasets(), key=lambda c: c.name):
             if counts.pairs:
                 feedback.append((f"{FEEDBACK_DIR}/{Path(counts.path).name}", counts.path))
             if counts.sft_rows:
                 feedback.append((f"{FEEDBACK_DIR}/{Path(counts.sft_path).name}", counts.sft_path))
-        return [(name, name) for name in DEMO_DATASETS] + [(p.name, str(p)) for p in uploaded] + feedback
+        shown = [(p.name, str(p)) for p in uploaded] + [(str(p.relative_to(self.uploads)), str(p)) for p in bundles]
+        return [(name, name) for name in DEMO_DATASETS] + shown + feedback
 
     def lists_version(self) -> dict[str, str]:
         """A cheap fingerprint of what the page lists, so every open page can refresh a list as soon as (and only
@@ -203,6 +212,29 @@ class Workbench:
                 finally:
                     Path(staging).unlink(missing_ok=True)
             counter += 1
+
+    def add_zip_upload(self, source: str | Path, fmt: str = "auto", columns: str = "") -> str:
+        """Keep an uploaded dataset zip (a data file and its images) in the workspace: unpacked into a new folder
+        named after it, checked there, and kept only if its data can be used (else nothing is left behind);
+        returns the data file's path. An earlier upload of the same name is never replaced."""
+        from core.data.bundles import remove_staging, unpack
+
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=self.uploads))
+        try:
+            data = unpack(Path(source), staging)
+            prepare.check(str(data), fmt, columns)
+            stem = re.sub(r"[^\w.\-]+", "_", Path(source).stem).lstrip(".") or "upload"
+            counter = 1
+            while True:
+                target = self.uploads / (stem if counter == 1 else f"{stem}-{counter}")
+                counter += 1
+                if not target.exists():
+                    staging.rename(target)
+                    return str(target / data.relative_to(staging))
+        finally:
+            if staging.exists():
+                remove_staging(staging)
 
     def preview_dataset(self, dataset: str, fmt: str = "auto", columns: str = "") -> Checked:
         """The dataset read and checked (format, rows, usable rows, row problems) through the data cache: a

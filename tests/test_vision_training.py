@@ -381,3 +381,47 @@ def test_evaluation_and_the_arena_score_image_rows(colour_model, tmp_path):
     names = {answer for _, chinese, english in COLOURS.values() for answer in (chinese, english)}
     assert all(answer in names for answer in tuned)
     assert tuned != base  # the base model has not learnt the colours
+
+
+def test_a_zip_or_a_folder_of_data_and_images_is_a_dataset(tmp_path, monkeypatch):
+    import zipfile
+
+    from core.data import bundles
+    from core.data.dataset import load_conversations
+    from core.errors import DataError
+    from core.resources import asset_file
+    from core.workbench import Workbench
+
+    source = asset_file("datasets", "colours.json").parent
+    bundle = tmp_path / "shop_photos.zip"
+    with zipfile.ZipFile(bundle, "w") as archive:  # as a person zips a folder: everything under its name
+        archive.write(source / "colours.json", "photos/colours.json")
+        for image in sorted((source / "colours").iterdir()):
+            archive.write(image, f"photos/colours/{image.name}")
+    wb = Workbench(tmp_path / "workspace")
+    saved = Path(wb.add_zip_upload(bundle))
+    assert saved.name == "colours.json" and saved.is_relative_to(wb.uploads / "shop_photos")
+    assert ("shop_photos/photos/colours.json", str(saved)) in wb.dataset_choices()
+    assert wb.preview_dataset(str(saved)).usable_count == 48  # every image found beside the data file
+    assert Path(wb.add_zip_upload(bundle)).is_relative_to(wb.uploads / "shop_photos-2")  # never replaces one
+    # a folder named as the dataset: its one data file
+    assert load_conversations(str(saved.parent)).path == str(saved)
+
+    def refused(members: dict[str, bytes], words: str) -> None:
+        bad = tmp_path / "bad.zip"
+        with zipfile.ZipFile(bad, "w") as archive:
+            for name, data in members.items():
+                archive.writestr(name, data)
+        before = sorted(p.name for p in wb.uploads.iterdir())
+        with pytest.raises(DataError) as problem:
+            wb.add_zip_upload(bad)
+        assert words in str(problem.value) and "bad.zip" in str(problem.value)
+        assert sorted(p.name for p in wb.uploads.iterdir()) == before  # nothing left behind
+
+    rows = (source / "colours.json").read_bytes()
+    refused({"../escape.json": rows}, "outside its folder")
+    refused({"a.json": rows, "b.jsonl": rows}, "several data files (a.json, b.jsonl)")
+    refused({"colours/red.png": b"x"}, "no data file")
+    monkeypatch.setattr(bundles, "MAX_BUNDLE_BYTES", 1000)
+    refused({"data.json": rows + b" " * 5000}, "more than")
+    assert not (tmp_path / "escape.json").exists()

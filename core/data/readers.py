@@ -27,8 +27,10 @@ def resolve_dataset(name_or_path: str) -> Path:
     if name_or_path in DEMO_DATASETS:
         return asset_file("datasets", DEMO_DATASETS[name_or_path])
     path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        raise DataError("data.is_directory", full_path=str(path.resolve()))
+    if path.is_dir():  # a dataset with its images: the folder's one data file
+        from core.data.bundles import data_file_in
+
+        return data_file_in(path)
     if not path.is_file():
         raise DataError("data.not_found", path, demos=", ".join(DEMO_DATASETS))
     return path

@@ -166,13 +166,16 @@ def on_upload(ctx: UIContext, file_path: str | None, format_name: str, mapping: 
         yield gr.skip(), f"**{t('error')}:** {t('data_not_uploaded')}\n\n{kept}", gr.skip(), gr.skip(), None
         return
     try:
-        ctx.wb.preview_upload(file_path, format_name, mapping)
+        if file_path.lower().endswith(".zip"):  # a data file with its images: unpacked, checked, then kept
+            saved = ctx.wb.add_zip_upload(file_path, format_name, mapping)
+        else:
+            ctx.wb.preview_upload(file_path, format_name, mapping)
+            saved = ctx.wb.add_upload(file_path)
     except UnknownColumnsError as exc:
         # The rows read fine but their columns need a mapping: typed in above, the file uploaded again.
         hint = f"{ctx.error(exc)}\n\n{t('data_unknown_columns_hint')}\n\n{kept}"
         yield gr.skip(), hint, gr.skip(), gr.skip(), None
         return
-    saved = ctx.wb.add_upload(file_path)
     for shown in preview(ctx, saved, format_name, 1, mapping):
         yield gr.update(choices=dataset_options(ctx), value=saved), *shown, None
 
