@@ -226,3 +226,20 @@ def test_one_forward_pass_of_each_tiny_glm_v_on_an_encoded_batch(encoder, vision
         with torch.no_grad():
             loss = model(**batch).loss
         assert math.isfinite(loss.item()) and loss.item() > 0, folder.name
+
+
+def test_what_the_models_own_template_would_drop_is_a_row_problem(encoder):
+    """GLM-4.1V's template renders neither reasoning_content nor tools: such a row is refused by number (it would
+    train without them); thinking written in the answer, as the model writes it, trains as text."""
+    from core.data.formats import RowError
+
+    asked = {"role": "user", "content": "hi"}
+    with pytest.raises(RowError, match="reasoning_content"):
+        encoder.encode(Conversation([asked, {"role": "assistant", "content": "x", "reasoning": "thought"}]))
+    with pytest.raises(RowError, match="tool"):
+        encoder.encode(Conversation([asked, {"role": "assistant", "content": "x"}], tools=[{"type": "function"}]))
+    sample = encoder.encode(
+        Conversation([asked, {"role": "assistant", "content": "<think>r</think><answer>x</answer>"}])
+    )
+    trained = [t for t, label in zip(sample["input_ids"], sample["labels"]) if label != IGNORE_INDEX]
+    assert encoder.tokenizer.decode(trained) == "<think>r</think><answer>x</answer><|endoftext|>"

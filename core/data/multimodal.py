@@ -87,8 +87,19 @@ class VisionEncoder:
             **self.template_kwargs,
         )
 
+    def check(self, conversation: Conversation) -> None:
+        """RowError for what the model's own template would drop without a word: GLM-4.1V's template has no tools,
+        tool turns or `reasoning_content` (its thinking is written in the answer, `<think>…</think>` included)."""
+        template = str(self.tokenizer.chat_template or "")
+        for number, turn in enumerate(conversation.messages, start=1):
+            if (conversation.tools or turn.get("tool_calls") or turn["role"] == "tool") and "tool" not in template:
+                raise RowError("row.vision_template_no_tools", number=number)
+            if turn.get("reasoning") and "reasoning_content" not in template:
+                raise RowError("row.vision_template_no_reasoning", number=number)
+
     def answer_spans(self, conversation: Conversation) -> tuple[str, list[tuple[int, int]]]:
         """The whole text and the character spans that carry loss: each answer, plus the turn token after it."""
+        self.check(conversation)
         text = self.render(conversation)
         spans = []
         for index, turn in enumerate(conversation.messages):
