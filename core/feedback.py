@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.data.formats import IMAGE_PLACEHOLDER
 from core.errors import DataError
 
 FEEDBACK_DIR = "feedback"
@@ -46,6 +45,7 @@ SFT_SUFFIX = ".sft.jsonl"
 TIES_SUFFIX = ".ties.jsonl"
 DEFAULT_NAME = "chat"
 IMAGES_DIR = "images"  # the images of votes on image prompts, beside the feedback files
+IMAGE_PLACEHOLDER = "<image>"  # LLaMA-Factory's, as core.data.formats reads it (a lower layer: not imported)
 _NAME = re.compile(r"[\w\-][\w.\-]{0,63}")
 
 _locks: dict[str, threading.Lock] = {}

@@ -25,12 +25,11 @@ from core.chat.engine import ChatEngine, GenerationSettings
 from core.chat.turns import ChatReply, read_reply
 from core.config import RunConfig, load_yaml, yaml_text
 from core.data import prepare
-from core.data.bundles import data_file_in
 from core.data.formats import RowError
 from core.data.images import SampleImage, open_images, thumbnail_png
 from core.data.multimodal import IMAGE_TOKEN, VisionEncoder
 from core.data.prepare import Checked, Peek
-from core.data.readers import DEMO_DATASETS, SUPPORTED_EXTENSIONS
+from core.data.readers import DEMO_DATASETS, SUPPORTED_EXTENSIONS, data_file_in
 from core.data.template import IGNORE_INDEX, TemplateEncoder
 from core.errors import DataError, ExportError, RunStateError
 from core.estimate import MemoryEstimate, device_memory_bytes, estimate_for_run

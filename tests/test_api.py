@@ -178,8 +178,11 @@ def test_oversized_bodies_and_contexts_are_refused_before_any_work(served):
     import http.client
 
     server, _ = served
+    from core.api import MAX_BODY_BYTES  # room for a few images as data: URIs
+
     huge = json.dumps(
-        {"model": "demo", "messages": [{"role": "user", "content": "长" * 5_000_000}]}, ensure_ascii=False
+        {"model": "demo", "messages": [{"role": "user", "content": "长" * (MAX_BODY_BYTES // 3 + 1000)}]},
+        ensure_ascii=False,
     ).encode()
     # Declared too large: refused from the headers, before the body is read.
     connection = http.client.HTTPConnection(server.host, server.port, timeout=60)
@@ -199,7 +202,7 @@ def test_oversized_bodies_and_contexts_are_refused_before_any_work(served):
     connection.request(
         "POST",
         "/v1/chat/completions",
-        body=iter([huge[: 2 * 2**20 + 1024]]),
+        body=iter([huge[: MAX_BODY_BYTES + 1024]]),
         encode_chunked=True,
         headers={"Authorization": "Bearer sk-test", "Content-Type": "application/json"},
     )

@@ -100,7 +100,7 @@ def test_a_bad_tools_box_is_named_and_nothing_is_lost(ui):
 def test_side_by_side_folds_the_reasoning_and_shows_the_call(ui):
     client, workspace, run = ui
     outputs = client.predict(
-        QUESTION, "demo-moe", "", 0.7, 0.9, 96, True, "", run, "", 1.0, True, TOOLS, api_name="/compare"
+        QUESTION, "demo-moe", "", 0.7, 0.9, 96, True, "", run, "", 1.0, True, TOOLS, None, api_name="/compare"
     )
     tuned = outputs[1]
     assert "<details><summary>" in tuned and T("chat_tool_call", name="get_weather") in tuned

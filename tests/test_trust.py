@@ -374,7 +374,7 @@ def test_an_empty_config_and_a_folder_as_dataset_are_refused_by_name(tmp_path):
     folder = tmp_path / "adir"
     folder.mkdir()
     refused = cli("train", "--workspace", str(tmp_path / "ws"), "--set", f"dataset={folder}")
-    assert refused.returncode == 2 and f"{folder.resolve()} is a directory" in refused.stderr
+    assert refused.returncode == 2 and f"{folder.resolve()} is a folder without a data file" in refused.stderr
     assert not (tmp_path / "ws" / "runs").exists() or not list((tmp_path / "ws" / "runs").iterdir())
 
 

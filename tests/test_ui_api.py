@@ -262,7 +262,9 @@ def test_side_by_side_runs_table_histogram_and_delete(ui):
     started = client.predict(*train_form(client, Method="lora"), api_name="/start_training")
     run = started.split("run ")[1].rstrip(".")
     poll_until(client, ("finished",))
-    answers = client.predict("你是谁？", "demo", "", 0.7, 0.9, 48, True, "", run, run, api_name="/compare")
+    answers = client.predict(
+        "你是谁？", "demo", "", 0.7, 0.9, 48, True, "", run, run, 1.0, True, "", None, api_name="/compare"
+    )
     assert answers[1] == answers[2] == IDENTITY_FIRST_ANSWER != answers[0]
 
     figure, cutoff_note = client.predict("identity", "auto", "demo", "auto", 8, api_name="/token_lengths")

@@ -12,30 +12,11 @@ import stat
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from core.data.readers import SUPPORTED_EXTENSIONS
+from core.data.readers import data_file_in
 from core.errors import DataError
 
 MAX_BUNDLE_BYTES = 16 * 2**30  # unpacked, all members together
 MAX_MEMBERS = 200_000
-
-
-def data_files_in(folder: Path) -> list[Path]:
-    """The data files (json, jsonl, csv, parquet) directly in `folder`, by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS)
-
-
-def data_file_in(folder: Path) -> Path:
-    """A folder named as a dataset: its one data file (the images beside it are read from there)."""
-    found = data_files_in(folder)
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        # one level down, as a zip of a folder unpacks: `bundle/data.jsonl`
-        inner = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
-        if len(inner) == 1 and len(data_files_in(inner[0])) == 1:
-            return data_files_in(inner[0])[0]
-        raise DataError("data.folder_without_data", full_path=str(folder.resolve()))
-    raise DataError("data.folder_several_data", full_path=str(folder.resolve()), files=", ".join(p.name for p in found))
 
 
 def _member_path(name: str) -> PurePosixPath | None:

@@ -28,12 +28,29 @@ def resolve_dataset(name_or_path: str) -> Path:
         return asset_file("datasets", DEMO_DATASETS[name_or_path])
     path = Path(name_or_path).expanduser()
     if path.is_dir():  # a dataset with its images: the folder's one data file
-        from core.data.bundles import data_file_in
-
         return data_file_in(path)
     if not path.is_file():
         raise DataError("data.not_found", path, demos=", ".join(DEMO_DATASETS))
     return path
+
+
+def data_files_in(folder: Path) -> list[Path]:
+    """The data files (json, jsonl, csv, parquet) directly in `folder`, by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS)
+
+
+def data_file_in(folder: Path) -> Path:
+    """A folder named as a dataset: its one data file (the images beside it are read from there)."""
+    found = data_files_in(folder)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        # one level down, as a zip of a folder unpacks: `bundle/data.jsonl`
+        inner = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
+        if len(inner) == 1 and len(data_files_in(inner[0])) == 1:
+            return data_files_in(inner[0])[0]
+        raise DataError("data.folder_without_data", full_path=str(folder.resolve()))
+    raise DataError("data.folder_several_data", full_path=str(folder.resolve()), files=", ".join(p.name for p in found))
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
