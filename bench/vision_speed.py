@@ -25,7 +25,9 @@ the CPU is installable here (the 0.28.0 wheel at hand is a CUDA build: its `_C.s
 importing it fails with "torchvision::nms does not exist"). Without it LLaMA-Factory logs "Failed to load
 processor" and its plugin refuses every image row ("Processor was not found, please check and update your model
 file."). The script then says so and records the error for the `lf` pipeline; with a CPU torchvision 0.28 in
-LLaMA-Factory's venv the same command measures both sides.
+LLaMA-Factory's venv the same command measures both sides. `--lf-processor-parts` measures it here all the same:
+its loader is handed the processor built from the checkpoint's tokenizer and image processor (see
+processor_from_parts; LLaMA-Factory's source unchanged), and the record says so.
 """
 
 from __future__ import annotations
@@ -71,6 +73,30 @@ def lf_processor_problem(model: str) -> str:
     return ""
 
 
+def processor_from_parts() -> None:
+    """`--lf-processor-parts`: LLaMA-Factory's loader gets the processor built from the checkpoint's own tokenizer
+    and image processor (PIL path), the video slot holding the image processor (image rows never call it), in
+    place of `AutoProcessor`, which needs torchvision. LLaMA-Factory's source is unchanged; only what its loader
+    receives is. A measurement made so is labelled `lf-parts`, never `lf`."""
+    import llamafactory.model.loader as loader
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    class Parts:
+        def save_pretrained(self, *args, **kwargs) -> None:
+            pass
+
+        @classmethod
+        def from_pretrained(cls, path, **kwargs):
+            parts = cls()
+            parts.image_processor = AutoImageProcessor.from_pretrained(path)
+            parts.video_processor = parts.image_processor
+            parts.tokenizer = AutoTokenizer.from_pretrained(path)
+            parts.image_token, parts.video_token = IMAGE_TOKEN, "<|video|>"
+            return parts
+
+    loader.AutoProcessor = Parts
+
+
 def lf_child(model: str, steps: int, cutoff: int, batch: int) -> dict:
     """LLaMA-Factory's own entry point (run_exp), in its venv; nothing of the workbench imported."""
     import torch
@@ -78,6 +104,8 @@ def lf_child(model: str, steps: int, cutoff: int, batch: int) -> dict:
     from transformers import AutoTokenizer, TrainerCallback
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    if os.environ.get("BENCH_LF_PROCESSOR_PARTS"):
+        processor_from_parts()
     image_id = AutoTokenizer.from_pretrained(model).convert_tokens_to_ids(IMAGE_TOKEN)
     data_dir = Path(tempfile.mkdtemp(prefix="lf-data-"))
     rows = (DATASETS / "colours.json").read_text(encoding="utf-8")
@@ -210,6 +238,8 @@ def run_child(pipeline: str, model: str, args, stand_in: str) -> dict:
     command = [python, __file__, "--child", model, pipeline]
     command += ["--steps", str(args.steps), "--cutoff", str(args.cutoff), "--batch", str(args.batch)]
     env = {**os.environ, "PYTHONPATH": stand_in if pipeline == "lf" else str(ROOT)}
+    if pipeline == "lf" and args.lf_processor_parts:
+        env["BENCH_LF_PROCESSOR_PARTS"] = "1"
     out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
     if out.returncode == 0:
         return json.loads(out.stdout.strip().splitlines()[-1])
@@ -227,6 +257,11 @@ def main() -> int:
     parser.add_argument("--lf-python", default="/work/lf-venv/bin/python")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "vision_speed.json"))
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "PIPELINE"))
+    parser.add_argument(
+        "--lf-processor-parts",
+        action="store_true",
+        help="hand LLaMA-Factory the processor built from its parts (no torchvision needed); results say lf-parts",
+    )
     args = parser.parse_args()
     sizes = (args.steps, args.cutoff, args.batch)
     if args.child:
@@ -267,6 +302,7 @@ def main() -> int:
                 print(f"{key} differs: {lf.get(key)} for LLaMA-Factory, {ours.get(key)} for the workbench")
     record = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "lf_processor": "from its parts (--lf-processor-parts)" if args.lf_processor_parts else "AutoProcessor",
         "cpus": os.cpu_count(),
         "load_average": [round(load, 2), round(end_load, 2)],
         "settings": {"steps": args.steps, "batch": args.batch, "cutoff": args.cutoff, "repeat": args.repeat},
