@@ -79,22 +79,23 @@ def processor_from_parts() -> None:
     place of `AutoProcessor`, which needs torchvision. LLaMA-Factory's source is unchanged; only what its loader
     receives is. A measurement made so is labelled `lf-parts`, never `lf`."""
     import llamafactory.model.loader as loader
-    from transformers import AutoImageProcessor, AutoTokenizer
+    from transformers import AutoTokenizer
+    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
 
-    class Parts:
+    class PartsProcessor:  # "Processor" in the name: LLaMA-Factory drops a processor whose class lacks it
         def save_pretrained(self, *args, **kwargs) -> None:
             pass
 
         @classmethod
         def from_pretrained(cls, path, **kwargs):
             parts = cls()
-            parts.image_processor = AutoImageProcessor.from_pretrained(path)
+            parts.image_processor = Glm4vImageProcessorPil.from_pretrained(path)  # Auto* wants torchvision here
             parts.video_processor = parts.image_processor
             parts.tokenizer = AutoTokenizer.from_pretrained(path)
             parts.image_token, parts.video_token = IMAGE_TOKEN, "<|video|>"
             return parts
 
-    loader.AutoProcessor = Parts
+    loader.AutoProcessor = PartsProcessor
 
 
 def lf_child(model: str, steps: int, cutoff: int, batch: int) -> dict:
