@@ -1,0 +1,71 @@
+"""Images in chromium, as a newcomer on an English page (en-US locale) meets them: the vision demo model and the
+`colours` demo set show each sample's image with its size and image tokens in the Data tab; a short full run on
+the CPU; then Chat, with an image uploaded beside the question, names its colour, and the image stays in the
+conversation."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from scripts.make_colour_images import colour_image
+from tests.browser import PAGE_MS, fill_number, open_tab, pick, screenshot, settled_text, start_run, wait_finished
+from tests.ui_server import running_ui
+from webui.locale import Translator
+
+pytestmark = pytest.mark.browser
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+expect = playwright_api.expect
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, demo_model_dir):
+    workspace = tmp_path_factory.mktemp("vision-browser") / "workspace"
+    with running_ui(workspace, lang="en") as url:
+        yield url, workspace
+
+
+def test_a_newcomer_trains_on_images_and_asks_about_a_new_one(browser, server, tmp_path):
+    url, workspace = server
+    t = Translator("en")
+    page = browser.new_page(viewport={"width": 1360, "height": 900}, locale="en-US")
+    page.set_default_timeout(PAGE_MS)
+    page.goto(url)
+    expect(page.locator("#data-summary")).not_to_be_empty(timeout=PAGE_MS)
+
+    # The vision demo and the colours set: the sample shows its image, its size and the tokens it costs.
+    open_tab(page, t("tab_train"))
+    pick(page, "field-model_name_or_path", "demo-vision")
+    open_tab(page, t("tab_data"))
+    pick(page, "data-dataset", "colours")
+    sample = page.locator("#data-sample")
+    expect(sample.locator("img").first).to_be_visible(timeout=PAGE_MS)
+    expect(sample).to_contain_text("image tokens")
+    expect(sample).to_contain_text("<|image|>×")
+    screenshot(page, "vision-data", tmp_path)
+
+    # Five epochs of full fine-tuning, the vision tower frozen (the default).
+    open_tab(page, t("tab_train"))
+    expect(page.locator("#train-dataset input[role=combobox]")).to_have_value("colours")  # follows the Data tab
+    page.locator("#field-finetuning_type").get_by_text(t("method_full"), exact=True).click()
+    fill_number(page, "field-num_train_epochs", 5)
+    fill_number(page, "field-learning_rate", 0.001)
+    run = start_run(page, workspace)
+    wait_finished(page, t, run)
+    page.locator("#train-try-chat").click()
+    expect(page.locator("#chat-model input[role=combobox]")).to_have_value(run)
+
+    # A blue image it never saw, uploaded beside the question.
+    image = tmp_path / "blue.png"
+    colour_image("blue", random.Random(77)).save(image)
+    page.locator("#chat-image input[type=file]").set_input_files(str(image))
+    page.locator("#chat-input textarea").fill("What colour is this image?")
+    page.locator("#chat-send").click()
+    history = page.locator("#chat-history")
+    answer = history.locator("[data-testid=bot]").last
+    assert "Blue" in settled_text(answer)
+    expect(history.locator("img").first).to_be_visible()  # the question's image stays in the conversation
+    expect(page.locator("#chat-image img")).to_have_count(0)  # and the box is empty for the next question
+    screenshot(page, "vision-chat", tmp_path)
