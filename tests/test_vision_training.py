@@ -425,3 +425,14 @@ def test_a_zip_or_a_folder_of_data_and_images_is_a_dataset(tmp_path, monkeypatch
     monkeypatch.setattr(bundles, "MAX_BUNDLE_BYTES", 1000)
     refused({"data.json": rows + b" " * 5000}, "more than")
     assert not (tmp_path / "escape.json").exists()
+
+
+def test_qlora_leaves_the_vision_tower_unquantized():
+    """bitsandbytes needs a GPU to load; what it is asked to do is checked here: the tower, the projector and the
+    output layer keep full precision on a GLM-V model (module names containing `visual`), a text model as before."""
+    from core.methods.qlora import quantization_config
+
+    for bits in (4, 8):
+        vision = quantization_config(RunConfig(model_name_or_path="demo-vision", quantization_bit=bits))
+        assert vision.llm_int8_skip_modules == ["visual", "lm_head"]
+    assert quantization_config(RunConfig(model_name_or_path="demo")).llm_int8_skip_modules is None

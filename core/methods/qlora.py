@@ -47,16 +47,29 @@ def check(config, check) -> None:
     )
 
 
+# A GLM-V model's vision tower and projector stay unquantized, as its output layer does: they are a small part of
+# the weights (0.9B of GLM-4.1V's 10.3B), frozen, and every image passes through them.
+KEPT_UNQUANTIZED_VISION = ["visual", "lm_head"]
+
+
 def quantization_config(config):
     from transformers import BitsAndBytesConfig
 
+    from core.models.loader import locate_model
+
+    skip = (
+        {"llm_int8_skip_modules": KEPT_UNQUANTIZED_VISION}
+        if locate_model(config.model_name_or_path).vision_type
+        else {}
+    )
     if config.quantization_bit == 8:
-        return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_8bit=True, **skip)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=config.quantization_type,
         bnb_4bit_use_double_quant=config.double_quantization,
         bnb_4bit_compute_dtype=pick_dtype(config.quantization_compute_dtype, pick_device()),
+        **skip,
     )
 
 
