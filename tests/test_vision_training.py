@@ -381,6 +381,15 @@ def test_evaluation_and_the_arena_score_image_rows(colour_model, tmp_path):
     names = {answer for _, chinese, english in COLOURS.values() for answer in (chinese, english)}
     assert all(answer in names for answer in tuned)
     assert tuned != base  # the base model has not learnt the colours
+    # the arena's page shows the prompt's image with the question
+    from core.evaluation.arena import view
+    from core.workbench import Workbench
+    from webui.context import UIContext
+    from webui.locale import Translator
+    from webui.tabs.evaluate_handlers import show
+
+    page = show(UIContext(Workbench(tmp_path), Translator("en")), view(arena), 0)
+    assert "<img src='data:image/png;base64," in page[1] and "**Prompt:** 这张图片是什么颜色？" in page[1]
 
 
 def test_a_zip_or_a_folder_of_data_and_images_is_a_dataset(tmp_path, monkeypatch):

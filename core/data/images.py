@@ -108,3 +108,12 @@ def thumbnail_png(image) -> bytes:
     buffer = io.BytesIO()
     small.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def thumbnail_uri(reference: str) -> str | None:
+    """A `data:` URI of the image's thumbnail for a page (None when it cannot be read any more: a moved file)."""
+    try:
+        image = open_image(reference, 1)
+    except RowError:
+        return None
+    return "data:image/png;base64," + base64.b64encode(thumbnail_png(image)).decode()

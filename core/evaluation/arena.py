@@ -353,6 +353,7 @@ class ArenaItemView:
     left_name: str | None = None  # once the names are shown
     right_name: str | None = None
     rouge_l: tuple[float, float] | None = None  # (left, right), once the automatic judge ran
+    images: list[str] = field(default_factory=list)  # the prompt's images (both contestants saw them)
 
 
 @dataclass
@@ -401,6 +402,7 @@ def view(arena: Arena) -> ArenaView:
                 left_name=names[0] if shown else None,
                 right_name=names[1] if shown else None,
                 rouge_l=(rouge[1], rouge[0]) if rouge and swapped else tuple(rouge) if rouge else None,
+                images=list(item.get("images") or ()),
             )
         )
     return ArenaView(

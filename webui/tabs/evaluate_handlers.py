@@ -9,6 +9,8 @@ import gradio as gr
 import pandas as pd
 
 from core.chat.turns import reply_from_markup
+from core.data.formats import IMAGE_PLACEHOLDER
+from core.data.images import thumbnail_uri
 from core.errors import WorkbenchError
 from core.evaluation.arena import BASE, ArenaSettings
 from core.evaluation.evaluate import EvalSettings
@@ -150,7 +152,17 @@ def show(ctx: UIContext, view, index: int):
     text = ""
     if item is not None:
         question = item.prompt[-1]["content"] if item.prompt else ""
+        if item.images:  # the images are shown below, not as `<image>` markup
+            question = question.replace(IMAGE_PLACEHOLDER, "").strip()
         text = t("arena_question", question=question)
+        pictures = [thumbnail_uri(image) for image in item.images]
+        if pictures:  # what both contestants saw
+            text += "\n\n" + " ".join(
+                f"<img src='{uri}' alt='{t('arena_image', number=n)}' class='gw-arena-image'>"
+                if uri
+                else t("arena_image_gone", number=n)
+                for n, uri in enumerate(pictures, 1)
+            )
         if item.reference:
             text += "\n\n" + t("arena_reference", reference=item.reference)
         if item.verdict:
