@@ -506,7 +506,7 @@ class Completion:
         tools: list[dict[str, Any]] | None = None,
     ):
         self.tools = tools
-        self.form = engine.thinking_format  # a GLM-4.5-generation model: its reply is taken apart (glm45)
+        self.form = engine.reply_format  # a GLM-4.5-generation or GLM-V model: its reply is taken apart (glm45)
         self.engine, self.chat, self.turns, self.system = engine, chat, turns, system
         self.adapter, self.settings, self.prompt_tokens = adapter, settings, prompt_tokens
         self.leave = leave  # the request's place in the queue, given up when the stream ends

@@ -218,7 +218,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     text = ""
     for text in engine.stream(messages, args.system, adapter, settings, tools=offered):  # noqa: B007
         pass  # each item is the whole reply so far: the last one is the answer
-    reply = read_reply(text, engine.thinking_format, done=True)
+    reply = read_reply(text, engine.reply_format, done=True)
     if reply.reasoning and not args.no_thinking:
         dim, plain = ("", "") if os.environ.get("NO_COLOR") else ("\033[2m", "\033[0m")
         print(dim + reply.reasoning + plain)

@@ -113,6 +113,12 @@ def test_the_tuned_model_names_the_colour_of_unseen_images_in_chat(colour_model,
         reply = engine.chat([{"role": "user", "content": QUESTION[language], "images": [str(path)]}], settings=GREEDY)
         right += expected(name, language) in reply
     assert right >= 36  # at least 90% of 40
+    # GLM-4.1V-Thinking's reply shape: the thought folded away as for the GLM-4.5 generation, the answer untagged
+    from core.chat.turns import read_reply
+
+    shown = engine._shown("<think>The pixels are all red.</think><answer>Red.</answer>")
+    reply = read_reply(shown, engine.reply_format, done=True)
+    assert (reply.reasoning, reply.content, reply.tool_calls) == ("The pixels are all red.", "Red.", [])
 
 
 def test_the_official_openai_client_sends_a_data_uri(colour_model, tmp_path):

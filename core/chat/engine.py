@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.data.formats import IMAGE_PLACEHOLDER, Conversation, RowError
+from core.data.glm45 import GLM45
 from core.data.multimodal import VisionEncoder
 from core.data.template import NO_THINKING, TemplateEncoder, get_template
 from core.errors import ModelError
@@ -297,6 +298,15 @@ class ChatEngine:
         """The loaded model's GLM-4.5-generation format (core.data.glm45), or None for a template without one."""
         return self.encoder.template.thinking if self.encoder is not None else None
 
+    @property
+    def reply_format(self):
+        """How the loaded model's replies are taken apart: its thinking format, or for a GLM-V model the GLM-4.5
+        generation's (GLM-4.1V-Thinking writes `<think>…</think><answer>…</answer>`: the thought is folded away
+        like theirs; its template has no tools, so no call is ever read). None: the reply is all answer."""
+        if self.thinking_format is not None:
+            return self.thinking_format
+        return GLM45 if self.vision is not None else None
+
     def prompt_ids(
         self, messages: list[dict], system: str = "", tools: list[dict] | None = None, enable_thinking: bool = True
     ) -> list[int]:
@@ -364,6 +374,8 @@ class ChatEngine:
         template = self.encoder.template if self.encoder is not None else None
         if template is not None and template.answer_cleanup is not None:
             return template.answer_cleanup(text)
+        if self.vision is not None:  # GLM-4.1V-Thinking's answer sits in <answer> tags
+            text = text.replace("<answer>", "").replace("</answer>", "")
         return text.lstrip("\n")
 
     def chat(

@@ -241,7 +241,7 @@ def compare(ctx: UIContext, prompt, model_, system_, temperature_, top_p_, max_n
             for reply in ctx.wb.chat_replies(messages, model_, adapter_ or None, system_, settings, tools):
                 shown[index] = reply_markdown(reply, t, reply.reasoning_tokens)
                 yield *shown, None, *waiting, notice
-            answers[index] = reply_markup(reply, ctx.wb.chat_engine.thinking_format)
+            answers[index] = reply_markup(reply, ctx.wb.chat_engine.reply_format)
             notice = t("chat_tools_ignored") if reply.tools_ignored else notice
         except WorkbenchError as exc:  # this column cannot answer (a run gone, say): the others still do
             shown[index], failed[index] = ctx.error(exc), True
