@@ -41,6 +41,7 @@ CONTEXT_BYTES = 0.75 * GIB
 SLACK = 1.10
 
 
+UNBIASED_ATTENTION = ("glm_ocr_text",)
 GLM1_MODEL_TYPE = "glm1_workbench"  # core.models.glm1's model_type (not imported: this module stays light)
 
 
@@ -124,7 +125,10 @@ class ModelShape:
             dense_layers=(list(get("mlp_layer_types", [])).count("dense") or get("first_k_dense_replace"))
             if experts
             else 0,
-            attention_bias=bool(getattr(config, "attention_bias", True)),
+            # GLM-OCR's text attention has no biases, and its config no attention_bias key to say so
+            attention_bias=bool(
+                getattr(config, "attention_bias", getattr(config, "model_type", "") not in UNBIASED_ATTENTION)
+            ),
             qk_norm=bool(getattr(config, "use_qk_norm", False)),
             q_lora_rank=get("q_lora_rank") if get("kv_lora_rank") else 0,
             kv_lora_rank=get("kv_lora_rank"),
@@ -246,7 +250,8 @@ class ModelShape:
         if self.glm1:  # a bias on every linear layer, two LayerNorms
             return self.layer_linear_params + sum(o for _, o in self.linear_shapes.values()) + 2 * self.norm_params
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return self.layer_linear_params + q + 2 * kv + 4 * self.hidden  # qkv biases, up to four norms
+        biases = q + 2 * kv if self.attention_bias else 0  # GLM-4's q/k/v biases (GLM-OCR has none)
+        return self.layer_linear_params + biases + 4 * self.hidden  # up to four norms
 
     @property
     def embedding_params(self) -> int:

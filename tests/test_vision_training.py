@@ -116,7 +116,7 @@ def test_the_tuned_model_names_the_colour_of_unseen_images_in_chat(colour_model,
     # GLM-4.1V-Thinking's reply shape: the thought folded away as for the GLM-4.5 generation, the answer untagged
     from core.chat.turns import read_reply
 
-    shown = engine._shown("<think>The pixels are all red.</think><answer>Red.</answer>")
+    shown = engine.shown_reply("<think>The pixels are all red.</think><answer>Red.</answer>")
     reply = read_reply(shown, engine.reply_format, done=True)
     assert (reply.reasoning, reply.content, reply.tool_calls) == ("The pixels are all red.", "Red.", [])
 
@@ -451,3 +451,48 @@ def test_qlora_leaves_the_vision_tower_unquantized():
         vision = quantization_config(RunConfig(model_name_or_path="demo-vision", quantization_bit=bits))
         assert vision.llm_int8_skip_modules == ["visual", "lm_head"]
     assert quantization_config(RunConfig(model_name_or_path="demo")).llm_int8_skip_modules is None
+
+
+@pytest.mark.parametrize(
+    "config_class, model_class, model_type",
+    [
+        ("Glm46VConfig", "Glm46VForConditionalGeneration", "glm46v"),
+        ("GlmOcrConfig", "GlmOcrForConditionalGeneration", "glm_ocr"),
+    ],
+)
+def test_glm46v_and_glm_ocr_load_by_path_and_train(tmp_path, config_class, model_class, model_type):
+    """transformers' other GLM-V classes, as tiny random models with demo-vision's tokenizer, template and image
+    processor: found by their config.json, trained by LoRA on image rows, the tower untouched, counted exactly."""
+    import shutil
+
+    import torch
+    import transformers
+    from transformers import AutoTokenizer
+
+    from core.estimate import estimate_for_run
+    from core.models import vision
+    from core.models.demo import STOP_TOKENS, VISION_ARCHITECTURE
+    from core.models.loader import locate_model
+
+    source = Path(prepare_model("demo-vision"))
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    text = dict(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=[tokenizer.convert_tokens_to_ids(token) for token in STOP_TOKENS],
+    )
+    torch.manual_seed(0)
+    model = getattr(transformers, model_class)(vision.vision_config(config_class, VISION_ARCHITECTURE, tokenizer, text))
+    folder = tmp_path / model_type
+    model.save_pretrained(folder)
+    for file in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json"):
+        shutil.copy(source / file, folder / file)
+    assert locate_model(str(folder)).vision_type == model_type
+    run_dir, status = train(
+        tmp_path, model_name_or_path=str(folder), finetuning_type="lora", max_steps=6, learning_rate=2e-3
+    )
+    assert losses(run_dir)[-1] < losses(run_dir)[0]
+    assert not [key for key in tensors(run_dir / "adapter") if "visual" in key]
+    estimate = estimate_for_run(RunConfig(model_name_or_path=str(folder)), on_gpu=False)
+    assert estimate.trainable_params == status["trainable_params"]
+    assert estimate.total_params == status["total_params"] - status["trainable_params"]

@@ -278,7 +278,7 @@ class ChatEngine:
         try:
             for piece in streamer:
                 reply += piece
-                shown = self._shown(reply)
+                shown = self.shown_reply(reply)
                 yield shown
         finally:
             cancelled.set()
@@ -289,7 +289,7 @@ class ChatEngine:
             # The streamer decodes piece by piece (and starts afresh after each newline, which loses a SentencePiece
             # tokenizer's space there); the last reply is the whole answer decoded at once, as the model's own
             # chat code decodes it.
-            whole = self._shown(self.tokenizer.decode(answers[0], skip_special_tokens=True))
+            whole = self.shown_reply(self.tokenizer.decode(answers[0], skip_special_tokens=True))
             if whole != shown:
                 yield whole
 
@@ -368,7 +368,7 @@ class ChatEngine:
             return load_image_processor(folder)
         return self.vision.image_processor
 
-    def _shown(self, text: str) -> str:
+    def shown_reply(self, text: str) -> str:
         """A (partial) decoded reply as the template's chat code shows it: ChatGLM-6B's through THUDM's
         process_response; the others without the leading newline ChatGLM3 writes after <|assistant|> itself."""
         template = self.encoder.template if self.encoder is not None else None

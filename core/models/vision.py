@@ -1,4 +1,5 @@
-"""The GLM-V family: GLM-4.1V / GLM-4.6V-Flash (`glm4v`) and GLM-4.5V / GLM-4.6V (`glm4v_moe`, MoE).
+"""The GLM-V family: GLM-4.1V / GLM-4.6V-Flash (`glm4v`), GLM-4.5V / GLM-4.6V (`glm4v_moe`, MoE), transformers'
+`glm46v` class and GLM-OCR (`glm_ocr`): the same vision tower and merger layout under `model.visual`.
 
 What sets them apart from the text models: a vision tower whose merged patches enter the text as `<|image|>`
 tokens between `<|begin_of_image|>` and `<|end_of_image|>`, and an image processor beside the tokenizer. The
@@ -16,8 +17,10 @@ from core.errors import ModelError
 
 # model_type in config.json -> the transformers class that loads it
 VISION_MODEL_TYPES = {
-    "glm4v": "Glm4vForConditionalGeneration",
-    "glm4v_moe": "Glm4vMoeForConditionalGeneration",
+    "glm4v": "Glm4vForConditionalGeneration",  # GLM-4.1V-9B-Thinking, GLM-4.6V-Flash
+    "glm4v_moe": "Glm4vMoeForConditionalGeneration",  # GLM-4.5V, GLM-4.6V
+    "glm46v": "Glm46VForConditionalGeneration",  # transformers' GLM-4.6V class (GLM-4.1V's layers)
+    "glm_ocr": "GlmOcrForConditionalGeneration",  # GLM-OCR
 }
 # The vision tokens, as the checkpoints' tokenizers have them (special tokens), by the config key naming their id.
 VISION_TOKENS = {
@@ -141,7 +144,12 @@ def set_vision_trainable(model, config) -> None:
 
 
 # model_type -> the transformers class of its vision tower (with the merger), for counting its parameters
-VISION_TOWER_CLASSES = {"glm4v": "Glm4vVisionModel", "glm4v_moe": "Glm4vMoeVisionModel"}
+VISION_TOWER_CLASSES = {
+    "glm4v": "Glm4vVisionModel",
+    "glm4v_moe": "Glm4vMoeVisionModel",
+    "glm46v": "Glm4vVisionModel",
+    "glm_ocr": "GlmOcrVisionModel",
+}
 
 
 def vision_parameter_counts(config) -> tuple[int, int]:
