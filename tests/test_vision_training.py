@@ -496,3 +496,16 @@ def test_glm46v_and_glm_ocr_load_by_path_and_train(tmp_path, config_class, model
     estimate = estimate_for_run(RunConfig(model_name_or_path=str(folder)), on_gpu=False)
     assert estimate.trainable_params == status["trainable_params"]
     assert estimate.total_params == status["total_params"] - status["trainable_params"]
+
+
+@pytest.mark.parametrize("method", ["freeze", "full"])
+def test_the_moe_vision_model_trains_whole_layers_with_its_tower_frozen(tmp_path, method):
+    run_dir, status = train(
+        tmp_path, model_name_or_path="demo-vision-moe", finetuning_type=method, max_steps=4, learning_rate=1e-3
+    )
+    base, tuned = tensors(Path(prepare_model("demo-vision-moe"))), tensors(run_dir / "model")
+    visual = [key for key in base if ".visual." in key]
+    assert visual and all(base[key].equal(tuned[key]) for key in visual)
+    experts = [key for key in base if "mlp.experts." in key and "layers.3." in key]  # the last layer trains in both
+    assert experts and not all(base[key].equal(tuned[key]) for key in experts)
+    assert (run_dir / "model" / "preprocessor_config.json").is_file()
