@@ -118,16 +118,19 @@ def sample_loss_of(trained, encoder: TemplateEncoder, conversation, cutoff_len: 
     model = trained.model
     if trained.vision is not None:
         sample = trained.vision.encode(conversation, image_folder)
-        inputs = collate([sample], trained.tokenizer.pad_token_id)
+        inputs = {k: v.to(model.device) for k, v in collate([sample], trained.tokenizer.pad_token_id).items()}
         labels = sample["labels"]
     else:
         ids, labels = encoder.encode(conversation, cutoff_len)
-        inputs = {**trained.forward_kwargs(torch.tensor([ids])), "labels": torch.tensor([labels])}
+        inputs = {  # a P-tuning prefix comes as a cache beside the ids (forward_kwargs)
+            **trained.forward_kwargs(torch.tensor([ids], device=model.device)),
+            "labels": torch.tensor([labels], device=model.device),
+        }
     counted = sum(label != IGNORE_INDEX for label in labels[1:])  # the model predicts token t from t-1
     if not counted:
         return 0, 0.0
     with torch.inference_mode():
-        return counted, model(**{k: v.to(model.device) for k, v in inputs.items()}).loss.item()
+        return counted, model(**inputs).loss.item()
 
 
 def evaluate_run(
