@@ -262,5 +262,4 @@ def test_path_traversal_is_refused(browser, server):
         except AssertionError:
             continue
     expect(notice).to_contain_text(error)
-    assert "etc" in page.locator("#export-run input[role=combobox]").input_value()
     page.close()
