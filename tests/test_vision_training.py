@@ -119,6 +119,14 @@ def test_the_tuned_model_names_the_colour_of_unseen_images_in_chat(colour_model,
     shown = engine.shown_reply("<think>The pixels are all red.</think><answer>Red.</answer>")
     reply = read_reply(shown, engine.reply_format, done=True)
     assert (reply.reasoning, reply.content, reply.tool_calls) == ("The pixels are all red.", "Red.", [])
+    # the next question, after that reply in the history (its thought folded away, as chat keeps it)
+    path = held_out_images(tmp_path / "next", 1)[0][0]
+    history = [
+        {"role": "user", "content": QUESTION["en"], "images": [str(path)]},
+        {"role": "assistant", "content": reply.content, "reasoning": reply.reasoning},
+        {"role": "user", "content": QUESTION["en"], "images": [str(path)]},
+    ]
+    assert expected("red", "en") in engine.chat(history, settings=GREEDY)
 
 
 def test_the_official_openai_client_sends_a_data_uri(colour_model, tmp_path):
