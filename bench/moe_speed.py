@@ -215,7 +215,8 @@ def workbench_child(model: str, steps: int, cutoff: int, batch: int, target: str
     }
 
 
-def _median(found: list[dict]) -> dict:
+def median_run(found: list[dict]) -> dict:
+    """The run at the median samples/s, with how many ran and the range (a failed pipeline: its last error)."""
     good = sorted((r for r in found if "samples_per_second" in r), key=lambda r: r["samples_per_second"])
     if not good:
         return found[-1]
@@ -263,7 +264,7 @@ def main() -> int:
             print(pipeline, json.dumps(found), flush=True)
             runs[pipeline].append(found)
     print(f"load average (1 min) at the start: {load:.2f}, at the end: {os.getloadavg()[0]:.2f}")
-    results = {p: _median(found) for p, found in runs.items()}
+    results = {p: median_run(found) for p, found in runs.items()}
     for pipeline, result in results.items():
         print("median", pipeline, json.dumps(result), flush=True)
     lf, ours = results["lf"].get("samples_per_second"), results["workbench"].get("samples_per_second")

@@ -42,6 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from moe_speed import median_run, torchaudio_stand_in  # bench/ is the script's folder: on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = ("lf", "workbench")
 DATASETS = ROOT / "core" / "assets" / "datasets"
@@ -214,26 +216,6 @@ def workbench_child(model: str, steps: int, cutoff: int, batch: int) -> dict:
     }
 
 
-def _median(found: list[dict]) -> dict:
-    good = sorted((r for r in found if "samples_per_second" in r), key=lambda r: r["samples_per_second"])
-    if not good:
-        return found[-1]
-    speeds = [r["samples_per_second"] for r in good]
-    return {**good[len(good) // 2], "runs": len(good), "min_samples_per_second": speeds[0], "max": speeds[-1]}
-
-
-def torchaudio_stand_in() -> str:
-    """An empty `torchaudio` package first on the LLaMA-Factory child's path (as in bench/moe_speed.py): LLaMA-Factory
-    0.9.5 imports it at import time (data/mm_plugin.py), no torchaudio for torch 2.13 is published, and image rows
-    never call it. Both pipelines then run the same torch."""
-    folder = Path(tempfile.mkdtemp(prefix="lf-stand-in-"))
-    (folder / "torchaudio").mkdir()
-    (folder / "torchaudio" / "__init__.py").write_text(
-        '"""Stand-in: LLaMA-Factory imports it, image SFT never uses it."""\n'
-    )
-    return str(folder)
-
-
 def run_child(pipeline: str, model: str, args, stand_in: str) -> dict:
     python = args.lf_python if pipeline == "lf" else sys.executable
     command = [python, __file__, "--child", model, pipeline]
@@ -287,7 +269,7 @@ def main() -> int:
             runs[pipeline].append(found)
     end_load = os.getloadavg()[0]
     print(f"load average (1 min) at the start: {load:.2f}, at the end: {end_load:.2f}")
-    results = {p: _median(found) for p, found in runs.items()}
+    results = {p: median_run(found) for p, found in runs.items()}
     for pipeline, result in results.items():
         print("median", pipeline, json.dumps(result, ensure_ascii=False), flush=True)
     lf, ours = results["lf"], results["workbench"]

@@ -265,7 +265,8 @@ class Workbench:
         try:
             if vision_encoder is not None:  # image tokens count: each image as many as its resized size makes
                 samples = [
-                    vision_encoder.encode(c, checked.path.parent) for c in checked.conversations(list(positions))
+                    vision_encoder.encode(c, checked.path.parent, pixels=False)
+                    for c in checked.conversations(list(positions))
                 ]
                 encoded = [(sample["input_ids"], sample["labels"]) for sample in samples]
             else:
@@ -291,7 +292,7 @@ class Workbench:
         vision_encoder = self._vision_encoder(model)
         try:
             if vision_encoder is not None:
-                sample = vision_encoder.encode(conversation, checked.path.parent)
+                sample = vision_encoder.encode(conversation, checked.path.parent, pixels=False)
                 input_ids, labels = sample["input_ids"][:cutoff_len], sample["labels"][:cutoff_len]
                 used = locate_model(self._model_path(model)).vision_type
             else:

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from core.data.formats import IMAGE_PLACEHOLDER, Conversation, RowError
@@ -83,6 +84,12 @@ class LoadedAdapter:
     stamp: float  # weights file mtime: a retrained adapter is reloaded
     key: str | None = None  # LoRA: its name inside the PeftModel
     prefix: InputAdapter | None = None  # an adapter that feeds the inputs (P-tuning v2's prefix), handed to generate
+
+
+@lru_cache(maxsize=8)
+def saved_image_processor(folder: str, stamp: int):
+    """An adapter folder's image processor; `stamp` (its file's mtime) makes a retrained one load afresh."""
+    return load_image_processor(folder)
 
 
 class StopOnEvent:
@@ -332,8 +339,9 @@ class ChatEngine:
         adapter: tuple[str, str] | None = None,
     ) -> int:
         """How many positions the prompt takes, its image tokens included."""
-        if self.vision is not None:
-            return int(self.vision_inputs(messages, system, tools, enable_thinking, adapter)["input_ids"].shape[1])
+        if self.vision is not None:  # the images' tokens counted from their sizes: no pixels made for a count
+            inputs = self.vision_inputs(messages, system, tools, enable_thinking, adapter, pixels=False)
+            return int(inputs["input_ids"].shape[1])
         return len(self.prompt_ids(messages, system, tools, enable_thinking))
 
     def vision_inputs(
@@ -343,10 +351,12 @@ class ChatEngine:
         tools: list[dict] | None = None,
         enable_thinking: bool = True,
         adapter: tuple[str, str] | None = None,
+        pixels: bool = True,
     ) -> dict:
-        """A GLM-V model's generation inputs. A user message may carry `images` (file paths, data: URIs); each sits
-        where its message has an `<image>` placeholder, or before the text when it has none. The image processor is
-        the adapter's where its run saved one (the pixel budget it trained with), else the model's."""
+        """A GLM-V model's generation inputs (`pixels` false: the ids alone). A user message may carry `images`
+        (file paths, data: URIs); each sits where its message has an `<image>` placeholder, or before the text when
+        it has none. The image processor is the adapter's where its run saved one (the pixel budget it trained
+        with), else the model's."""
         turns, images = [], []
         for turn in messages:
             found = list(turn.get("images") or ())
@@ -358,14 +368,14 @@ class ChatEngine:
         conversation = Conversation(turns, system=system, tools=tools, images=images or None)
         encoder = VisionEncoder(self.tokenizer, self._image_processor(adapter), {"enable_thinking": enable_thinking})
         try:
-            return encoder.encode_prompt(conversation)
+            return encoder.encode_prompt(conversation, pixels=pixels)
         except RowError as exc:
             raise ModelError("model.image_unusable", detail=exc.message) from None
 
     def _image_processor(self, adapter: tuple[str, str] | None):
-        folder = Path(adapter[1]) if adapter is not None else None
-        if folder is not None and (folder / "preprocessor_config.json").is_file():
-            return load_image_processor(folder)
+        saved = Path(adapter[1]) / "preprocessor_config.json" if adapter is not None else None
+        if saved is not None and saved.is_file():  # read once per version of the file, not once per request
+            return saved_image_processor(str(saved.parent), saved.stat().st_mtime_ns)
         return self.vision.image_processor
 
     def shown_reply(self, text: str) -> str:

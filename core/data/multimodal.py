@@ -114,23 +114,30 @@ class VisionEncoder:
             spans.append((len(prompt), end + len(following)))
         return text, spans
 
-    def image_features(self, images: list) -> tuple[dict[str, Any], list[int]]:
-        """The image processor's tensors for `images` and how many `<|image|>` tokens each image takes."""
+    def image_features(self, images: list, pixels: bool = True) -> tuple[dict[str, Any], list[int]]:
+        """The image processor's tensors for `images` and how many `<|image|>` tokens each image takes. Without
+        `pixels` only the counts, from the images' sizes by the processor's own resize rule
+        (`get_number_of_image_patches`): what counting tokens needs, without making any pixels."""
+        if not pixels:
+            patches = self.image_processor.get_number_of_image_patches
+            return {}, [patches(image.height, image.width) // self.merge_area for image in images]
         features = self.image_processor(images=images, return_tensors="pt") if images else {}
         return features, [int(grid.prod()) // self.merge_area for grid in features.get("image_grid_thw", [])]
 
-    def encode_prompt(self, conversation: Conversation, base_dir: Path | None = None) -> dict[str, Any]:
+    def encode_prompt(
+        self, conversation: Conversation, base_dir: Path | None = None, pixels: bool = True
+    ) -> dict[str, Any]:
         """A chat request's generation inputs (batch of one, tensors): the template's prompt with the generation
-        prompt, image tokens widened, mm_token_type_ids, and the images' pixels and grids."""
+        prompt, image tokens widened, mm_token_type_ids, and (with `pixels`) the images' pixels and grids."""
         import torch
 
-        features, counts = self.image_features(open_images(conversation, base_dir))
+        features, counts = self.image_features(open_images(conversation, base_dir), pixels)
+        total = len(counts)
         text = self.render(conversation, generation_prompt=True)
         ids: list[int] = []
         for token in self.tokenizer(text, add_special_tokens=False)["input_ids"]:
             ids += [token] * (counts.pop(0) if token == self.image_token_id and counts else 1)
         if counts:
-            total = len(features["image_grid_thw"])
             raise RowError("row.template_image_count", images=total, rendered=total - len(counts))
         input_ids = torch.tensor([ids])
         inputs: dict[str, Any] = {
@@ -143,11 +150,11 @@ class VisionEncoder:
             inputs["image_grid_thw"] = features["image_grid_thw"]
         return inputs
 
-    def encode(self, conversation: Conversation, base_dir: Path | None = None) -> dict[str, Any]:
-        """One row's training sample: lists for the ids, labels, attention mask and mm_token_type_ids; the
-        image processor's tensors (absent for a row without images)."""
+    def encode(self, conversation: Conversation, base_dir: Path | None = None, pixels: bool = True) -> dict[str, Any]:
+        """One row's training sample: lists for the ids, labels, attention mask and mm_token_type_ids; with `pixels`
+        the image processor's tensors (absent for a row without images)."""
         images = open_images(conversation, base_dir)
-        features, counts = self.image_features(images)
+        features, counts = self.image_features(images, pixels)
         text, spans = self.answer_spans(conversation)
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids: list[int] = []
@@ -172,7 +179,7 @@ class VisionEncoder:
             "attention_mask": [1] * len(ids),
             "mm_token_type_ids": [int(token == self.image_token_id) for token in ids],
         }
-        if images:
+        if "pixel_values" in features:
             sample["pixel_values"] = features["pixel_values"]
             sample["image_grid_thw"] = features["image_grid_thw"]
         return sample

@@ -2,8 +2,9 @@
 
 Rows are checked once through the data cache (core/data/prepare.py: format, row problems, every image opened), then
 each usable row is encoded here with the model's own template and image processor (core/data/multimodal.py). The
-token ids are kept; the images' pixels are not: they are made again from the image files each time a sample is read
-(`VisionSamples`), as LLaMA-Factory's collator makes them, so memory holds one batch's pixels, never the dataset's.
+token ids are kept (each image's tokens counted from its size alone); the pixels are made from the image files each
+time a sample is read (`VisionSamples`), as LLaMA-Factory's collator makes them, so memory holds one batch's pixels,
+never the dataset's.
 An image that went missing or broke since the check costs its row, named like any row problem.
 """
 
@@ -91,7 +92,7 @@ def tokenize_vision_dataset(
     for position, conversation in enumerate(checked.conversations(range(count))):
         row = int(checked.usable[position]) + 1
         try:
-            sample, was_cut, refused = cut(encoder.encode(conversation, base_dir), cutoff_len)
+            sample, was_cut, refused = cut(encoder.encode(conversation, base_dir, pixels=False), cutoff_len)
         except RowError as exc:  # an image changed since the check, or the template refuses the row
             problems.append(RowProblem(row, exc.message))
             continue
