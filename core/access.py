@@ -16,6 +16,7 @@ from pathlib import Path
 
 from core.data.readers import DEMO_DATASETS
 from core.errors import WorkbenchError
+from core.models.demo import DEMOS
 from core.resources import home_dir
 
 
@@ -51,9 +52,10 @@ class AllowedDirs:
             self.check(value, key)
 
     def check_model(self, value: str, key: str = "model_name_or_path") -> None:
-        """A model reference: `demo` and hub ids (owner/name, not a folder here) pass; any path is checked."""
+        """A model reference: the demo models (demo, demo-vision, ...) and hub ids (owner/name, not a folder here)
+        pass; any path is checked."""
         value = (value or "").strip()
-        if value in ("", "demo"):
+        if not value or value in DEMOS:
             return
         path = Path(value).expanduser()
         is_hub_id = value.count("/") == 1 and not value.startswith((".", "/", "~")) and not path.exists()

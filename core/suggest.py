@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from core.data.formats import PAIRWISE_FORMATS
 from core.methods import METHODS, get_method
+from core.models.demo import DEMOS, is_demo_model
 from core.stages import PAIRWISE, STAGES, SUPERVISED
 
 # A method or stage unknown here (a typo in a form) gets the common LoRA-like suggestion.
@@ -15,7 +16,9 @@ FALLBACK_LEARNING_RATES = (2e-3, 2e-4)
 
 
 def is_demo(model: str) -> bool:
-    return model.strip() in ("", "demo")
+    """Any of the tiny random demo models (demo, demo-moe, demo-vision, ...), by name or by its built folder."""
+    model = model.strip()
+    return not model or model in DEMOS or is_demo_model(model)
 
 
 def learning_rate_for(stage: str, model: str = "demo", method: str = "lora") -> float:

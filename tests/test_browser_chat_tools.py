@@ -70,6 +70,7 @@ def test_a_newcomer_trains_a_tool_caller_and_answers_its_call(browser, server, t
     expect(page.locator("#data-summary")).to_contain_text("tool_calls")
     open_tab(page, t("tab_train"))
     pick(page, "field-model_name_or_path", "demo-moe")
+    expect(page.locator("#field-learning_rate input")).to_have_value("0.004")  # the demo's suggestion, awaited
     fill_number(page, "field-num_train_epochs", 20)
     fill_number(page, "field-learning_rate", 0.005)
     run = start_run(page, workspace)

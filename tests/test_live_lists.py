@@ -8,8 +8,10 @@ import json
 import math
 
 from core.i18n import Message
+from core.methods import METHODS
+from core.models.demo import DEMOS
 from core.stages import STAGES
-from core.suggest import suggest_stage
+from core.suggest import learning_rate_for, suggest_stage
 from core.workbench import Workbench
 from webui.charts import length_histogram, loss_figure, smooth
 from webui.locale import Translator
@@ -39,10 +41,15 @@ def test_the_lists_version_moves_with_datasets_and_run_states_only(tmp_path):
     assert wb.lists_version()["runs"] == started["runs"]  # progress alone redraws no list
 
 
-def test_pairwise_data_suggests_dpo_with_its_own_learning_rate(tmp_path):
+def test_pairwise_data_suggests_dpo_with_its_own_learning_rate(tmp_path, demo_model_dir):
     assert suggest_stage("alpaca_pairwise", "demo") == ("dpo", STAGES["dpo"].learning_rates[0])
     assert suggest_stage("openai_pairwise", "THUDM/glm-4-9b-chat-hf") == ("dpo", 5e-6)
     assert suggest_stage("alpaca", "demo", "lora")[0] == "sft"
+    # Every demo model is the tiny random one that needs the large steps, by name or by its built folder.
+    for demo in DEMOS:
+        assert learning_rate_for("sft", demo, "full") == METHODS["full"].learning_rates[0]
+    assert learning_rate_for("sft", str(demo_model_dir), "full") == METHODS["full"].learning_rates[0]
+    assert learning_rate_for("sft", "THUDM/glm-4-9b-chat-hf", "full") == METHODS["full"].learning_rates[1]
     wb = Workbench(tmp_path / "ws")
     assert wb.suggest_stage("identity_pairs")[0] == "dpo" and wb.suggest_stage("identity")[0] == "sft"
     assert wb.suggest_stage(str(tmp_path / "missing.json")) is None

@@ -603,6 +603,7 @@ def test_a_taken_port_is_refused_naming_the_process_that_holds_it(tmp_path):
 # ---- 7. a shared workbench only uses paths inside its allowed folders ------------------------------------------
 def test_allowed_dirs_refuse_every_typed_path_outside_them(tmp_path, demo_model_dir):
     from core.access import AccessError
+    from core.models.demo import DEMOS
     from core.workbench import Workbench
 
     outside = tmp_path / "private"
@@ -633,6 +634,8 @@ def test_allowed_dirs_refuse_every_typed_path_outside_them(tmp_path, demo_model_
     assert not (tmp_path / "ws" / "runs").exists() or not any((tmp_path / "ws" / "runs").iterdir())
     assert wb.preview_dataset(str(inside)).row_count == 1  # an allowed folder, the demo sets and the workspace
     assert wb.preview_dataset("identity").row_count > 0
+    for demo in DEMOS:  # every demo model is the workbench's own, not a typed path
+        wb.access.check_model(demo)
     assert Workbench(tmp_path / "open").preview_dataset(str(secret)).row_count == 1  # not limited: as before
 
 
