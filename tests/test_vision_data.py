@@ -147,12 +147,12 @@ def test_image_rows_in_both_styles_and_their_row_problems(tmp_path, monkeypatch)
     assert {p.row: p.problem.code for p in loaded.result.problems} == {2: "row.image_remote", 3: "row.image_unreadable"}
 
 
-def reference_text(encoder: VisionEncoder, messages: list[dict], grids) -> str:
+def reference_text(encoder: VisionEncoder, messages: list[dict], grids, tools: list[dict] | None = None) -> str:
     """What the checkpoint's processor feeds the model: its template's text, each `<|image|>` widened by
     transformers' own Glm4vProcessor rule (its class cannot be built here: its video half needs torchvision)."""
     from transformers import Glm4vProcessor
 
-    rendered = encoder.tokenizer.apply_chat_template(messages, tokenize=False)
+    rendered = encoder.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
     processor = SimpleNamespace(image_processor=encoder.image_processor, image_token="<|image|>")
     pieces = rendered.split("<|image|>")
     text = pieces[0]
@@ -212,16 +212,17 @@ def test_encoded_row_is_the_templates_text_with_the_processors_image_tokens(enco
     assert runs == ["Red.<|user|>", "Blue.<|endoftext|>"]
 
 
-def test_one_forward_pass_of_each_tiny_glm_v_on_an_encoded_batch(encoder, vision_demo, tmp_path):
+def test_one_forward_pass_of_each_tiny_glm_v_on_an_encoded_batch(vision_demo, tmp_path):
     import torch
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
 
     text_only = Conversation([{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi."}])
-    samples = [encoder.encode(two_image_conversation(tmp_path), tmp_path), encoder.encode(text_only)]
-    batch = collate(samples, encoder.tokenizer.pad_token_id)
-    assert batch["pixel_values"].shape[0] == int(batch["image_grid_thw"].prod(-1).sum())
     moe = build_demo_model(tmp_path / "demo-vision-moe", name=VISION_MOE_DEMO_NAME)
-    for folder in (vision_demo, moe):
+    for folder in (vision_demo, moe):  # each with its own tokenizer and template (GLM-4.1V's, GLM-4.5V's)
+        encoder = VisionEncoder(AutoTokenizer.from_pretrained(folder), load_image_processor(folder))
+        samples = [encoder.encode(two_image_conversation(tmp_path), tmp_path), encoder.encode(text_only)]
+        batch = collate(samples, encoder.tokenizer.pad_token_id)
+        assert batch["pixel_values"].shape[0] == int(batch["image_grid_thw"].prod(-1).sum())
         model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
         with torch.no_grad():
             loss = model(**batch).loss

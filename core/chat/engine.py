@@ -308,8 +308,8 @@ class ChatEngine:
     @property
     def reply_format(self):
         """How the loaded model's replies are taken apart: its thinking format, or for a GLM-V model the GLM-4.5
-        generation's (GLM-4.1V-Thinking writes `<think>…</think><answer>…</answer>`: the thought is folded away
-        like theirs; its template has no tools, so no call is ever read). None: the reply is all answer."""
+        generation's (GLM-4.5V / 4.6V write its thinking and tool calls; GLM-4.1V-Thinking writes
+        `<think>…</think><answer>…</answer>`, its thought folded away alike, and has no tools). None: all answer."""
         if self.thinking_format is not None:
             return self.thinking_format
         return GLM45 if self.vision is not None else None

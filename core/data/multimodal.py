@@ -1,13 +1,15 @@
-"""An image row -> what a GLM-V model trains on: token ids with the image tokens widened, labels on the answers
-only, `mm_token_type_ids`, and the image processor's `pixel_values` / `image_grid_thw`.
+"""An image row -> what a GLM-V model trains on: token ids with the image tokens widened, labels on the answers only,
+`mm_token_type_ids`, and the image processor's `pixel_values` / `image_grid_thw`.
 
-The text is the model's own chat template (`tokenizer.apply_chat_template`, the checkpoint's chat_template.jinja),
-never a copy of it: each image part renders as `<|begin_of_image|><|image|><|end_of_image|>`, and the single
-`<|image|>` then becomes one token per merged patch (t*h*w / merge^2 after the processor's resize), as transformers'
-Glm4vProcessor does. Which characters are answers is found by rendering each conversation prefix: the answer is what
-the template adds after the prompt with the generation prompt, so the loss mask follows the template whatever it
-writes around the answer. An answer also learns the turn token that follows it (`<|user|>` / `<|observation|>`,
-the model's stop tokens) and the last one `<|endoftext|>`, as core/data/template.py does for the text models.
+The text is the model's own chat template (`tokenizer.apply_chat_template`, the checkpoint's chat_template.jinja), never
+a copy of it: each image part renders as `<|begin_of_image|><|image|><|end_of_image|>`, and the single `<|image|>` then
+becomes one token per merged patch (t*h*w / merge^2 after the processor's resize), as transformers' Glm4vProcessor does.
+Which characters are answers is found by rendering each conversation prefix: the answer is what the template adds after
+the prompt with the generation prompt, so the loss mask follows the template whatever it writes around the answer (where
+a later turn rewrites an answer, as GLM-4.5V's drops an earlier answer's reasoning, the answer runs to its turn's end
+and the empty think written in its place is not learned). An answer also learns the turn token that follows it
+(`<|user|>` / `<|observation|>`, the model's stop tokens) and the last one `<|endoftext|>`, as core/data/template.py
+does for the text models.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ IGNORE_INDEX = -100
 IMAGE_TOKEN = "<|image|>"
 END_TOKEN = "<|endoftext|>"
 TURN_TOKENS = ("<|user|>", "<|observation|>")
+EMPTY_THINK = "\n<think></think>"  # what GLM-4.5V's template writes for an earlier answer's dropped reasoning
 
 
 def _content(text: str, with_images: bool) -> str | list[dict[str, Any]]:
@@ -106,12 +109,20 @@ class VisionEncoder:
             if turn["role"] != "assistant":
                 continue
             prompt = self.render(conversation, index, generation_prompt=True)
-            through = self.render(conversation, index + 1)
-            if not (through.startswith(prompt) and text.startswith(through)):
+            if not text.startswith(prompt):
                 raise RowError("row.template_not_incremental", number=index + 1)
-            end = len(through)
+            start, through = len(prompt), self.render(conversation, index + 1)
+            if through.startswith(prompt) and text.startswith(through):
+                end = len(through)
+            else:  # rewritten once a user turn followed (GLM-4.5V drops an earlier answer's reasoning for an empty
+                # think, not learned: the model writes its own thought there): the answer runs to its turn's end
+                end = min((found for token in TURN_TOKENS if (found := text.find(token, start)) >= 0), default=-1)
+                if end < 0:
+                    raise RowError("row.template_not_incremental", number=index + 1)
+                if text.startswith(EMPTY_THINK, start):
+                    start += len(EMPTY_THINK)
             following = next((token for token in TURN_TOKENS if text.startswith(token, end)), "")
-            spans.append((len(prompt), end + len(following)))
+            spans.append((start, end + len(following)))
         return text, spans
 
     def image_features(self, images: list, pixels: bool = True) -> tuple[dict[str, Any], list[int]]:

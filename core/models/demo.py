@@ -2,7 +2,8 @@
 (`Glm4MoeForCausalLM`, `demo-moe`: GLM-4.5's layout -- a dense first layer, then routed experts with a shared one --
 its chat template with reasoning and tool calls, and their tokens), each with a real GLM-style tokenizer; and two
 tiny GLM-V models (`demo-vision`: `Glm4vForConditionalGeneration`, `demo-vision-moe`: `Glm4vMoe...`) in the real
-checkpoints' config shape, with GLM-4.1V's own chat_template.jinja and image-processor settings.
+checkpoints' config shape and GLM-4.1V's image-processor settings, the first with GLM-4.1V's own
+chat_template.jinja, the second with GLM-4.5V's (GLM-4.5's thinking and tool calls, images in the user turns).
 
 They exist so that the whole workflow (data -> train -> chart -> chat -> export) runs offline on a CPU in a
 minute. Their weights are random: before training they babble; after a short LoRA run on the identity set (or the
@@ -113,6 +114,8 @@ VISION_IMAGE_SIZE = {"shortest_edge": 12544, "longest_edge": 2 * 112 * 112}
 # The GLM-4.1V tokenizer's vision tokens are special; its thinking tags are plain added tokens.
 VISION_SPECIAL_TOKENS = tuple(vision.VISION_TOKENS.values())
 VISION_TEXT_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
+# GLM-4.5V / 4.6V mark a final answer's box with two more special tokens (a reply's decode drops them).
+BOX_TOKENS = ("<|begin_of_box|>", "<|end_of_box|>")
 
 
 @dataclass(frozen=True)
@@ -169,14 +172,16 @@ DEMOS = {
     ),
     VISION_MOE_DEMO_NAME: DemoRecipe(
         VISION_MOE_DEMO_NAME,
-        "demo-vision-moe-v1",
+        "demo-vision-moe-v2",
         "Glm4vMoeConfig",
         "Glm4vMoeForConditionalGeneration",
         VISION_MOE_ARCHITECTURE,
-        extra_tokens=VISION_TEXT_TOKENS,
-        note="Tiny GLM-4.5V (glm4v_moe) with random weights, GLM-4.1V's chat template and image processor.",
-        extra_special_tokens=VISION_SPECIAL_TOKENS,
-        chat_template_file="glm4v.jinja",
+        extra_tokens=FORMAT_TOKENS,
+        extra_texts=("tool_calls.json",),
+        note="Tiny GLM-4.5V (glm4v_moe) with random weights, GLM-4.5V's chat format (thinking, tool calls, images) "
+        "and GLM-4.1V's image processor.",
+        extra_special_tokens=VISION_SPECIAL_TOKENS + BOX_TOKENS,
+        chat_template_file="glm45v.jinja",
         image_size=VISION_IMAGE_SIZE,
     ),
 }
