@@ -28,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.access import AllowedDirs
@@ -35,7 +36,7 @@ from core.chat.engine import ChatEngine, GenerationSettings, check_adapter_files
 from core.chat.turns import visible_parts
 from core.data.formats import IMAGE_PLACEHOLDER, RowError
 from core.data.glm45 import parse_reply
-from core.data.images import is_remote, open_image
+from core.data.images import fetch_image, is_remote, open_image
 from core.errors import ModelError, WorkbenchError, internal_error
 from core.i18n import Message, message
 
@@ -117,9 +118,11 @@ class ChatMessage(BaseModel):
             return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
         return self.content or ""
 
-    def text_and_images(self, number: int, image_dirs: AllowedDirs | None) -> tuple[str, list[str]]:
+    def text_and_images(
+        self, number: int, image_dirs: AllowedDirs | None, fetch_images: bool = False
+    ) -> tuple[str, list[str]]:
         """A user message's text with an `<image>` placeholder where each image part was, and the images (data:
-        URIs, or files inside `image_dirs`; a web address is never fetched). Each image is opened here, so a bad
+        URIs, or files inside `image_dirs`; a web address only with `fetch_images`). Each image is opened here, so a bad
         one is a 400 naming its part, not an error mid-answer."""
         if not isinstance(self.content, list):
             return self.text, []
@@ -132,7 +135,7 @@ class ChatMessage(BaseModel):
                 param = f"messages[{number}].content[{index}]"
                 value = part.get("image_url", part.get("image"))
                 reference = value.get("url") if isinstance(value, dict) else value
-                images.append(checked_image(reference, len(images) + 1, param, image_dirs))
+                images.append(checked_image(reference, len(images) + 1, param, image_dirs, fetch_images))
                 text += IMAGE_PLACEHOLDER
         return text, images
 
@@ -187,7 +190,9 @@ class ChatCompletionRequest(BaseModel):
             raise APIError(400, message("api.tool_choice_unknown", name=str(name), tools=known), param="tool_choice")
         return named
 
-    def conversation(self, image_dirs: AllowedDirs | None = None) -> tuple[str, list[dict[str, Any]]]:
+    def conversation(
+        self, image_dirs: AllowedDirs | None = None, fetch_images: bool = False
+    ) -> tuple[str, list[dict[str, Any]]]:
         """(system prompt, the turns), or APIError: it must end with the user or a tool's result; a tool result
         answers a call made before it; call arguments are JSON objects. A user turn's images (image_url parts)
         are in its `images`."""
@@ -201,7 +206,7 @@ class ChatCompletionRequest(BaseModel):
                 continue
             turn: dict[str, Any] = {"role": item.role, "content": item.text}
             if item.role == "user":
-                turn["content"], images = item.text_and_images(number, image_dirs)
+                turn["content"], images = item.text_and_images(number, image_dirs, fetch_images)
                 if images:
                     turn["images"] = images
             if item.role == "assistant" and item.reasoning_content:  # sent back, as GLM's own API asks
@@ -244,16 +249,24 @@ class ChatCompletionRequest(BaseModel):
         return {"name": call.function.name, "arguments": arguments}
 
 
-def checked_image(reference: Any, number: int, param: str, image_dirs: AllowedDirs | None) -> str:
+def checked_image(
+    reference: Any, number: int, param: str, image_dirs: AllowedDirs | None, fetch_images: bool = False
+) -> str:
     """An image part's url, refused with a 400 unless it is a readable data: URI or a readable file inside one of
-    `image_dirs` (none: files are refused). Web addresses are refused: the server fetches nothing."""
+    `image_dirs` (none: files are refused). A web address is refused, or with `fetch_images` fetched (bounded in
+    time and size) and passed on as a data: URI."""
     if not isinstance(reference, str) or not reference.strip():
         raise APIError(
             400, message("api.invalid_parameter", param=param, detail="image_url.url is required"), param=param
         )
     reference = reference.strip()
-    if is_remote(reference):
-        raise APIError(400, message("api.image_remote", param=param), param=param)
+    try:
+        if is_remote(reference):
+            if not fetch_images:
+                raise APIError(400, message("api.image_remote", param=param), param=param)
+            reference = fetch_image(reference, number)
+    except RowError as exc:
+        raise APIError(400, message("api.image_invalid", param=param, detail=exc.message), param=param) from None
     if not reference.lower().startswith("data:"):
         path = reference[len("file://") :] if reference.lower().startswith("file://") else reference
         if image_dirs is None or not image_dirs.limited or not image_dirs.allows(path):
@@ -377,14 +390,17 @@ def create_api(
     max_body_bytes: int = MAX_BODY_BYTES,
     max_queue: int = MAX_QUEUE,
     image_dirs: list[str] | None = None,
+    fetch_images: bool = False,
 ) -> FastAPI:
     """The FastAPI app. `engine` must already hold the base model; `adapters()` lists what may be named.
     `max_queue`: how many requests may wait while one generates (-1: no limit). `image_dirs`: folders whose
-    image files a request may name by path (a GLM-V model); without them images come as data: URIs only."""
+    image files a request may name by path (a GLM-V model); without them images come as data: URIs only.
+    `fetch_images`: image_url parts may be http(s) addresses, which the server fetches."""
     allowed_images = AllowedDirs(image_dirs) if image_dirs else None
     app = FastAPI(title="GLM Workbench OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(OpenAIErrors)
     queue = app.state.queue = Queue(max_queue)
+    app.state.fetch_images = fetch_images  # what the server was started with, for whoever inspects the app
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
@@ -431,7 +447,8 @@ def create_api(
             chat = ChatCompletionRequest.model_validate(await read_body(request, max_body_bytes))
         except ValidationError as exc:
             raise validation_error(exc) from None
-        system, turns = chat.conversation(allowed_images)
+        # images are decoded (and, switched on, fetched) off the event loop: other requests keep being answered
+        system, turns = await run_in_threadpool(chat.conversation, allowed_images, fetch_images)
         if not engine.reads_images and any(turn.get("images") for turn in turns):
             raise APIError(400, message("api.model_reads_text", model=chat.model), param="messages")
         available = adapters()

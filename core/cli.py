@@ -335,7 +335,13 @@ def cmd_api(args: argparse.Namespace) -> int:
         say(message("cli.api_open_warning", host=args.host))
     max_queue = args.max_queue if args.max_queue is not None else MAX_QUEUE
     app = create_api(
-        engine, base_name, lambda: adapters, api_key, max_queue=max_queue, image_dirs=args.image_dir or None
+        engine,
+        base_name,
+        lambda: adapters,
+        api_key,
+        max_queue=max_queue,
+        image_dirs=args.image_dir or None,
+        fetch_images=args.fetch_images,
     )
     say(
         message("cli.api_listening", url=f"http://{args.host}:{args.port}/v1", models=", ".join([base_name, *adapters]))
@@ -537,7 +543,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="FOLDER",
         help="a vision model: image files in FOLDER may be named by path in image_url parts; repeatable "
-        "(default: images come as data: URIs only; web addresses are never fetched)",
+        "(default: images come as data: URIs only; web addresses are not fetched)",
+    )
+    api.add_argument(
+        "--fetch-images",
+        action="store_true",
+        help="a vision model: image_url parts may be http(s) addresses, which the server fetches (10 s, 20 MiB "
+        "each); it then reaches any address a client names, its own network included: switch it on for trusted "
+        "clients only",
     )
     api.set_defaults(func=cmd_api)
 

@@ -384,9 +384,11 @@ def test_api_on_a_public_address_without_a_key_warns(monkeypatch, capsys, demo_m
 
     from core import cli as cli_module
 
-    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)  # no socket is opened by this test
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))  # no socket is opened by this test
     monkeypatch.delenv("GLM_WORKBENCH_API_KEY", raising=False)
     assert cli_module.main(["api", "--host", "0.0.0.0", "--port", "8765"]) == 0
     assert "listening on 0.0.0.0 without --api-key" in capsys.readouterr().err
-    assert cli_module.main(["api", "--host", "0.0.0.0", "--api-key", "k"]) == 0
+    assert cli_module.main(["api", "--host", "0.0.0.0", "--api-key", "k", "--fetch-images"]) == 0
     assert "without --api-key" not in capsys.readouterr().err
+    assert [app.state.fetch_images for app in apps] == [False, True]  # web images only when switched on

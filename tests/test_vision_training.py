@@ -151,7 +151,7 @@ def test_the_official_openai_client_sends_a_data_uri(colour_model, tmp_path):
         assert right >= 36
         # a web address is never fetched, a local path needs --image-dir, a broken data: URI is named
         for url, words in (
-            ("https://example.com/red.png", "fetches no images"),
+            ("https://example.com/red.png", "does not fetch images"),
             (str(held_out_images(tmp_path, 1)[0][0]), "--image-dir"),
             ("data:image/png;base64,AAAA", "cannot be read as an image"),
         ):
@@ -161,6 +161,55 @@ def test_the_official_openai_client_sends_a_data_uri(colour_model, tmp_path):
             assert words in refused.value.body["message"] and refused.value.body["param"] == "messages[0].content[0]"
     finally:
         server.stop()
+
+
+def test_a_server_switched_to_fetch_images_reads_a_web_address(colour_model, tmp_path, monkeypatch):
+    """`api --fetch-images`: an http(s) image_url is fetched (here from a local web server) and answered; an address
+    that fails, or an image over the byte cap, is a 400 naming the part and why."""
+    import functools
+    import http.server
+    import threading
+
+    from openai import BadRequestError, OpenAI
+
+    from core.api import ApiServer, create_api
+    from core.data import images
+    from tests.ui_server import free_port
+
+    served = tmp_path / "web"
+    pictures = held_out_images(served, 4, seed=7)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    engine = ChatEngine()
+    engine.load_model(str(colour_model / "model"))
+    server = ApiServer(create_api(engine, "colours", lambda: {}, fetch_images=True), port=free_port()).start()
+    try:
+        client = OpenAI(base_url=server.url, api_key="unused")
+
+        def ask(url: str) -> str:
+            content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": QUESTION["en"]}]
+            answer = client.chat.completions.create(
+                model="colours", messages=[{"role": "user", "content": content}], temperature=0, max_tokens=8
+            )
+            return answer.choices[0].message.content
+
+        base = f"http://127.0.0.1:{web.server_address[1]}"
+        right = sum(expected(name, "en") in ask(f"{base}/{path.name}") for path, name, _ in pictures)
+        assert right >= 3
+        monkeypatch.setattr(images, "MAX_FETCHED_BYTES", 10)
+        for url, words in (
+            (f"{base}/{pictures[0][0].name}", "larger than"),
+            (f"{base}/missing.png", "HTTP 404"),
+            (f"http://127.0.0.1:{free_port()}/red.png", "could not be fetched"),
+        ):
+            with pytest.raises(BadRequestError) as refused:
+                ask(url)
+            assert words in refused.value.body["message"] and refused.value.body["param"] == "messages[0].content[0]"
+    finally:
+        server.stop()
+        web.shutdown()
 
 
 def test_lora_adapter_holds_no_vision_weights_and_merges_for_plain_transformers(tmp_path):

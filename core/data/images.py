@@ -2,7 +2,8 @@
 
 A reference is a file path (relative to the data file's folder, or absolute; `file://` accepted) or a `data:`
 URI with base64 content. `http(s)` references are refused, never fetched: training must not depend on the network
-or reach addresses a shared workbench should not. Each failure is a RowError, so a bad image costs its row only.
+or reach addresses a shared workbench should not (only an API server started with --fetch-images fetches them,
+fetch_image). Each failure is a RowError, so a bad image costs its row only.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.data.formats import REMOTE_SCHEMES, Conversation, RowError
+
+MAX_FETCHED_BYTES = 20 * 2**20  # a web image an API server fetches (when switched on): larger is refused
+FETCH_TIMEOUT_S = 10.0
 
 
 def is_remote(reference: str) -> bool:
@@ -38,6 +42,30 @@ def _data_uri_bytes(reference: str, number: int) -> bytes:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise RowError("row.image_unreadable", number=number, image=header[:40], detail=str(exc)) from None
+
+
+def fetch_image(url: str, number: int, max_bytes: int | None = None, timeout: float = FETCH_TIMEOUT_S) -> str:
+    """A web image as a data: URI, for an API server switched to fetch them (`glm-workbench api --fetch-images`;
+    training never fetches). One GET with a timeout and a byte cap, so a slow or endless answer costs a bounded
+    wait and memory; the bytes are then checked as any image is (open_image)."""
+    import urllib.error
+    import urllib.request
+
+    max_bytes = max_bytes or MAX_FETCHED_BYTES
+    if not url.strip().lower().startswith(("http://", "https://")):
+        raise RowError("row.image_fetch_failed", number=number, image=url, detail="only http(s) addresses are fetched")
+    request = urllib.request.Request(url.strip(), headers={"User-Agent": "glm-workbench"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            payload = response.read(max_bytes + 1)
+    except urllib.error.HTTPError as exc:
+        raise RowError("row.image_fetch_failed", number=number, image=url, detail=f"HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise RowError("row.image_fetch_failed", number=number, image=url, detail=str(reason)) from None
+    if len(payload) > max_bytes:
+        raise RowError("row.image_fetch_too_large", number=number, image=url, limit=max_bytes // 2**20)
+    return "data:application/octet-stream;base64," + base64.b64encode(payload).decode("ascii")
 
 
 def describe(reference: str) -> str:
