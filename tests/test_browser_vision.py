@@ -1,10 +1,12 @@
 """Images in chromium, as a newcomer on an English page (en-US locale) meets them: the vision demo model and the
 `colours` demo set show each sample's image with its size and image tokens in the Data tab; a short full run on
 the CPU; then Chat, with an image uploaded beside the question, names its colour, and the image stays in the
-conversation."""
+conversation; a second image pasted from the clipboard is answered too."""
 
 from __future__ import annotations
 
+import base64
+import io
 import random
 
 import pytest
@@ -71,3 +73,27 @@ def test_a_newcomer_trains_on_images_and_asks_about_a_new_one(browser, server, t
     expect(history.locator("img").first).to_be_visible()  # the question's image stays in the conversation
     expect(page.locator("#chat-image img")).to_have_count(0)  # and the box is empty for the next question
     screenshot(page, "vision-chat", tmp_path)
+
+    # A new conversation, its image a red one pasted from the clipboard (a screenshot's usual way in), not a file.
+    page.locator("#chat-clear").click()
+    expect(history.locator("[data-testid=bot]")).to_have_count(0)
+    origin = url.split("/en/")[0]
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=origin)
+    red = io.BytesIO()
+    colour_image("red", random.Random(78)).save(red, format="PNG")
+    page.evaluate(
+        """async (b64) => {
+            const blob = await (await fetch('data:image/png;base64,' + b64)).blob();
+            await navigator.clipboard.write([new ClipboardItem({'image/png': blob})]);
+        }""",
+        base64.b64encode(red.getvalue()).decode(),
+    )
+    box = page.locator("#chat-image")
+    box.get_by_role("button", name="Paste from clipboard").first.click()
+    box.locator(".upload-container").first.click()
+    expect(box.locator("img")).to_have_count(1)
+    page.locator("#chat-input textarea").fill("What colour is this image?")
+    page.locator("#chat-send").click()
+    expect(history.locator("[data-testid=bot]")).to_have_count(1)
+    expect(history.locator("img")).to_have_count(1)
+    assert "Red" in settled_text(history.locator("[data-testid=bot]").last)

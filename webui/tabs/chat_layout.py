@@ -65,7 +65,7 @@ def conversation_layout(ctx: UIContext, ui: SimpleNamespace) -> None:
         )
         ui.send = gr.Button(t("send"), variant="primary", scale=1, elem_id="chat-send")
         ui.stop = gr.Button(t("stop"), scale=1)
-        ui.clear = gr.Button(t("clear"), scale=1)
+        ui.clear = gr.Button(t("clear"), scale=1, elem_id="chat-clear")
     # A tool call waits here for its result, which continues the conversation as a tool turn (<|observation|>).
     with gr.Group(visible=False, elem_id="chat-tool-result-group") as ui.result_group:
         ui.result_label = gr.Markdown(elem_id="chat-tool-result-label")
