@@ -193,6 +193,7 @@ def paint_rows(folder: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_the_moe_vision_model_learns_to_call_a_tool_about_an_image_and_the_api_returns_the_call(tmp_path):
     """Trained on image rows with reasoning and a tool call, the tuned GLM-4.5V-shaped model answers the official
     `openai` client with a tool call (its arguments read from an image it never saw) and its reasoning as a field."""

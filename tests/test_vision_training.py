@@ -163,6 +163,7 @@ def test_the_official_openai_client_sends_a_data_uri(colour_model, tmp_path):
         server.stop()
 
 
+@pytest.mark.slow
 def test_a_server_switched_to_fetch_images_reads_a_web_address(colour_model, tmp_path, monkeypatch):
     """`api --fetch-images`: an http(s) image_url is fetched (here from a local web server) and answered; an address
     that fails, or an image over the byte cap, is a 400 naming the part and why."""
