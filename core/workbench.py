@@ -74,6 +74,9 @@ from core.training.lifecycle import check_inputs
 log = logging.getLogger("glm_workbench")
 BASE_MODEL_CHOICE = "demo"
 LENGTH_SAMPLE = 2_000  # samples measured for the length histogram of a large dataset
+# A streamed chat reply reaches the page at most this often (its last state always): a redraw per token made the
+# page re-render the whole conversation hundreds of times a reply, the cost of a fast model's long answer.
+STREAM_INTERVAL_S = 0.1
 
 
 @dataclass
@@ -578,9 +581,9 @@ class Workbench:
         settings: GenerationSettings | None = None,
         tools: list[dict[str, Any]] | None = None,
     ) -> Iterator[ChatReply]:
-        """chat_stream taken apart as it grows (core/chat/turns.py): reasoning (with its length in tokens), answer
-        and, once whole, the tool calls. `tools` are offered only to a model whose template lists them; the last
-        reply says `tools_ignored` when a plain model got some."""
+        """chat_stream taken apart as it grows (core/chat/turns.py), at most every STREAM_INTERVAL_S: reasoning (with
+        its length in tokens), answer and, once whole, the tool calls. `tools` are offered only to a model whose
+        template lists them; the last reply says `tools_ignored` when a plain model got some."""
 
         engine = self.chat_engine
         model_path = self._model_path(model)
@@ -593,9 +596,12 @@ class Workbench:
         def count(text: str) -> int:
             return len(engine.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-        text = ""
+        text, shown_at = "", 0.0
         for text in self.chat_stream(messages, model, adapter_run, system, settings, offered):
-            yield read_reply(text, form, False, count)
+            now = time.monotonic()
+            if now - shown_at >= STREAM_INTERVAL_S:  # coalesced: the page redraws 10 times a second, not per token
+                shown_at = now
+                yield read_reply(text, form, False, count)
         last = read_reply(text, form, True, count)
         last.tools_ignored = bool(tools) and offered is None
         yield last

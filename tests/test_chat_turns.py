@@ -160,3 +160,28 @@ def test_a_vote_keeps_the_reasoning_and_call_and_trains_them(tokenizer, tmp_path
     )
     assert tokenizer.decode(prompt + completion).startswith(full)
     assert CALLING["reasoning_content"] + "</think>" in tokenizer.decode(completion)  # reasoning carries loss
+
+
+def test_a_streamed_reply_reaches_the_page_coalesced_and_whole(tmp_path, demo_model_dir, monkeypatch):
+    """The chat page gets a fast model's reply a few times a second, not once per token (each update redraws the
+    whole conversation), and the last update is the whole reply, the same as unstreamed."""
+    import time
+
+    from core import workbench as workbench_module
+    from core.chat.engine import GenerationSettings
+    from core.workbench import Workbench
+
+    monkeypatch.setattr(workbench_module, "STREAM_INTERVAL_S", 0.2)
+    wb = Workbench(tmp_path / "ws")
+    settings = GenerationSettings(greedy=True, max_new_tokens=256)
+    question = [{"role": "user", "content": "你好"}]
+    arrivals, replies = [], []
+    for reply in wb.chat_replies(question, settings=settings):
+        arrivals.append(time.monotonic())
+        replies.append(reply)
+    whole = wb.chat_engine.chat(question, settings=settings)
+    tokens = len(wb.chat_engine.tokenizer(whole, add_special_tokens=False)["input_ids"])
+    assert tokens > 100 and len(replies) < tokens / 4  # the untrained demo babbles: many tokens, few redraws
+    gaps = [later - earlier for earlier, later in zip(arrivals[:-2], arrivals[1:-1])]
+    assert all(gap >= 0.15 for gap in gaps), gaps  # partial updates are spaced; only the last comes at once
+    assert replies[-1].content == whole
