@@ -6,7 +6,6 @@ and the chat's prompt carries the tools block and the images."""
 from __future__ import annotations
 
 import base64
-import copy
 import json
 from pathlib import Path
 
@@ -109,21 +108,19 @@ def image_tool_row(folder: Path) -> Conversation:
 def test_an_image_row_with_reasoning_and_a_tool_call_trains_as_the_template_renders_it(encoder, tmp_path):
     conversation = image_tool_row(tmp_path)
     sample = encoder.encode(conversation, tmp_path)
-    messages = copy.deepcopy(
-        [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
-            {"role": "assistant", "content": "Red.", "reasoning_content": "All pixels are red."},
-            {"role": "user", "content": [{"type": "text", "text": "Paint the wall like "}, {"type": "image"}]},
-            {
-                "role": "assistant",
-                "content": "",
-                "reasoning_content": "The image is blue.",
-                "tool_calls": [{"type": "function", "function": {"name": "paint", "arguments": {"colour": "blue"}}}],
-            },
-            {"role": "tool", "content": "painted"},
-            {"role": "assistant", "content": "Done: the wall is blue."},
-        ]
-    )
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
+        {"role": "assistant", "content": "Red.", "reasoning_content": "All pixels are red."},
+        {"role": "user", "content": [{"type": "text", "text": "Paint the wall like "}, {"type": "image"}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "reasoning_content": "The image is blue.",
+            "tool_calls": [{"type": "function", "function": {"name": "paint", "arguments": {"colour": "blue"}}}],
+        },
+        {"role": "tool", "content": "painted"},
+        {"role": "assistant", "content": "Done: the wall is blue."},
+    ]
     rendered = encoder.tokenizer.apply_chat_template(messages, tools=[PAINT], tokenize=False)
     expected = reference_text(encoder, messages, sample["image_grid_thw"], tools=[PAINT]) + "<|endoftext|>"
     tokenizer = encoder.tokenizer
@@ -153,7 +150,7 @@ def test_thinking_off_asks_with_nothink_and_trains_no_thought(encoder, tmp_path)
     text = encoder.tokenizer.decode(sample["input_ids"])
     learned = encoder.tokenizer.decode([t for t, lab in zip(sample["input_ids"], sample["labels"]) if lab != -100])
     assert "Colour?/nothink<|assistant|>\n<think></think>" in text and learned == "\nRed.<|endoftext|>"
-    prompt = off.encode_prompt(conversation.__class__(conversation.messages[:1], images=["red.png"]), tmp_path)
+    prompt = off.encode_prompt(Conversation(conversation.messages[:1], images=["red.png"]), tmp_path)
     assert encoder.tokenizer.decode(prompt["input_ids"][0]).endswith("/nothink<|assistant|>\n<think></think>")
 
 
@@ -169,9 +166,7 @@ def test_the_chat_prompt_carries_the_tools_and_the_image(encoder, tmp_path):
 
 def paint_rows(folder: Path) -> Path:
     """The colours demo's 48 images as GLM-4.5V agent rows: think about the image, then call paint with its colour."""
-    from core.resources import asset as find
-
-    source = find("datasets", "colours.json")
+    source = asset("datasets", "colours.json")
     rows = []
     for row in json.loads(source.read_text(encoding="utf-8")):
         image = str(source.parent / row["images"][0])

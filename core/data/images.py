@@ -52,7 +52,7 @@ def fetch_image(url: str, number: int, max_bytes: int | None = None, timeout: fl
     import urllib.request
 
     max_bytes = max_bytes or MAX_FETCHED_BYTES
-    if not url.strip().lower().startswith(("http://", "https://")):
+    if not is_remote(url):
         raise RowError("row.image_fetch_failed", number=number, image=url, detail="only http(s) addresses are fetched")
     request = urllib.request.Request(url.strip(), headers={"User-Agent": "glm-workbench"})
     try:
