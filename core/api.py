@@ -461,7 +461,7 @@ def create_api(
             )
         adapter = (chat.model, available[chat.model]) if chat.model != base_name else None
         tools = chat.tool_list()
-        if engine.thinking_format is None and (tools or any(t["role"] == "tool" for t in turns)):
+        if not engine.takes_tools and (tools or any(t["role"] == "tool" for t in turns)):
             raise APIError(400, message("api.model_has_no_tools", model=chat.model), param="tools")
         prompt_tokens = engine.prompt_length(turns, system, tools, chat.enable_thinking, adapter)
         settings = GenerationSettings(
@@ -523,7 +523,7 @@ class Completion:
         tools: list[dict[str, Any]] | None = None,
     ):
         self.tools = tools
-        self.form = engine.reply_format  # a GLM-4.5-generation or GLM-V model: its reply is taken apart (glm45)
+        self.form = engine.reading(chat.enable_thinking)  # a GLM-4.5-generation or GLM-V model: taken apart (glm45)
         self.engine, self.chat, self.turns, self.system = engine, chat, turns, system
         self.adapter, self.settings, self.prompt_tokens = adapter, settings, prompt_tokens
         self.leave = leave  # the request's place in the queue, given up when the stream ends
@@ -593,7 +593,7 @@ class Completion:
 
     def _visible(self, text: str) -> tuple[str, str]:
         """(reasoning, content) of a reply still being written, for streaming (core.chat.turns.visible_parts)."""
-        reasoning, content = visible_parts(text, self.form.thinking_prompt)
+        reasoning, content = visible_parts(text, self.form.opens_thinking())
         return reasoning.lstrip("\n"), content.lstrip("\n")
 
     def _count(self, text: str) -> int:

@@ -214,11 +214,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
         enable_thinking=not args.no_thinking,
     )
     messages = [{"role": "user", "content": args.prompt}]
-    offered = tools if engine.thinking_format is not None else None  # a plain template has no tools
+    offered = tools if engine.takes_tools else None  # a plain template has no tools
     text = ""
     for text in engine.stream(messages, args.system, adapter, settings, tools=offered):  # noqa: B007
         pass  # each item is the whole reply so far: the last one is the answer
-    reply = read_reply(text, engine.reply_format, done=True)
+    reply = read_reply(text, engine.reading(not args.no_thinking), done=True)
     if reply.reasoning and not args.no_thinking:
         dim, plain = ("", "") if os.environ.get("NO_COLOR") else ("\033[2m", "\033[0m")
         print(dim + reply.reasoning + plain)

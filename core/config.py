@@ -38,7 +38,7 @@ class CommonSettings:
     # model
     model_name_or_path: str = "demo"
     trust_remote_code: bool = False  # only for checkpoints without a native class
-    template: str = "auto"  # from the model's tokenizer: glm4_moe, glm4, chatglm3, chatglm2 or chatglm (ChatGLM-6B)
+    template: str = "auto"  # from the tokenizer: glm4_moe, glm47, glmz1, glm4, chatglm3, chatglm2 or chatglm (ChatGLM-6B)
     # GLM-4.5 generation (template glm4_moe): false trains without the reasoning, as the model's own template renders
     # it with enable_thinking=False (/nothink, an empty think block)
     enable_thinking: bool = True
@@ -416,12 +416,10 @@ def from_llamafactory(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         data["finetuning_type"] = "qlora"
     if isinstance(data.get("dataset"), str) and "," in data["dataset"]:
         raise config_error("dataset", "config.one_dataset", value=data["dataset"], show_value=True)
-    # LLaMA-Factory's GLM template names: glm4_moe (GLM-4.5/4.6) and glm4_7 (GLM-4.7 / 4.7-Flash) are ours too;
-    # glmz1 (GLM-Z1-0414, a Glm4ForCausalLM) is glm4's text format: reasoning written as <think>…</think> in an
-    # answer trains as its text. LLaMA-Factory's glmz1 also puts an empty thought before an answer without one, a
-    # guess no public copy of GLM-Z1's chat template confirms, so it is not copied.
+    # LLaMA-Factory's GLM template names: glm4_moe (GLM-4.5/4.6), glm4_7 (GLM-4.7 / 4.7-Flash) and glmz1 (GLM-Z1-0414)
+    # are ours too.
     if data.get("template") in ("glm4", "glm4_moe", "glm4_7", "glmz1", "chatglm3", "chatglm2", "chatglm", None):
-        renamed = {"glm4_7": "glm47", "glmz1": "glm4", None: "auto"}
+        renamed = {"glm4_7": "glm47", None: "auto"}
         data["template"] = renamed.get(data.get("template"), data.get("template"))
     if "lora_target" in data and isinstance(data["lora_target"], str):
         data["lora_target"] = data["lora_target"].replace(" ", "")

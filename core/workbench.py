@@ -590,8 +590,8 @@ class Workbench:
         self.access.check_model(model_path)
         check_model_reference(model_path)
         engine.load_model(model_path)  # its template decides how replies read and whether tools fit
-        form = engine.reply_format
-        offered = tools if engine.thinking_format is not None else None
+        form = engine.reading(settings.enable_thinking if settings is not None else True)
+        offered = tools if engine.takes_tools else None
 
         def count(text: str) -> int:
             return len(engine.tokenizer(text, add_special_tokens=False)["input_ids"])

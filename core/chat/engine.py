@@ -7,6 +7,7 @@ adapter can never see another's weights.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
@@ -314,14 +315,25 @@ class ChatEngine:
             return self.thinking_format
         return GLM45 if self.vision is not None else None
 
+    def reading(self, enable_thinking: bool = True):
+        """reply_format for a reply asked for with thinking on or off: off, a reply that starts after a prompt that
+        opens the reasoning (GLM-4.7, GLM-Z1) is all answer."""
+        form = self.reply_format
+        return dataclasses.replace(form, enabled=False) if form is not None and not enable_thinking else form
+
+    @property
+    def takes_tools(self) -> bool:
+        """Whether the loaded model's template lists tools and writes tool calls (core/data/glm45.py)."""
+        return self.thinking_format is not None and self.thinking_format.tools
+
     def prompt_ids(
         self, messages: list[dict], system: str = "", tools: list[dict] | None = None, enable_thinking: bool = True
     ) -> list[int]:
         """The generation prompt's ids; tools and thinking off only where the template has them."""
 
+        if tools and not self.takes_tools:
+            raise ModelError("model.template_no_tools", template=self.encoder.template.name)
         if self.thinking_format is None:
-            if tools:
-                raise ModelError("model.template_no_tools", template=self.encoder.template.name)
             return self.encoder.encode_prompt(messages, system)
         encoder = self.encoder
         if not enable_thinking:

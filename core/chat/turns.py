@@ -115,7 +115,7 @@ def partial_reply(text: str, form: ThinkingFormat | None) -> Reply:
     """A reply still being written, taken apart for showing (see visible_parts). Calls are read once it is whole."""
     if form is None:
         return Reply("", text, [])
-    reasoning, content = visible_parts(text, form.thinking_prompt)
+    reasoning, content = visible_parts(text, form.opens_thinking())
     return Reply(reasoning.strip(), content.strip(), [])
 
 

@@ -15,6 +15,14 @@ What the models' own chat_template.jinja renders, and therefore what they were t
 - Argument values that are strings are written as they are, anything else as JSON.
 - GLM-4.7 / 4.7-Flash (`GLM47`) write the same parts without the newlines, a bare `</think>` for no reasoning, no
   `/nothink`, and their generation prompt ends with `<think>` (thinking) or `</think>` (off).
+- GLM-Z1-0414 (`GLMZ1`, a dense Glm4ForCausalLM) writes GLM-4-0414's layout (`<|assistant|>\\n{answer}`). Its
+  template shows every turn as its text after `</think>`, stripped, so no earlier reasoning and no empty think
+  block, and its generation prompt ends with `\\n<think>`: the model writes its reasoning, `</think>` and the
+  answer. The real template strips the reasoning of the last answer too (it only ever renders history), so the
+  turn that trains is the generation prompt followed by what the model writes: `{reasoning}</think>\\n{answer}`.
+  `<think>` is plain text in GLM-Z1's tokenizer (14 special tokens, as GLM-4-0414's), which is why the turn is
+  split exactly where the prompt ends. Its tools use GLM-4-0414's format, which the workbench does not write: a
+  row with tools is a row problem.
 
 This module turns one conversation into *pieces*: (text, carries_loss). Every piece boundary sits next to a special
 token (`<|assistant|>`, `</think>`, a role token), and the tokenizer splits its special tokens out before it encodes
@@ -69,6 +77,16 @@ class ThinkingFormat:
     tools_outro: str = TOOLS_OUTRO
     thinking_prompt: str = ""  # what the generation prompt adds after <|assistant|> when thinking is on
     enabled: bool = True  # enable_thinking: off trains and prompts without reasoning, as the template renders it
+    tools: bool = True  # the format lists tools and writes tool calls (GLM-Z1's own tool format is not written)
+    visible_turns: bool = False  # user turns written as GLM-Z1 writes them: the text after `</think>`, stripped
+
+    def empty(self) -> str:
+        """What an assistant turn without (shown) reasoning starts with."""
+        return self.newline + self.empty_think if self.empty_think else ""
+
+    def opens_thinking(self) -> bool:
+        """Whether the generation prompt opens the reasoning: the reply starts inside it, without `<think>`."""
+        return self.enabled and bool(self.thinking_prompt)
 
     def generation(self) -> str:
         """What follows <|assistant|> in the generation prompt."""
@@ -99,6 +117,14 @@ GLM47 = ThinkingFormat(
     ),
     thinking_prompt="<think>",
 )
+GLMZ1 = ThinkingFormat(
+    empty_think="", nothink_suffix=False, tools_outro="", thinking_prompt="\n<think>", tools=False, visible_turns=True
+)
+
+
+def visible(text: str) -> str:
+    """A turn's text as GLM-Z1's template writes it."""
+    return text.split("</think>")[-1].strip()
 
 
 def split_reasoning(message: dict[str, Any]) -> tuple[str, str]:
@@ -144,6 +170,7 @@ def pieces(
         ends_answer = previous == "assistant"  # the role token after an answer stops it: the model learns to emit it
         if role == "user":
             suffix = NO_THINK if form.nothink_suffix and not thinking and not content.endswith(NO_THINK) else ""
+            content = visible(content) if form.visible_turns else content
             out += [("<|user|>", ends_answer), (nl + content + suffix, False)]
         elif role == "tool":
             if previous != "tool":
@@ -156,10 +183,11 @@ def pieces(
             if not thinking:
                 reasoning = ""
             latest = index > last_user  # this turn's answers (after the last question) show their reasoning
-            think = f"{nl}<think>{reasoning.strip()}</think>" if latest and reasoning else nl + form.empty_think
+            think = f"{nl}<think>{reasoning.strip()}</think>" if latest and reasoning else form.empty()
             rest = (nl + answer.strip() if answer.strip() else "") + "".join(
                 form.tool_call(call) for call in message.get("tool_calls") or ()
             )
+            rest = rest or ("" if think else nl)  # GLM-Z1 writes an empty answer as `<|assistant|>\n`
             out.append(("<|assistant|>", False))
             prompted = form.generation()  # what the generation prompt already holds: never the model's to write
             if latest and (think + rest).startswith(prompted):
@@ -185,22 +213,27 @@ def jinja(form: ThinkingFormat = GLM45) -> str:
     definition as `pieces`; the tests render it beside `pieces` and the real templates."""
     nl = json.dumps(form.newline)
     intro, outro = json.dumps(TOOLS_INTRO), json.dumps(form.tools_outro)
-    empty, prompt_on = json.dumps(form.newline + form.empty_think), json.dumps(form.thinking_prompt)
+    empty, prompt_on = json.dumps(form.empty()), json.dumps(form.thinking_prompt)
+    prompt_off = json.dumps(form.newline + form.empty_think)
     nothink = "true" if form.nothink_suffix else "false"
-    return (
-        "{{- '[gMASK]<sop>' -}}"
-        "{%- set nl = " + nl + " -%}"
+    user_text = "content.split('</think>')[-1].strip()" if form.visible_turns else "content"
+    tools = (
         "{%- if tools -%}{{- '<|system|>\\n' ~ " + intro + " -}}"
         "{%- for tool in tools -%}{{- tool | tojson(ensure_ascii=False) ~ '\\n' -}}{%- endfor -%}"
         "{{- " + outro + " -}}{%- endif -%}"
-        "{%- set ns = namespace(last_user=-1) -%}"
+        if form.tools
+        else ""
+    )
+    return (
+        "{{- '[gMASK]<sop>' -}}"
+        "{%- set nl = " + nl + " -%}" + tools + "{%- set ns = namespace(last_user=-1) -%}"
         "{%- for m in messages -%}{%- if m.role == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}"
         "{%- endfor -%}"
         "{%- set thinking = enable_thinking is not defined or enable_thinking -%}"
         "{%- for m in messages -%}"
         "{%- set content = m.content if m.content is string else '' -%}"
         "{%- if m.role == 'user' -%}"
-        "{{- '<|user|>' ~ nl ~ content -}}"
+        "{{- '<|user|>' ~ nl ~ " + user_text + " -}}"
         "{%- if "
         + nothink
         + " and not thinking and not content.endswith('/nothink') -%}{{- '/nothink' -}}{%- endif -%}"
@@ -215,10 +248,11 @@ def jinja(form: ThinkingFormat = GLM45) -> str:
         "{%- set content = content.split('</think>')[-1].lstrip('\\n') -%}"
         "{%- endif -%}"
         "{{- '<|assistant|>' -}}"
-        "{%- if thinking and loop.index0 > ns.last_user and reasoning -%}"
-        "{{- nl ~ '<think>' ~ reasoning.strip() ~ '</think>' -}}"
+        "{%- set shown = thinking and loop.index0 > ns.last_user and reasoning -%}"
+        "{%- if shown -%}{{- nl ~ '<think>' ~ reasoning.strip() ~ '</think>' -}}"
         "{%- else -%}{{- " + empty + " -}}{%- endif -%}"
-        "{%- if content.strip() -%}{{- nl ~ content.strip() -}}{%- endif -%}"
+        "{%- if content.strip() -%}{{- nl ~ content.strip() -}}"
+        "{%- elif not shown and not " + empty + " and not m.tool_calls -%}{{- nl -}}{%- endif -%}"
         "{%- for call in m.tool_calls or [] -%}"
         "{%- set call = call.function if call.function is defined else call -%}"
         "{{- nl ~ '<tool_call>' ~ call.name ~ nl -}}"
@@ -232,7 +266,7 @@ def jinja(form: ThinkingFormat = GLM45) -> str:
         "{%- endif -%}"
         "{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{- '<|assistant|>' -}}"
-        "{%- if thinking -%}{{- " + prompt_on + " -}}{%- else -%}{{- " + empty + " -}}{%- endif -%}{%- endif -%}"
+        "{%- if thinking -%}{{- " + prompt_on + " -}}{%- else -%}{{- " + prompt_off + " -}}{%- endif -%}{%- endif -%}"
     )
 
 
@@ -254,7 +288,7 @@ def parse_reply(text: str, form: ThinkingFormat = GLM45) -> Reply:
     reasoning, rest = "", text
     if "</think>" in rest:
         head, rest = rest.split("</think>", 1)
-        if form.thinking_prompt or "<think>" in head:
+        if form.opens_thinking() or "<think>" in head:
             reasoning = head.split("<think>", 1)[-1].strip()
         else:
             rest = head + "</think>" + rest

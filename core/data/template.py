@@ -104,6 +104,8 @@ TEMPLATES: dict[str, Template] = {
     "glm4_moe": Template("glm4_moe", prefix=("[gMASK]", "<sop>"), prompt_newline=False, thinking=glm45.GLM45),
     # GLM-4.7 / 4.7-Flash (Glm4MoeLiteForCausalLM) / GLM-5: the same parts written tight, `<think>` in the prompt.
     "glm47": Template("glm47", prefix=("[gMASK]", "<sop>"), prompt_newline=False, thinking=glm45.GLM47),
+    # GLM-Z1-0414 (Glm4ForCausalLM): glm4's layout, earlier reasoning dropped, `\n<think>` opening the answer.
+    "glmz1": Template("glmz1", prefix=("[gMASK]", "<sop>"), prompt_newline=False, thinking=glm45.GLMZ1),
     "chatglm3": Template(
         "chatglm3",
         prefix=("[gMASK]", "sop"),
@@ -210,17 +212,31 @@ def chat_template_jinja(name: str) -> str:
 
 def detect_template(tokenizer) -> str:
     """The template a tokenizer's special tokens imply: <sop> with roles and GLM-4.5's tool-call tokens
-    (<arg_key>) -> glm4_moe; <sop> with roles -> glm4, without -> chatglm (ChatGLM-6B); sop with roles -> chatglm3;
-    else chatglm2."""
+    (<arg_key>) -> glm4_moe; <sop> with roles -> glm4 (glmz1 when its own chat template opens the answer with
+    `<think>`, as GLM-Z1's does), without -> chatglm (ChatGLM-6B); sop with roles -> chatglm3; else chatglm2."""
     vocab = tokenizer.get_vocab()
     if "<sop>" in vocab and "<|user|>" in vocab and "<arg_key>" in vocab and "<think>" in vocab:
         return thinking_generation(tokenizer)
+    if "<sop>" in vocab and "<|user|>" in vocab:
+        return "glmz1" if own_prompt(tokenizer).endswith("<think>") else "glm4"
     if "<sop>" in vocab:
-        return "glm4" if "<|user|>" in vocab else "chatglm"
+        return "chatglm"
     if "sop" in vocab:
         return "chatglm3" if "<|user|>" in vocab else "chatglm2"
 
     raise ModelError("model.template_unknown", templates=", ".join(TEMPLATES))
+
+
+def own_prompt(tokenizer) -> str:
+    """The tokenizer's own chat template's generation prompt for one question ("" without a template)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return ""
+    try:
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}], add_generation_prompt=True, tokenize=False
+        )
+    except Exception:  # noqa: BLE001 - a template that cannot render a question: no prompt to read
+        return ""
 
 
 def thinking_generation(tokenizer) -> str:
@@ -310,12 +326,13 @@ class TemplateEncoder:
         a text model would read the `<image>` placeholder as five characters."""
         if conversation.images:
             raise RowError("row.images_need_vision_model", template=self.template.name)
-        if self.template.thinking is not None:
+        form = self.template.thinking
+        if form is not None and form.tools:
             return
         for number, message in enumerate(conversation.messages, start=1):
             if message["role"] == "tool" or message.get("tool_calls") or conversation.tools:
                 raise RowError("row.template_no_tools", number=number, template=self.template.name)
-            if message.get("reasoning") or "</think>" in (message.get("content") or ""):
+            if form is None and (message.get("reasoning") or "</think>" in (message.get("content") or "")):
                 raise RowError("row.template_no_reasoning", number=number, template=self.template.name)
 
     def _plan(self, conversation: Conversation) -> list[tuple[list[Part], bool]]:

@@ -251,7 +251,7 @@ def compare(ctx: UIContext, prompt, model_, system_, temperature_, top_p_, max_n
         "system": system_ or "",
         "answers": ["" if bad else answer for answer, bad in zip(answers, failed)],
         "runs": adapters,
-        "tools": tools if ctx.wb.chat_engine.thinking_format is not None else None,
+        "tools": tools if ctx.wb.chat_engine.takes_tools else None,
         "judged": False,
     }
     votable = [not bad and answer.strip() for answer, bad in zip(answers, failed)]
