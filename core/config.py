@@ -38,7 +38,7 @@ class CommonSettings:
     # model
     model_name_or_path: str = "demo"
     trust_remote_code: bool = False  # only for checkpoints without a native class
-    template: str = "auto"  # from the tokenizer: glm4_moe, glm47, glmz1, glm4, chatglm3, chatglm2 or chatglm (ChatGLM-6B)
+    template: str = "auto"  # by the tokenizer: glm4_moe, glm47, glmz1, glm4, chatglm3, chatglm2, chatglm (ChatGLM-6B)
     # GLM-4.5 generation (template glm4_moe): false trains without the reasoning, as the model's own template renders
     # it with enable_thinking=False (/nothink, an empty think block)
     enable_thinking: bool = True

@@ -122,11 +122,16 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+LOG_LINE_CHARS = 2_000  # the most of one log line the page shows (a row's text in an error can be 1M characters)
+
+
 def read_log_tail(run_dir: str | Path, lines: int = 30) -> str:
+    """The log's last `lines` lines, each cut at LOG_LINE_CHARS (log.txt keeps them whole)."""
     path = Path(run_dir) / LOG_FILE
     if not path.is_file():
         return ""
-    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    tail = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+    return "\n".join(line if len(line) <= LOG_LINE_CHARS else line[:LOG_LINE_CHARS] + " …" for line in tail)
 
 
 def newest_checkpoint(run_dir: str | Path) -> Path | None:

@@ -86,6 +86,29 @@ def test_a_long_run_draws_a_bounded_number_of_points():
     assert len(figure.data[0].x) <= 2_000 and figure.data[0].x[-1] == 20_000
 
 
+def test_nothing_a_long_session_shows_grows_without_bound(tmp_path):
+    """The runs comparison of long runs, a prediction or an arena question of a long row and a long
+    log line reach the page cut to a bounded size, saying how much was left out."""
+    from core.evaluation.arena import ArenaItemView, ArenaView
+    from core.runs import read_log_tail
+    from webui.charts import overlay_figure
+    from webui.context import UIContext
+    from webui.tabs.evaluate_handlers import prediction_table, show
+
+    t = Translator("en")
+    long_run = [{"step": s, "loss": 1 / s, "eval_loss": 2 / s} for s in range(1, 20_001)]
+    figure = overlay_figure({"a": long_run, "b": long_run}, t)
+    assert all(len(trace.x) <= 2_000 and trace.x[-1] == 20_000 for trace in figure.data)
+    huge = "长" * 100_000
+    table = prediction_table([{"prompt": huge, "label": "x", "prediction": "y"}], t)
+    assert len(table.iloc[0, 0]) < 2_100 and "98,000 more" in table.iloc[0, 0]
+    item = ArenaItemView(0, [{"role": "user", "content": huge}], "", huge, "a", "b", None, None)
+    page = show(UIContext(Workbench(tmp_path), t), ArenaView("arena-1", "run", "data", 1, 0, False, [item]), 0)
+    assert 40_000 < len(page[1]) < 41_000 and page[1].count("80,000 more characters") == 2
+    (tmp_path / "log.txt").write_text("short\n" + "x" * 100_000 + "\nlast\n", encoding="utf-8")
+    assert read_log_tail(tmp_path).splitlines() == ["short", "x" * 2_000 + " …", "last"]
+
+
 def test_one_huge_row_does_not_widen_the_histogram_bins():
     lengths = [40 + n for n in range(200)] + [1_000_000]
     figure = length_histogram(lengths, 1024, Translator("en"))

@@ -316,14 +316,14 @@ def overlay_figure(metrics_by_run: dict[str, list[dict[str, Any]]], t) -> go.Fig
     """Training (and eval) loss of several runs on one chart."""
     figure = go.Figure()
     for name, metrics in metrics_by_run.items():
-        train = [(m["step"], m["loss"]) for m in metrics if m.get("loss") is not None]
-        evals = [(m["step"], m["eval_loss"]) for m in metrics if m.get("eval_loss") is not None]
-        figure.add_trace(go.Scatter(x=[s for s, _ in train], y=[v for _, v in train], mode="lines", name=name))
-        if evals:
+        steps, losses = _series(metrics, "loss")  # thinned as the training chart is: long runs, several of them
+        eval_steps, eval_losses = _series(metrics, "eval_loss")
+        figure.add_trace(go.Scatter(x=steps, y=losses, mode="lines", name=name))
+        if eval_steps:
             figure.add_trace(
                 go.Scatter(
-                    x=[s for s, _ in evals],
-                    y=[v for _, v in evals],
+                    x=eval_steps,
+                    y=eval_losses,
                     mode="markers",
                     name=f"{name} ({t('eval_loss')})",
                 )

@@ -34,13 +34,14 @@ def reply_markdown(reply, t, tokens: int | None = None) -> str:
 
 
 CELL_CHARS = 2_000  # the most of one cell's text a table shows: a 1M-token row must not weigh on the page
+TEXT_CHARS = 20_000  # the most of one text the page shows whole (a rendered sample, an arena question)
 
 
-def clip_cell(text: str, more: str = "… (+{count})") -> str:
-    """`text` up to CELL_CHARS characters; beyond that, `more` (with {count}: how many were left out)."""
-    if len(text) <= CELL_CHARS:
+def clip_cell(text: str, more: str = "… (+{count})", limit: int = CELL_CHARS) -> str:
+    """`text` up to `limit` characters; beyond that, `more` (with {count}: how many were left out)."""
+    if len(text) <= limit:
         return text
-    return text[:CELL_CHARS] + more.format(count=f"{len(text) - CELL_CHARS:,}")
+    return text[:limit] + more.format(count=f"{len(text) - limit:,}")
 
 
 def _width(text: str) -> int:

@@ -17,10 +17,10 @@ import pandas as pd
 from core.errors import UnknownColumnsError
 from webui.charts import length_histogram
 from webui.context import UIContext, handler
-from webui.formatting import clip_cell, column_widths
+from webui.formatting import TEXT_CHARS, clip_cell, column_widths
 
 PAGE_SIZE = 20
-SAMPLE_CHARS = 20_000  # the most of one rendered sample the page shows
+SAMPLE_CHARS = TEXT_CHARS  # the most of one rendered sample the page shows
 
 
 def _cell(value: Any, more: str) -> str:

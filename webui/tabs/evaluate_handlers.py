@@ -16,7 +16,7 @@ from core.evaluation.arena import BASE, ArenaSettings
 from core.evaluation.evaluate import EvalSettings
 from core.runs import HELD_OUT_FILE
 from webui.context import UIContext, handler
-from webui.formatting import reply_markdown
+from webui.formatting import TEXT_CHARS, clip_cell, reply_markdown
 from webui.tabs.data_handlers import dataset_options
 
 # The arena's page: status, prompt, left, right, the three verdict buttons, the result and where it is.
@@ -51,11 +51,17 @@ def evaluate(ctx: UIContext, run_name, dataset_name, samples, new_tokens, greedy
         if result.metrics.get("stopped_early")
         else ""
     )
-    # A model that thinks: its reasoning beside the prediction (scored without it).
-    reasoning = ["reasoning"] if any("reasoning" in p for p in result.predictions) else []
-    rows = pd.DataFrame(result.predictions, columns=["prompt", "label", "prediction", *reasoning])
-    rows = rows.rename(columns={c: t(f"eval_col_{c}") for c in rows.columns})
-    yield note, pd.DataFrame([shown]), rows, gr.update(visible=True)
+    yield note, pd.DataFrame([shown]), prediction_table(result.predictions, t), gr.update(visible=True)
+
+
+def prediction_table(predictions: list[dict], t) -> pd.DataFrame:
+    """Prompt, label, prediction (and a thinking model's reasoning, scored without it) per sample, each cell
+    clipped: a 1M-token prompt must not reach the page whole."""
+    reasoning = ["reasoning"] if any("reasoning" in p for p in predictions) else []
+    rows = pd.DataFrame(predictions, columns=["prompt", "label", "prediction", *reasoning])
+    more = t.strings["cell_clipped"]
+    rows = rows.map(lambda value: clip_cell(value, more) if isinstance(value, str) else value)
+    return rows.rename(columns={c: t(f"eval_col_{c}") for c in rows.columns})
 
 
 @handler(lambda ctx, reason, *_: ctx.error_line(reason))
@@ -154,7 +160,8 @@ def show(ctx: UIContext, view, index: int):
         question = item.prompt[-1]["content"] if item.prompt else ""
         if item.images:  # the images are shown below, not as `<image>` markup
             question = question.replace(IMAGE_PLACEHOLDER, "").strip()
-        text = t("arena_question", question=question)
+        more = t.strings["cell_clipped"]  # a 1M-token prompt or reference must not reach the page whole
+        text = t("arena_question", question=clip_cell(question, more, TEXT_CHARS))
         pictures = [thumbnail_uri(image) for image in item.images]
         if pictures:  # what both contestants saw
             text += "\n\n" + " ".join(
@@ -164,7 +171,7 @@ def show(ctx: UIContext, view, index: int):
                 for n, uri in enumerate(pictures, 1)
             )
         if item.reference:
-            text += "\n\n" + t("arena_reference", reference=item.reference)
+            text += "\n\n" + t("arena_reference", reference=clip_cell(item.reference, more, TEXT_CHARS))
         if item.verdict:
             text += "\n\n" + t("arena_your_verdict", verdict=t(f"arena_verdict_{item.verdict}"))
 
