@@ -45,8 +45,8 @@ def server(tmp_path_factory, demo_model_dir):
         yield url.removesuffix("en/"), workspace
 
 
-def new_page(browser, url: str):
-    page = browser.new_page(viewport={"width": 1360, "height": 900}, accept_downloads=True)
+def new_page(browser, url: str, locale: str = "en-US"):
+    page = browser.new_page(viewport={"width": 1360, "height": 900}, accept_downloads=True, locale=locale)
     page.set_default_timeout(PAGE_MS)
     page.goto(url)
     expect(page.locator("#data-summary")).not_to_be_empty(timeout=PAGE_MS)
@@ -66,7 +66,7 @@ def ask(page, text: str) -> str:
 def test_whole_flow_in_the_browser(browser, server, lang, tmp_path, demo_model_dir):
     root, workspace = server
     t = Translator(lang)
-    page = new_page(browser, f"{root}{lang}/")
+    page = new_page(browser, f"{root}{lang}/", {"zh": "zh-CN", "en": "en-US"}[lang])  # each in its own language
     shots = tmp_path / "screenshots"
 
     # Data: upload a file; its format, rows, rendered sample and token lengths appear.

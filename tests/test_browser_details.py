@@ -106,9 +106,9 @@ def server(tmp_path_factory, demo_model_dir):
         yield url.removesuffix("zh/"), workspace
 
 
-def new_page(browser, url: str):
-    # An English browser: the zh page must still be all Chinese.
-    page = browser.new_page(viewport={"width": 1360, "height": 900}, locale="en-US")
+def new_page(browser, url: str, locale: str = "en-US"):
+    # By default an English browser: the zh page must still be all Chinese.
+    page = browser.new_page(viewport={"width": 1360, "height": 900}, locale=locale)
     page.set_default_timeout(PAGE_MS)
     page.goto(url)
     expect(page.locator("#data-summary")).not_to_be_empty(timeout=PAGE_MS)
@@ -198,7 +198,21 @@ def test_gradio_speaks_the_page_language_whatever_the_browser_says(browser, serv
 def test_uploads_runs_and_evaluation_always_show_the_current_state(browser, server, lang, tmp_path):
     root, workspace = server
     t = Translator(lang)
-    page = new_page(browser, f"{root}{lang}/")
+    page = new_page(browser, f"{root}{lang}/", BROWSER_LOCALE[lang])
+    summary = page.locator("#data-summary")
+    # Rows none of whose answer survives cutoff_len: the Data tab says so up front, not only Start (item 7); their
+    # 200,000-character cells are clipped, saying how much, and the table stays inside the page (item 4).
+    too_long = tmp_path / f"too-long-{lang}.jsonl"
+    row = json.dumps({"instruction": "长" * 200_000, "output": "答"}, ensure_ascii=False)
+    too_long.write_text(f"{row}\n{row}\n", encoding="utf-8")
+    page.locator("#data-upload input[type=file]").set_input_files(str(too_long))
+    expect(summary).to_contain_text(t("data_cutoff_none", kept=0, total=2, cutoff=512).replace("**", ""))
+    table = page.locator("#data-table")
+    expect(table).to_contain_text(t("cell_clipped", count="198,000"))
+    box = table.bounding_box()
+    assert box["x"] + box["width"] <= 1360, box
+    heights = [cell.bounding_box()["height"] for cell in table.locator("thead th").all()]
+    assert heights and max(heights) < 60, heights  # headers stay on one line, the long cell wraps
     good = tmp_path / f"good-{lang}.json"
     shutil.copy(REPO / "assets" / "datasets" / "identity.json", good)
     page.locator("#data-upload input[type=file]").set_input_files(str(good))
@@ -206,7 +220,6 @@ def test_uploads_runs_and_evaluation_always_show_the_current_state(browser, serv
     bad = tmp_path / "notes.txt"
     bad.write_text("not a dataset", encoding="utf-8")
     page.locator("#data-upload input[type=file]").set_input_files(str(bad))
-    summary = page.locator("#data-summary")
     expect(summary).to_contain_text("notes.txt")
     expect(summary).to_contain_text(t("data_upload_kept", dataset=good.name))
     expect(page.locator("#data-dataset input[role=combobox]")).to_have_value(good.name)

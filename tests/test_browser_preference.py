@@ -57,7 +57,8 @@ def feedback_rows(workspace, suffix: str = ".jsonl") -> list[dict]:
 def test_votes_become_pairs_and_the_arena_scores_blind(browser, server, lang):
     root, workspace, run = server
     t = Translator(lang)
-    page = browser.new_page(viewport={"width": 1360, "height": 900}, locale="en-US")
+    # Each page in a browser set to its own language (test_browser_live crosses them).
+    page = browser.new_page(viewport={"width": 1360, "height": 900}, locale={"zh": "zh-CN", "en": "en-US"}[lang])
     page.set_default_timeout(PAGE_MS)
     page.goto(f"{root}{lang}/")
     expect(page.locator("#data-summary")).not_to_be_empty(timeout=PAGE_MS)
