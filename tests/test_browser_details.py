@@ -206,7 +206,9 @@ def test_uploads_runs_and_evaluation_always_show_the_current_state(browser, serv
     row = json.dumps({"instruction": "长" * 200_000, "output": "答"}, ensure_ascii=False)
     too_long.write_text(f"{row}\n{row}\n", encoding="utf-8")
     page.locator("#data-upload input[type=file]").set_input_files(str(too_long))
-    expect(summary).to_contain_text(t("data_cutoff_none", kept=0, total=2, cutoff=512).replace("**", ""))
+    expect(page.locator("#data-cutoff")).to_contain_text(
+        t("data_cutoff_none", kept=0, total=2, cutoff=512).replace("**", "")
+    )
     table = page.locator("#data-table")
     expect(table).to_contain_text(t("cell_clipped", count="198,000"))
     box = table.bounding_box()
