@@ -280,4 +280,20 @@ def test_uploads_runs_and_evaluation_always_show_the_current_state(browser, serv
     page.wait_for_function("() => document.querySelector('#data-lengths .ytick')")
     ticks = page.evaluate("() => Array.from(document.querySelectorAll('#data-lengths .ytick')).map(e => e.textContent)")
     assert ticks and all(tick.strip().isdigit() for tick in ticks), ticks
+
+    # A failed run with a long error joins the Runs table (a live list): its headers stay on one line, the error
+    # wraps inside its cell and the table inside the page (item 4).
+    failed = workspace / "runs" / f"20260101-000000-lora-failed-{lang}"
+    failed.mkdir(parents=True)
+    error = "ValueError: " + "the dataset row could not be read; " * 60
+    status = {"state": "failed", "created": 1.0, "method": "lora", "error": error, "cause": "settings"}
+    (failed / "status.json").write_text(json.dumps(status), encoding="utf-8")
+    open_tab(page, t("tab_runs"))
+    table = page.locator("#runs-table")
+    expect(table).to_contain_text(failed.name)
+    expect(table).to_contain_text("the dataset row could not be read")
+    box = table.bounding_box()
+    assert box["x"] + box["width"] <= 1360, box
+    heights = [cell.bounding_box()["height"] for cell in table.locator("thead th").all()]
+    assert heights and max(heights) < 60, heights
     page.close()

@@ -178,7 +178,8 @@ def test_invalid_form_values_are_named(ui, tmp_path):
     loaded = client.predict(gradio_client.handle_file(str(yaml_file)), api_name="/load_config")
     assert (
         loaded[-1].startswith("**Error:**")
-        and "Chat template (template): must be auto or one of glm4, glm4_moe, glm47, glmz1, chatglm3, chatglm2" in loaded[-1]
+        and "Chat template (template): must be auto or one of glm4, glm4_moe, glm47, glmz1, chatglm3, chatglm2"
+        in loaded[-1]
     )
     missing = client.predict(*train_form(client, Model="/no/such/model"), api_name="/start_training")
     assert missing.startswith("**Error:**") and "/no/such/model: model folder not found" in missing
