@@ -42,40 +42,12 @@ def _greedy():
 
 # Files that share a costly session fixture, by the worker group they run in together (see below).
 SAME_WORKER = {"test_api_tools.py": "tool_caller", "test_tool_calling.py": "tool_caller"}
-# Seconds of test time per file in a CI run (2026-12-08, rounded), for the order only: the longest files start first,
-# so that no worker is left with a long browser file at the end while the others sit idle. A file not listed counts
-# one second per test; a stale figure costs only balance, never a result.
-FILE_SECONDS = {
-    "test_browser.py": 330,
-    "test_browser_details.py": 230,
-    "test_browser_live.py": 210,
-    "test_ui_api.py": 160,
-    "test_fsdp.py": 155,
-    "test_methods.py": 140,
-    "test_reliability.py": 140,
-    "test_browser_preference.py": 130,
-    "test_moe.py": 125,
-    "test_trust.py": 120,
-    "test_cli.py": 115,
-    "tool_caller": 105,
-    "test_browser_chat_tools.py": 110,
-    "test_trust_ui.py": 100,
-    "test_distributed.py": 80,
-    "test_package.py": 60,
-    "test_api.py": 50,
-    "test_faults.py": 50,
-    "test_multinode.py": 50,
-    "test_browser_vision.py": 45,
-    "test_chatglm_v1_methods.py": 40,
-    "test_moe_stages.py": 35,
-}
 
 
 def pytest_xdist_make_scheduler(config, log):
     """`--dist loadfile`, except that the files in SAME_WORKER go to one worker, which then makes their session
-    fixture (the trained tool caller) once (xdist's own `loadgroup` marks do nothing under pytest 9: xdist 3.8
-    renames `item._nodeid`, which pytest 9 no longer reads), and a free worker takes the longest file left
-    (FILE_SECONDS) rather than the next in collection order."""
+    fixture (the trained tool caller) once. (xdist's own `loadgroup` marks do nothing under pytest 9: xdist 3.8
+    renames `item._nodeid`, which pytest 9 no longer reads.)"""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadScopeScheduling
@@ -84,13 +56,6 @@ def pytest_xdist_make_scheduler(config, log):
         def _split_scope(self, nodeid: str) -> str:
             file = nodeid.split("::")[0]
             return SAME_WORKER.get(Path(file).name, file)
-
-        def _assign_work_unit(self, node) -> None:
-            def seconds(scope: str) -> float:
-                return FILE_SECONDS.get(Path(scope).name, len(self.workqueue[scope]))
-
-            self.workqueue.move_to_end(max(self.workqueue, key=seconds), last=False)
-            super()._assign_work_unit(node)
 
     return FilesAndGroups(config, log)
 
