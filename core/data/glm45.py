@@ -34,6 +34,7 @@ an assistant turn (`<|user|>`, `<|observation|>`); never the tools block, a prom
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -214,9 +215,11 @@ def jinja(form: ThinkingFormat = GLM45) -> str:
     nl = json.dumps(form.newline)
     intro, outro = json.dumps(TOOLS_INTRO), json.dumps(form.tools_outro)
     empty, prompt_on = json.dumps(form.empty()), json.dumps(form.thinking_prompt)
-    prompt_off = json.dumps(form.newline + form.empty_think)
+    prompt_off = json.dumps(dataclasses.replace(form, enabled=False).generation())
     nothink = "true" if form.nothink_suffix else "false"
     user_text = "content.split('</think>')[-1].strip()" if form.visible_turns else "content"
+    # Without an empty think block, an assistant turn with nothing to show is still `<|assistant|>` + newline.
+    bare_answer = "" if form.empty() else "{%- elif not shown and not m.tool_calls -%}{{- nl -}}"
     tools = (
         "{%- if tools -%}{{- '<|system|>\\n' ~ " + intro + " -}}"
         "{%- for tool in tools -%}{{- tool | tojson(ensure_ascii=False) ~ '\\n' -}}{%- endfor -%}"
@@ -251,8 +254,7 @@ def jinja(form: ThinkingFormat = GLM45) -> str:
         "{%- set shown = thinking and loop.index0 > ns.last_user and reasoning -%}"
         "{%- if shown -%}{{- nl ~ '<think>' ~ reasoning.strip() ~ '</think>' -}}"
         "{%- else -%}{{- " + empty + " -}}{%- endif -%}"
-        "{%- if content.strip() -%}{{- nl ~ content.strip() -}}"
-        "{%- elif not shown and not " + empty + " and not m.tool_calls -%}{{- nl -}}{%- endif -%}"
+        "{%- if content.strip() -%}{{- nl ~ content.strip() -}}" + bare_answer + "{%- endif -%}"
         "{%- for call in m.tool_calls or [] -%}"
         "{%- set call = call.function if call.function is defined else call -%}"
         "{{- nl ~ '<tool_call>' ~ call.name ~ nl -}}"

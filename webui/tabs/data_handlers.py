@@ -20,7 +20,6 @@ from webui.context import UIContext, handler
 from webui.formatting import TEXT_CHARS, clip_cell, column_widths
 
 PAGE_SIZE = 20
-SAMPLE_CHARS = TEXT_CHARS  # the most of one rendered sample the page shows
 
 
 def _cell(value: Any, more: str) -> str:
@@ -77,13 +76,13 @@ def render(ctx: UIContext, name: str, format_name: str, model: str, template: st
     """The sample in the chat template, loss-bearing text highlighted."""
     t = ctx.t
     used, pieces = ctx.wb.render_sample(name, format_name, model, template, int(number or 1) - 1, columns=mapping)
-    spans, room = [], SAMPLE_CHARS  # a 1M-token row shows its start, not megabytes of page
+    spans, room = [], TEXT_CHARS  # a 1M-token row shows its start, not megabytes of page
     for text, trains in pieces:
         shown = text[:room]
         spans.append(f"<span class='{'gw-loss' if trains else 'gw-prompt'}'>{html.escape(shown)}</span>")
         room -= len(shown)
         if room <= 0:
-            left = sum(len(piece) for piece, _ in pieces) - SAMPLE_CHARS
+            left = sum(len(piece) for piece, _ in pieces) - TEXT_CHARS
             spans.append(html.escape(t("cell_clipped", count=f"{left:,}")))
             break
     spans = "".join(spans)
